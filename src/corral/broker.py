@@ -1,0 +1,487 @@
+"""The broker role: the one place that knows where every task is.
+
+::
+
+    clients --DEALER--> ROUTER clients_sock          ROUTER workers_sock <--DEALER-- workers
+                         |                                    ^
+                         v                                    |
+                  tasks{gid: Task}  --> queue (FIFO) --> dispatch to workers with credit
+                         ^                                    |
+                         +---- RESULT / STARTED batched per client <---+
+
+The broker never unpickles a payload: it moves opaque frames and reads only
+the JSON header (``protocol.decode``).  It is single-threaded: one loop polls
+both sockets, handles every waiting message, dispatches, then flushes the
+per-client batches it accumulated, so a burst costs one send per peer.
+
+When a worker disappears (its process ended, it went silent, or a fresh
+worker reports that a task's process died) its started tasks count an
+attempt and go back to the front of the queue until ``retries`` is spent;
+tasks it had received but not started go back without counting.  A result
+for a task the broker no longer assigns to that worker is dropped, so no
+task completes twice.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import protocol
+from .errors import ProtocolError
+from .pool import LocalPool
+from .protocol import Kind, Status
+
+DEFAULT_RETRIES = 2
+
+
+@dataclass
+class Task:
+    gid: int
+    client: bytes
+    cid: int
+    frames: list
+    options: dict
+    attempts: int = 0
+    worker: bytes | None = None
+    started: bool = False
+
+
+@dataclass
+class WorkerState:
+    ident: bytes
+    name: str = "?"
+    host: str = "?"
+    pid: int = 0
+    fresh: bool = False
+    credit: int = 0
+    assigned: set = field(default_factory=set)
+    tasks: int = 0
+    busy: float = 0.0
+    errors: int = 0
+    last_seen: float = 0.0
+    alive: bool = True
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "worker": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "fresh": self.fresh,
+            "tasks": self.tasks,
+            "busy_s": round(self.busy, 6),
+            "errors": self.errors,
+            "alive": self.alive,
+        }
+
+
+@dataclass
+class ClientState:
+    ident: bytes
+    retries: int = DEFAULT_RETRIES
+    last_seen: float = 0.0
+    tasks: dict = field(default_factory=dict)  # cid -> gid
+
+
+class Outbox:
+    """Messages to one client, accumulated during a loop turn and sent as one batch each."""
+
+    def __init__(self) -> None:
+        self.results: list = []
+        self.frames: list = []
+        self.started: list = []
+
+    def result(self, cid: int, status: Status, frames: list, meta: dict) -> None:
+        self.results.append(protocol.result_entry(cid, status, len(frames), meta))
+        self.frames.extend(frames)
+
+
+class Broker:
+    def __init__(
+        self,
+        client_address: str,
+        worker_address: str | None = None,
+        *,
+        context: zmq.Context | None = None,
+        pool: LocalPool | None = None,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        embedded: bool = False,
+        log=None,
+    ):
+        self.ctx = context or zmq.Context.instance()
+        # One address can serve both roles (the HELLO says which a peer is);
+        # the embedded broker gives workers an endpoint of their own.
+        self.clients_sock = self._router(client_address)
+        self.shared = not worker_address or worker_address == client_address
+        self.workers_sock = self.clients_sock if self.shared else self._router(worker_address)
+        self.pool = pool
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.embedded = embedded
+        self.log = log or (lambda msg: print(f"corral broker: {msg}", file=sys.stderr))
+        self.tasks: dict[int, Task] = {}
+        self.queue: deque[int] = deque()
+        self.workers: dict[bytes, WorkerState] = {}
+        self.departed: list[WorkerState] = []
+        self.clients: dict[bytes, ClientState] = {}
+        self.outboxes: dict[bytes, Outbox] = {}
+        self.next_gid = 1
+        self.broken: str | None = None
+        self.running = True
+        self.last_beat = 0.0
+
+    def _router(self, address: str) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.bind(address)
+        return sock
+
+    # -- the loop ------------------------------------------------------------
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.clients_sock, zmq.POLLIN)
+        if not self.shared:
+            poller.register(self.workers_sock, zmq.POLLIN)
+        if self.pool:
+            self.pool.fill()
+        try:
+            while self.running:
+                events = dict(poller.poll(100 if self.pool else self.heartbeat * 500))
+                for sock in events:
+                    self.drain(sock)
+                self.dispatch()
+                self.flush()
+                self.housekeeping()
+        finally:
+            self.close()
+
+    def drain(self, sock: zmq.Socket, limit: int = 10000) -> None:
+        for _ in range(limit):
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                self.handle(sock, msg)
+            except ProtocolError as exc:
+                self.log(f"dropped malformed message from {msg[0].bytes!r}: {exc}")
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                self.log(f"dropped malformed message from {msg[0].bytes!r}: {type(exc).__name__}: {exc}")
+
+    def handle(self, sock: zmq.Socket, msg: list) -> None:
+        if len(msg) < 2:
+            raise ProtocolError("no header frame")
+        ident = msg[0].bytes
+        kind, body = protocol.decode(msg[1].bytes)
+        now = time.monotonic()
+        worker = self.workers.get(ident)
+        if worker is not None:
+            worker.last_seen = now
+            self.handle_worker(worker, kind, body, msg[2:])
+            return
+        client = self.clients.get(ident)
+        if client is not None:
+            client.last_seen = now
+            self.handle_client(client, kind, body, msg[2:])
+            return
+        if kind != Kind.HELLO:
+            if kind != Kind.BYE:
+                self.send(sock, ident, Kind.ERROR, {"message": "say HELLO first"})
+            return
+        if body.get("role") == "worker":
+            self.add_worker(sock, ident, body, now)
+        elif body.get("role") == "client":
+            retries = body.get("retries", DEFAULT_RETRIES)
+            if not isinstance(retries, int) or retries < 0:
+                raise ProtocolError(f"bad retries {retries!r}")
+            self.clients[ident] = ClientState(ident, retries, now)
+            self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+        else:
+            raise ProtocolError(f"HELLO with unknown role {body.get('role')!r}")
+
+    # -- workers ---------------------------------------------------------------
+
+    def add_worker(self, sock: zmq.Socket, ident: bytes, body: dict, now: float) -> None:
+        w = WorkerState(
+            ident,
+            name=str(body.get("name", "?")),
+            host=str(body.get("host", "?")),
+            pid=int(body.get("pid", 0)),
+            fresh=bool(body.get("fresh", False)),
+            last_seen=now,
+        )
+        if body.get("broken"):
+            self.break_pool(f"the initializer failed in worker {w.name}:\n{body['broken']}")
+            return
+        self.workers[ident] = w
+
+    def handle_worker(self, w: WorkerState, kind: Kind, body: dict, frames: list) -> None:
+        if kind == Kind.READY:
+            w.credit += _count(body.get("credit", 0))
+        elif kind == Kind.STARTED:
+            for gid in body.get("ids", ()):
+                task = self.tasks.get(gid)
+                if task is not None and task.worker == w.ident:
+                    task.started = True
+                    task.attempts += 1
+                    self.outbox(task.client).started.append(task.cid)
+        elif kind == Kind.RESULT:
+            w.credit += _count(body.get("credit", 0))
+            for entry, payload in protocol.split_entries(body, "results", frames, 4):
+                self.task_done(w, entry, payload)
+        elif kind == Kind.BYE:
+            for gid in body.get("requeue", ()):
+                self.unassign(w, gid, count_attempt=False)
+            self.worker_gone(w, None)
+        elif kind == Kind.HEARTBEAT:
+            pass
+        else:
+            raise ProtocolError(f"workers do not send {kind.name}")
+
+    def task_done(self, w: WorkerState, entry: list, payload: list) -> None:
+        gid, status, _, meta = entry
+        task = self.tasks.get(gid)
+        if task is None or task.worker != w.ident:
+            return  # late or duplicate: that task was reassigned or finished already
+        w.assigned.discard(gid)
+        busy = meta.pop("busy", 0.0)
+        w.busy += busy if isinstance(busy, (int, float)) else 0.0
+        w.tasks += 1
+        status = Status(status)
+        if status == Status.FAILED and meta.get("error") == protocol.ERR_WORKER_LOST:
+            # A fresh worker's task process died: the same as losing a worker.
+            task.worker, task.started = None, False
+            w.errors += 1
+            self.retry_or_fail(task, f"{meta.get('message')} on worker {w.name}")
+            return
+        if status != Status.OK:
+            w.errors += 1
+        del self.tasks[gid]
+        self.forget(task)
+        self.outbox(task.client).result(task.cid, status, payload, meta)
+
+    def unassign(self, w: WorkerState, gid: int, count_attempt: bool, why: str = "") -> None:
+        task = self.tasks.get(gid)
+        w.assigned.discard(gid)
+        if task is None or task.worker != w.ident:
+            return
+        started = task.started
+        task.worker, task.started = None, False
+        if started and count_attempt:
+            self.retry_or_fail(task, why)
+        else:
+            if started:
+                task.attempts -= 1
+            self.queue.appendleft(gid)
+
+    def retry_or_fail(self, task: Task, why: str) -> None:
+        retries = task.options.get("retries", self.clients[task.client].retries if task.client in self.clients else 0)
+        if task.attempts <= retries:
+            self.queue.appendleft(task.gid)
+            return
+        del self.tasks[task.gid]
+        self.forget(task)
+        plural = "s" if task.attempts != 1 else ""
+        message = f"{why}; the task ran {task.attempts} time{plural} and was not retried further"
+        self.outbox(task.client).result(
+            task.cid, Status.FAILED, [], {"error": protocol.ERR_WORKER_LOST, "message": message}
+        )
+
+    def worker_gone(self, w: WorkerState, why: str | None) -> None:
+        """Take a worker out of service; requeue or fail what it held."""
+        if not w.alive:
+            return
+        w.alive = False
+        self.workers.pop(w.ident, None)
+        self.departed.append(w)
+        for gid in list(w.assigned):
+            if why is not None:
+                w.errors += 1 if self.tasks.get(gid) and self.tasks[gid].started else 0
+            self.unassign(w, gid, count_attempt=True, why=why or f"worker {w.name} left")
+
+    # -- clients ---------------------------------------------------------------
+
+    def handle_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
+        if kind == Kind.SUBMIT:
+            for entry, payload in protocol.split_entries(body, "tasks", frames, 3):
+                self.submit(c, entry[0], payload, entry[2] if isinstance(entry[2], dict) else {})
+        elif kind == Kind.CANCEL:
+            self.cancel(c, body.get("ids", ()))
+        elif kind == Kind.STATUS:
+            self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, self.status())
+        elif kind == Kind.HEARTBEAT:
+            pass
+        elif kind == Kind.BYE:
+            self.client_gone(c)
+            if self.embedded:
+                self.running = False
+        else:
+            raise ProtocolError(f"clients do not send {kind.name}")
+
+    def submit(self, c: ClientState, cid: int, frames: list, options: dict) -> None:
+        if self.broken:
+            self.outbox(c.ident).result(
+                cid, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken}
+            )
+            return
+        gid = self.next_gid
+        self.next_gid += 1
+        self.tasks[gid] = Task(gid, c.ident, cid, frames, options)
+        c.tasks[cid] = gid
+        self.queue.append(gid)
+
+    def cancel(self, c: ClientState, cids) -> None:
+        by_worker: dict[bytes, list] = {}
+        for cid in cids:
+            gid = c.tasks.pop(cid, None)
+            task = self.tasks.pop(gid, None) if gid is not None else None
+            if task is None:
+                continue
+            if task.worker is not None:
+                by_worker.setdefault(task.worker, []).append(gid)
+                w = self.workers.get(task.worker)
+                if w is not None:
+                    w.assigned.discard(gid)
+        # Queued gids of removed tasks are skipped lazily by dispatch().
+        for ident, gids in by_worker.items():
+            self.send(self.workers_sock, ident, Kind.CANCEL, {"ids": gids})
+
+    def client_gone(self, c: ClientState) -> None:
+        self.cancel(c, list(c.tasks))
+        self.clients.pop(c.ident, None)
+        self.outboxes.pop(c.ident, None)
+
+    def forget(self, task: Task) -> None:
+        c = self.clients.get(task.client)
+        if c is not None:
+            c.tasks.pop(task.cid, None)
+
+    def break_pool(self, message: str) -> None:
+        """An initializer failed: fail everything, as ProcessPoolExecutor does."""
+        if self.broken:
+            return
+        self.broken = message
+        self.log(message.splitlines()[0])
+        if self.pool:
+            self.pool.accepting = False
+        for task in list(self.tasks.values()):
+            self.tasks.pop(task.gid)
+            self.forget(task)
+            self.outbox(task.client).result(
+                task.cid, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": message}
+            )
+        self.queue.clear()
+        for w in list(self.workers.values()):
+            self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
+
+    # -- dispatch and output ---------------------------------------------------
+
+    def dispatch(self) -> None:
+        if not self.queue:
+            return
+        for w in list(self.workers.values()):
+            if w.credit <= 0:
+                continue
+            entries, frames = [], []
+            while w.credit > 0 and self.queue:
+                task = self.tasks.get(self.queue.popleft())
+                if task is None or task.worker is not None:
+                    continue  # cancelled while queued
+                task.worker = w.ident
+                w.assigned.add(task.gid)
+                w.credit -= 1
+                entries.append(protocol.task_entry(task.gid, len(task.frames), task.options))
+                frames.extend(task.frames)
+            if entries:
+                self.send(self.workers_sock, w.ident, Kind.TASKS, {"tasks": entries}, frames)
+            if not self.queue:
+                return
+
+    def outbox(self, client: bytes) -> Outbox:
+        box = self.outboxes.get(client)
+        if box is None:
+            box = self.outboxes[client] = Outbox()
+        return box
+
+    def flush(self) -> None:
+        for ident, box in self.outboxes.items():
+            if box.started:
+                self.send(self.clients_sock, ident, Kind.STARTED, {"ids": box.started})
+            if box.results:
+                self.send(self.clients_sock, ident, Kind.RESULT, {"results": box.results}, box.frames)
+        self.outboxes.clear()
+
+    def send(self, sock: zmq.Socket, ident: bytes, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        try:
+            sock.send_multipart([ident, protocol.encode(kind, body), *frames], copy=False)
+        except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+
+    # -- time-driven work --------------------------------------------------------
+
+    def housekeeping(self) -> None:
+        now = time.monotonic()
+        if self.pool:
+            self.reap_pool()
+        if now - self.last_beat < self.heartbeat:
+            return
+        self.last_beat = now
+        limit = self.heartbeat * self.liveness
+        for c in list(self.clients.values()):
+            if now - c.last_seen > limit:
+                self.log(f"client {c.ident!r} went silent; dropping its tasks")
+                self.client_gone(c)
+                if self.embedded:
+                    self.running = False
+            else:
+                self.send(self.clients_sock, c.ident, Kind.HEARTBEAT)
+        for w in list(self.workers.values()):
+            # A worker running a task may be inside C code; only idle silence counts here.
+            busy = any(self.tasks[g].started for g in w.assigned if g in self.tasks)
+            if not busy and now - w.last_seen > limit:
+                self.worker_gone(w, f"worker {w.name} on {w.host} went silent")
+
+    def reap_pool(self) -> None:
+        for exited in self.pool.reap():
+            for w in list(self.workers.values()):
+                if w.pid == exited.pid:
+                    code = exited.returncode
+                    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                    if code < 0:
+                        import signal
+
+                        try:
+                            how = f"was killed by {signal.Signals(-code).name}"
+                        except ValueError:
+                            pass
+                    self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) {how}")
+        self.pool.fill()
+
+    def status(self) -> dict[str, Any]:
+        workers = [w.summary() for w in (*self.departed, *self.workers.values())]
+        running = sum(1 for t in self.tasks.values() if t.started)
+        return {"workers": workers, "queued": len(self.tasks) - running, "running": running}
+
+    def close(self) -> None:
+        for w in list(self.workers.values()):
+            self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
+        if self.pool:
+            self.pool.stop()
+        self.clients_sock.close()
+        if not self.shared:
+            self.workers_sock.close()
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or value < 0 or value > 1_000_000:
+        raise ProtocolError(f"bad credit {value!r}")
+    return value

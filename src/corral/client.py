@@ -1,0 +1,479 @@
+"""The client role: ``corral.Executor``, a concurrent.futures Executor.
+
+Data flow::
+
+    user threads                         I/O thread (owns the DEALER socket)        broker
+    submit(fn, *args)                    _IOLoop.run()
+      pickle Call in the caller's thread   |
+      futures[cid] = CorralFuture          |
+      outq.append(...) + wake pipe ------> SUBMIT batch  ---------------------->  queue
+                                           STARTED  <----------------------------  worker began
+                                             future.set_running_or_notify_cancel()
+                                           RESULT   <----------------------------  outcome
+                                             unpickle, set_result/set_exception
+
+Pickling happens in the caller's thread so a pickling error points at the
+caller's code; only the I/O thread touches the socket, because ZeroMQ sockets
+are not thread-safe.  User threads hand it work through a deque and wake it
+with one byte on a pipe, written only when it is not already awake, so a
+burst of submits costs one wake-up and leaves as one batch.
+
+With no ``address`` the executor starts an embedded broker (a thread of this
+process) and a pool of local worker processes, all speaking over ``ipc://``
+sockets in a private 0700 temporary directory that is removed at shutdown.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import time
+import weakref
+from collections import deque
+from concurrent.futures import Executor as _StdExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Iterable, Iterator
+
+import zmq
+
+from . import protocol, serialization
+from .broker import DEFAULT_RETRIES, Broker
+from .errors import BrokerLostError, SerializationError, WorkerLostError
+from .execution import Call
+from .pool import LocalPool
+from .protocol import Kind, Status
+from .summary import Summary
+
+_live_executors: weakref.WeakSet = weakref.WeakSet()
+_interpreter_exiting = False
+
+
+def _python_exit() -> None:
+    """Before the interpreter joins threads: let every open executor finish its work."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for ex in list(_live_executors):
+        ex.shutdown(wait=True)
+
+
+threading._register_atexit(_python_exit)
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+class CorralFuture(Future):
+    """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker."""
+
+    def __init__(self, io: _IOLoop, cid: int):
+        super().__init__()
+        self._io = io
+        self._cid = cid
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        self._io.request_cancel(self._cid)
+        return True
+
+
+class _IOLoop:
+    """Owns the client socket; runs in its own thread until the executor closes."""
+
+    def __init__(self, ctx: zmq.Context, address: str, retries: int, cleanup: Callable[[], None]):
+        self.ctx = ctx
+        self.address = address
+        self.retries = retries
+        self.cleanup = cleanup
+        self.futures: dict[int, CorralFuture] = {}
+        self.outq: deque = deque()
+        self.cancels: deque = deque()
+        self.status_waiters: deque[Future] = deque()
+        self.ids = itertools.count(1)
+        self.wake_r, self.wake_w = os.pipe()
+        self.awake = False
+        self.closing = False
+        self.broken: BaseException | None = None
+        self.heartbeat = 1.0
+        self.liveness = 3
+        self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
+
+    # -- called from user threads ---------------------------------------------
+
+    def wake(self) -> None:
+        if not self.awake:
+            self.awake = True
+            try:
+                os.write(self.wake_w, b"x")
+            except OSError:
+                pass  # the loop has finished and closed the pipe
+
+    def submit_frames(self, frames: list, options: dict | None = None) -> CorralFuture:
+        cid = next(self.ids)
+        fut = CorralFuture(self, cid)
+        self.futures[cid] = fut
+        self.outq.append(protocol.task_entry(cid, len(frames), options) + [frames])
+        self.wake()
+        return fut
+
+    def request_cancel(self, cid: int) -> None:
+        self.cancels.append(cid)
+        self.wake()
+
+    def request_status(self) -> Future:
+        fut: Future = Future()
+        self.status_waiters.append(fut)
+        self.wake()
+        return fut
+
+    def close_when_done(self) -> None:
+        self.closing = True
+        self.wake()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self.address)
+        sock.send(protocol.encode(Kind.HELLO, {"role": "client", "retries": self.retries, "pid": os.getpid()}))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        last_heard = last_beat = time.monotonic()
+        try:
+            while True:
+                events = dict(poller.poll(self.heartbeat * 1000))
+                if self.wake_r in events:
+                    os.read(self.wake_r, 4096)
+                self.awake = False
+                self.send_pending(sock)
+                if sock in events:
+                    last_heard = time.monotonic()
+                    self.receive(sock)
+                now = time.monotonic()
+                if now - last_beat >= self.heartbeat:
+                    sock.send(protocol.encode(Kind.HEARTBEAT))
+                    last_beat = now
+                if now - last_heard > self.heartbeat * self.liveness and (self.futures or self.status_waiters):
+                    self.fail_all(BrokerLostError(
+                        f"the broker at {self.address} has not answered for {now - last_heard:.1f} s; "
+                        "its tasks are lost. Restart the broker and create a new Executor."
+                    ))
+                    break
+                if self.closing and not self.futures and not self.outq:
+                    break
+            sock.send(protocol.encode(Kind.BYE))
+        finally:
+            sock.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.cleanup()
+
+    def send_pending(self, sock: zmq.Socket) -> None:
+        if self.outq:
+            entries, frames = [], []
+            while self.outq:
+                *entry, task_frames = self.outq.popleft()
+                entries.append(entry)
+                frames.extend(task_frames)
+            sock.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": entries}), *frames], copy=False)
+        if self.cancels:
+            ids = []
+            while self.cancels:
+                ids.append(self.cancels.popleft())
+            for cid in ids:
+                self.futures.pop(cid, None)
+            sock.send(protocol.encode(Kind.CANCEL, {"ids": ids}))
+        if self.status_waiters:
+            sock.send(protocol.encode(Kind.STATUS))
+
+    def receive(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                kind, body = protocol.decode(msg[0].bytes)
+                if kind == Kind.RESULT:
+                    for entry, frames in protocol.split_entries(body, "results", msg[1:], 4):
+                        self.resolve(entry, [f.buffer for f in frames])
+                elif kind == Kind.STARTED:
+                    for cid in body.get("ids", ()):
+                        fut = self.futures.get(cid)
+                        if fut is not None and not fut.set_running_or_notify_cancel():
+                            self.futures.pop(cid, None)
+                elif kind == Kind.WELCOME:
+                    self.heartbeat = float(body.get("heartbeat", self.heartbeat))
+                    self.liveness = int(body.get("liveness", self.liveness))
+                elif kind == Kind.STATUS_REPLY:
+                    if self.status_waiters:
+                        self.status_waiters.popleft().set_result(body)
+                elif kind == Kind.ERROR:
+                    raise protocol.ProtocolError(f"broker refused a request: {body.get('message')}")
+            except protocol.ProtocolError as exc:
+                import sys
+
+                print(f"corral client: dropped a message: {exc}", file=sys.stderr)
+
+    def resolve(self, entry: list, frames: list) -> None:
+        cid, status, _, meta = entry
+        fut = self.futures.pop(cid, None)
+        if fut is None or fut.cancelled():
+            return
+        try:
+            if status == Status.OK:
+                _settle(fut, serialization.loads(frames, "the result"), None)
+            elif status == Status.RAISED:
+                _settle(fut, None, serialization.loads(frames, "the exception raised by the task"))
+            else:
+                _settle(fut, None, _failure(meta))
+        except SerializationError as exc:
+            _settle(fut, None, exc)
+
+    def fail_all(self, exc: BaseException) -> None:
+        self.broken = exc
+        for fut in list(self.futures.values()):
+            _settle(fut, None, exc)
+        self.futures.clear()
+        while self.status_waiters:
+            self.status_waiters.popleft().set_exception(exc)
+
+
+def _settle(fut: Future, value: Any, exc: BaseException | None) -> None:
+    """Complete a future; a done-callback that raises must not stop the I/O thread."""
+    try:
+        if exc is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(exc)
+    except BaseException:  # noqa: BLE001 - e.g. sys.exit() in a done-callback
+        import traceback
+
+        traceback.print_exc()
+
+
+def _failure(meta: dict) -> BaseException:
+    error, message = meta.get("error"), str(meta.get("message", ""))
+    if error == protocol.ERR_SERIALIZATION:
+        return SerializationError(message)
+    if error == protocol.ERR_WORKER_LOST:
+        return WorkerLostError(message)
+    if error == protocol.ERR_BROKEN:
+        return BrokenProcessPool(
+            f"A worker's initializer failed; the executor is broken and takes no more work.\n{message}"
+        )
+    return RuntimeError(f"task failed: {error}: {message}")
+
+
+class Executor(_StdExecutor):
+    """A ``concurrent.futures.Executor`` whose tasks run on corral workers.
+
+    Takes ``ProcessPoolExecutor``'s arguments with the same meaning.  With no
+    ``address`` it starts an embedded broker and ``max_workers`` local worker
+    processes; with ``address="tcp://host:port"`` it submits to a broker
+    started by ``corral broker`` and to whatever workers joined it.
+
+    Extra keyword arguments:
+        fresh: run every task in a brand-new process forked from a clean
+            template (also implied by ``max_tasks_per_child=1``).
+        address: a broker to use instead of the embedded one.
+        retries: how often a task whose worker died is run again (default 2).
+        prefetch: tasks a local worker holds beyond the one it runs.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        fresh: bool = False,
+        address: str | None = None,
+        retries: int = DEFAULT_RETRIES,
+        prefetch: int | None = None,
+    ):
+        if max_workers is None:
+            max_workers = _usable_cpus()
+        elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
+            raise TypeError("max_workers must be an integer")
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if mp_context is not None and not hasattr(mp_context, "get_start_method"):
+            raise TypeError("mp_context must be a multiprocessing context or None")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError("retries must be an integer >= 0")
+        if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
+            raise ValueError("prefetch must be an integer >= 0")
+        if address is not None and initializer is not None:
+            raise ValueError(
+                "initializer runs in the workers an Executor starts itself; with address= the "
+                "workers belong to the broker. Run your setup inside the task instead."
+            )
+        self._max_workers = max_workers
+        self._mp_context = mp_context
+        self._max_tasks_per_child = max_tasks_per_child
+        self._fresh = fresh or max_tasks_per_child == 1
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._ctx = zmq.Context()
+        self._tmpdir: str | None = None
+        self._broker_thread: threading.Thread | None = None
+        if address is None:
+            address = self._start_embedded(initializer, initargs, prefetch)
+        self._address = address
+        self._io = _IOLoop(self._ctx, address, retries, self._cleanup)
+        self._io.thread.start()
+        _live_executors.add(self)
+        weakref.finalize(self, self._io.close_when_done)
+
+    def _start_embedded(self, initializer, initargs, prefetch: int | None) -> str:
+        # mkdtemp makes the directory 0700: only this user can reach the sockets.
+        self._tmpdir = tempfile.mkdtemp(prefix="corral-")
+        bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
+        init = None
+        if initializer is not None:
+            init = serialization.dumps((initializer, tuple(initargs)), "the initializer")[0]
+        import pickle
+        import sys
+
+        with open(bootstrap, "wb") as f:
+            pickle.dump((list(sys.path), init), f)
+        clients = f"ipc://{self._tmpdir}/clients"
+        workers = f"ipc://{self._tmpdir}/workers"
+        if prefetch is None:
+            prefetch = 0 if self._fresh else 1
+        max_tasks = None if self._fresh else self._max_tasks_per_child
+        pool = LocalPool(
+            workers, self._max_workers, fresh=self._fresh, prefetch=prefetch + 1,
+            max_tasks=max_tasks, bootstrap=bootstrap,
+        )
+        broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True)
+        self._broker_thread = threading.Thread(target=broker.serve, name="corral-broker", daemon=True)
+        self._broker_thread.start()
+        return clients
+
+    def _cleanup(self) -> None:
+        """Runs in the I/O thread once it is done: stop the broker, remove files."""
+        if self._broker_thread is not None:
+            self._broker_thread.join(10)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        self._ctx.term()
+
+    # -- the Executor API -------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._io.broken is not None:
+            raise self._io.broken
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _interpreter_exiting:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
+        return self._submit_call(Call(fn, args, kwargs or None))
+
+    def _submit_call(self, call: Call) -> Future:
+        with self._shutdown_lock:
+            self._check_open()
+            frames = serialization.dumps(call, "task")
+            return self._io.submit_frames(frames)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[Any]:
+        """Like ``Executor.map``, but reads its input lazily through a bounded window.
+
+        At most ``buffersize`` tasks (chunks) are in flight at once; the next
+        ones are submitted as results are consumed, so an endless generator
+        works.  Work still queued is cancelled if the consumer stops early.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
+            raise ValueError("buffersize must be None or > 0")
+        window = buffersize or max(64, 16 * self._max_workers)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        argtuples = zip(*iterables)
+        if chunksize == 1:
+            calls = (Call(fn, args) for args in argtuples)
+        else:
+            calls = (Call(fn, chunk=chunk) for chunk in _chunks(argtuples, chunksize))
+        inflight: deque[Future] = deque()
+        for call in itertools.islice(calls, window):
+            inflight.append(self._submit_call(call))
+        return self._map_results(inflight, calls, deadline, chunksize > 1)
+
+    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool):
+        try:
+            while inflight:
+                fut = inflight.popleft()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    value = fut.result(remaining)
+                except FuturesTimeout:
+                    raise TimeoutError() from None
+                for call in itertools.islice(calls, 1):
+                    inflight.append(self._submit_call(call))
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+                del value
+        finally:
+            for fut in inflight:
+                fut.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; finish (or cancel) what is pending; stop the workers."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            for fut in list(self._io.futures.values()):
+                fut.cancel()
+        self._io.close_when_done()
+        if wait and self._io.thread is not threading.current_thread():
+            self._io.thread.join()
+        _live_executors.discard(self)
+
+    def summary(self, timeout: float = 10.0) -> Summary:
+        """Per-worker statistics from the broker: one dict per worker."""
+        if self._shutdown and not self._io.thread.is_alive():
+            raise RuntimeError("summary() needs a running executor; call it before shutdown()")
+        reply = self._io.request_status().result(timeout)
+        return Summary(reply["workers"], queued=reply.get("queued", 0), running=reply.get("running", 0))
+
+
+def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
+    while True:
+        chunk = list(itertools.islice(iterator, size))
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,43 @@
+"""Exception classes of corral's public API.
+
+Each names one failure the caller can act on; the messages say what to do.
+They subclass the stdlib exceptions that code written for
+``ProcessPoolExecutor`` already catches.
+"""
+
+import pickle
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+
+class CorralError(Exception):
+    """Base class of corral's own errors that are not stdlib subclasses."""
+
+
+class SerializationError(pickle.PicklingError):
+    """A callable, an argument or a result could not be pickled or unpickled.
+
+    Only the future of that task fails; the executor stays usable.  The
+    original exception is chained as ``__cause__``.
+    """
+
+
+class WorkerLostError(BrokenProcessPool):
+    """The worker process running a task died before it could reply.
+
+    A subclass of ``BrokenProcessPool`` so that code written for
+    ``ProcessPoolExecutor`` catches it; unlike there, only the tasks of the
+    dead worker fail and the executor stays usable.
+    """
+
+
+class BrokerLostError(BrokenExecutor):
+    """The broker stopped answering; the futures it held cannot complete."""
+
+
+class ProtocolError(CorralError):
+    """A message on the wire does not follow docs/protocol.md."""
+
+
+class InsecureAddressError(CorralError):
+    """A TCP listener was asked for on a non-loopback address without --insecure."""

@@ -1,0 +1,72 @@
+"""Running one task inside a worker process and packaging its outcome.
+
+A task's payload unpickles to a ``Call``: a function with its arguments, or
+a chunk of argument tuples for ``map``.  ``execute`` never raises: whatever
+happens becomes a (status, frames, meta) triple ready for a RESULT entry.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tblib import pickling_support
+
+from . import protocol, serialization
+from .errors import SerializationError
+
+# Tracebacks become picklable, so the caller sees the worker's frames.
+pickling_support.install()
+
+
+@dataclass
+class Call:
+    """What a task message carries: ``fn(*args, **kwargs)``, or ``fn`` mapped over ``chunk``."""
+
+    fn: Callable
+    args: tuple = ()
+    kwargs: dict | None = None
+    chunk: list | None = None
+
+    def __call__(self) -> Any:
+        if self.chunk is not None:
+            return [self.fn(*args) for args in self.chunk]
+        return self.fn(*self.args, **(self.kwargs or {}))
+
+
+Outcome = tuple[protocol.Status, list, dict]
+
+
+def failed(error: str, message: str) -> Outcome:
+    return protocol.Status.FAILED, [], {"error": error, "message": message}
+
+
+def execute(frames: list) -> Outcome:
+    """Unpickle, run and pickle back one task."""
+    try:
+        call = serialization.loads(frames, "the task in the worker")
+    except SerializationError as exc:
+        return failed(protocol.ERR_SERIALIZATION, f"{exc} (cause: {exc.__cause__!r})")
+    try:
+        value = call()
+    except BaseException as exc:  # noqa: BLE001 - the stdlib also reports SystemExit etc.
+        return _raised(exc)
+    try:
+        name = getattr(call.fn, "__qualname__", repr(call.fn))
+        return protocol.Status.OK, serialization.dumps(value, f"the result of {name}()"), {}
+    except SerializationError as exc:
+        return failed(protocol.ERR_SERIALIZATION, str(exc))
+
+
+def _raised(exc: BaseException) -> Outcome:
+    exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop Call.__call__
+    try:
+        return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
+    except SerializationError as perr:
+        text = "".join(traceback.format_exception(exc))
+        return failed(
+            protocol.ERR_SERIALIZATION,
+            f"the task raised {type(exc).__name__}, which cannot be pickled ({perr}); "
+            f"its traceback in the worker was:\n{text}",
+        )

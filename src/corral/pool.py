@@ -1,0 +1,98 @@
+"""Local worker processes: start them, notice when they end, stop them.
+
+The embedded broker owns one ``LocalPool``; ``corral worker --processes N``
+owns another.  Workers are separate interpreters (``python -m
+corral.worker``) started with the client's working directory and
+environment; they adopt the client's ``sys.path`` from a bootstrap file, so a
+function pickled by reference imports as it would under ``spawn``.  Each one
+is told our pid and dies with us (a parent-death signal on Linux, plus a
+check of its parent pid while idle).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Exited:
+    pid: int
+    returncode: int
+
+
+class LocalPool:
+    def __init__(
+        self,
+        address: str,
+        size: int,
+        *,
+        fresh: bool = False,
+        prefetch: int = 1,
+        max_tasks: int | None = None,
+        bootstrap: str | None = None,
+    ):
+        self.address = address
+        self.size = size
+        self.fresh = fresh
+        self.prefetch = prefetch
+        self.max_tasks = max_tasks
+        self.bootstrap = bootstrap
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.accepting = True  # False once broken or stopping: no restarts
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "corral.worker", self.address, "--parent", str(os.getpid())]
+        cmd += ["--prefetch", str(self.prefetch)]
+        if self.fresh:
+            cmd.append("--fresh")
+        if self.max_tasks:
+            cmd += ["--max-tasks", str(self.max_tasks)]
+        if self.bootstrap:
+            cmd += ["--bootstrap", self.bootstrap]
+        return cmd
+
+    def start_one(self) -> int:
+        env = dict(os.environ)
+        # corral itself must import in the worker even if it is only on our sys.path.
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
+        proc = subprocess.Popen(self.command(), env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL)
+        self.procs[proc.pid] = proc
+        return proc.pid
+
+    def fill(self) -> None:
+        """Start workers until ``size`` are alive."""
+        while self.accepting and len(self.procs) < self.size:
+            self.start_one()
+
+    def reap(self) -> list[Exited]:
+        """Forget workers that have ended and say how they ended."""
+        gone = []
+        for pid, proc in list(self.procs.items()):
+            code = proc.poll()
+            if code is not None:
+                del self.procs[pid]
+                gone.append(Exited(pid, code))
+        return gone
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Wait ``grace`` seconds for workers told to exit, then kill the rest."""
+        self.accepting = False
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for proc in self.procs.values():
+            proc.wait()
+        self.procs.clear()
+
+    def kill(self, pid: int) -> None:
+        proc = self.procs.get(pid)
+        if proc is not None and proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,132 @@
+"""The corral wire protocol: every message kind, how it is framed and parsed.
+
+This module is the only place that builds or reads message headers; the
+client, broker and worker all go through it.  ``docs/protocol.md`` is the
+specification; keep the two in step.
+
+A message is a ZeroMQ multipart message::
+
+    frame 0      header: 1 byte version, 1 byte kind, UTF-8 JSON object
+    frame 1..n   opaque payload frames (pickles and out-of-band buffers)
+
+The broker parses only frame 0, a small JSON object with a size limit, so a
+malicious payload can never run code in it.  Batched kinds (SUBMIT, TASKS,
+RESULT) carry a list of entries in the header; each entry says how many of
+the following payload frames belong to it, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Any
+
+from .errors import ProtocolError
+
+VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+
+
+class Kind(IntEnum):
+    """Message kinds.  Direction: C client, B broker, W worker."""
+
+    HELLO = 1  # C->B, W->B: first message, announces role and identity facts
+    WELCOME = 2  # B->C, B->W: accepts a HELLO; carries the heartbeat interval
+    SUBMIT = 3  # C->B: a batch of tasks, entries [task_id, nframes, options]
+    CANCEL = 4  # C->B, B->W: task ids to drop if not started yet
+    STARTED = 5  # W->B, B->C: task ids a worker has begun to run
+    RESULT = 6  # W->B, B->C: a batch of outcomes, entries [task_id, status, nframes, meta]
+    READY = 7  # W->B: grants the broker credit for N more tasks
+    TASKS = 8  # B->W: a batch of tasks, entries [task_id, nframes, options]
+    HEARTBEAT = 9  # any direction: "I am alive"; no body needed
+    BYE = 10  # C->B, W->B: orderly disconnect
+    STATUS = 11  # C->B: asks for the broker's view (workers, queue)
+    STATUS_REPLY = 12  # B->C: answer to STATUS
+    SHUTDOWN = 13  # B->W: finish the current task, then exit
+    ERROR = 14  # B->C, B->W: a request was refused (bad version, unknown client...)
+
+
+class Status(IntEnum):
+    """How a task ended, in RESULT entries."""
+
+    OK = 0  # payload frames: the pickled return value
+    RAISED = 1  # payload frames: the pickled exception raised by the task
+    FAILED = 2  # no payload; meta["error"] names the failure, meta["message"] explains
+
+
+# Names of FAILED errors, mapped to exception classes by the client.
+ERR_SERIALIZATION = "serialization"
+ERR_WORKER_LOST = "worker_lost"
+ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
+ERR_CANCELLED = "cancelled"
+
+# Per-task options a SUBMIT entry may carry, reserved for the task-control
+# features; the broker keeps the ones it does not act on yet.
+TASK_OPTIONS = ("retries", "timeout", "priority", "depends", "tags")
+
+
+def encode(kind: Kind, body: dict[str, Any] | None = None) -> bytes:
+    """Build header frame 0 for ``kind`` with an optional JSON ``body``."""
+    text = json.dumps(body, separators=(",", ":")).encode() if body else b""
+    return bytes((VERSION, kind)) + text
+
+
+def decode(frame: bytes) -> tuple[Kind, dict[str, Any]]:
+    """Parse header frame 0.  Raises ProtocolError for anything malformed."""
+    if len(frame) < 2:
+        raise ProtocolError(f"header too short ({len(frame)} bytes)")
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header too large ({len(frame)} bytes)")
+    if frame[0] != VERSION:
+        raise ProtocolError(f"unsupported protocol version {frame[0]} (this side speaks {VERSION})")
+    try:
+        kind = Kind(frame[1])
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {frame[1]}") from None
+    if len(frame) == 2:
+        return kind, {}
+    try:
+        body = json.loads(bytes(frame[2:]))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"header body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("header body is not a JSON object")
+    return kind, body
+
+
+def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> list[tuple[list, list]]:
+    """Pair each entry of a batched header with its payload frames.
+
+    ``width`` is the number of fields an entry must have; field 0 is the task
+    id (an int) and the field at index ``nframes_at(key)`` the frame count.
+    """
+    entries = body.get(key)
+    if not isinstance(entries, list):
+        raise ProtocolError(f"missing list {key!r}")
+    count_at = 2 if key == "results" else 1
+    out, pos = [], 0
+    for entry in entries:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != width
+            or not isinstance(entry[0], int)
+            or not isinstance(entry[count_at], int)
+            or entry[count_at] < 0
+        ):
+            raise ProtocolError(f"malformed {key} entry {entry!r:.80}")
+        n = entry[count_at]
+        out.append((entry, frames[pos : pos + n]))
+        pos += n
+    if pos != len(frames):
+        raise ProtocolError(f"{key}: entries name {pos} frames, message has {len(frames)}")
+    return out
+
+
+def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None) -> list:
+    """An entry of SUBMIT or TASKS."""
+    return [task_id, nframes, options or {}]
+
+
+def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any] | None = None) -> list:
+    """An entry of RESULT."""
+    return [task_id, int(status), nframes, meta or {}]

@@ -1,0 +1,27 @@
+"""A readable per-worker summary table (``Executor.summary()``, ``corral demo``)."""
+
+from __future__ import annotations
+
+COLUMNS = (("worker", "worker"), ("host", "host"), ("pid", "pid"), ("tasks", "tasks"),
+           ("busy_s", "busy s"), ("errors", "errors"))
+
+
+class Summary(list):
+    """A list of dicts, one per worker, whose ``str`` is a table."""
+
+    def __init__(self, workers, queued: int = 0, running: int = 0):
+        super().__init__(workers)
+        self.queued = queued
+        self.running = running
+
+    def __str__(self) -> str:
+        rows = [[h for _, h in COLUMNS]]
+        for w in self:
+            rows.append([f"{w[k]:.3f}" if k == "busy_s" else str(w[k]) for k, _ in COLUMNS])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+        lines = ["  ".join(c.rjust(n) if i >= 2 else c.ljust(n) for i, (c, n) in enumerate(zip(r, widths)))
+                 for r in rows]
+        lines.insert(1, "  ".join("-" * n for n in widths))
+        total = sum(w["tasks"] for w in self)
+        lines.append(f"{len(self)} workers, {total} tasks, {self.queued} queued, {self.running} running")
+        return "\n".join(lines)
