@@ -8,6 +8,7 @@ from .client import CorralFuture, Executor
 from .errors import (
     BrokerLostError,
     CorralError,
+    DeserializationError,
     InsecureAddressError,
     ProtocolError,
     SerializationError,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokerLostError",
     "CorralError",
+    "DeserializationError",
     "CorralFuture",
     "Executor",
     "InsecureAddressError",

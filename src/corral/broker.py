@@ -387,23 +387,29 @@ class Broker:
     def dispatch(self) -> None:
         if not self.queue:
             return
-        for w in list(self.workers.values()):
-            if w.credit <= 0:
-                continue
-            entries, frames = [], []
-            while w.credit > 0 and self.queue:
-                task = self.tasks.get(self.queue.popleft())
-                if task is None or task.worker is not None:
-                    continue  # cancelled while queued
+        # One task per worker per round, least loaded first, so that N tasks start
+        # on N idle workers instead of waiting in the prefetch of the first one.
+        ready = sorted((w for w in self.workers.values() if w.credit > 0), key=lambda w: len(w.assigned))
+        batches: dict[bytes, tuple[list, list]] = {}
+        while ready and self.queue:
+            for w in list(ready):
+                task = None
+                while task is None and self.queue:
+                    task = self.tasks.get(self.queue.popleft())
+                    if task is not None and task.worker is not None:
+                        task = None  # cancelled while queued
+                if task is None:
+                    break
                 task.worker = w.ident
                 w.assigned.add(task.gid)
                 w.credit -= 1
+                entries, frames = batches.setdefault(w.ident, ([], []))
                 entries.append(protocol.task_entry(task.gid, len(task.frames), task.options))
                 frames.extend(task.frames)
-            if entries:
-                self.send(self.workers_sock, w.ident, Kind.TASKS, {"tasks": entries}, frames)
-            if not self.queue:
-                return
+                if w.credit <= 0:
+                    ready.remove(w)
+        for ident, (entries, frames) in batches.items():
+            self.send(self.workers_sock, ident, Kind.TASKS, {"tasks": entries}, frames)
 
     def outbox(self, client: bytes) -> Outbox:
         box = self.outboxes.get(client)
@@ -475,6 +481,12 @@ class Broker:
         for w in list(self.workers.values()):
             self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
         if self.pool:
+            # A worker still starting up has not said HELLO, so it gets no SHUTDOWN:
+            # end it now rather than after the pool's grace period. It holds no task.
+            registered = {w.pid for w in self.workers.values()}
+            for pid in list(self.pool.procs):
+                if pid not in registered:
+                    self.pool.kill(pid)
             self.pool.stop()
         self.clients_sock.close()
         if not self.shared:

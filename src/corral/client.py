@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -43,13 +44,14 @@ import zmq
 
 from . import protocol, serialization
 from .broker import DEFAULT_RETRIES, Broker
-from .errors import BrokerLostError, SerializationError, WorkerLostError
+from .errors import BrokerLostError, DeserializationError, SerializationError, WorkerLostError
 from .execution import Call
 from .pool import LocalPool
 from .protocol import Kind, Status
 from .summary import Summary
 
-_live_executors: weakref.WeakSet = weakref.WeakSet()
+# I/O loops still running, including those of executors shut down with wait=False.
+_live_loops: set = set()
 _interpreter_exiting = False
 
 
@@ -57,8 +59,10 @@ def _python_exit() -> None:
     """Before the interpreter joins threads: let every open executor finish its work."""
     global _interpreter_exiting
     _interpreter_exiting = True
-    for ex in list(_live_executors):
-        ex.shutdown(wait=True)
+    for io in list(_live_loops):
+        io.close_when_done()
+    for io in list(_live_loops):
+        io.thread.join()
 
 
 threading._register_atexit(_python_exit)
@@ -176,9 +180,11 @@ class _IOLoop:
             sock.send(protocol.encode(Kind.BYE))
         finally:
             sock.close()
+            self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
             os.close(self.wake_r)
             os.close(self.wake_w)
             self.cleanup()
+            _live_loops.discard(self)
 
     def send_pending(self, sock: zmq.Socket) -> None:
         if self.outq:
@@ -212,7 +218,8 @@ class _IOLoop:
                 elif kind == Kind.STARTED:
                     for cid in body.get("ids", ()):
                         fut = self.futures.get(cid)
-                        if fut is not None and not fut.set_running_or_notify_cancel():
+                        # A retried task starts again: only the first start counts.
+                        if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
                             self.futures.pop(cid, None)
                 elif kind == Kind.WELCOME:
                     self.heartbeat = float(body.get("heartbeat", self.heartbeat))
@@ -222,10 +229,8 @@ class _IOLoop:
                         self.status_waiters.popleft().set_result(body)
                 elif kind == Kind.ERROR:
                     raise protocol.ProtocolError(f"broker refused a request: {body.get('message')}")
-            except protocol.ProtocolError as exc:
-                import sys
-
-                print(f"corral client: dropped a message: {exc}", file=sys.stderr)
+            except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
+                print(f"corral client: dropped a malformed message: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def resolve(self, entry: list, frames: list) -> None:
         cid, status, _, meta = entry
@@ -238,6 +243,8 @@ class _IOLoop:
             elif status == Status.RAISED:
                 _settle(fut, None, serialization.loads(frames, "the exception raised by the task"))
             else:
+                if meta.get("error") == protocol.ERR_BROKEN and self.broken is None:
+                    self.broken = _failure(meta)  # later submits raise, as ProcessPoolExecutor's do
                 _settle(fut, None, _failure(meta))
         except SerializationError as exc:
             _settle(fut, None, exc)
@@ -268,6 +275,8 @@ def _failure(meta: dict) -> BaseException:
     error, message = meta.get("error"), str(meta.get("message", ""))
     if error == protocol.ERR_SERIALIZATION:
         return SerializationError(message)
+    if error == protocol.ERR_DESERIALIZATION:
+        return DeserializationError(message)
     if error == protocol.ERR_WORKER_LOST:
         return WorkerLostError(message)
     if error == protocol.ERR_BROKEN:
@@ -343,17 +352,17 @@ class Executor(_StdExecutor):
             address = self._start_embedded(initializer, initargs, prefetch)
         self._address = address
         self._io = _IOLoop(self._ctx, address, retries, self._cleanup)
+        _live_loops.add(self._io)
         self._io.thread.start()
-        _live_executors.add(self)
         weakref.finalize(self, self._io.close_when_done)
 
     def _start_embedded(self, initializer, initargs, prefetch: int | None) -> str:
+        init = None
+        if initializer is not None:  # before mkdtemp, so that a pickling error leaves no directory behind
+            init = serialization.dumps((initializer, tuple(initargs)), "the initializer")[0]
         # mkdtemp makes the directory 0700: only this user can reach the sockets.
         self._tmpdir = tempfile.mkdtemp(prefix="corral-")
         bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
-        init = None
-        if initializer is not None:
-            init = serialization.dumps((initializer, tuple(initargs)), "the initializer")[0]
         import pickle
         import sys
 
@@ -398,7 +407,12 @@ class Executor(_StdExecutor):
     def _submit_call(self, call: Call) -> Future:
         with self._shutdown_lock:
             self._check_open()
-            frames = serialization.dumps(call, "task")
+            try:
+                frames = serialization.dumps(call, "task")
+            except SerializationError as exc:
+                fut: Future = Future()  # only this future fails; the executor stays usable
+                fut.set_exception(exc)
+                return fut
             return self._io.submit_frames(frames)
 
     def map(
@@ -440,6 +454,7 @@ class Executor(_StdExecutor):
                     value = fut.result(remaining)
                 except FuturesTimeout:
                     raise TimeoutError() from None
+                del fut  # hold no reference to a yielded result (bpo-14406)
                 for call in itertools.islice(calls, 1):
                     inflight.append(self._submit_call(call))
                 if chunked:
@@ -461,7 +476,6 @@ class Executor(_StdExecutor):
         self._io.close_when_done()
         if wait and self._io.thread is not threading.current_thread():
             self._io.thread.join()
-        _live_executors.discard(self)
 
     def summary(self, timeout: float = 10.0) -> Summary:
         """Per-worker statistics from the broker: one dict per worker."""

@@ -22,6 +22,15 @@ class SerializationError(pickle.PicklingError):
     """
 
 
+class DeserializationError(SerializationError, BrokenProcessPool):
+    """A task or a result could not be unpickled.
+
+    Also a ``BrokenProcessPool``, which is what ``ProcessPoolExecutor``
+    raises in this case, so code written for it keeps working; unlike there,
+    only this future fails.
+    """
+
+
 class WorkerLostError(BrokenProcessPool):
     """The worker process running a task died before it could reply.
 

@@ -47,7 +47,7 @@ def execute(frames: list) -> Outcome:
     try:
         call = serialization.loads(frames, "the task in the worker")
     except SerializationError as exc:
-        return failed(protocol.ERR_SERIALIZATION, f"{exc} (cause: {exc.__cause__!r})")
+        return failed(protocol.ERR_DESERIALIZATION, str(exc))
     try:
         value = call()
     except BaseException as exc:  # noqa: BLE001 - the stdlib also reports SystemExit etc.
@@ -57,6 +57,8 @@ def execute(frames: list) -> Outcome:
         return protocol.Status.OK, serialization.dumps(value, f"the result of {name}()"), {}
     except SerializationError as exc:
         return failed(protocol.ERR_SERIALIZATION, str(exc))
+    except BaseException as exc:  # noqa: BLE001 - e.g. sys.exit() in the result's __reduce__
+        return _raised(exc)
 
 
 def _raised(exc: BaseException) -> Outcome:

@@ -55,7 +55,8 @@ class Status(IntEnum):
 
 
 # Names of FAILED errors, mapped to exception classes by the client.
-ERR_SERIALIZATION = "serialization"
+ERR_SERIALIZATION = "serialization"  # pickling failed
+ERR_DESERIALIZATION = "deserialization"  # unpickling failed
 ERR_WORKER_LOST = "worker_lost"
 ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
 ERR_CANCELLED = "cancelled"
@@ -87,7 +88,7 @@ def decode(frame: bytes) -> tuple[Kind, dict[str, Any]]:
         return kind, {}
     try:
         body = json.loads(bytes(frame[2:]))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise ProtocolError(f"header body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ProtocolError("header body is not a JSON object")

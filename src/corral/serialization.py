@@ -18,7 +18,7 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import SerializationError
+from .errors import DeserializationError, SerializationError
 
 PROTOCOL = 5
 # Buffers smaller than this are cheaper to copy into the stream than to send
@@ -50,8 +50,8 @@ def loads(frames: list, what: str = "object") -> Any:
     """Unpickle [stream, *buffers]; SerializationError on failure."""
     try:
         return pickle.loads(frames[0], buffers=frames[1:])
-    except Exception as exc:
-        raise SerializationError(f"cannot unpickle {what}: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a __reduce__ fails only this object
+        raise DeserializationError(f"cannot unpickle {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _pickles(obj: Any) -> Exception | None:

@@ -1,0 +1,134 @@
+"""The ``corral`` command: a thin layer over the library.
+
+    corral demo                                  Monte Carlo pi on local workers
+    corral broker --listen tcp://127.0.0.1:7700  a standalone broker
+    corral worker tcp://127.0.0.1:7700 [--fresh] [--processes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import sys
+import time
+import warnings
+from urllib.parse import urlsplit
+
+from . import __version__
+from .errors import InsecureAddressError
+
+
+def check_listen_address(address: str, insecure: bool) -> None:
+    """Refuse a TCP listener that other machines can reach unless --insecure was given."""
+    if not address.startswith("tcp://"):
+        return
+    host = urlsplit(address).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return
+    if not insecure:
+        raise InsecureAddressError(
+            f"refusing to listen on {address}: anyone who can reach it could run code on your workers. "
+            "Listen on 127.0.0.1, or pass --insecure if the network is trusted (encryption is not available yet)."
+        )
+    warnings.warn(
+        f"listening on {address} without encryption or authentication: anyone who can reach this "
+        "port can run code on the workers",
+        stacklevel=2,
+    )
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from .broker import Broker
+
+    check_listen_address(args.listen, args.insecure)
+    broker = Broker(args.listen, heartbeat=args.heartbeat)
+    print(f"corral broker listening on {args.listen}", file=sys.stderr, flush=True)
+
+    def stop(signum, frame):
+        broker.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    broker.serve()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .pool import LocalPool
+
+    if args.processes < 1:
+        raise SystemExit("corral worker: --processes must be >= 1")
+    pool = LocalPool(args.address, args.processes, fresh=args.fresh, prefetch=args.prefetch)
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    pool.fill()
+    print(f"corral worker: {args.processes} {'fresh' if args.fresh else 'persistent'} "
+          f"process(es) serving {args.address}", file=sys.stderr, flush=True)
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            pool.reap()
+            pool.fill()  # replace processes that ended (crash, recycling)
+    finally:
+        for proc in pool.procs.values():
+            proc.terminate()
+        pool.stop(grace=5)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(tasks=args.tasks, samples=args.samples, workers=args.workers)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="corral", description="A concurrent.futures Executor over a ZeroMQ broker.")
+    p.add_argument("--version", action="version", version=f"corral {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="estimate pi by Monte Carlo on local workers")
+    demo.add_argument("--tasks", type=int, default=200, help="number of tasks (default 200)")
+    demo.add_argument("--samples", type=int, default=20000, help="random points per task (default 20000)")
+    demo.add_argument("--workers", type=int, default=None, help="worker processes (default: usable CPUs)")
+    demo.set_defaults(func=cmd_demo)
+
+    broker = sub.add_parser("broker", help="run a standalone broker")
+    broker.add_argument("--listen", default="tcp://127.0.0.1:7700", help="address to bind (default %(default)s)")
+    broker.add_argument("--insecure", action="store_true", help="allow a non-loopback TCP address without encryption")
+    broker.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds")
+    broker.set_defaults(func=cmd_broker)
+
+    worker = sub.add_parser("worker", help="run worker processes that serve a broker")
+    worker.add_argument("address", help="the broker's address, e.g. tcp://127.0.0.1:7700")
+    worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
+    worker.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
+    worker.add_argument("--prefetch", type=int, default=2, help="tasks each process holds (default 2)")
+    worker.set_defaults(func=cmd_worker)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InsecureAddressError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
