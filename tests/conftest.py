@@ -1,0 +1,85 @@
+"""Shared fixtures: every test must clean up after itself.
+
+The autouse ``no_leaks`` fixture fails a test that leaves a child process or
+a ``corral-*`` temporary directory behind (after giving them a few seconds
+to go away), then removes the leftovers so that one leak does not make the
+following tests fail too.
+
+Executors are never shared between tests: ``make_executor`` creates them per
+test and shuts them down at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+
+import psutil
+import pytest
+
+import corral
+
+LEAK_GRACE_S = 5.0
+
+
+def _corral_dirs() -> set[str]:
+    tmp = tempfile.gettempdir()
+    return {os.path.join(tmp, name) for name in os.listdir(tmp) if name.startswith("corral-")}
+
+
+def _children() -> dict[int, psutil.Process]:
+    try:
+        return {p.pid: p for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return {}
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid} ({proc.status()}): {' '.join(proc.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {proc.pid} (gone)"
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    children_before = set(_children())
+    dirs_before = _corral_dirs()
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_S
+    while True:
+        left = {pid: p for pid, p in _children().items() if pid not in children_before}
+        dirs = _corral_dirs() - dirs_before
+        if (not left and not dirs) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    problems = [f"child process left running: {_describe(p)}" for p in left.values()]
+    problems += [f"temporary directory left behind: {d}" for d in sorted(dirs)]
+    # Clean up so that the next test starts from a clean slate.
+    for proc in left.values():
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(left.values()), timeout=5)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    if problems:
+        pytest.fail("test leaked resources:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def make_executor():
+    """A factory of executors that are shut down when the test ends."""
+    made: list[corral.Executor] = []
+
+    def make(*args, **kwargs) -> corral.Executor:
+        ex = corral.Executor(*args, **kwargs)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,397 @@
+"""The concurrent.futures Executor API of corral.Executor, against real workers."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import math
+import os
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+import corral
+
+TIMEOUT = 30
+
+
+# -- task functions (module level: pickled by reference) -----------------------
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def echo_kwargs(*args, **kwargs):
+    return args, kwargs
+
+
+def sleep_then_return(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write("ran")
+    return path
+
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def norm(self):
+        return math.hypot(self.x, self.y)
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+
+def make_point(x, y):
+    return Point(x, y)
+
+
+def wait_until(predicate, timeout=TIMEOUT, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def usable_cpus():
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# -- construction ----------------------------------------------------------------
+
+
+def _stdlib_error(**kwargs):
+    with pytest.raises(Exception) as info:
+        ProcessPoolExecutor(**kwargs)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc_type", "message"),
+    [
+        ({"max_workers": 0}, ValueError, "max_workers must be greater than 0"),
+        ({"max_workers": -1}, ValueError, "max_workers must be greater than 0"),
+        ({"initializer": 42}, TypeError, "initializer must be a callable"),
+        ({"max_tasks_per_child": 0}, ValueError, "max_tasks_per_child must be >= 1"),
+        ({"max_tasks_per_child": "x"}, TypeError, None),
+    ],
+)
+def test_constructor_validation_matches_process_pool(kwargs, exc_type, message):
+    expected = _stdlib_error(**kwargs)
+    assert type(expected) is exc_type
+    with pytest.raises(exc_type) as info:
+        corral.Executor(**kwargs)
+    assert type(info.value) is type(expected)
+    assert str(info.value) == str(expected)
+    if message is not None:
+        assert str(info.value) == message
+
+
+def test_map_chunksize_validation_matches_process_pool(make_executor):
+    ppe = ProcessPoolExecutor(1)
+    try:
+        with pytest.raises(ValueError) as expected:
+            ppe.map(square, [1], chunksize=0)
+    finally:
+        ppe.shutdown()
+    ex = make_executor(1)
+    with pytest.raises(ValueError) as info:
+        ex.map(square, [1], chunksize=0)
+    assert str(info.value) == str(expected.value)
+    assert ex.submit(square, 3).result(TIMEOUT) == 9
+
+
+def test_is_a_concurrent_futures_executor_with_default_workers(make_executor):
+    ex = make_executor()
+    assert isinstance(ex, concurrent.futures.Executor)
+    assert ex._max_workers == usable_cpus()
+    fut = ex.submit(square, 4)
+    assert isinstance(fut, concurrent.futures.Future)
+    assert fut.result(TIMEOUT) == 16
+
+
+# -- submit ------------------------------------------------------------------------
+
+
+def test_submit_result(make_executor):
+    ex = make_executor(2)
+    futures = [ex.submit(add, i, b=10) for i in range(20)]
+    assert [f.result(TIMEOUT) for f in futures] == [i + 10 for i in range(20)]
+
+
+def test_fn_is_positional_only_so_fn_kwarg_passes_through(make_executor):
+    ex = make_executor(1)
+    assert ex.submit(echo_kwargs, fn=1).result(TIMEOUT) == ((), {"fn": 1})
+    assert ex.submit(echo_kwargs, 1, self=2, fn=3).result(TIMEOUT) == ((1,), {"self": 2, "fn": 3})
+    with pytest.raises(TypeError):
+        ex.submit(fn=echo_kwargs)
+
+
+def test_lambdas_closures_and_classes(make_executor):
+    ex = make_executor(2)
+    assert ex.submit(lambda x: x * 2, 21).result(TIMEOUT) == 42
+
+    offset = 100
+
+    def closure(x):
+        return x + offset
+
+    assert ex.submit(closure, 5).result(TIMEOUT) == 105
+
+    class Local:
+        def __init__(self, v):
+            self.v = v
+
+        def doubled(self):
+            return self.v * 2
+
+    assert ex.submit(Local(8).doubled).result(TIMEOUT) == 16
+    result = ex.submit(lambda: Local(3)).result(TIMEOUT)
+    assert type(result).__name__ == "Local" and result.v == 3
+
+    assert ex.submit(Point(3, 4).norm).result(TIMEOUT) == 5.0
+    assert ex.submit(make_point, 1, 2).result(TIMEOUT) == Point(1, 2)
+    assert ex.submit(Point, 5, 6).result(TIMEOUT) == Point(5, 6)
+
+
+# -- map ---------------------------------------------------------------------------
+
+
+def test_map_keeps_order(make_executor):
+    ex = make_executor(2)
+    delays = [0.2, 0.0, 0.1, 0.0, 0.05, 0.0]
+    assert list(ex.map(sleep_then_return, delays, range(6), timeout=TIMEOUT)) == list(range(6))
+
+
+def test_map_stops_at_shortest_iterable(make_executor):
+    ex = make_executor(2)
+    assert list(ex.map(add, [1, 2, 3, 4], [10, 20], timeout=TIMEOUT)) == [11, 22]
+    assert list(ex.map(add, [], [1], timeout=TIMEOUT)) == []
+
+
+@pytest.mark.parametrize("chunksize", [1, 7])
+def test_map_chunksize(make_executor, chunksize):
+    ex = make_executor(2)
+    assert list(ex.map(square, range(50), timeout=TIMEOUT, chunksize=chunksize)) == [x * x for x in range(50)]
+    assert list(ex.map(add, range(10), range(100, 103), chunksize=chunksize)) == [100, 102, 104]
+
+
+def test_map_over_endless_generator(make_executor):
+    ex = make_executor(2)
+    results = ex.map(square, itertools.count())
+    assert [next(results) for _ in range(100)] == [x * x for x in range(100)]
+    results.close()
+    assert ex.submit(square, 12).result(TIMEOUT) == 144
+    assert list(ex.map(square, range(5), timeout=TIMEOUT)) == [0, 1, 4, 9, 16]
+
+
+def test_map_early_stop_cancels_queued_work(make_executor):
+    ex = make_executor(1)
+    results = ex.map(time.sleep, [0.2] * 100)
+    assert next(results) is None
+    assert next(results) is None
+    results.close()
+    start = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - start < 5, "queued map tasks were not cancelled"
+
+
+def test_map_timeout(make_executor):
+    ex = make_executor(1)
+    results = ex.map(sleep_then_return, [2.0], ["late"], timeout=0.2)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        next(results)
+    assert time.monotonic() - start < 1.5
+    with pytest.raises(concurrent.futures.TimeoutError):
+        list(ex.map(sleep_then_return, [2.0], ["late"], timeout=0.1))
+
+
+# -- cancellation and shutdown --------------------------------------------------------
+
+
+def test_shutdown_cancel_futures(make_executor, tmp_path):
+    ex = make_executor(1)
+    blocker = ex.submit(sleep_then_return, 1.0, "blocker")
+    wait_until(blocker.running)
+    queued = [ex.submit(touch, tmp_path / f"queued-{i}") for i in range(10)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert blocker.result(0) == "blocker"
+    assert all(f.cancelled() for f in queued)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_queued_future_never_runs(make_executor, tmp_path):
+    ex = make_executor(1)
+    blocker = ex.submit(sleep_then_return, 1.0, "blocker")
+    wait_until(blocker.running)
+    marker = tmp_path / "cancelled-task-ran"
+    victim = ex.submit(touch, marker)
+    assert victim.cancel() is True
+    assert victim.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        victim.result(0)
+    assert blocker.result(TIMEOUT) == "blocker"
+    # The task behind the cancelled one runs, so the cancelled one would have run by now.
+    after = tmp_path / "after"
+    assert ex.submit(touch, after).result(TIMEOUT) == after
+    ex.shutdown(wait=True)
+    assert after.exists()
+    assert not marker.exists()
+
+
+def test_cancel_running_or_done_future_returns_false(make_executor):
+    ex = make_executor(1)
+    running = ex.submit(sleep_then_return, 0.5, "r")
+    wait_until(running.running)
+    assert running.cancel() is False
+    assert running.result(TIMEOUT) == "r"
+    assert running.cancel() is False
+
+
+def test_wait_and_as_completed(make_executor):
+    ex = make_executor(2)
+    futures = [ex.submit(sleep_then_return, 0.05 * (i % 3), i) for i in range(10)]
+    done, not_done = concurrent.futures.wait(futures, timeout=TIMEOUT)
+    assert done == set(futures) and not not_done
+
+    slow = ex.submit(sleep_then_return, 1.0, "slow")
+    fast = ex.submit(sleep_then_return, 0.0, "fast")
+    done, not_done = concurrent.futures.wait([slow, fast], timeout=TIMEOUT, return_when=concurrent.futures.FIRST_COMPLETED)
+    assert fast in done and slow in not_done
+
+    futures = [ex.submit(square, i) for i in range(10)]
+    seen = {f.result() for f in concurrent.futures.as_completed(futures, timeout=TIMEOUT)}
+    assert seen == {i * i for i in range(10)}
+    assert slow.result(TIMEOUT) == "slow"
+
+
+def test_asyncio_integration(make_executor):
+    ex = make_executor(2)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a = await asyncio.wait_for(asyncio.wrap_future(ex.submit(square, 7)), TIMEOUT)
+        b = await asyncio.wait_for(loop.run_in_executor(ex, add, 2, 3), TIMEOUT)
+        many = await asyncio.wait_for(
+            asyncio.gather(*(loop.run_in_executor(ex, square, i) for i in range(8))), TIMEOUT
+        )
+        return a, b, many
+
+    assert asyncio.run(main()) == (49, 5, [i * i for i in range(8)])
+
+
+def test_done_callback_runs_exactly_once(make_executor):
+    ex = make_executor(1)
+    calls = []
+    event = threading.Event()
+
+    def callback(fut):
+        calls.append(fut.result())
+        event.set()
+
+    fut = ex.submit(sleep_then_return, 0.1, "value")
+    fut.add_done_callback(callback)
+    assert fut.result(TIMEOUT) == "value"
+    assert event.wait(TIMEOUT)
+    # Later traffic must not complete the future (and call back) again.
+    assert ex.submit(square, 2).result(TIMEOUT) == 4
+    time.sleep(0.2)
+    assert calls == ["value"]
+
+    late = []
+    fut.add_done_callback(lambda f: late.append(f.result()))
+    assert late == ["value"]
+    assert calls == ["value"]
+
+
+def test_done_callback_that_raises_does_not_break_the_executor(make_executor):
+    ex = make_executor(1)
+
+    def bad_callback(fut):
+        raise RuntimeError("callback failure")
+
+    fut = ex.submit(square, 3)
+    fut.add_done_callback(bad_callback)
+    assert fut.result(TIMEOUT) == 9
+    assert ex.submit(square, 4).result(TIMEOUT) == 16
+
+
+def test_context_manager():
+    with corral.Executor(1) as ex:
+        fut = ex.submit(sleep_then_return, 0.2, "done")
+    assert fut.done() and fut.result(0) == "done"
+    with pytest.raises(RuntimeError):
+        ex.submit(square, 1)
+
+
+def test_context_manager_propagates_exceptions():
+    with pytest.raises(KeyError):
+        with corral.Executor(1) as ex:
+            ex.submit(square, 1).result(TIMEOUT)
+            raise KeyError("inside")
+
+
+def test_submit_and_map_after_shutdown_raise(make_executor):
+    ex = make_executor(1)
+    assert ex.submit(square, 2).result(TIMEOUT) == 4
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(square, 1)
+    with pytest.raises(RuntimeError):
+        ex.map(square, [1, 2])
+
+
+def test_shutdown_twice_does_not_touch_a_recycled_descriptor(make_executor, tmp_path):
+    ex = make_executor(1)
+    assert ex.submit(square, 2).result(TIMEOUT) == 4
+    ex.shutdown(wait=True)
+    stale = ex._io.wake_w
+    with pytest.raises(OSError):
+        os.fstat(stale)  # the wake-up pipe is closed: its number may be reused
+    path = tmp_path / "innocent"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    try:
+        os.dup2(fd, stale)  # another part of the program now owns that number
+        try:
+            ex.shutdown(wait=True)
+            ex.shutdown(wait=False, cancel_futures=True)
+        finally:
+            os.close(stale)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b""
+
+
+def test_shutdown_without_wait():
+    ex = corral.Executor(1)
+    fut = ex.submit(sleep_then_return, 0.3, "finished")
+    ex.shutdown(wait=False)
+    assert fut.result(TIMEOUT) == "finished"
+    ex._io.thread.join(TIMEOUT)
+    assert not ex._io.thread.is_alive()
+
+
+def test_shutdown_soon_after_start_is_quick():
+    ex = corral.Executor(2)
+    start = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - start < 2.5
