@@ -10,26 +10,22 @@ each child the whole process group is checked, and anything left in it (a
 leaked worker) is killed and reported.  Results go to ``docs/benchmarks.md``
 and, when matplotlib is importable, ``docs/benchmarks.png``.
 
-Only the standard library is imported at module level, so spawn-started
-workers that re-import this file as ``__mp_main__`` stay cheap.
+Only a few cheap standard-library modules are imported at module level, so
+spawn-started workers that re-import this file as ``__mp_main__`` stay cheap.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime
 import importlib.util
-import json
 import os
-import platform
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+# Everything else is imported where it is used, so that spawn-started workers (which
+# import this file again) and --by-reference task processes stay cheap.
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -55,11 +51,12 @@ def busy(seconds):
     return seconds
 
 
-# The metrics call the task functions through T.  In a child, T is this file imported
-# as the module ``bench`` (benchmarks/ is sys.path[0]), so that every executor pickles
-# them by reference, as it would a function from any importable module.  Functions
-# defined in ``__main__`` would go by value through corral's cloudpickle, which costs
-# corral some 40 µs more per task.
+# The metrics call the task functions through T: by default this module, which in a
+# child is ``__main__``, as in a user's script: corral and loky then pickle the functions
+# by value (cloudpickle), the stdlib pools by reference.  With --by-reference, T is this
+# file imported again as the module ``bench`` (benchmarks/ is sys.path[0]), so every
+# executor pickles the functions by reference, as it would those of any importable
+# module; corral's fresh mode then imports ``bench`` in every task process.
 T = sys.modules[__name__]
 
 
@@ -177,6 +174,8 @@ class Deadline:
 
 
 def m_latency(ex, p, dl):
+    import statistics
+
     for _ in range(p["warmup"]):
         ex.submit(T.noop).result(dl.left())
     samples = []
@@ -217,6 +216,8 @@ def m_map1000(ex, p, dl):
 
 
 def m_array(ex, p, dl):
+    import statistics
+
     import numpy as np
 
     arr = np.arange(p["mib"] * MIB // 8, dtype=np.float64)
@@ -275,12 +276,15 @@ def describe(exc, limit):
 
 
 def child(peer, metric, params, limit, out_path):
+    import json
+    import statistics
+
     def emit(**record):
         with open(out_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     global T
-    with contextlib.suppress(ImportError):
+    if os.environ.get("CBENCH_BY_REFERENCE") == "1":
         import bench as T  # see the comment at T
     dl = Deadline(limit)
     try:
@@ -339,14 +343,20 @@ def _group_members(pgid):
 
 
 def _kill_group(pgid):
+    import signal
+
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def run_cell(peer, metric, params, limit, timeout):
+def run_cell(peer, metric, params, limit, timeout, by_reference=False):
     """Run one child; return a dict with result / error / notes."""
+    import json
+    import signal
+    import subprocess
+
     # Not "corral-*": the test suite's leak check removes such directories.  The child gets
     # this directory as TMPDIR too, so corral's own corral-* directories live in it.
     with tempfile.TemporaryDirectory(prefix="cbench-") as tmp:
@@ -357,7 +367,7 @@ def run_cell(peer, metric, params, limit, timeout):
         t0 = time.monotonic()
         with open(err_path, "wb") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    start_new_session=True, cwd=str(ROOT), env={**os.environ, "TMPDIR": tmp})
+                                    start_new_session=True, cwd=str(ROOT), env={**os.environ, "TMPDIR": tmp, "CBENCH_BY_REFERENCE": "1" if by_reference else "0"})
         cell = {"notes": []}
         try:
             proc.wait(timeout)
@@ -474,6 +484,9 @@ def build_rows(results, peers, params):
 
 
 def write_markdown(path, results, peers, params, args, wall_s, skipped, load):
+    import datetime
+    import platform
+
     rows = build_rows(results, peers, params)
     labels = [PEERS[p][0] for p in peers]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -493,6 +506,10 @@ def write_markdown(path, results, peers, params, args, wall_s, skipped, load):
         (f"- Mode: {'--quick' if args.quick else 'full'}; {WORKERS} workers for every executor; "
          f"whole run took {wall_s:.0f} s"),
         "- Reproduce: `python benchmarks/bench.py --quick` (or without `--quick` for the full counts)",
+        ("- Task functions: " + ("imported from the module `bench` (`--by-reference`): every executor pickles "
+                                 "them by reference" if args.by_reference else
+                                 "defined in the script's `__main__`, as in a user's script: corral and loky "
+                                 "pickle them by value (cloudpickle), the stdlib pools by reference")),
         "",
         ("Numbers come from **one run** on a shared machine; absolute values move from run to run "
          "and machine to machine, so only the ratios within one run are worth comparing."),
@@ -599,11 +616,16 @@ def write_chart(path, rows, peers):
 
 
 def main(argv=None):
+    import argparse
+    import json
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller counts; finishes in under 2 minutes")
     ap.add_argument("--peers", help="comma-separated subset of: " + ",".join(PEERS))
     ap.add_argument("--metrics", help="comma-separated subset of: " + ",".join(METRICS))
     ap.add_argument("--budget", type=float, help="seconds for the whole run (default 110 quick, 470 full)")
+    ap.add_argument("--by-reference", action="store_true",
+                    help="tasks come from the importable module bench instead of __main__ (see T)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--chart", default=str(ROOT / "docs" / "benchmarks.png"))
     ap.add_argument("--json", help="also write the raw results here")
@@ -648,7 +670,8 @@ def main(argv=None):
                 print(f"  {metric:8} {peer:16} skipped (budget)", flush=True)
                 continue
             this_limit = min(limit, max(1.0, remaining - SHUTDOWN_GRACE))
-            cell = run_cell(peer, metric, params[metric], this_limit, min(this_limit + SHUTDOWN_GRACE, remaining))
+            cell = run_cell(peer, metric, params[metric], this_limit, min(this_limit + SHUTDOWN_GRACE, remaining),
+                            args.by_reference)
             results[(peer, metric)] = cell
             shown = cell.get("result") or cell.get("error")
             extra = ("  [" + "; ".join(cell["notes"]) + "]") if cell["notes"] else ""

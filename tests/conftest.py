@@ -22,6 +22,33 @@ import pytest
 import corral
 
 LEAK_GRACE_S = 5.0
+_saved_tmp: tuple = ()
+
+
+def pytest_configure(config):
+    """Give this test session a private temporary directory.
+
+    The leak check looks for ``corral-*`` directories in
+    ``tempfile.gettempdir()``; other programs on the machine using corral
+    must not be mistaken for our leaks.  Worker processes inherit ``TMPDIR``.
+    """
+    global _saved_tmp
+    private = tempfile.mkdtemp(prefix="ctest-")
+    _saved_tmp = (tempfile.tempdir, os.environ.get("TMPDIR"), private)
+    os.environ["TMPDIR"] = private
+    tempfile.tempdir = private
+
+
+def pytest_unconfigure(config):
+    if not _saved_tmp:
+        return
+    tempdir, env, private = _saved_tmp
+    tempfile.tempdir = tempdir
+    if env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = env
+    shutil.rmtree(private, ignore_errors=True)
 
 
 def _corral_dirs() -> set[str]:
@@ -43,6 +70,13 @@ def _describe(proc: psutil.Process) -> str:
         return f"pid {proc.pid} (gone)"
 
 
+def _listing(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError as exc:
+        return [repr(exc)]
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
     children_before = set(_children())
@@ -56,7 +90,7 @@ def no_leaks():
             break
         time.sleep(0.05)
     problems = [f"child process left running: {_describe(p)}" for p in left.values()]
-    problems += [f"temporary directory left behind: {d}" for d in sorted(dirs)]
+    problems += [f"temporary directory left behind: {d} {_listing(d)}" for d in sorted(dirs)]
     # Clean up so that the next test starts from a clean slate.
     for proc in left.values():
         try:

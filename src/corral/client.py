@@ -347,6 +347,7 @@ class Executor(_StdExecutor):
         self._shutdown = False
         self._ctx = zmq.Context()
         self._tmpdir: str | None = None
+        self._broker: Broker | None = None
         self._broker_thread: threading.Thread | None = None
         if address is None:
             address = self._start_embedded(initializer, initargs, prefetch)
@@ -377,7 +378,7 @@ class Executor(_StdExecutor):
             workers, self._max_workers, fresh=self._fresh, prefetch=prefetch + 1,
             max_tasks=max_tasks, bootstrap=bootstrap,
         )
-        broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True)
+        broker = self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True)
         self._broker_thread = threading.Thread(target=broker.serve, name="corral-broker", daemon=True)
         self._broker_thread.start()
         return clients
@@ -385,7 +386,9 @@ class Executor(_StdExecutor):
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done: stop the broker, remove files."""
         if self._broker_thread is not None:
-            self._broker_thread.join(10)
+            # The BYE already told it to stop; this covers an I/O thread that failed.
+            self._broker.running = False
+            self._broker_thread.join()
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._ctx.term()
@@ -448,30 +451,37 @@ class Executor(_StdExecutor):
     def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool):
         try:
             while inflight:
-                fut = inflight.popleft()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                try:
-                    value = fut.result(remaining)
-                except FuturesTimeout:
-                    raise TimeoutError() from None
-                del fut  # hold no reference to a yielded result (bpo-14406)
-                for call in itertools.islice(calls, 1):
-                    inflight.append(self._submit_call(call))
+                # Yield straight from the call: no local keeps a yielded result alive (bpo-14406).
                 if chunked:
-                    yield from value
+                    yield from self._next_result(inflight, calls, deadline)
                 else:
-                    yield value
-                del value
+                    yield self._next_result(inflight, calls, deadline)
         finally:
             for fut in inflight:
                 fut.cancel()
+
+    def _next_result(self, inflight: deque, calls: Iterator[Call], deadline) -> Any:
+        """Wait for the oldest task of a map, then top the window up by one."""
+        remaining = None if deadline is None else deadline - time.monotonic()
+        try:
+            value = inflight[0].result(remaining)
+        except FuturesTimeout:
+            raise TimeoutError() from None
+        inflight.popleft()
+        for call in itertools.islice(calls, 1):
+            inflight.append(self._submit_call(call))
+        return value
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers."""
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
-            for fut in list(self._io.futures.values()):
+            # Like ProcessPoolExecutor, which has already handed up to max_workers
+            # calls to its processes, the oldest max_workers tasks are left to run
+            # even if no worker has reported starting them yet.
+            pending = [f for f in list(self._io.futures.values()) if not f.running()]
+            for fut in pending[self._max_workers:]:
                 fut.cancel()
         self._io.close_when_done()
         if wait and self._io.thread is not threading.current_thread():

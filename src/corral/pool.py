@@ -92,6 +92,13 @@ class LocalPool:
             proc.wait()
         self.procs.clear()
 
+    def terminate(self, which) -> None:
+        """Send SIGTERM to the workers whose pid ``which`` accepts."""
+        self.accepting = False
+        for pid, proc in self.procs.items():
+            if which(pid) and proc.poll() is None:
+                proc.terminate()
+
     def kill(self, pid: int) -> None:
         proc = self.procs.get(pid)
         if proc is not None and proc.poll() is None:

@@ -1,0 +1,190 @@
+"""The wire protocol: header encoding, malformed input, and a broker facing garbage."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import zmq
+
+import corral
+from corral import protocol
+from corral.broker import Broker
+from corral.protocol import Kind
+
+TIMEOUT = 10
+
+
+# -- headers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_encode_decode_round_trip(kind):
+    body = {"tasks": [[1, 2, {"retries": 1}]], "text": "é ✓", "n": 3.5, "flag": None}
+    assert protocol.decode(protocol.encode(kind, body)) == (kind, body)
+    assert protocol.decode(protocol.encode(kind)) == (kind, {})
+    assert protocol.decode(protocol.encode(kind, {})) == (kind, {})
+
+
+def test_header_layout():
+    frame = protocol.encode(Kind.HELLO, {"role": "client"})
+    assert frame[0] == protocol.VERSION
+    assert frame[1] == Kind.HELLO
+    assert json.loads(frame[2:]) == {"role": "client"}
+    assert protocol.decode(memoryview(frame)) == (Kind.HELLO, {"role": "client"})
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        bytes([protocol.VERSION]),
+        bytes([protocol.VERSION + 1, Kind.HELLO]),
+        bytes([0, Kind.HELLO]) + b"{}",
+        bytes([protocol.VERSION, 0]),
+        bytes([protocol.VERSION, 200]),
+        bytes([protocol.VERSION, Kind.HELLO]) + b"not json",
+        bytes([protocol.VERSION, Kind.HELLO]) + b"{\"unterminated\": ",
+        bytes([protocol.VERSION, Kind.HELLO]) + b"[1, 2, 3]",
+        bytes([protocol.VERSION, Kind.HELLO]) + b"\"a string\"",
+        bytes([protocol.VERSION, Kind.HELLO]) + b"42",
+        bytes([protocol.VERSION, Kind.HELLO]) + b"null",
+        bytes([protocol.VERSION, Kind.HELLO]) + b"\xff\xfe\xfd",
+        bytes([protocol.VERSION, Kind.HELLO]) + b"[" * 100_000,
+        bytes([protocol.VERSION, Kind.HELLO]) + b"{\"a\": \"" + b"x" * protocol.MAX_HEADER_BYTES + b"\"}",
+    ],
+    ids=[
+        "empty", "one-byte", "newer-version", "version-0", "kind-0", "unknown-kind", "not-json",
+        "truncated-json", "json-list", "json-string", "json-number", "json-null", "bad-utf8",
+        "deeply-nested", "too-large",
+    ],
+)
+def test_malformed_headers_raise_protocol_error(frame):
+    with pytest.raises(corral.ProtocolError):
+        protocol.decode(frame)
+
+
+def test_protocol_error_is_a_corral_error():
+    assert issubclass(corral.ProtocolError, corral.CorralError)
+
+
+def test_split_entries():
+    frames = [b"a", b"b", b"c"]
+    body = {"tasks": [protocol.task_entry(1, 2), protocol.task_entry(2, 1, {"retries": 0})]}
+    pairs = protocol.split_entries(body, "tasks", frames, 3)
+    assert pairs == [([1, 2, {}], [b"a", b"b"]), ([2, 1, {"retries": 0}], [b"c"])]
+    results = {"results": [protocol.result_entry(7, protocol.Status.OK, 1, {"busy": 0.5})]}
+    assert protocol.split_entries(results, "results", [b"x"], 4) == [([7, 0, 1, {"busy": 0.5}], [b"x"])]
+
+
+@pytest.mark.parametrize(
+    ("body", "nframes"),
+    [
+        ({}, 0),
+        ({"tasks": "nope"}, 0),
+        ({"tasks": [[1, 2, {}]]}, 1),
+        ({"tasks": [[1, 1, {}]]}, 2),
+        ({"tasks": [[1, -1, {}]]}, 0),
+        ({"tasks": [["1", 0, {}]]}, 0),
+        ({"tasks": [[1, 0]]}, 0),
+        ({"tasks": [{"id": 1}]}, 0),
+    ],
+    ids=["missing", "not-a-list", "too-few-frames", "too-many-frames", "negative", "id-not-int",
+         "short-entry", "entry-not-list"],
+)
+def test_split_entries_rejects_mismatches(body, nframes):
+    with pytest.raises(corral.ProtocolError):
+        protocol.split_entries(body, "tasks", [b"f"] * nframes, 3)
+
+
+# -- a live broker ------------------------------------------------------------------------
+
+
+def _receive(sock: zmq.Socket, kind: Kind, timeout: float = TIMEOUT) -> dict:
+    """The body of the next message of ``kind``, skipping heartbeats; bounded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not sock.poll(left * 1000):
+            raise AssertionError(f"no {kind.name} within {timeout} s")
+        got, body = protocol.decode(sock.recv_multipart()[0])
+        if got == kind:
+            return body
+        assert got == Kind.HEARTBEAT, f"expected {kind.name}, got {got.name} {body}"
+
+
+def _dealer(ctx: zmq.Context, address: str) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    return sock
+
+
+def test_broker_survives_garbage(tmp_path):
+    ctx = zmq.Context()
+    address = f"ipc://{tmp_path}/broker"
+    logs: list[str] = []
+    broker = Broker(address, context=ctx, log=logs.append)
+    thread = threading.Thread(target=broker.serve, name="test-broker", daemon=True)
+    sockets = []
+    thread.start()
+    try:
+        rogue = _dealer(ctx, address)
+        sockets.append(rogue)
+        v = protocol.VERSION
+        garbage = [
+            [b""],  # no header at all
+            [b"\x01"],  # too short
+            [bytes([v + 7, Kind.HELLO]) + b'{"role":"client"}'],  # a protocol version we do not speak
+            [bytes([v, 99])],  # unknown kind
+            [bytes([v, Kind.HELLO]) + b"{bad json"],
+            [bytes([v, Kind.HELLO]) + b"[1,2]"],
+            [bytes([v, Kind.HELLO]) + b"[" * 100_000],  # nesting deep enough to blow the JSON parser's stack
+            [protocol.encode(Kind.HELLO, {"role": "nobody"})],
+            [protocol.encode(Kind.HELLO, {"role": "client", "retries": "many"})],
+        ]
+        for frames in garbage:
+            rogue.send_multipart(frames)
+        # A request before HELLO is refused with ERROR, not acted upon.
+        rogue.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": [[1, 1, {}]]}), b"payload"])
+        assert "HELLO" in _receive(rogue, Kind.ERROR)["message"]
+
+        # Now a proper HELLO, then batches whose entries do not match the frames.
+        rogue.send(protocol.encode(Kind.HELLO, {"role": "client", "retries": 0}))
+        assert _receive(rogue, Kind.WELCOME)["heartbeat"] > 0
+        bad_batches = [
+            [protocol.encode(Kind.SUBMIT, {"tasks": [[1, 2, {}]]}), b"only one frame"],
+            [protocol.encode(Kind.SUBMIT, {"tasks": [[2, 0, {}]]}), b"an extra frame"],
+            [protocol.encode(Kind.SUBMIT, {"tasks": [[3, -1, {}]]})],
+            [protocol.encode(Kind.SUBMIT, {"tasks": "all of them"})],
+            [protocol.encode(Kind.SUBMIT, {})],
+            [protocol.encode(Kind.CANCEL, {"ids": 5})],
+            [protocol.encode(Kind.CANCEL, {"ids": [[1]]})],
+            [protocol.encode(Kind.TASKS, {"tasks": []})],  # a broker-to-worker kind
+            [protocol.encode(Kind.WELCOME)],
+        ]
+        for frames in bad_batches:
+            rogue.send_multipart(frames)
+        rogue.send(protocol.encode(Kind.STATUS))
+        status = _receive(rogue, Kind.STATUS_REPLY)
+        assert status["queued"] == 0 and status["running"] == 0, "a malformed SUBMIT was half-accepted"
+        assert thread.is_alive()
+
+        # The broker still serves a well-behaved peer.
+        client = _dealer(ctx, address)
+        sockets.append(client)
+        client.send(protocol.encode(Kind.HELLO, {"role": "client"}))
+        welcome = _receive(client, Kind.WELCOME)
+        assert welcome["heartbeat"] == broker.heartbeat and welcome["liveness"] == broker.liveness
+        assert thread.is_alive()
+        dropped = [line for line in logs if "dropped malformed message" in line]
+        assert len(dropped) >= len(garbage) - 1 + len(bad_batches) - 1
+    finally:
+        broker.running = False
+        thread.join(TIMEOUT)
+        for sock in sockets:
+            sock.close(linger=0)
+        ctx.term()
+    assert not thread.is_alive()

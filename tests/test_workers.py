@@ -1,0 +1,207 @@
+"""Worker processes: fresh isolation, recycling, initializers, environment, sockets, summary."""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import os
+import stat
+import sys
+import time
+
+import psutil
+import pytest
+
+TIMEOUT = 30
+MUTATED = False
+INIT_VALUE = None
+
+
+# -- task functions ------------------------------------------------------------------
+
+
+def getpid():
+    return os.getpid()
+
+
+def mutate_process():
+    """Change this process's state in three ways; report what it was before."""
+    global MUTATED
+    before = (MUTATED, os.environ.get("CORRAL_TEST_MUTATION"), "wave" in sys.modules)
+    MUTATED = True
+    os.environ["CORRAL_TEST_MUTATION"] = "mutated"
+    import wave  # noqa: F401 - imported for its side effect on sys.modules
+
+    return os.getpid(), before
+
+
+def observe_process():
+    return os.getpid(), (MUTATED, os.environ.get("CORRAL_TEST_MUTATION"), "wave" in sys.modules)
+
+
+def record_initialization(path, value):
+    global INIT_VALUE
+    INIT_VALUE = value
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def get_init_value():
+    time.sleep(0.01)
+    return os.getpid(), INIT_VALUE
+
+
+def probe_environment(module_name):
+    module = importlib.import_module(module_name)
+    return os.getcwd(), os.environ.get("CORRAL_TEST_ENV"), module.VALUE
+
+
+def fail():
+    raise ValueError("counted as an error")
+
+
+# -- fresh workers ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"fresh": True}, {"max_tasks_per_child": 1}], ids=["fresh", "max_tasks_per_child=1"]
+)
+def test_fresh_tasks_are_isolated(make_executor, kwargs):
+    ex = make_executor(1, **kwargs)
+    pid1, before = ex.submit(mutate_process).result(TIMEOUT)
+    assert before == (False, None, False)
+    pid2, seen = ex.submit(observe_process).result(TIMEOUT)
+    assert seen == (False, None, False)
+    pids = [ex.submit(getpid).result(TIMEOUT) for _ in range(4)]
+    assert len({pid1, pid2, *pids}) == 6
+    assert os.getpid() not in pids
+
+
+def test_persistent_worker_keeps_state(make_executor):
+    """The contrast case, showing the isolation test above can fail."""
+    ex = make_executor(1)
+    pid1, before = ex.submit(mutate_process).result(TIMEOUT)
+    assert before == (False, None, False)
+    pid2, seen = ex.submit(observe_process).result(TIMEOUT)
+    assert pid1 == pid2
+    assert seen == (True, "mutated", True)
+
+
+def test_max_tasks_per_child_recycles_persistent_workers(make_executor):
+    ex = make_executor(1, max_tasks_per_child=2)
+    assert not ex._fresh
+    pids = [f.result(TIMEOUT) for f in [ex.submit(getpid) for _ in range(6)]]
+    counts = collections.Counter(pids)
+    assert len(counts) == 3
+    assert set(counts.values()) == {2}
+    # Sequential submits recycle the same way.
+    more = [ex.submit(getpid).result(TIMEOUT) for _ in range(4)]
+    assert len(set(more)) == 2
+    assert not set(more) & set(pids)
+
+
+# -- initializer ----------------------------------------------------------------------------
+
+
+def test_initializer_runs_once_per_persistent_worker(make_executor, tmp_path):
+    log = tmp_path / "init.log"
+    ex = make_executor(2, initializer=record_initialization, initargs=(str(log), "ready"))
+    results = [f.result(TIMEOUT) for f in [ex.submit(get_init_value) for _ in range(40)]]
+    assert {value for _, value in results} == {"ready"}
+    ex.shutdown(wait=True)
+    initialized = [int(line) for line in log.read_text().split()]
+    assert len(initialized) == len(set(initialized)) <= 2, "an initializer ran twice in one worker"
+    assert {pid for pid, _ in results} <= set(initialized)
+
+
+def test_initializer_runs_once_in_the_fresh_template(make_executor, tmp_path):
+    log = tmp_path / "init.log"
+    ex = make_executor(1, fresh=True, initializer=record_initialization, initargs=(str(log), "inherited"))
+    results = [ex.submit(get_init_value).result(TIMEOUT) for _ in range(4)]
+    assert [value for _, value in results] == ["inherited"] * 4
+    ex.shutdown(wait=True)
+    initialized = [int(line) for line in log.read_text().split()]
+    assert len(initialized) == 1
+    assert initialized[0] not in {pid for pid, _ in results}
+
+
+# -- what workers inherit ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
+def test_workers_get_cwd_env_and_sys_path(make_executor, tmp_path, monkeypatch, fresh):
+    module_name = f"corral_probe_{os.getpid()}_{int(fresh)}"
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    (libdir / f"{module_name}.py").write_text("VALUE = 'from the probe module'\n")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("CORRAL_TEST_ENV", "set before the executor")
+    monkeypatch.syspath_prepend(str(libdir))
+    ex = make_executor(1, fresh=fresh)
+    cwd, env, value = ex.submit(probe_environment, module_name).result(TIMEOUT)
+    assert os.path.samefile(cwd, workdir)
+    assert env == "set before the executor"
+    assert value == "from the probe module"
+    ex.shutdown(wait=True)
+    sys.modules.pop(module_name, None)
+
+
+# -- sockets ------------------------------------------------------------------------------------
+
+
+def _inet_sockets(proc: psutil.Process):
+    getter = getattr(proc, "net_connections", None) or proc.connections
+    return getter(kind="inet")
+
+
+def test_embedded_sockets_are_private_and_not_tcp(make_executor):
+    ex = make_executor(2)
+    assert all(f.result(TIMEOUT) for f in [ex.submit(getpid) for _ in range(8)])
+    tmpdir = ex._tmpdir
+    assert stat.S_IMODE(os.stat(tmpdir).st_mode) == 0o700
+    assert ex._address.startswith("ipc://")
+    assert ex._address[len("ipc://"):].startswith(tmpdir + os.sep)
+    sockets = [name for name in os.listdir(tmpdir) if stat.S_ISSOCK(os.stat(os.path.join(tmpdir, name)).st_mode)]
+    assert sockets, "no ipc socket files in the private directory"
+
+    me = psutil.Process()
+    workers = me.children(recursive=True)
+    assert workers, "no worker processes found"
+    for proc in [me, *workers]:
+        listening = [c for c in _inet_sockets(proc) if c.status == psutil.CONN_LISTEN]
+        assert not listening, f"{proc.pid} listens on {listening}"
+    for proc in workers:
+        assert not _inet_sockets(proc), f"worker {proc.pid} has inet sockets"
+    ex.shutdown(wait=True)
+    assert not os.path.exists(tmpdir)
+
+
+# -- summary ------------------------------------------------------------------------------------
+
+
+def test_summary(make_executor):
+    ex = make_executor(2)
+    pids = {f.result(TIMEOUT) for f in [ex.submit(getpid) for _ in range(10)]}
+    with pytest.raises(ValueError):
+        ex.submit(fail).result(TIMEOUT)
+    summary = ex.summary()
+    assert isinstance(summary, list)
+    assert summary and all(isinstance(row, dict) for row in summary)
+    for row in summary:
+        assert {"worker", "host", "pid", "tasks", "busy_s", "errors"} <= set(row)
+    assert sum(row["tasks"] for row in summary) == 11
+    assert sum(row["errors"] for row in summary) == 1
+    assert pids <= {row["pid"] for row in summary}
+    assert all(row["busy_s"] >= 0 for row in summary)
+    text = str(summary)
+    lines = text.splitlines()
+    for column in ("worker", "host", "pid", "tasks", "busy s", "errors"):
+        assert column in lines[0]
+    for pid in pids:
+        assert str(pid) in text
+    assert "11 tasks" in lines[-1]
+    ex.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        ex.summary()
