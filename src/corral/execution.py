@@ -8,8 +8,9 @@ happens becomes a (status, frames, meta) triple ready for a RESULT entry.
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from tblib import pickling_support
 

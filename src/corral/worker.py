@@ -51,7 +51,7 @@ class Worker:
         name: str | None = None,
     ):
         self.address = address
-        self.fresh = fresh and hasattr(os, "fork")
+        self.fresh = fresh
         self.prefetch = max(1, prefetch)
         self.max_tasks = max_tasks
         self.parent_pid = parent_pid
@@ -146,6 +146,8 @@ class Worker:
     def run_forked(self, frames: list) -> Outcome:
         """Run the task in a child forked from this clean template process."""
         data = [bytes(f) for f in frames]  # the child must not touch zmq-owned memory
+        if not hasattr(os, "fork"):
+            return run_spawned(data)
         rfd, wfd = os.pipe()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # fork with zmq's threads: the child never uses zmq
@@ -174,6 +176,29 @@ class Worker:
             except Exception:  # noqa: BLE001 - a truncated pipe falls through to the death report
                 pass
         return failed(protocol.ERR_WORKER_LOST, describe_exit(wstatus, f"task process {pid}"))
+
+
+def _spawned_entry(data: list, conn) -> None:
+    status, out, meta = execute(data)
+    conn.send((int(status), [bytes(f) for f in out], meta))
+
+
+def run_spawned(data: list) -> Outcome:
+    """Fresh mode where fork is unavailable: a spawned interpreter per task."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_spawned_entry, args=(data, send), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        status, out, meta = recv.recv()
+        proc.join()
+        return protocol.Status(status), out, meta
+    except (EOFError, OSError):
+        proc.join()
+        return failed(protocol.ERR_WORKER_LOST, f"task process {proc.pid} exited with code {proc.exitcode}")
 
 
 def describe_exit(wstatus: int, who: str) -> str:
