@@ -18,7 +18,7 @@ RUNNER = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "run_c
 def test_cpython_concurrent_futures_suite():
     env = dict(os.environ, CF_EXECUTOR_FACTORY="corral:Executor")
     proc = subprocess.run(
-        [sys.executable, str(RUNNER)], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(RUNNER)], check=False, env=env, capture_output=True, text=True, timeout=900
     )
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0 and " 0 failed" in last, proc.stdout[-6000:] + proc.stderr[-3000:]

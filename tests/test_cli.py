@@ -1,0 +1,122 @@
+"""The ``corral`` command: standalone broker and workers, demo, address checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import corral
+from corral.cli import check_listen_address
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def corral_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "corral.cli", *args]
+
+
+@pytest.fixture
+def broker_address():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(corral_cmd("broker", "--listen", address), stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in proc.stderr.readline()
+        yield address
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def start_worker(address: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(corral_cmd("worker", address, *extra), stderr=subprocess.DEVNULL)
+
+
+# Standalone workers do not share the test's sys.path: send the function by value.
+def _pid_of_task(_):
+    time.sleep(0.02)
+    return os.getpid()
+
+
+pid_of_task = type(_pid_of_task)(_pid_of_task.__code__, {"time": time, "os": os}, "pid_of_task")
+
+
+def test_version_and_help():
+    out = subprocess.run(corral_cmd("--version"), capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == f"corral {corral.__version__}"
+    out = subprocess.run(corral_cmd("--help"), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "demo" in out.stdout and "broker" in out.stdout
+
+
+def test_demo_prints_estimate_rate_and_table():
+    out = subprocess.run(
+        corral_cmd("demo", "--tasks", "20", "--samples", "2000", "--workers", "2"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("pi ~= 3.") == 2
+    assert "tasks/s" in out.stdout
+    for column in ("worker", "host", "pid", "tasks", "busy s", "errors"):
+        assert column in out.stdout
+
+
+def test_non_loopback_listen_is_refused_without_insecure():
+    with pytest.raises(corral.InsecureAddressError, match="--insecure"):
+        check_listen_address("tcp://0.0.0.0:7700", insecure=False)
+    check_listen_address("tcp://127.0.0.1:7700", insecure=False)
+    check_listen_address("ipc:///tmp/x", insecure=False)
+    with pytest.warns(UserWarning, match="anyone who can reach"):
+        check_listen_address("tcp://0.0.0.0:7700", insecure=True)
+    out = subprocess.run(corral_cmd("broker", "--listen", "tcp://0.0.0.0:7799"), capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 2 and "--insecure" in out.stderr
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_standalone_broker_and_workers(broker_address, fresh):
+    worker = start_worker(broker_address, "--processes", "2", *(["--fresh"] if fresh else []))
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            assert sum(ex.map(abs, range(-100, 100), chunksize=7)) == 10000
+            pids = set(ex.map(pid_of_task, range(10)))
+            if fresh:
+                assert len(pids) == 10  # a new process per task
+            summary = ex.summary()
+            assert sum(w["tasks"] for w in summary) >= 10
+    finally:
+        stop(worker)
+
+
+def test_workers_join_in_the_middle_of_a_map(broker_address):
+    first = start_worker(broker_address, "--processes", "1")
+    late = None
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            results = ex.map(pid_of_task, range(200))
+            pids = [next(results) for _ in range(5)]
+            late = start_worker(broker_address, "--processes", "1")
+            pids += list(results)
+            assert len(pids) == 200
+            assert len(set(pids)) == 2, "the worker that joined mid-map took no work"
+    finally:
+        stop(first)
+        if late is not None:
+            stop(late)
