@@ -443,11 +443,11 @@ class Broker:
         self.last_beat = now
         limit = self.heartbeat * self.liveness
         for c in list(self.clients.values()):
-            if now - c.last_seen > limit:
+            # The embedded broker shares its client's process: silence there means
+            # a busy interpreter (the GIL held), not a dead client.
+            if now - c.last_seen > limit and not self.embedded:
                 self.log(f"client {c.ident!r} went silent; dropping its tasks")
                 self.client_gone(c)
-                if self.embedded:
-                    self.running = False
             else:
                 self.send(self.clients_sock, c.ident, Kind.HEARTBEAT)
         for w in list(self.workers.values()):

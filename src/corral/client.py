@@ -111,6 +111,7 @@ class _IOLoop:
         self.broken: BaseException | None = None
         self.heartbeat = 1.0
         self.liveness = 3
+        self.broker_thread: threading.Thread | None = None  # set for an embedded broker
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
 
     # -- called from user threads ---------------------------------------------
@@ -170,7 +171,7 @@ class _IOLoop:
                 if now - last_beat >= self.heartbeat:
                     sock.send(protocol.encode(Kind.HEARTBEAT))
                     last_beat = now
-                if now - last_heard > self.heartbeat * self.liveness and (self.futures or self.status_waiters):
+                if self.lost(now - last_heard):
                     self.fail_all(BrokerLostError(
                         f"the broker at {self.address} has not answered for {now - last_heard:.1f} s; "
                         "its tasks are lost. Restart the broker and create a new Executor."
@@ -186,6 +187,14 @@ class _IOLoop:
             os.close(self.wake_w)
             self.cleanup()
             _live_loops.discard(self)
+
+    def lost(self, silence: float) -> bool:
+        """Is the broker gone?  An embedded one is gone only if its thread ended."""
+        if not (self.futures or self.status_waiters):
+            return False
+        if self.broker_thread is not None:
+            return not self.broker_thread.is_alive()
+        return silence > self.heartbeat * self.liveness
 
     def send_pending(self, sock: zmq.Socket) -> None:
         if self.outq:
@@ -354,6 +363,7 @@ class Executor(_StdExecutor):
             address = self._start_embedded(initializer, initargs, prefetch)
         self._address = address
         self._io = _IOLoop(self._ctx, address, retries, self._cleanup)
+        self._io.broker_thread = self._broker_thread
         _live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
