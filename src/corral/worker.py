@@ -157,6 +157,7 @@ class Worker:
             try:
                 os.close(rfd)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _die_with_parent(signal.SIGKILL)  # not inherited across fork
                 status, out, meta = execute(data)
                 blob = pickle.dumps((int(status), [bytes(f) for f in out], meta), protocol=5)
                 with os.fdopen(wfd, "wb") as pipe:
@@ -213,8 +214,8 @@ def describe_exit(wstatus: int, who: str) -> str:
     return f"{who} exited with code {os.WEXITSTATUS(wstatus)} before replying"
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL us when our parent dies (a parent-death signal)."""
+def _die_with_parent(sig: int) -> None:
+    """Ask Linux to send us ``sig`` when our parent dies (a parent-death signal)."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -222,9 +223,28 @@ def _die_with_parent() -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
     except Exception:  # noqa: BLE001 - best effort; the getppid check remains
         pass
+
+
+def _follow_parent(parent: int, bootstrap: str | None) -> None:
+    """Exit when the process that started us dies, even by SIGKILL.
+
+    The parent-death signal is SIGHUP, used for nothing else, so that we
+    first remove the client's private directory, which a SIGKILLed client
+    could not.
+    """
+
+    def on_parent_death(signum, frame):
+        if bootstrap:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(bootstrap), ignore_errors=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGHUP, on_parent_death)
+    _die_with_parent(signal.SIGHUP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
     args = p.parse_args(argv)
     if args.parent:
-        _die_with_parent()
+        _follow_parent(args.parent, args.bootstrap)
         if os.getppid() != args.parent:
             return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client

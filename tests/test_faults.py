@@ -1,0 +1,75 @@
+"""Fault injection with real signals: what breaks, and that nothing is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import corral
+
+
+def slow_pid(x):
+    time.sleep(0.3)
+    return x, os.getpid()
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_sigkill_of_a_worker_mid_task_loses_nothing():
+    """Breaks: one worker is SIGKILLed while running tasks. Every task still completes once."""
+    with corral.Executor(2) as ex:
+        futures = [ex.submit(slow_pid, i) for i in range(12)]
+        deadline = time.monotonic() + 30
+        while not any(f.running() for f in futures):
+            assert time.monotonic() < deadline, "no task started"
+            time.sleep(0.01)
+        victim = next(p for p in psutil.Process().children() if "corral.worker" in " ".join(p.cmdline()))
+        victim.kill()
+        results = [f.result(timeout=60) for f in futures]
+        assert [x for x, _ in results] == list(range(12))
+        assert ex.submit(abs, -3).result(timeout=30) == 3  # the pool replaced the dead worker
+
+
+def test_task_that_kills_its_process_fails_clearly_after_retries():
+    """Breaks: the task SIGKILLs its own worker every time it runs."""
+    with corral.Executor(2, retries=1) as ex:
+        fut = ex.submit(kill_self)
+        with pytest.raises(corral.WorkerLostError, match=r"SIGKILL.*ran 2 times"):
+            fut.result(timeout=60)
+        assert ex.submit(abs, -1).result(timeout=30) == 1
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_sigkill_of_the_client_leaves_nothing_running(tmp_path, fresh):
+    """Breaks: the client process is SIGKILLed mid-map. Its broker and workers must exit within 5 s."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time, corral
+        ex = corral.Executor(2, fresh={fresh})
+        it = ex.map(time.sleep, [0.5] * 100)
+        next(it)
+        print("running", flush=True)
+        time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "running"
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert family, "the client started no workers"
+        proc.kill()
+        proc.wait(10)
+        gone, alive = psutil.wait_procs(family, timeout=5)
+        assert not alive, f"still running 5 s after the client died: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
