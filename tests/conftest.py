@@ -11,6 +11,7 @@ test and shuts them down at its end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -93,10 +94,8 @@ def no_leaks():
     problems += [f"temporary directory left behind: {d} {_listing(d)}" for d in sorted(dirs)]
     # Clean up so that the next test starts from a clean slate.
     for proc in left.values():
-        try:
+        with contextlib.suppress(psutil.Error):
             proc.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(list(left.values()), timeout=5)
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
