@@ -272,6 +272,26 @@ def test_cancel_queued_future_never_runs(make_executor, tmp_path):
     assert not marker.exists()
 
 
+def test_tasks_cancelled_right_after_submit_never_run(make_executor, tmp_path):
+    """Submits racing the I/O thread: a CANCEL must never reach the broker before its SUBMIT."""
+    ex = make_executor(1)
+    blocker = ex.submit(sleep_then_return, 3.0, "blocker")
+    wait_until(blocker.running)
+    futures, paths = [], []
+    for round_ in range(20):
+        batch = [tmp_path / f"{round_}-{i}" for i in range(25)]
+        batch_futures = [ex.submit(touch, path) for path in batch]
+        for fut in batch_futures:
+            assert fut.cancel() is True  # nothing runs while the blocker does
+        futures += batch_futures
+        paths += batch
+    assert blocker.result(TIMEOUT) == "blocker"
+    assert ex.submit(touch, tmp_path / "after").result(TIMEOUT)
+    ex.shutdown(wait=True)
+    ran = [path.name for path in paths if path.exists()]
+    assert not ran, f"cancelled tasks ran: {ran}"
+
+
 def test_cancel_running_or_done_future_returns_false(make_executor):
     ex = make_executor(1)
     running = ex.submit(sleep_then_return, 0.5, "r")

@@ -197,6 +197,13 @@ class _IOLoop:
         return silence > self.heartbeat * self.liveness
 
     def send_pending(self, sock: zmq.Socket) -> None:
+        # Take the cancels before the submits: a task cancelled by now was put in
+        # outq before that, so its SUBMIT leaves below, ahead of its CANCEL. (Taken
+        # after, a task submitted and cancelled meanwhile would be cancelled at the
+        # broker before it arrived there, and then run.)
+        ids = []
+        while self.cancels:
+            ids.append(self.cancels.popleft())
         if self.outq:
             entries, frames = [], []
             while self.outq:
@@ -204,10 +211,7 @@ class _IOLoop:
                 entries.append(entry)
                 frames.extend(task_frames)
             sock.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": entries}), *frames], copy=False)
-        if self.cancels:
-            ids = []
-            while self.cancels:
-                ids.append(self.cancels.popleft())
+        if ids:
             for cid in ids:
                 self.futures.pop(cid, None)
             sock.send(protocol.encode(Kind.CANCEL, {"ids": ids}))
