@@ -73,3 +73,21 @@ def test_sigkill_of_the_client_leaves_nothing_running(tmp_path, fresh):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_options_view_sets_retries_per_task():
+    """Breaks: the task SIGKILLs its worker; the per-task retries decide how often it runs."""
+    with corral.Executor(2, retries=3) as ex:
+        view = ex.options(retries=0)
+        with pytest.raises(corral.WorkerLostError, match="ran 1 time"):
+            view.submit(kill_self).result(timeout=60)
+        assert list(view.map(abs, [-1, -2])) == [1, 2]
+        assert view.options(retries=1).submit(abs, -5).result(timeout=30) == 5
+
+
+def test_options_view_rejects_unknown_and_absurd_options():
+    with corral.Executor(1) as ex:
+        with pytest.raises(TypeError, match="valid options: retries"):
+            ex.options(colour="red")
+        with pytest.raises(ValueError, match="retries"):
+            ex.options(retries=-1)

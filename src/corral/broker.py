@@ -332,6 +332,9 @@ class Broker:
                 cid, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken}
             )
             return
+        retries = options.get("retries", 0)
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ProtocolError(f"bad retries option {retries!r}")
         gid = self.next_gid
         self.next_gid += 1
         self.tasks[gid] = Task(gid, c.ident, cid, frames, options)

@@ -422,7 +422,15 @@ class Executor(_StdExecutor):
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
         return self._submit_call(Call(fn, args, kwargs or None))
 
-    def _submit_call(self, call: Call) -> Future:
+    def options(self, **options: Any) -> TaskOptions:
+        """A view of this executor whose ``submit``/``map`` give every task ``options``.
+
+        It shares this executor's connection and workers.  Valid options:
+        ``retries`` (int >= 0: runs after the first one if the task's worker dies).
+        """
+        return TaskOptions(self, _check_options(options))
+
+    def _submit_call(self, call: Call, options: dict | None = None) -> Future:
         with self._shutdown_lock:
             self._check_open()
             try:
@@ -431,7 +439,7 @@ class Executor(_StdExecutor):
                 fut: Future = Future()  # only this future fails; the executor stays usable
                 fut.set_exception(exc)
                 return fut
-            return self._io.submit_frames(frames)
+            return self._io.submit_frames(frames, options)
 
     def map(
         self,
@@ -447,6 +455,9 @@ class Executor(_StdExecutor):
         ones are submitted as results are consumed, so an endless generator
         works.  Work still queued is cancelled if the consumer stops early.
         """
+        return self._map(fn, iterables, timeout, chunksize, buffersize, None)
+
+    def _map(self, fn, iterables, timeout, chunksize, buffersize, options: dict | None) -> Iterator[Any]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
@@ -460,22 +471,22 @@ class Executor(_StdExecutor):
             calls = (Call(fn, chunk=chunk) for chunk in _chunks(argtuples, chunksize))
         inflight: deque[Future] = deque()
         for call in itertools.islice(calls, window):
-            inflight.append(self._submit_call(call))
-        return self._map_results(inflight, calls, deadline, chunksize > 1)
+            inflight.append(self._submit_call(call, options))
+        return self._map_results(inflight, calls, deadline, chunksize > 1, options)
 
-    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool):
+    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, options):
         try:
             while inflight:
                 # Yield straight from the call: no local keeps a yielded result alive (bpo-14406).
                 if chunked:
-                    yield from self._next_result(inflight, calls, deadline)
+                    yield from self._next_result(inflight, calls, deadline, options)
                 else:
-                    yield self._next_result(inflight, calls, deadline)
+                    yield self._next_result(inflight, calls, deadline, options)
         finally:
             for fut in inflight:
                 fut.cancel()
 
-    def _next_result(self, inflight: deque, calls: Iterator[Call], deadline) -> Any:
+    def _next_result(self, inflight: deque, calls: Iterator[Call], deadline, options) -> Any:
         """Wait for the oldest task of a map, then top the window up by one."""
         remaining = None if deadline is None else deadline - time.monotonic()
         try:
@@ -484,7 +495,7 @@ class Executor(_StdExecutor):
             raise TimeoutError() from None
         inflight.popleft()
         for call in itertools.islice(calls, 1):
-            inflight.append(self._submit_call(call))
+            inflight.append(self._submit_call(call, options))
         return value
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -508,6 +519,37 @@ class Executor(_StdExecutor):
             raise RuntimeError("summary() needs a running executor; call it before shutdown()")
         reply = self._io.request_status().result(timeout)
         return Summary(reply["workers"], queued=reply.get("queued", 0), running=reply.get("running", 0))
+
+
+VALID_OPTIONS = ("retries",)
+
+
+def _check_options(options: dict) -> dict:
+    unknown = sorted(set(options) - set(VALID_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(VALID_OPTIONS)}")
+    retries = options.get("retries")
+    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+class TaskOptions:
+    """``Executor.options(...)``: the executor's ``submit`` and ``map`` with per-task options."""
+
+    def __init__(self, executor: Executor, options: dict):
+        self._executor = executor
+        self._options = options
+
+    def options(self, **more: Any) -> TaskOptions:
+        return TaskOptions(self._executor, {**self._options, **_check_options(more)})
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        return self._executor._submit_call(Call(fn, args, kwargs or None), self._options)
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
+        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._options)
 
 
 def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
