@@ -187,14 +187,19 @@ def m_latency(ex, p, dl):
     return {"p50_us": statistics.median(samples) * 1e6, "p99_us": q[98] * 1e6}
 
 
-def m_submit(ex, p, dl):
-    for _ in range(20):
+def _submit_all(ex, p, dl, warmup):
+    """Submit p["n"] no-ops at once, then wait for all of them."""
+    for _ in range(warmup):
         ex.submit(T.noop).result(dl.left())
     t0 = time.perf_counter()
     handles = [ex.submit(T.noop) for _ in range(p["n"])]
     for h in handles:
         h.result(dl.left())
     return {"per_s": p["n"] / (time.perf_counter() - t0)}
+
+
+def m_submit(ex, p, dl):
+    return _submit_all(ex, p, dl, warmup=20)
 
 
 def _m_map(ex, p, dl, chunksize):
@@ -235,12 +240,7 @@ def m_array(ex, p, dl):
 
 
 def m_fresh(ex, p, dl):
-    ex.submit(T.noop).result(dl.left())
-    t0 = time.perf_counter()
-    handles = [ex.submit(T.noop) for _ in range(p["n"])]
-    for h in handles:
-        h.result(dl.left())
-    return {"per_s": p["n"] / (time.perf_counter() - t0)}
+    return _submit_all(ex, p, dl, warmup=1)
 
 
 def m_cpu(ex, p, dl):
