@@ -14,6 +14,7 @@ import pytest
 RUNNER = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "run_cpython_suite.py"
 
 
+@pytest.mark.timeout(960)  # the whole CPython suite: about 100 s here, more on a loaded machine
 @pytest.mark.skipif(not RUNNER.exists(), reason="the shared conformance runner is not checked out beside the repo")
 def test_cpython_concurrent_futures_suite():
     env = dict(os.environ, CF_EXECUTOR_FACTORY="corral:Executor")
