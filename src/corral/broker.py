@@ -34,7 +34,7 @@ import zmq
 
 from . import protocol
 from .errors import ProtocolError
-from .pool import LocalPool
+from .pool import LocalPool, exit_words
 from .protocol import Kind, Status
 
 DEFAULT_RETRIES = 2
@@ -463,15 +463,7 @@ class Broker:
         for exited in self.pool.reap():
             for w in list(self.workers.values()):
                 if w.pid == exited.pid:
-                    code = exited.returncode
-                    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                    if code < 0:
-                        import signal
-
-                        try:
-                            how = f"was killed by {signal.Signals(-code).name}"
-                        except ValueError:
-                            pass
+                    how = exit_words(exited.returncode)
                     self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) {how}")
         self.pool.fill()
 

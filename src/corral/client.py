@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
 import shutil
 import sys
 import tempfile
@@ -379,9 +380,6 @@ class Executor(_StdExecutor):
         # mkdtemp makes the directory 0700: only this user can reach the sockets.
         self._tmpdir = tempfile.mkdtemp(prefix="corral-")
         bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
-        import pickle
-        import sys
-
         with open(bootstrap, "wb") as f:
             pickle.dump((list(sys.path), init), f)
         clients = f"ipc://{self._tmpdir}/clients"

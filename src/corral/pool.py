@@ -12,6 +12,7 @@ check of its parent pid while idle).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,16 @@ from dataclasses import dataclass
 class Exited:
     pid: int
     returncode: int
+
+
+def exit_words(returncode: int) -> str:
+    """How a process ended, from a Popen-style return code (-N: killed by signal N)."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
 
 
 class LocalPool:
@@ -91,13 +102,6 @@ class LocalPool:
         for proc in self.procs.values():
             proc.wait()
         self.procs.clear()
-
-    def terminate(self, which) -> None:
-        """Send SIGTERM to the workers whose pid ``which`` accepts."""
-        self.accepting = False
-        for pid, proc in self.procs.items():
-            if which(pid) and proc.poll() is None:
-                proc.terminate()
 
     def kill(self, pid: int) -> None:
         proc = self.procs.get(pid)

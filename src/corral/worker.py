@@ -34,6 +34,7 @@ import zmq
 
 from . import protocol, serialization
 from .execution import Outcome, execute, failed
+from .pool import exit_words
 from .protocol import Kind
 
 HEARTBEAT_INTERVAL = 1.0
@@ -176,7 +177,8 @@ class Worker:
                 return protocol.Status(status), out, meta
             except Exception:  # noqa: BLE001 - a truncated pipe falls through to the death report
                 pass
-        return failed(protocol.ERR_WORKER_LOST, describe_exit(wstatus, f"task process {pid}"))
+        how = exit_words(os.waitstatus_to_exitcode(wstatus))
+        return failed(protocol.ERR_WORKER_LOST, f"task process {pid} {how} before replying")
 
 
 def _spawned_entry(data: list, conn) -> None:
@@ -200,18 +202,6 @@ def run_spawned(data: list) -> Outcome:
     except (EOFError, OSError):
         proc.join()
         return failed(protocol.ERR_WORKER_LOST, f"task process {proc.pid} exited with code {proc.exitcode}")
-
-
-def describe_exit(wstatus: int, who: str) -> str:
-    """Human words for a waitpid status."""
-    if os.WIFSIGNALED(wstatus):
-        sig = os.WTERMSIG(wstatus)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"{who} was killed by signal {name}"
-    return f"{who} exited with code {os.WEXITSTATUS(wstatus)} before replying"
 
 
 def _die_with_parent(sig: int) -> None:
