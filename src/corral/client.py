@@ -25,6 +25,7 @@ sockets in a private 0700 temporary directory that is removed at shutdown.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
@@ -470,31 +471,20 @@ class Executor(_StdExecutor):
         inflight: deque[Future] = deque()
         for call in itertools.islice(calls, window):
             inflight.append(self._submit_call(call, options))
-        return self._map_results(inflight, calls, deadline, chunksize > 1, options)
+        submit = functools.partial(self._submit_call, options=options)
+        return self._map_results(inflight, calls, deadline, chunksize > 1, submit)
 
-    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, options):
+    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, submit):
         try:
             while inflight:
                 # Yield straight from the call: no local keeps a yielded result alive (bpo-14406).
                 if chunked:
-                    yield from self._next_result(inflight, calls, deadline, options)
+                    yield from _next_result(inflight, calls, deadline, submit)
                 else:
-                    yield self._next_result(inflight, calls, deadline, options)
+                    yield _next_result(inflight, calls, deadline, submit)
         finally:
             for fut in inflight:
                 fut.cancel()
-
-    def _next_result(self, inflight: deque, calls: Iterator[Call], deadline, options) -> Any:
-        """Wait for the oldest task of a map, then top the window up by one."""
-        remaining = None if deadline is None else deadline - time.monotonic()
-        try:
-            value = inflight[0].result(remaining)
-        except FuturesTimeout:
-            raise TimeoutError() from None
-        inflight.popleft()
-        for call in itertools.islice(calls, 1):
-            inflight.append(self._submit_call(call, options))
-        return value
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers."""
@@ -548,6 +538,19 @@ class TaskOptions:
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._options)
+
+
+def _next_result(inflight: deque, calls: Iterator[Call], deadline, submit) -> Any:
+    """Wait for the oldest task of a map, then top the window up by one."""
+    remaining = None if deadline is None else deadline - time.monotonic()
+    try:
+        value = inflight[0].result(remaining)
+    except FuturesTimeout:
+        raise TimeoutError() from None
+    inflight.popleft()
+    for call in itertools.islice(calls, 1):
+        inflight.append(submit(call))
+    return value
 
 
 def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
