@@ -12,6 +12,7 @@ from .errors import (
     InsecureAddressError,
     ProtocolError,
     SerializationError,
+    TaskTimeoutError,
     WorkerLostError,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "InsecureAddressError",
     "ProtocolError",
     "SerializationError",
+    "TaskTimeoutError",
     "WorkerLostError",
     "__version__",
 ]

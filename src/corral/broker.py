@@ -24,6 +24,7 @@ task completes twice.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections import deque
@@ -50,6 +51,7 @@ class Task:
     attempts: int = 0
     worker: bytes | None = None
     started: bool = False
+    killed: bool = False  # a kill was asked for: never retried
 
 
 @dataclass
@@ -222,6 +224,7 @@ class Broker:
             self.break_pool(f"the initializer failed in worker {w.name}:\n{body['broken']}")
             return
         self.workers[ident] = w
+        self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
 
     def handle_worker(self, w: WorkerState, kind: Kind, body: dict, frames: list) -> None:
         if kind == Kind.READY:
@@ -256,11 +259,19 @@ class Broker:
         w.busy += busy if isinstance(busy, (int, float)) else 0.0
         w.tasks += 1
         status = Status(status)
-        if status == Status.FAILED and meta.get("error") == protocol.ERR_WORKER_LOST:
-            # A fresh worker's task process died: the same as losing a worker.
+        error = meta.get("error") if status == Status.FAILED else None
+        if error == protocol.ERR_BROKEN:
+            self.break_pool(f"the initializer failed in worker {w.name}:\n{meta.get('message')}")
+            return
+        retry = error == protocol.ERR_WORKER_LOST or (
+            error == protocol.ERR_TIMEOUT and task.options.get("retry_on_timeout")
+        )
+        if retry and not task.killed:
+            # The task's process died (or outran its timeout and the client asked
+            # for retries): the same as losing a worker.
             task.worker, task.started = None, False
             w.errors += 1
-            self.retry_or_fail(task, f"{meta.get('message')} on worker {w.name}")
+            self.retry_or_fail(task, f"{meta.get('message')} (on {w.host})", meta.get("error"))
             return
         if status != Status.OK:
             w.errors += 1
@@ -275,14 +286,19 @@ class Broker:
             return
         started = task.started
         task.worker, task.started = None, False
-        if started and count_attempt:
+        if task.killed:
+            del self.tasks[gid]
+            self.forget(task)
+            self.outbox(task.client).result(task.cid, Status.FAILED, [], {
+                "error": protocol.ERR_KILLED, "message": f"the task was killed: {why}"})
+        elif started and count_attempt:
             self.retry_or_fail(task, why)
         else:
             if started:
                 task.attempts -= 1
             self.queue.appendleft(gid)
 
-    def retry_or_fail(self, task: Task, why: str) -> None:
+    def retry_or_fail(self, task: Task, why: str, error: str = protocol.ERR_WORKER_LOST) -> None:
         retries = task.options.get("retries", self.clients[task.client].retries if task.client in self.clients else 0)
         if task.attempts <= retries:
             self.queue.appendleft(task.gid)
@@ -291,9 +307,7 @@ class Broker:
         self.forget(task)
         plural = "s" if task.attempts != 1 else ""
         message = f"{why}; the task ran {task.attempts} time{plural} and was not retried further"
-        self.outbox(task.client).result(
-            task.cid, Status.FAILED, [], {"error": protocol.ERR_WORKER_LOST, "message": message}
-        )
+        self.outbox(task.client).result(task.cid, Status.FAILED, [], {"error": error, "message": message})
 
     def worker_gone(self, w: WorkerState, why: str | None) -> None:
         """Take a worker out of service; requeue or fail what it held."""
@@ -315,6 +329,11 @@ class Broker:
                 self.submit(c, entry[0], payload, entry[2] if isinstance(entry[2], dict) else {})
         elif kind == Kind.CANCEL:
             self.cancel(c, body.get("ids", ()))
+        elif kind == Kind.KILL:
+            if body.get("all"):
+                self.terminate(c, body.get("signal") == "SIGKILL")
+            else:
+                self.kill(c, body.get("ids", ()), _seconds(body.get("grace", 0.0)))
         elif kind == Kind.STATUS:
             self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, self.status())
         elif kind == Kind.HEARTBEAT:
@@ -335,6 +354,8 @@ class Broker:
         retries = options.get("retries", 0)
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ProtocolError(f"bad retries option {retries!r}")
+        if "timeout" in options and (_seconds(options["timeout"]) <= 0):
+            raise ProtocolError(f"bad timeout option {options['timeout']!r}")
         gid = self.next_gid
         self.next_gid += 1
         self.tasks[gid] = Task(gid, c.ident, cid, frames, options)
@@ -344,21 +365,67 @@ class Broker:
     def cancel(self, c: ClientState, cids) -> None:
         by_worker: dict[bytes, list] = {}
         for cid in cids:
-            gid = c.tasks.pop(cid, None)
-            task = self.tasks.pop(gid, None) if gid is not None else None
+            task = self.tasks.get(c.tasks.get(cid, -1))
             if task is None:
                 continue
             if task.worker is not None:
-                by_worker.setdefault(task.worker, []).append(gid)
-                w = self.workers.get(task.worker)
-                if w is not None:
-                    w.assigned.discard(gid)
-        # Queued gids of removed tasks are skipped lazily by dispatch().
+                by_worker.setdefault(task.worker, []).append(task.gid)
+            self.drop(task)
         for ident, gids in by_worker.items():
             self.send(self.workers_sock, ident, Kind.CANCEL, {"ids": gids})
 
+    def kill(self, c: ClientState, cids, grace: float, sig: str = "SIGTERM") -> None:
+        """Stop running tasks: their workers signal the task processes and report back."""
+        by_worker: dict[bytes, list] = {}
+        for cid in cids:
+            task = self.tasks.get(c.tasks.get(cid, -1))
+            if task is None or task.killed:
+                continue
+            task.killed = True
+            if task.worker is None:  # still queued: gone at once
+                self.unassign_queued(task, "before it started")
+            else:
+                by_worker.setdefault(task.worker, []).append(task.gid)
+        for ident, gids in by_worker.items():
+            self.send(self.workers_sock, ident, Kind.KILL, {"ids": gids, "signal": sig, "grace": grace})
+
+    def unassign_queued(self, task: Task, why: str) -> None:
+        self.drop(task)
+        self.outbox(task.client).result(task.cid, Status.FAILED, [], {
+            "error": protocol.ERR_KILLED, "message": f"the task was killed {why}"})
+
+    def drop(self, task: Task) -> None:
+        """Forget a task wherever it is; a queue entry is skipped lazily by dispatch()."""
+        self.tasks.pop(task.gid, None)
+        self.forget(task)
+        w = self.workers.get(task.worker) if task.worker is not None else None
+        if w is not None:
+            w.assigned.discard(task.gid)
+
+    def terminate(self, c: ClientState, hard: bool) -> None:
+        """``terminate_workers()``/``kill_workers()``: stop everything this client started."""
+        sig = "SIGKILL" if hard else "SIGTERM"
+        why = f"terminated by {'kill' if hard else 'terminate'}_workers()"
+        running = [self.tasks[g] for g in c.tasks.values() if g in self.tasks]
+        for task in running:
+            if task.worker is None:
+                self.unassign_queued(task, why)
+        self.kill(c, [t.cid for t in running if t.gid in self.tasks], 0.0, sig)
+        for task in running:
+            if task.gid in self.tasks:  # the future fails now, as ProcessPoolExecutor's do
+                self.drop(task)
+                self.outbox(task.client).result(task.cid, Status.FAILED, [], {
+                    "error": protocol.ERR_WORKER_LOST, "message": f"the worker running this task was {why}"})
+        if self.embedded and self.pool:
+            self.pool.accepting = False
+            self.pool.signal_all(signal.SIGKILL if hard else signal.SIGTERM)
+
     def client_gone(self, c: ClientState) -> None:
-        self.cancel(c, list(c.tasks))
+        """Drop a departed client's queued tasks and stop its running ones."""
+        self.kill(c, list(c.tasks), grace=self.heartbeat)
+        for gid in list(c.tasks.values()):
+            if gid in self.tasks:
+                self.drop(self.tasks[gid])
         self.clients.pop(c.ident, None)
         self.outboxes.pop(c.ident, None)
 
@@ -445,6 +512,8 @@ class Broker:
             return
         self.last_beat = now
         limit = self.heartbeat * self.liveness
+        for w in self.workers.values():
+            self.send(self.workers_sock, w.ident, Kind.HEARTBEAT)
         for c in list(self.clients.values()):
             # The embedded broker shares its client's process: silence there means
             # a busy interpreter (the GIL held), not a dead client.
@@ -454,10 +523,12 @@ class Broker:
             else:
                 self.send(self.clients_sock, c.ident, Kind.HEARTBEAT)
         for w in list(self.workers.values()):
-            # A worker running a task may be inside C code; only idle silence counts here.
-            busy = any(self.tasks[g].started for g in w.assigned if g in self.tasks)
-            if not busy and now - w.last_seen > limit:
-                self.worker_gone(w, f"worker {w.name} on {w.host} went silent")
+            # Workers' supervisors never run user code, so silence means the
+            # process or its host is gone (or stopped), busy or not.
+            if now - w.last_seen > limit:
+                self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) went silent for {limit:g} s")
+                if self.pool and w.pid in self.pool.procs:
+                    self.pool.kill(w.pid)  # hung or stopped: make room for a replacement
 
     def reap_pool(self) -> None:
         for exited in self.pool.reap():
@@ -465,7 +536,10 @@ class Broker:
                 if w.pid == exited.pid:
                     how = exit_words(exited.returncode)
                     self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) {how}")
-        self.pool.fill()
+        # Replace workers on demand: one that left when idle (idle_timeout) comes
+        # back only when there is work for it.
+        if self.queue:
+            self.pool.fill()
 
     def status(self) -> dict[str, Any]:
         workers = [w.summary() for w in (*self.departed, *self.workers.values())]
@@ -486,6 +560,12 @@ class Broker:
         self.clients_sock.close()
         if not self.shared:
             self.workers_sock.close()
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ProtocolError(f"bad number of seconds {value!r}")
+    return float(value)
 
 
 def _count(value: Any) -> int:

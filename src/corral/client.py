@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -47,7 +48,7 @@ import zmq
 
 from . import protocol, serialization
 from .broker import DEFAULT_RETRIES, Broker
-from .errors import BrokerLostError, DeserializationError, SerializationError, WorkerLostError
+from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from .execution import Call
 from .pool import LocalPool
 from .protocol import Kind, Status
@@ -80,28 +81,63 @@ def _usable_cpus() -> int:
 
 
 class CorralFuture(Future):
-    """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker."""
+    """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker, plus ``kill()``."""
 
     def __init__(self, io: _IOLoop, cid: int):
         super().__init__()
         self._io = io
         self._cid = cid
+        self._kill_requested = False
 
     def cancel(self) -> bool:
+        """Cancel the task if it has not started; False once it runs (as in the stdlib)."""
         if not super().cancel():
             return False
         self._io.request_cancel(self._cid)
         return True
 
+    def kill(self, grace: float | None = None) -> bool:
+        """Stop the task even if it is running.
+
+        A queued task is cancelled at once.  A running task's process gets
+        SIGTERM, then SIGKILL if it is still alive ``grace`` seconds later
+        (default: the executor's ``kill_grace``); the future then ends
+        cancelled (``result()`` raises ``CancelledError``).  A persistent
+        worker replaces the killed process.  Returns False if the future is
+        already done.
+        """
+        with self._condition:
+            if self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED):
+                return False
+            if self._kill_requested:
+                return True
+            self._kill_requested = True
+        self._io.request_kill(self._cid, self._io.kill_grace if grace is None else float(grace))
+        Future.cancel(self)  # a task still pending here ends now; a running one when its process is gone
+        return True
+
+    def _set_killed(self) -> None:
+        """End the future as cancelled even though it was running: its process was killed."""
+        with self._condition:
+            if self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED):
+                return
+            self._state = CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+
 
 class _IOLoop:
     """Owns the client socket; runs in its own thread until the executor closes."""
 
-    def __init__(self, ctx: zmq.Context, address: str, retries: int, cleanup: Callable[[], None]):
+    def __init__(self, ctx: zmq.Context, address: str, retries: int, cleanup: Callable[[], None],
+                 heartbeat: float, liveness: int, kill_grace: float):
         self.ctx = ctx
         self.address = address
         self.retries = retries
         self.cleanup = cleanup
+        self.kill_grace = kill_grace
         self.futures: dict[int, CorralFuture] = {}
         self.outq: deque = deque()
         self.cancels: deque = deque()
@@ -111,8 +147,8 @@ class _IOLoop:
         self.awake = False
         self.closing = False
         self.broken: BaseException | None = None
-        self.heartbeat = 1.0
-        self.liveness = 3
+        self.heartbeat = heartbeat
+        self.liveness = liveness
         self.broker_thread: threading.Thread | None = None  # set for an embedded broker
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
 
@@ -135,7 +171,15 @@ class _IOLoop:
         return fut
 
     def request_cancel(self, cid: int) -> None:
-        self.cancels.append(cid)
+        self.cancels.append((Kind.CANCEL, cid, None))
+        self.wake()
+
+    def request_kill(self, cid: int, grace: float) -> None:
+        self.cancels.append((Kind.KILL, cid, grace))
+        self.wake()
+
+    def request_terminate(self, hard: bool) -> None:
+        self.cancels.append((Kind.KILL, None, "SIGKILL" if hard else "SIGTERM"))
         self.wake()
 
     def request_status(self) -> Future:
@@ -158,10 +202,14 @@ class _IOLoop:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
-        last_heard = last_beat = time.monotonic()
+        last_heard = last_beat = last_turn = time.monotonic()
         try:
             while True:
                 events = dict(poller.poll(self.heartbeat * 1000))
+                if time.monotonic() - last_turn > 2 * self.heartbeat:
+                    # This thread did not run for a while (another thread held the GIL):
+                    # that silence is ours, not the broker's.
+                    last_heard = time.monotonic()
                 if self.wake_r in events:
                     os.read(self.wake_r, 4096)
                 self.awake = False
@@ -181,6 +229,7 @@ class _IOLoop:
                     break
                 if self.closing and not self.futures and not self.outq:
                     break
+                last_turn = time.monotonic()
             sock.send(protocol.encode(Kind.BYE))
         finally:
             sock.close()
@@ -203,9 +252,9 @@ class _IOLoop:
         # outq before that, so its SUBMIT leaves below, ahead of its CANCEL. (Taken
         # after, a task submitted and cancelled meanwhile would be cancelled at the
         # broker before it arrived there, and then run.)
-        ids = []
+        requests = []
         while self.cancels:
-            ids.append(self.cancels.popleft())
+            requests.append(self.cancels.popleft())
         if self.outq:
             entries, frames = [], []
             while self.outq:
@@ -213,10 +262,22 @@ class _IOLoop:
                 entries.append(entry)
                 frames.extend(task_frames)
             sock.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": entries}), *frames], copy=False)
-        if ids:
-            for cid in ids:
+        cancels, kills = [], {}
+        for kind, cid, extra in requests:
+            if kind == Kind.CANCEL:
+                cancels.append(cid)
                 self.futures.pop(cid, None)
-            sock.send(protocol.encode(Kind.CANCEL, {"ids": ids}))
+            elif cid is None:  # terminate_workers() / kill_workers()
+                sock.send(protocol.encode(Kind.KILL, {"all": True, "signal": extra}))
+            else:
+                kills.setdefault(extra, []).append(cid)
+                fut = self.futures.get(cid)
+                if fut is not None and fut.cancelled():  # killed before it ran: nothing to wait for
+                    self.futures.pop(cid)
+        if cancels:
+            sock.send(protocol.encode(Kind.CANCEL, {"ids": cancels}))
+        for grace, cids in kills.items():
+            sock.send(protocol.encode(Kind.KILL, {"ids": cids, "grace": grace}))
         if self.status_waiters:
             sock.send(protocol.encode(Kind.STATUS))
 
@@ -252,6 +313,9 @@ class _IOLoop:
         cid, status, _, meta = entry
         fut = self.futures.pop(cid, None)
         if fut is None or fut.cancelled():
+            return
+        if fut._kill_requested or (status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED):
+            fut._set_killed()  # after kill(), whatever finished first, the future ends cancelled
             return
         try:
             if status == Status.OK:
@@ -295,6 +359,8 @@ def _failure(meta: dict) -> BaseException:
         return DeserializationError(message)
     if error == protocol.ERR_WORKER_LOST:
         return WorkerLostError(message)
+    if error == protocol.ERR_TIMEOUT:
+        return TaskTimeoutError(message)
     if error == protocol.ERR_BROKEN:
         return BrokenProcessPool(
             f"A worker's initializer failed; the executor is broken and takes no more work.\n{message}"
@@ -310,12 +376,26 @@ class Executor(_StdExecutor):
     processes; with ``address="tcp://host:port"`` it submits to a broker
     started by ``corral broker`` and to whatever workers joined it.
 
-    Extra keyword arguments:
+    ``mp_context`` picks how local task processes start: a ``spawn``
+    context spawns a new interpreter for each one; otherwise they are forked
+    from a clean supervisor process that has imported nothing of yours.
+
+    Extra keyword arguments (see docs/options.md):
         fresh: run every task in a brand-new process forked from a clean
             template (also implied by ``max_tasks_per_child=1``).
         address: a broker to use instead of the embedded one.
         retries: how often a task whose worker died is run again (default 2).
+        task_timeout: default per-task time limit in seconds; a task that
+            runs longer has its process killed and raises TaskTimeoutError.
         prefetch: tasks a local worker holds beyond the one it runs.
+        idle_timeout: a local worker idle this many seconds exits; workers
+            start again when work arrives.
+        max_memory: a local worker whose task process uses more than this
+            resident memory after a task (bytes, or a string like "2GB")
+            gets a new task process.
+        heartbeat, liveness: seconds between heartbeats, and how many may be
+            missed before a peer counts as lost (default 1.0 and 3).
+        kill_grace: seconds between SIGTERM and SIGKILL for ``Future.kill()``.
     """
 
     def __init__(
@@ -329,7 +409,13 @@ class Executor(_StdExecutor):
         fresh: bool = False,
         address: str | None = None,
         retries: int = DEFAULT_RETRIES,
+        task_timeout: float | None = None,
         prefetch: int | None = None,
+        idle_timeout: float | None = None,
+        max_memory: int | str | None = None,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        kill_grace: float = 2.0,
     ):
         if max_workers is None:
             max_workers = _usable_cpus()
@@ -350,6 +436,19 @@ class Executor(_StdExecutor):
             raise ValueError("retries must be an integer >= 0")
         if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
             raise ValueError("prefetch must be an integer >= 0")
+        for name, value in (("idle_timeout", idle_timeout), ("heartbeat", heartbeat), ("kill_grace", kill_grace)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+                                      or (name != "kill_grace" and value == 0)):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if not isinstance(liveness, int) or isinstance(liveness, bool) or liveness < 1:
+            raise ValueError(f"liveness must be an integer >= 1, not {liveness!r}")
+        self._defaults = _check_options({"timeout": task_timeout}) if task_timeout is not None else {}
+        max_memory = _parse_bytes(max_memory)
+        if address is not None and (idle_timeout or max_memory or prefetch is not None):
+            raise ValueError(
+                "idle_timeout, max_memory and prefetch configure the workers an Executor starts itself; "
+                "with address= give them to `corral worker` instead."
+            )
         if address is not None and initializer is not None:
             raise ValueError(
                 "initializer runs in the workers an Executor starts itself; with address= the "
@@ -365,16 +464,19 @@ class Executor(_StdExecutor):
         self._tmpdir: str | None = None
         self._broker: Broker | None = None
         self._broker_thread: threading.Thread | None = None
+        self._spawn = mp_context is not None and mp_context.get_start_method() == "spawn"
         if address is None:
-            address = self._start_embedded(initializer, initargs, prefetch)
+            address = self._start_embedded(initializer, initargs, prefetch, idle_timeout, max_memory, heartbeat,
+                                           liveness)
         self._address = address
-        self._io = _IOLoop(self._ctx, address, retries, self._cleanup)
+        self._io = _IOLoop(self._ctx, address, retries, self._cleanup, heartbeat, liveness, kill_grace)
         self._io.broker_thread = self._broker_thread
         _live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
 
-    def _start_embedded(self, initializer, initargs, prefetch: int | None) -> str:
+    def _start_embedded(self, initializer, initargs, prefetch: int | None, idle_timeout: float | None,
+                        max_memory: int | None, heartbeat: float, liveness: int) -> str:
         init = None
         if initializer is not None:  # before mkdtemp, so that a pickling error leaves no directory behind
             init = serialization.dumps((initializer, tuple(initargs)), "the initializer")[0]
@@ -389,10 +491,11 @@ class Executor(_StdExecutor):
             prefetch = 0 if self._fresh else 1
         max_tasks = None if self._fresh else self._max_tasks_per_child
         pool = LocalPool(
-            workers, self._max_workers, fresh=self._fresh, prefetch=prefetch + 1,
-            max_tasks=max_tasks, bootstrap=bootstrap,
+            workers, self._max_workers, fresh=self._fresh, prefetch=prefetch + 1, max_tasks=max_tasks,
+            bootstrap=bootstrap, spawn=self._spawn, idle_timeout=idle_timeout, max_memory=max_memory,
         )
-        broker = self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True)
+        broker = self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True,
+                                       heartbeat=heartbeat, liveness=liveness)
         self._broker_thread = threading.Thread(target=broker.serve, name="corral-broker", daemon=True)
         self._broker_thread.start()
         return clients
@@ -425,11 +528,16 @@ class Executor(_StdExecutor):
         """A view of this executor whose ``submit``/``map`` give every task ``options``.
 
         It shares this executor's connection and workers.  Valid options:
-        ``retries`` (int >= 0: runs after the first one if the task's worker dies).
+        ``retries`` (int >= 0: runs after the first one if the task's worker dies),
+        ``timeout`` (seconds: the task's process is killed after this long and
+        the future raises TaskTimeoutError), ``retry_on_timeout`` (bool: a
+        timed-out task counts an attempt and runs again within ``retries``).
         """
         return TaskOptions(self, _check_options(options))
 
     def _submit_call(self, call: Call, options: dict | None = None) -> Future:
+        if self._defaults:
+            options = {**self._defaults, **(options or {})}
         with self._shutdown_lock:
             self._check_open()
             try:
@@ -501,6 +609,27 @@ class Executor(_StdExecutor):
         if wait and self._io.thread is not threading.current_thread():
             self._io.thread.join()
 
+    def terminate_workers(self) -> None:
+        """Shut down at once and SIGTERM the workers (Python 3.14's ProcessPoolExecutor API).
+
+        Queued tasks are cancelled; running ones fail with WorkerLostError (a
+        BrokenProcessPool).  With ``address=`` only this executor's running
+        tasks are stopped; the broker's workers stay for other clients.
+        Submitting afterwards raises RuntimeError.
+        """
+        self._force_shutdown(hard=False)
+
+    def kill_workers(self) -> None:
+        """Like ``terminate_workers()``, with SIGKILL."""
+        self._force_shutdown(hard=True)
+
+    def _force_shutdown(self, hard: bool) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        if self._io.thread.is_alive():
+            self._io.request_terminate(hard)
+        self.shutdown(wait=False)
+
     def summary(self, timeout: float = 10.0) -> Summary:
         """Per-worker statistics from the broker: one dict per worker."""
         if self._shutdown and not self._io.thread.is_alive():
@@ -509,7 +638,7 @@ class Executor(_StdExecutor):
         return Summary(reply["workers"], queued=reply.get("queued", 0), running=reply.get("running", 0))
 
 
-VALID_OPTIONS = ("retries",)
+VALID_OPTIONS = ("retries", "timeout", "retry_on_timeout")
 
 
 def _check_options(options: dict) -> dict:
@@ -519,7 +648,35 @@ def _check_options(options: dict) -> dict:
     retries = options.get("retries")
     if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
         raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    timeout = options.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+                                or timeout == float("inf")):
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    flag = options.get("retry_on_timeout")
+    if flag is not None and not isinstance(flag, bool):
+        raise ValueError(f"retry_on_timeout must be True or False, not {flag!r}")
     return {k: v for k, v in options.items() if v is not None}
+
+
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
+          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1000**4, "TB": 1000**4, "TIB": 1024**4}
+
+
+def _parse_bytes(value: int | str | None) -> int | None:
+    """``max_memory``: an int of bytes, or a string such as "512MB" or "2GiB"."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTIB")
+        unit = text[len(number):]
+        try:
+            value = int(float(number) * _UNITS[unit])
+        except (ValueError, KeyError):
+            raise ValueError(f"max_memory {value!r} is not a size; use bytes or a string like '512MB' or '2GiB'")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, not {value!r}")
+    return value
 
 
 class TaskOptions:

@@ -40,6 +40,15 @@ class WorkerLostError(BrokenProcessPool):
     """
 
 
+class TaskTimeoutError(TimeoutError):
+    """A task ran longer than its ``timeout`` option; the process running it was killed.
+
+    A subclass of the builtin ``TimeoutError`` (which is also
+    ``concurrent.futures.TimeoutError`` from Python 3.11).  Only that task
+    fails; it is not run again unless its options say ``retry_on_timeout=True``.
+    """
+
+
 class BrokerLostError(BrokenExecutor):
     """The broker stopped answering; the futures it held cannot complete."""
 

@@ -45,6 +45,9 @@ class LocalPool:
         prefetch: int = 1,
         max_tasks: int | None = None,
         bootstrap: str | None = None,
+        spawn: bool = False,
+        idle_timeout: float | None = None,
+        max_memory: int | None = None,
     ):
         self.address = address
         self.size = size
@@ -52,11 +55,14 @@ class LocalPool:
         self.prefetch = prefetch
         self.max_tasks = max_tasks
         self.bootstrap = bootstrap
+        self.spawn = spawn
+        self.idle_timeout = idle_timeout
+        self.max_memory = max_memory
         self.procs: dict[int, subprocess.Popen] = {}
         self.accepting = True  # False once broken or stopping: no restarts
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "corral.worker", self.address, "--parent", str(os.getpid())]
+        cmd = [sys.executable, os.environ.get("CORRAL_DBG_WORKER", "-m"), *([] if os.environ.get("CORRAL_DBG_WORKER") else ["corral.worker"]), self.address, "--parent", str(os.getpid())]
         cmd += ["--prefetch", str(self.prefetch)]
         if self.fresh:
             cmd.append("--fresh")
@@ -64,6 +70,12 @@ class LocalPool:
             cmd += ["--max-tasks", str(self.max_tasks)]
         if self.bootstrap:
             cmd += ["--bootstrap", self.bootstrap]
+        if self.spawn:
+            cmd.append("--spawn")
+        if self.idle_timeout:
+            cmd += ["--idle-timeout", repr(self.idle_timeout)]
+        if self.max_memory:
+            cmd += ["--max-memory", str(self.max_memory)]
         return cmd
 
     def start_one(self) -> int:
@@ -102,6 +114,11 @@ class LocalPool:
         for proc in self.procs.values():
             proc.wait()
         self.procs.clear()
+
+    def signal_all(self, sig: int) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)
 
     def kill(self, pid: int) -> None:
         proc = self.procs.get(pid)

@@ -44,6 +44,7 @@ class Kind(IntEnum):
     STATUS_REPLY = 12  # B->C: answer to STATUS
     SHUTDOWN = 13  # B->W: finish the current task, then exit
     ERROR = 14  # B->C, B->W: a request was refused (bad version, unknown client...)
+    KILL = 15  # C->B, B->W: stop these running tasks' processes (or all of a client's)
 
 
 class Status(IntEnum):
@@ -60,6 +61,8 @@ ERR_DESERIALIZATION = "deserialization"  # unpickling failed
 ERR_WORKER_LOST = "worker_lost"
 ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
 ERR_CANCELLED = "cancelled"
+ERR_TIMEOUT = "timeout"  # the task outran its timeout; its process was killed
+ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went away
 
 # Per-task options a SUBMIT entry may carry, reserved for the task-control
 # features; the broker keeps the ones it does not act on yet.

@@ -1,0 +1,189 @@
+"""The task process: the only place where user code runs.
+
+A worker is a supervisor that never runs user code, so it always answers
+heartbeats and can stop a task at any moment.  It hands tasks to a task
+process over a socket pair and reads the outcomes back::
+
+    supervisor (worker.py)                    task process (this module)
+      fork/spawn ----------------------------> run the initializer
+      <------------------------------- READY | BROKEN traceback
+      TASK gid, frames ----------------------> unpickle, run, pickle
+      <----------------------------- DONE gid status meta, frames
+      close the socket (or a signal) --------> exit
+
+A persistent worker keeps one task process for many tasks (and replaces it
+after ``max_tasks``, a timeout, a kill, or too much memory); a fresh worker
+starts one per task, which exits after replying.  Task processes are forked
+from the supervisor, which has imported nothing of the user's, or spawned as
+new interpreters (``python -m corral.runner FD``) where fork is unavailable or
+the user asked for ``spawn``.
+
+Each message is one pickled header followed by its payload frames, every
+piece framed by ``multiprocessing.connection`` (a length prefix).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+import warnings
+from multiprocessing.connection import Connection
+
+from . import serialization
+from .execution import execute
+
+READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
+
+
+def send(conn: Connection, header: tuple, frames: list = ()) -> None:
+    conn.send_bytes(pickle.dumps((header, len(frames)), protocol=5))
+    for frame in frames:
+        conn.send_bytes(frame)
+
+
+def recv(conn: Connection) -> tuple[tuple, list]:
+    header, count = pickle.loads(conn.recv_bytes())
+    return header, [conn.recv_bytes() for _ in range(count)]
+
+
+class TaskProcess:
+    """The supervisor's handle on one task process."""
+
+    def __init__(self, pid: int, conn: Connection, popen: subprocess.Popen | None = None):
+        self.pid = pid
+        self.conn = conn
+        self.popen = popen
+        self.ready = False
+        self.tasks = 0  # tasks it has finished
+        self.returncode: int | None = None
+
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
+    def signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def reap(self, block: bool = True) -> int | None:
+        """Collect the exit status: a Popen-style return code (-N: killed by signal N)."""
+        if self.returncode is None:
+            if self.popen is not None:
+                self.returncode = self.popen.wait() if block else self.popen.poll()
+            else:
+                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def close(self) -> None:
+        """Ask it to exit (it sees end-of-file) and collect it."""
+        self.conn.close()
+        self.reap()
+
+
+def start(setup: tuple, first: tuple | None, spawn: bool) -> TaskProcess:
+    """Start a task process; ``setup`` is (sys.path, pickled initializer or None).
+
+    ``first`` is (gid, frames) for a fresh task process, which runs that one
+    task and exits; None for a persistent one, which waits for TASK messages.
+    """
+    ours, theirs = socket.socketpair()
+    if spawn or not hasattr(os, "fork"):
+        cmd = [sys.executable, "-m", "corral.runner", str(theirs.fileno())]
+        popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        conn = Connection(ours.detach())
+        send(conn, ("setup", setup, first is not None))
+        if first is not None:
+            send(conn, (TASK, first[0]), first[1])
+        return TaskProcess(popen.pid, conn, popen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # zmq's threads: the child never touches zmq
+        pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            ours.close()
+            code = serve(Connection(theirs.detach()), setup, first)
+        finally:
+            os._exit(code)
+    theirs.close()
+    return TaskProcess(pid, Connection(ours.detach()))
+
+
+def serve(conn: Connection, setup: tuple, first: tuple | None) -> int:
+    """The task process's life: initialize, then run tasks until told to stop."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    die_with_parent(signal.SIGKILL)
+    sys_path, initializer = setup
+    sys.path[:] = sys_path
+    broken = run_initializer(initializer)
+    if broken is not None:
+        send(conn, (BROKEN, broken))
+        return 3
+    if first is not None:
+        gid, frames = first
+        status, out, meta = execute(frames)
+        send(conn, (DONE, gid, int(status), meta), out)
+        return 0
+    send(conn, (READY,))
+    while True:
+        try:
+            header, frames = recv(conn)
+        except (EOFError, OSError):
+            return 0  # the supervisor closed our socket: time to go
+        status, out, meta = execute(frames)
+        send(conn, (DONE, header[1], int(status), meta), out)
+
+
+def run_initializer(payload: bytes | None) -> str | None:
+    """Run the user's initializer; return its traceback as text if it fails."""
+    if payload is None:
+        return None
+    try:
+        initializer, initargs = serialization.loads([payload], "the initializer")
+        initializer(*initargs)
+    except BaseException as exc:  # noqa: BLE001 - any failure breaks the pool, as in the stdlib
+        return "".join(traceback.format_exception(exc))
+    return None
+
+
+def die_with_parent(sig: int) -> None:
+    """Ask Linux to send us ``sig`` when our parent dies (a parent-death signal)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, sig)
+    except Exception:  # noqa: BLE001 - best effort; the supervisor's socket closing remains
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A spawned task process: ``python -m corral.runner FD``."""
+    argv = sys.argv[1:] if argv is None else argv
+    conn = Connection(int(argv[0]))
+    header, _ = recv(conn)
+    _, setup, once = header
+    first = None
+    if once:
+        task, frames = recv(conn)
+        first = (task[1], frames)
+    return serve(conn, setup, first)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
