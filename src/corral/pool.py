@@ -62,7 +62,7 @@ class LocalPool:
         self.accepting = True  # False once broken or stopping: no restarts
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, os.environ.get("CORRAL_DBG_WORKER", "-m"), *([] if os.environ.get("CORRAL_DBG_WORKER") else ["corral.worker"]), self.address, "--parent", str(os.getpid())]
+        cmd = [sys.executable, "-m", "corral.worker", self.address, "--parent", str(os.getpid())]
         cmd += ["--prefetch", str(self.prefetch)]
         if self.fresh:
             cmd.append("--fresh")
