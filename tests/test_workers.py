@@ -201,8 +201,8 @@ def test_summary(make_executor):
     lines = text.splitlines()
     for column in ("worker", "host", "pid", "tasks", "busy s", "errors"):
         assert column in lines[0]
-    for pid in pids:
-        assert str(pid) in text
+    for row in summary:
+        assert str(row["pid"]) in text
     assert "11 tasks" in lines[-1]
     ex.shutdown(wait=True)
     with pytest.raises(RuntimeError):
