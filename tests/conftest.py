@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 import corral
+from helpers import free_port, start_broker, stop
 
 LEAK_GRACE_S = 5.0
 _saved_tmp: tuple = ()
@@ -116,3 +117,14 @@ def make_executor():
     yield make
     for ex in made:
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def broker_address():
+    """A standalone ``corral broker`` on a free loopback port, stopped when the test ends."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = start_broker(address)
+    try:
+        yield address
+    finally:
+        stop(proc)

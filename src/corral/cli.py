@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .errors import InsecureAddressError
+from .options import parse_size
 
 
 def check_listen_address(address: str, insecure: bool) -> None:
@@ -47,7 +48,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker
 
     check_listen_address(args.listen, args.insecure)
-    broker = Broker(args.listen, heartbeat=args.heartbeat)
+    if args.heartbeat <= 0 or args.liveness < 1:
+        raise SystemExit("corral broker: --heartbeat must be > 0 and --liveness >= 1")
+    broker = Broker(args.listen, heartbeat=args.heartbeat, liveness=args.liveness)
     print(f"corral broker listening on {args.listen}", file=sys.stderr, flush=True)
 
     def stop(signum, frame):
@@ -64,7 +67,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.processes < 1:
         raise SystemExit("corral worker: --processes must be >= 1")
-    pool = LocalPool(args.address, args.processes, fresh=args.fresh, prefetch=args.prefetch)
+    pool = LocalPool(
+        args.address, args.processes, fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,
+        idle_timeout=args.idle_timeout, max_memory=parse_size(args.max_memory), reconnect=True,
+    )
     stopping = False
 
     def stop(signum, frame):
@@ -80,7 +86,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         while not stopping:
             time.sleep(0.2)
             pool.reap()
-            pool.fill()  # replace processes that ended (crash, recycling)
+            pool.fill()  # replace processes that ended (crash, recycling, idle_timeout)
     finally:
         for proc in pool.procs.values():
             proc.terminate()
@@ -109,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="run a standalone broker")
     broker.add_argument("--listen", default="tcp://127.0.0.1:7700", help="address to bind (default %(default)s)")
     broker.add_argument("--insecure", action="store_true", help="allow a non-loopback TCP address without encryption")
-    broker.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds")
+    broker.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)")
+    broker.add_argument("--liveness", type=int, default=3, help="heartbeats missed before a peer is lost (default 3)")
     broker.set_defaults(func=cmd_broker)
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")
@@ -117,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
     worker.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
     worker.add_argument("--prefetch", type=int, default=2, help="tasks each process holds (default 2)")
+    worker.add_argument("--max-tasks-per-child", type=int, default=None, help="replace a task process after N tasks")
+    worker.add_argument("--idle-timeout", type=float, default=None, help="a process idle this long exits (seconds)")
+    worker.add_argument("--max-memory", default=None, help="replace a task process above this RSS, e.g. 2GB")
     worker.set_defaults(func=cmd_worker)
     return p
 

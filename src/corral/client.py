@@ -50,6 +50,7 @@ from . import protocol, serialization
 from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from .execution import Call
+from .options import check_task_options, parse_size
 from .pool import LocalPool
 from .protocol import Kind, Status
 from .summary import Summary
@@ -442,8 +443,8 @@ class Executor(_StdExecutor):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         if not isinstance(liveness, int) or isinstance(liveness, bool) or liveness < 1:
             raise ValueError(f"liveness must be an integer >= 1, not {liveness!r}")
-        self._defaults = _check_options({"timeout": task_timeout}) if task_timeout is not None else {}
-        max_memory = _parse_bytes(max_memory)
+        self._defaults = check_task_options({"timeout": task_timeout}) if task_timeout is not None else {}
+        max_memory = parse_size(max_memory)
         if address is not None and (idle_timeout or max_memory or prefetch is not None):
             raise ValueError(
                 "idle_timeout, max_memory and prefetch configure the workers an Executor starts itself; "
@@ -533,7 +534,7 @@ class Executor(_StdExecutor):
         the future raises TaskTimeoutError), ``retry_on_timeout`` (bool: a
         timed-out task counts an attempt and runs again within ``retries``).
         """
-        return TaskOptions(self, _check_options(options))
+        return TaskOptions(self, check_task_options(options))
 
     def _submit_call(self, call: Call, options: dict | None = None) -> Future:
         if self._defaults:
@@ -638,47 +639,6 @@ class Executor(_StdExecutor):
         return Summary(reply["workers"], queued=reply.get("queued", 0), running=reply.get("running", 0))
 
 
-VALID_OPTIONS = ("retries", "timeout", "retry_on_timeout")
-
-
-def _check_options(options: dict) -> dict:
-    unknown = sorted(set(options) - set(VALID_OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(VALID_OPTIONS)}")
-    retries = options.get("retries")
-    if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool) or retries < 0):
-        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
-    timeout = options.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
-                                or timeout == float("inf")):
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-    flag = options.get("retry_on_timeout")
-    if flag is not None and not isinstance(flag, bool):
-        raise ValueError(f"retry_on_timeout must be True or False, not {flag!r}")
-    return {k: v for k, v in options.items() if v is not None}
-
-
-_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
-          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1000**4, "TB": 1000**4, "TIB": 1024**4}
-
-
-def _parse_bytes(value: int | str | None) -> int | None:
-    """``max_memory``: an int of bytes, or a string such as "512MB" or "2GiB"."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().upper().replace(" ", "")
-        number = text.rstrip("KMGTIB")
-        unit = text[len(number):]
-        try:
-            value = int(float(number) * _UNITS[unit])
-        except (ValueError, KeyError):
-            raise ValueError(f"max_memory {value!r} is not a size; use bytes or a string like '512MB' or '2GiB'")
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"max_memory must be a positive number of bytes, not {value!r}")
-    return value
-
-
 class TaskOptions:
     """``Executor.options(...)``: the executor's ``submit`` and ``map`` with per-task options."""
 
@@ -687,7 +647,7 @@ class TaskOptions:
         self._options = options
 
     def options(self, **more: Any) -> TaskOptions:
-        return TaskOptions(self._executor, {**self._options, **_check_options(more)})
+        return TaskOptions(self._executor, {**self._options, **check_task_options(more)})
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return self._executor._submit_call(Call(fn, args, kwargs or None), self._options)

@@ -48,6 +48,7 @@ class LocalPool:
         spawn: bool = False,
         idle_timeout: float | None = None,
         max_memory: int | None = None,
+        reconnect: bool = False,
     ):
         self.address = address
         self.size = size
@@ -58,6 +59,7 @@ class LocalPool:
         self.spawn = spawn
         self.idle_timeout = idle_timeout
         self.max_memory = max_memory
+        self.reconnect = reconnect
         self.procs: dict[int, subprocess.Popen] = {}
         self.accepting = True  # False once broken or stopping: no restarts
 
@@ -76,6 +78,8 @@ class LocalPool:
             cmd += ["--idle-timeout", repr(self.idle_timeout)]
         if self.max_memory:
             cmd += ["--max-memory", str(self.max_memory)]
+        if self.reconnect:
+            cmd.append("--reconnect")
         return cmd
 
     def start_one(self) -> int:

@@ -73,6 +73,7 @@ class Worker:
         spawn: bool = False,
         idle_timeout: float | None = None,
         max_memory: int | None = None,
+        reconnect: bool = False,
     ):
         self.address = address
         self.fresh = fresh
@@ -84,6 +85,7 @@ class Worker:
         self.spawn = spawn
         self.idle_timeout = idle_timeout
         self.max_memory = max_memory
+        self.reconnect_on_silence = reconnect or not parent_pid
         self.heartbeat = HEARTBEAT_INTERVAL
         self.liveness = LIVENESS
         self.pending: deque[Held] = deque()
@@ -388,7 +390,7 @@ class Worker:
         if now - self.last_sent >= self.heartbeat:
             self.send(Kind.HEARTBEAT)
         if now - self.last_heard > self.heartbeat * self.liveness:
-            if self.parent_pid:  # our client and its broker are gone
+            if not self.reconnect_on_silence:  # started by a client's pool: the client and its broker are gone
                 self.stopping = True
                 return True
             print(f"corral worker: the broker at {self.address} went silent; reconnecting", file=sys.stderr)
@@ -440,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
     p.add_argument("--idle-timeout", type=float, default=None)
     p.add_argument("--max-memory", type=int, default=None)
+    p.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again (standalone)")
     args = p.parse_args(argv)
     if args.parent:
         _follow_parent(args.parent, args.bootstrap)
@@ -461,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         spawn=args.spawn,
         idle_timeout=args.idle_timeout,
         max_memory=args.max_memory,
+        reconnect=args.reconnect,
     )
     return worker.run()
 
