@@ -1,0 +1,187 @@
+"""Heartbeats and lost peers: busy workers stay, stopped ones are replaced, brokers and clients that vanish.
+
+Each test says what it breaks, with real processes and signals on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import corral
+from helpers import free_port, start_broker, start_worker, stop
+
+TIMEOUT = 30
+
+
+def backtrack(n: int) -> int:
+    """Holds the GIL inside the C regex engine for a time that doubles with each n."""
+    re.match(r"(a*)*b", "a" * n)
+    return os.getpid()
+
+
+def gil_holding_size(seconds: float) -> int:
+    """The smallest n for which backtrack(n) takes at least ``seconds`` here."""
+    n = 16
+    while True:
+        started = time.perf_counter()
+        backtrack(n)
+        if time.perf_counter() - started >= seconds:
+            return n
+        n += 1
+
+
+def record_then_sleep(path: str, seconds: float) -> int:
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()
+
+
+# Standalone workers do not share the test's sys.path: send this one by value.
+by_value_record_then_sleep = type(record_then_sleep)(
+    record_then_sleep.__code__, {"os": os, "time": time}, "record_then_sleep"
+)
+
+
+def runs(path) -> list[int]:
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_task_holding_the_gil_in_c_code_is_not_declared_lost(make_executor):
+    """Breaks: a task holds the GIL for ten heartbeat periods and more; its worker must stay."""
+    n = gil_holding_size(1.0)
+    ex = make_executor(1, heartbeat=0.1, liveness=2)
+    first = ex.submit(os.getpid).result(TIMEOUT)
+    assert ex.submit(backtrack, n).result(TIMEOUT) == first  # same task process: never replaced
+    [row] = ex.summary()
+    assert row["errors"] == 0 and row["alive"]
+
+
+def test_a_stopped_worker_is_declared_lost_and_its_task_runs_elsewhere(make_executor, tmp_path):
+    """Breaks: SIGSTOP freezes the worker (as a dead host would); its task must be rerun elsewhere."""
+    log = tmp_path / "runs"
+    ex = make_executor(2, heartbeat=0.2, liveness=3)
+    fut = ex.submit(record_then_sleep, str(log), 1.0)
+    [task_pid] = wait_for(lambda: runs(log), what="the task to start")
+    supervisor = psutil.Process(task_pid).parent()
+    supervisor.suspend()
+    stopped_at = time.monotonic()
+    try:
+        assert fut.result(TIMEOUT) != task_pid  # ran again, in another worker's task process
+        detected = time.monotonic() - stopped_at
+        assert detected < 10, f"took {detected:.1f} s to notice a stopped worker"
+        wait_for(lambda: gone(supervisor.pid) and gone(task_pid), 10, "the stopped worker to be removed")
+    finally:
+        if not gone(supervisor.pid):
+            supervisor.kill()
+    assert ex.submit(abs, -1).result(TIMEOUT) == 1
+
+
+def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker(tmp_path):
+    """Breaks: the standalone broker is SIGKILLed with a task running, then started again on the same port."""
+    log = tmp_path / "runs"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    broker = start_broker(address, "--heartbeat", "0.2")
+    worker = start_worker(address, "--processes", "1")
+    try:
+        ex = corral.Executor(address=address)
+        fut = ex.submit(by_value_record_then_sleep, str(log), 60)
+        [task_pid] = wait_for(lambda: runs(log), what="the task to start")
+        broker.kill()
+        broker.wait(10)
+        killed_at = time.monotonic()
+        with pytest.raises(corral.BrokerLostError, match="has not answered"):
+            fut.result(TIMEOUT)
+        assert time.monotonic() - killed_at < 5  # within the liveness (3 x 0.2 s) plus a margin
+        assert isinstance(fut.exception(), corral.BrokerLostError)
+        with pytest.raises(corral.BrokerLostError):
+            ex.submit(abs, -1)
+        ex.shutdown()
+        # The worker drops the orphaned task and dials until a broker answers again.
+        wait_for(lambda: gone(task_pid), 10, "the orphaned task's process to be stopped")
+        broker = start_broker(address, "--heartbeat", "0.2")
+        with corral.Executor(address=address) as again:
+            assert again.submit(abs, -7).result(TIMEOUT) == 7
+    finally:
+        stop(worker)
+        stop(broker)
+
+
+def test_a_standalone_broker_stops_the_tasks_of_a_client_that_died(tmp_path, broker_address):
+    """Breaks: a client is SIGKILLed with a task running; the broker must kill that task, and serve others."""
+    log = tmp_path / "runs"
+    worker = start_worker(broker_address, "--processes", "1")
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time, corral
+        def record_then_sleep(path, seconds):
+            with open(path, "a") as f:
+                f.write(f"{{os.getpid()}}\\n")
+            time.sleep(seconds)
+        record_then_sleep.__module__ = "__main__"
+        ex = corral.Executor(address={broker_address!r})
+        ex.submit(record_then_sleep, {str(log)!r}, 120)
+        time.sleep(120)
+    """))
+    client = subprocess.Popen([sys.executable, str(script)])
+    try:
+        [task_pid] = wait_for(lambda: runs(log), what="the client's task to start")
+        client.kill()
+        client.wait(10)
+        wait_for(lambda: gone(task_pid), 15, "the dead client's task to be killed")
+        with corral.Executor(address=broker_address) as ex:
+            assert ex.submit(abs, -3).result(TIMEOUT) == 3
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+        stop(worker)
+
+
+def test_the_embedded_broker_and_workers_go_when_their_client_is_killed_mid_task(tmp_path):
+    """Breaks: SIGKILL of a client whose task holds the GIL in C; workers and task processes exit within 5 s."""
+    script = tmp_path / "client.py"
+    script.write_text(textwrap.dedent("""
+        import re, corral
+        ex = corral.Executor(2)
+        ex.submit(re.match, r"(a*)*b", "a" * 40)
+        ex.submit(re.match, r"(a*)*b", "a" * 40)
+        print("submitted", flush=True)
+        import time; time.sleep(120)
+    """))
+    client = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "submitted"
+        family = wait_for(lambda: len(psutil.Process(client.pid).children(recursive=True)) >= 4
+                          and psutil.Process(client.pid).children(recursive=True), what="task processes")
+        client.kill()
+        client.wait(10)
+        _, alive = psutil.wait_procs(family, timeout=5)
+        assert not alive, f"still running 5 s after the client died: {alive}"
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
