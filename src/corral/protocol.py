@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ProtocolError
 
-VERSION = 1
+VERSION = 2
 MAX_HEADER_BYTES = 1 << 20
 
 

@@ -176,12 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     """A spawned task process: ``python -m corral.runner FD``."""
     argv = sys.argv[1:] if argv is None else argv
     conn = Connection(int(argv[0]))
-    header, _ = recv(conn)
-    _, setup, once = header
-    first = None
-    if once:
-        task, frames = recv(conn)
-        first = (task[1], frames)
+    try:
+        header, _ = recv(conn)
+        _, setup, once = header
+        first = None
+        if once:
+            task, frames = recv(conn)
+            first = (task[1], frames)
+    except (EOFError, OSError):
+        return 0  # the supervisor went away before we started
     return serve(conn, setup, first)
 
 
