@@ -265,3 +265,30 @@ def test_leaving_the_interpreter_with_an_open_executor(tmp_path):
     assert out.returncode == 0, out.stderr
     family = [int(pid) for pid in out.stdout.split()]
     wait_for(lambda: all(gone(pid) for pid in family), 10, "the executor's processes to exit")
+
+
+# -- cancel(): the broker or the worker has the final word -------------------------------------------
+
+
+def touch_then_nap(folder: str, i: int) -> int:
+    open(os.path.join(folder, str(i)), "w").close()
+    time.sleep(0.002 * (i % 3))
+    return i
+
+
+def test_cancel_never_reports_a_task_that_ran(make_executor, tmp_path):
+    """Cancels race with dispatch and start; a True from cancel() must mean the task never ran."""
+    ex = make_executor(2)
+    cancelled = 0
+    for batch in range(10):
+        futures = [ex.submit(touch_then_nap, str(tmp_path), batch * 100 + i) for i in range(50)]
+        time.sleep(0.002 * batch)
+        verdicts = {i: futures[i].cancel() for i in range(0, 50, 2)}
+        assert not cf.wait(futures, timeout=TIMEOUT).not_done
+        for i, said_cancelled in verdicts.items():
+            ran = (tmp_path / str(batch * 100 + i)).exists()
+            assert said_cancelled != ran, f"task {i}: cancel() said {said_cancelled} but ran={ran}"
+            assert futures[i].cancelled() == said_cancelled
+            cancelled += said_cancelled
+        assert all(f.result() == batch * 100 + i for i, f in enumerate(futures) if not f.cancelled())
+    assert cancelled > 0

@@ -52,6 +52,7 @@ class Task:
     worker: bytes | None = None
     started: bool = False
     killed: bool = False  # a kill was asked for: never retried
+    cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
 
 
 @dataclass
@@ -97,6 +98,8 @@ class Outbox:
         self.results: list = []
         self.frames: list = []
         self.started: list = []
+        self.cancelled: list = []  # cancel verdicts: dropped before they ran
+        self.running: list = []  # cancel verdicts: too late, they ran (or run)
 
     def result(self, cid: int, status: Status, frames: list, meta: dict) -> None:
         self.results.append(protocol.result_entry(cid, status, len(frames), meta))
@@ -240,6 +243,8 @@ class Broker:
             w.credit += _count(body.get("credit", 0))
             for entry, payload in protocol.split_entries(body, "results", frames, 4):
                 self.task_done(w, entry, payload)
+        elif kind == Kind.CANCELLED:
+            self.cancel_verdict(w, body)
         elif kind == Kind.BYE:
             for gid in body.get("requeue", ()):
                 self.unassign(w, gid, count_attempt=False)
@@ -275,9 +280,18 @@ class Broker:
             return
         if status != Status.OK:
             w.errors += 1
-        del self.tasks[gid]
-        self.forget(task)
-        self.outbox(task.client).result(task.cid, status, payload, meta)
+        self.finish(task, status, payload, meta)
+
+    def finish(self, task: Task, status: Status, payload: list, meta: dict) -> None:
+        """A task's one and only outcome: forward it to its client and forget the task."""
+        self.drop(task)
+        box = self.outbox(task.client)
+        box.result(task.cid, status, payload, meta)
+        if task.cancelling:  # its cancel came too late; the verdict follows the result
+            box.running.append(task.cid)
+
+    def fail(self, task: Task, error: str, message: str) -> None:
+        self.finish(task, Status.FAILED, [], {"error": error, "message": message})
 
     def unassign(self, w: WorkerState, gid: int, count_attempt: bool, why: str = "") -> None:
         task = self.tasks.get(gid)
@@ -287,10 +301,10 @@ class Broker:
         started = task.started
         task.worker, task.started = None, False
         if task.killed:
-            del self.tasks[gid]
-            self.forget(task)
-            self.outbox(task.client).result(task.cid, Status.FAILED, [], {
-                "error": protocol.ERR_KILLED, "message": f"the task was killed: {why}"})
+            self.fail(task, protocol.ERR_KILLED, f"the task was killed: {why}")
+        elif task.cancelling and not started:  # it never ran: the cancel succeeds
+            self.drop(task)
+            self.outbox(task.client).cancelled.append(task.cid)
         elif started and count_attempt:
             self.retry_or_fail(task, why)
         else:
@@ -303,11 +317,8 @@ class Broker:
         if task.attempts <= retries:
             self.queue.appendleft(task.gid)
             return
-        del self.tasks[task.gid]
-        self.forget(task)
         plural = "s" if task.attempts != 1 else ""
-        message = f"{why}; the task ran {task.attempts} time{plural} and was not retried further"
-        self.outbox(task.client).result(task.cid, Status.FAILED, [], {"error": error, "message": message})
+        self.fail(task, error, f"{why}; the task ran {task.attempts} time{plural} and was not retried further")
 
     def worker_gone(self, w: WorkerState, why: str | None) -> None:
         """Take a worker out of service; requeue or fail what it held."""
@@ -363,16 +374,40 @@ class Broker:
         self.queue.append(gid)
 
     def cancel(self, c: ClientState, cids) -> None:
+        """Cancel tasks that have not started; every id gets a verdict (CANCELLED).
+
+        A queued task is dropped here. A task a worker holds is the worker's to
+        judge, since only it knows whether the task has started. A task the
+        broker no longer knows has finished: its RESULT went out first.
+        """
+        box = self.outbox(c.ident)
         by_worker: dict[bytes, list] = {}
         for cid in cids:
             task = self.tasks.get(c.tasks.get(cid, -1))
             if task is None:
-                continue
-            if task.worker is not None:
+                box.running.append(cid)
+            elif task.worker is None:
+                self.drop(task)
+                box.cancelled.append(cid)
+            elif not task.cancelling:
+                task.cancelling = True
                 by_worker.setdefault(task.worker, []).append(task.gid)
-            self.drop(task)
         for ident, gids in by_worker.items():
             self.send(self.workers_sock, ident, Kind.CANCEL, {"ids": gids})
+
+    def cancel_verdict(self, w: WorkerState, body: dict) -> None:
+        """A worker's answer to CANCEL: which tasks it dropped, which had started."""
+        w.credit += _count(body.get("credit", 0))
+        for gid, dropped in [(g, True) for g in body.get("ids", ())] + [(g, False) for g in body.get("running", ())]:
+            task = self.tasks.get(gid)
+            if task is None or task.worker != w.ident or not task.cancelling:
+                continue  # finished meanwhile: its verdict went out with its result
+            task.cancelling = False
+            if dropped:
+                self.drop(task)
+                self.outbox(task.client).cancelled.append(task.cid)
+            else:
+                self.outbox(task.client).running.append(task.cid)
 
     def kill(self, c: ClientState, cids, grace: float, sig: str = "SIGTERM") -> None:
         """Stop running tasks: their workers signal the task processes and report back."""
@@ -390,9 +425,7 @@ class Broker:
             self.send(self.workers_sock, ident, Kind.KILL, {"ids": gids, "signal": sig, "grace": grace})
 
     def unassign_queued(self, task: Task, why: str) -> None:
-        self.drop(task)
-        self.outbox(task.client).result(task.cid, Status.FAILED, [], {
-            "error": protocol.ERR_KILLED, "message": f"the task was killed {why}"})
+        self.fail(task, protocol.ERR_KILLED, f"the task was killed {why}")
 
     def drop(self, task: Task) -> None:
         """Forget a task wherever it is; a queue entry is skipped lazily by dispatch()."""
@@ -413,9 +446,7 @@ class Broker:
         self.kill(c, [t.cid for t in running if t.gid in self.tasks], 0.0, sig)
         for task in running:
             if task.gid in self.tasks:  # the future fails now, as ProcessPoolExecutor's do
-                self.drop(task)
-                self.outbox(task.client).result(task.cid, Status.FAILED, [], {
-                    "error": protocol.ERR_WORKER_LOST, "message": f"the worker running this task was {why}"})
+                self.fail(task, protocol.ERR_WORKER_LOST, f"the worker running this task was {why}")
         if self.embedded and self.pool:
             self.pool.accepting = False
             self.pool.signal_all(signal.SIGKILL if hard else signal.SIGTERM)
@@ -443,11 +474,7 @@ class Broker:
         if self.pool:
             self.pool.accepting = False
         for task in list(self.tasks.values()):
-            self.tasks.pop(task.gid)
-            self.forget(task)
-            self.outbox(task.client).result(
-                task.cid, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": message}
-            )
+            self.fail(task, protocol.ERR_BROKEN, message)
         self.queue.clear()
         for w in list(self.workers.values()):
             self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
@@ -493,6 +520,8 @@ class Broker:
                 self.send(self.clients_sock, ident, Kind.STARTED, {"ids": box.started})
             if box.results:
                 self.send(self.clients_sock, ident, Kind.RESULT, {"results": box.results}, box.frames)
+            if box.cancelled or box.running:  # after the results, which they may refer to
+                self.send(self.clients_sock, ident, Kind.CANCELLED, {"ids": box.cancelled, "running": box.running})
         self.outboxes.clear()
 
     def send(self, sock: zmq.Socket, ident: bytes, kind: Kind, body: dict | None = None, frames: list = ()) -> None:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -91,11 +91,12 @@ class CorralFuture(Future):
         self._kill_requested = False
 
     def cancel(self) -> bool:
-        """Cancel the task if it has not started; False once it runs (as in the stdlib)."""
-        if not super().cancel():
-            return False
-        self._io.request_cancel(self._cid)
-        return True
+        """Cancel the task if it has not started; False once it runs (as in the stdlib).
+
+        The broker, or the worker holding the task, has the final word, so a
+        task that a worker has begun is never reported cancelled.
+        """
+        return self._io.cancel([self])[0]
 
     def kill(self, grace: float | None = None) -> bool:
         """Stop the task even if it is running.
@@ -114,7 +115,7 @@ class CorralFuture(Future):
                 return True
             self._kill_requested = True
         self._io.request_kill(self._cid, self._io.kill_grace if grace is None else float(grace))
-        Future.cancel(self)  # a task still pending here ends now; a running one when its process is gone
+        _cancel_now(self)  # a task still pending here ends now; a running one when its process is gone
         return True
 
     def _set_killed(self) -> None:
@@ -142,6 +143,7 @@ class _IOLoop:
         self.futures: dict[int, CorralFuture] = {}
         self.outq: deque = deque()
         self.cancels: deque = deque()
+        self.cancel_verdicts: dict[int, Future] = {}
         self.status_waiters: deque[Future] = deque()
         self.ids = itertools.count(1)
         self.wake_r, self.wake_w = os.pipe()
@@ -171,9 +173,38 @@ class _IOLoop:
         self.wake()
         return fut
 
-    def request_cancel(self, cid: int) -> None:
-        self.cancels.append((Kind.CANCEL, cid, None))
-        self.wake()
+    def cancel(self, futures: list[CorralFuture]) -> list[bool]:
+        """Cancel futures whose tasks have not started; one round trip for all of them."""
+        verdicts: list[bool | None] = []
+        asked = []
+        local = threading.current_thread() is self.thread or not self.thread.is_alive()
+        for fut in futures:
+            with fut._condition:
+                pending = fut._state == PENDING
+            if not pending:
+                verdicts.append(Future.cancel(fut))  # True if cancelled before, False if running or done
+            elif local:
+                # The I/O thread cannot wait for its own answer (a done-callback cancelling a
+                # future): cancel here and tell the broker. If a worker had begun the task after
+                # all, it runs to its end and its result is dropped.
+                verdicts.append(_cancel_now(fut))
+                self.cancels.append((Kind.CANCEL, fut._cid, None))
+            else:
+                verdict: Future = Future()
+                self.cancel_verdicts[fut._cid] = verdict
+                self.cancels.append((Kind.CANCEL, fut._cid, verdict))
+                asked.append((len(verdicts), fut, verdict))
+                verdicts.append(None)
+        if asked or local:
+            self.wake()
+        deadline = time.monotonic() + self.heartbeat * (self.liveness + 1) + 5
+        for i, fut, verdict in asked:
+            try:
+                dropped = verdict.result(max(0.0, deadline - time.monotonic()))
+            except FuturesTimeout:
+                dropped = False  # no answer: the broker is gone, and the future fails with BrokerLostError
+            verdicts[i] = dropped and _cancel_now(fut)
+        return verdicts  # type: ignore[return-value]
 
     def request_kill(self, cid: int, grace: float) -> None:
         self.cancels.append((Kind.KILL, cid, grace))
@@ -267,7 +298,8 @@ class _IOLoop:
         for kind, cid, extra in requests:
             if kind == Kind.CANCEL:
                 cancels.append(cid)
-                self.futures.pop(cid, None)
+                if extra is None:  # cancelled already, no verdict awaited
+                    self.futures.pop(cid, None)
             elif cid is None:  # terminate_workers() / kill_workers()
                 sock.send(protocol.encode(Kind.KILL, {"all": True, "signal": extra}))
             else:
@@ -299,6 +331,12 @@ class _IOLoop:
                         # A retried task starts again: only the first start counts.
                         if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
                             self.futures.pop(cid, None)
+                elif kind == Kind.CANCELLED:
+                    for cid in body.get("ids", ()):
+                        self.futures.pop(cid, None)  # dropped: no RESULT will come
+                        self.answer_cancel(cid, True)
+                    for cid in body.get("running", ()):
+                        self.answer_cancel(cid, False)
                 elif kind == Kind.WELCOME:
                     self.heartbeat = float(body.get("heartbeat", self.heartbeat))
                     self.liveness = int(body.get("liveness", self.liveness))
@@ -330,13 +368,36 @@ class _IOLoop:
         except SerializationError as exc:
             _settle(fut, None, exc)
 
+    def answer_cancel(self, cid: int, dropped: bool) -> None:
+        verdict = self.cancel_verdicts.pop(cid, None)
+        if verdict is not None:
+            verdict.set_result(dropped)
+
     def fail_all(self, exc: BaseException) -> None:
         self.broken = exc
+        for cid in list(self.cancel_verdicts):
+            self.answer_cancel(cid, False)
         for fut in list(self.futures.values()):
             _settle(fut, None, exc)
         self.futures.clear()
         while self.status_waiters:
             self.status_waiters.popleft().set_exception(exc)
+
+
+def _cancel_now(fut: Future) -> bool:
+    """Cancel a pending future and wake its waiters at once (the broker dropped its task).
+
+    ``Future.cancel()`` alone leaves the future CANCELLED until its executor
+    calls ``set_running_or_notify_cancel()``, which ``wait()`` and
+    ``as_completed()`` wait for; no worker will ever take this task, so do it now.
+    """
+    if not Future.cancel(fut):
+        return False
+    with fut._condition:
+        notify = fut._state == CANCELLED
+    if notify:
+        fut.set_running_or_notify_cancel()
+    return True
 
 
 def _settle(fut: Future, value: Any, exc: BaseException | None) -> None:
@@ -592,8 +653,7 @@ class Executor(_StdExecutor):
                 else:
                     yield _next_result(inflight, calls, deadline, submit)
         finally:
-            for fut in inflight:
-                fut.cancel()
+            _cancel_all(inflight)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers."""
@@ -604,8 +664,7 @@ class Executor(_StdExecutor):
             # calls to its processes, the oldest max_workers tasks are left to run
             # even if no worker has reported starting them yet.
             pending = [f for f in list(self._io.futures.values()) if not f.running()]
-            for fut in pending[self._max_workers:]:
-                fut.cancel()
+            _cancel_all(pending[self._max_workers:])
         self._io.close_when_done()
         if wait and self._io.thread is not threading.current_thread():
             self._io.thread.join()
@@ -668,6 +727,16 @@ def _next_result(inflight: deque, calls: Iterator[Call], deadline, submit) -> An
     for call in itertools.islice(calls, 1):
         inflight.append(submit(call))
     return value
+
+
+def _cancel_all(futures) -> None:
+    """Cancel many futures with one round trip to the broker."""
+    ours = [f for f in futures if isinstance(f, CorralFuture)]
+    if ours:
+        ours[0]._io.cancel(ours)
+    for fut in futures:
+        if not isinstance(fut, CorralFuture):
+            fut.cancel()
 
 
 def _chunks(iterator: Iterator, size: int) -> Iterator[list]:

@@ -45,6 +45,7 @@ class Kind(IntEnum):
     SHUTDOWN = 13  # B->W: finish the current task, then exit
     ERROR = 14  # B->C, B->W: a request was refused (bad version, unknown client...)
     KILL = 15  # C->B, B->W: stop these running tasks' processes (or all of a client's)
+    CANCELLED = 16  # W->B, B->C: verdicts on CANCEL: ids dropped before they ran, ids already running
 
 
 class Status(IntEnum):

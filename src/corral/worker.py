@@ -232,10 +232,11 @@ class Worker:
             self.liveness = int(body.get("liveness", self.liveness))
 
     def cancel(self, ids: set) -> None:
-        before = len(self.pending)
+        """Drop the named tasks not started yet; tell the broker which ones those were."""
+        dropped = [t.gid for t in self.pending if t.gid in ids]
         self.pending = deque(t for t in self.pending if t.gid not in ids)
-        if len(self.pending) != before:
-            self.send(Kind.READY, {"credit": before - len(self.pending)})
+        running = sorted(ids - set(dropped))
+        self.send(Kind.CANCELLED, {"ids": dropped, "running": running, "credit": len(dropped)})
 
     def kill(self, ids: set, body: dict) -> None:
         sig = signal.SIGKILL if body.get("signal") == "SIGKILL" else signal.SIGTERM
