@@ -259,6 +259,9 @@ class Broker:
         task = self.tasks.get(gid)
         if task is None or task.worker != w.ident:
             return  # late or duplicate: that task was reassigned or finished already
+        if not task.started:  # a short task: its RESULT is also its STARTED
+            task.started = True
+            task.attempts += 1
         w.assigned.discard(gid)
         busy = meta.pop("busy", 0.0)
         w.busy += busy if isinstance(busy, (int, float)) else 0.0

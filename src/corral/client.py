@@ -19,8 +19,10 @@ with one byte on a pipe, written only when it is not already awake, so a
 burst of submits costs one wake-up and leaves as one batch.
 
 With no ``address`` the executor starts an embedded broker (a thread of this
-process) and a pool of local worker processes, all speaking over ``ipc://``
-sockets in a private 0700 temporary directory that is removed at shutdown.
+process, which the I/O thread reaches over ``inproc://``: no kernel, no
+ZeroMQ I/O thread in between) and a pool of local worker processes, which
+reach it over ``ipc://`` sockets in a private 0700 temporary directory that
+is removed at shutdown.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ import zmq
 from . import protocol, serialization
 from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
-from .execution import Call
+from .execution import Call, restore_builtin_state
 from .options import check_task_options, parse_size
 from .pool import LocalPool
 from .protocol import Kind, Status
@@ -360,7 +362,8 @@ class _IOLoop:
             if status == Status.OK:
                 _settle(fut, serialization.loads(frames, "the result"), None)
             elif status == Status.RAISED:
-                _settle(fut, None, serialization.loads(frames, "the exception raised by the task"))
+                exc = serialization.loads(frames, "the exception raised by the task")
+                _settle(fut, None, restore_builtin_state(exc) if isinstance(exc, BaseException) else exc)
             else:
                 if meta.get("error") == protocol.ERR_BROKEN and self.broken is None:
                     self.broken = _failure(meta)  # later submits raise, as ProcessPoolExecutor's do
@@ -547,7 +550,7 @@ class Executor(_StdExecutor):
         bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
         with open(bootstrap, "wb") as f:
             pickle.dump((list(sys.path), init), f)
-        clients = f"ipc://{self._tmpdir}/clients"
+        clients = f"inproc://corral-{id(self):x}"  # same process and context: no I/O thread, no kernel
         workers = f"ipc://{self._tmpdir}/workers"
         if prefetch is None:
             prefetch = 0 if self._fresh else 1

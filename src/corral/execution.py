@@ -62,14 +62,62 @@ def execute(frames: list) -> Outcome:
         return _raised(exc)
 
 
+MAX_TRACEBACK_FRAMES = 100  # a RecursionError's thousand frames nest too deep to pickle
+
+
 def _raised(exc: BaseException) -> Outcome:
     exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop Call.__call__
     try:
         return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
     except SerializationError as perr:
+        if _trim_traceback(exc):
+            try:
+                return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
+            except SerializationError:
+                pass
         text = "".join(traceback.format_exception(exc))
         return failed(
             protocol.ERR_SERIALIZATION,
             f"the task raised {type(exc).__name__}, which cannot be pickled ({perr}); "
             f"its traceback in the worker was:\n{text}",
         )
+
+
+def _trim_traceback(exc: BaseException) -> bool:
+    """Keep the first and last frames of a very deep traceback; True if it was cut."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    if len(frames) <= MAX_TRACEBACK_FRAMES:
+        return False
+    half = MAX_TRACEBACK_FRAMES // 2
+    frames[half - 1].tb_next = frames[-half]
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"({len(frames) - 2 * half} traceback frames omitted by corral)")
+    return True
+
+
+def restore_builtin_state(exc: BaseException) -> BaseException:
+    """Give unpickled builtin exceptions back what their ``__init__`` sets.
+
+    tblib rebuilds exceptions without calling ``__init__``, so attributes a
+    builtin exception derives from its args (``SystemExit.code``,
+    ``StopIteration.value``, ``UnicodeError``'s fields) would be missing.
+    Builtin ``__init__`` methods take exactly the args they produced.
+    """
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__module__ == "builtins":
+            try:
+                type(e).__init__(e, *e.args)
+            except Exception:  # noqa: BLE001 - keep what we have
+                pass
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return exc

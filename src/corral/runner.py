@@ -131,12 +131,12 @@ def serve(conn: Connection, setup: tuple, first: tuple | None) -> int:
     if broken is not None:
         send(conn, (BROKEN, broken))
         return 3
+    send(conn, (READY,))
     if first is not None:
         gid, frames = first
         status, out, meta = execute(frames)
         send(conn, (DONE, gid, int(status), meta), out)
         return 0
-    send(conn, (READY,))
     while True:
         try:
             header, frames = recv(conn)

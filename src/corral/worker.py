@@ -43,6 +43,11 @@ from .pool import exit_words
 from .protocol import Kind, Status
 
 HEARTBEAT_INTERVAL = 1.0
+# A task that ends sooner than this is reported by its RESULT alone; a longer one
+# gets a STARTED message once this much time has passed, so that its future shows
+# as running. Saves two messages per short task.
+STARTED_DELAY = 0.002
+READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 LIVENESS = 3
 MAX_BACKOFF = 10.0
 
@@ -57,6 +62,7 @@ class Held:
     started: float = 0.0
     stop_reason: str | None = None  # why we are killing its process: "timeout" or "killed"
     kill_at: float | None = None  # when SIGTERM turns into SIGKILL
+    reported: bool = False  # STARTED sent
 
 
 class Worker:
@@ -192,8 +198,11 @@ class Worker:
 
     def poll_timeout(self) -> float:
         timeout = self.heartbeat
-        if self.current is not None:
-            deadline = self.deadline(self.current)
+        task = self.current
+        if task is not None:
+            deadline = self.deadline(task)
+            if not task.reported:
+                deadline = min(deadline or 1e300, task.started + STARTED_DELAY)
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
         return timeout
@@ -263,24 +272,36 @@ class Worker:
         return runner.start(self.setup, task, self.spawn)
 
     def wait_until_ready(self) -> None:
-        """A persistent task process runs the initializer first; wait for its verdict."""
-        while not self.proc.conn.poll(self.heartbeat):
-            if self.parent_gone():
-                self.stopping = True
-                return
-            if self.said_hello:
-                self.send(Kind.HEARTBEAT)
-        try:
-            header, _ = runner.recv(self.proc.conn)
-        except (EOFError, OSError):
-            code = self.proc.reap()
-            self.broken = f"the task process {exit_words(code)} while running the initializer"
+        """A persistent task process runs the initializer first; wait for its verdict.
+
+        Dying before READY breaks the executor only when an initializer ran (as in
+        the stdlib); otherwise the process was killed from outside, and we start
+        another, a few times.
+        """
+        for _ in range(READY_TRIES):
+            while not self.proc.conn.poll(self.heartbeat):
+                if self.parent_gone():
+                    self.stopping = True
+                    return
+                if self.said_hello:
+                    self.send(Kind.HEARTBEAT)
+            try:
+                header, _ = runner.recv(self.proc.conn)
+            except (EOFError, OSError):
+                self.proc.conn.close()
+                how = exit_words(self.proc.reap())
+                if self.setup[1] is not None:
+                    self.broken = f"the task process {how} while running the initializer"
+                    return
+                self.proc = self.start_process(None)
+                continue
+            if header[0] == runner.BROKEN:
+                self.broken = header[1]
+                self.proc.reap()
+            else:
+                self.proc.ready = True
             return
-        if header[0] == runner.BROKEN:
-            self.broken = header[1]
-            self.proc.reap()
-        else:
-            self.proc.ready = True
+        self.broken = f"{READY_TRIES} task processes in a row died before they were ready ({how})"
 
     def start_next(self) -> None:
         if self.current is not None or not self.pending or self.stopping:
@@ -297,9 +318,14 @@ class Worker:
                     self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken})
                     self.stopping = True
                     return
-            runner.send(self.proc.conn, (runner.TASK, task.gid), task.frames)
+            try:
+                runner.send(self.proc.conn, (runner.TASK, task.gid), task.frames)
+            except OSError:  # the task process died between two tasks: this one never reached it
+                task.started = 0.0
+                self.pending.appendleft(task)
+                self.task_process_ended()
+                return
         self.current = task
-        self.send(Kind.STARTED, {"ids": [task.gid]})
 
     def read_task_process(self) -> None:
         proc, task = self.proc, self.current
@@ -307,6 +333,9 @@ class Worker:
             header, frames = runner.recv(proc.conn)
         except (EOFError, OSError):
             self.task_process_ended()
+            return
+        if header[0] == runner.READY:  # a fresh task process finished its initializer
+            proc.ready = True
             return
         if header[0] == runner.BROKEN:  # a fresh task process's initializer failed
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": header[1]})
@@ -355,6 +384,10 @@ class Worker:
             return
         if task.stop_reason is not None:
             self.report(task, *_stopped(task, task.stop_reason, f"its process {proc.pid} {exit_words(code)}"))
+        elif self.fresh and not proc.ready and self.setup[1] is not None:
+            message = f"the task process {proc.pid} {exit_words(code)} while running the initializer"
+            self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": message})
+            self.stopping = True
         else:
             message = f"the task process {proc.pid} of worker {self.name} {exit_words(code)}"
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_WORKER_LOST, "message": message})
@@ -382,6 +415,9 @@ class Worker:
             limit = task.options.get("timeout")
             if limit and task.stop_reason is None and now - task.started >= limit:
                 self.stop_task(task, "timeout", signal.SIGKILL, 0.0)
+        if task is not None and not task.reported and now - task.started >= STARTED_DELAY:
+            task.reported = True
+            self.send(Kind.STARTED, {"ids": [task.gid]})
         if self.parent_gone():
             self.stopping = True
             return True
