@@ -91,3 +91,15 @@ def test_options_view_rejects_unknown_and_absurd_options():
             ex.options(colour="red")
         with pytest.raises(ValueError, match="retries"):
             ex.options(retries=-1)
+
+
+def kill_my_worker():
+    os.kill(os.getppid(), signal.SIGKILL)  # the supervisor that started this task process
+
+
+def test_a_task_that_kills_its_worker_at_once_is_not_retried_forever():
+    """Breaks: the task SIGKILLs its worker's supervisor before the worker can report it started."""
+    with corral.Executor(2, retries=1) as ex:
+        with pytest.raises(corral.WorkerLostError, match=r"SIGKILL.*ran 2 times"):
+            ex.submit(kill_my_worker).result(timeout=60)
+        assert ex.submit(abs, -2).result(timeout=30) == 2

@@ -63,7 +63,7 @@ class WorkerState:
     pid: int = 0
     fresh: bool = False
     credit: int = 0
-    assigned: set = field(default_factory=set)
+    assigned: dict = field(default_factory=dict)  # gid -> None, in the order dispatched
     tasks: int = 0
     busy: float = 0.0
     errors: int = 0
@@ -262,7 +262,7 @@ class Broker:
         if not task.started:  # a short task: its RESULT is also its STARTED
             task.started = True
             task.attempts += 1
-        w.assigned.discard(gid)
+        w.assigned.pop(gid, None)
         busy = meta.pop("busy", 0.0)
         w.busy += busy if isinstance(busy, (int, float)) else 0.0
         w.tasks += 1
@@ -298,7 +298,7 @@ class Broker:
 
     def unassign(self, w: WorkerState, gid: int, count_attempt: bool, why: str = "") -> None:
         task = self.tasks.get(gid)
-        w.assigned.discard(gid)
+        w.assigned.pop(gid, None)
         if task is None or task.worker != w.ident:
             return
         started = task.started
@@ -330,6 +330,13 @@ class Broker:
         w.alive = False
         self.workers.pop(w.ident, None)
         self.departed.append(w)
+        oldest = self.tasks.get(next(iter(w.assigned), None))
+        if why is not None and oldest is not None and not oldest.started:
+            # A task shorter than the worker's STARTED delay is reported by its RESULT alone,
+            # so the task it was running may not be marked yet. The oldest one it held was
+            # the one running: count it, or a task that kills its worker would run forever.
+            oldest.started = True
+            oldest.attempts += 1
         for gid in list(w.assigned):
             if why is not None:
                 w.errors += 1 if self.tasks.get(gid) and self.tasks[gid].started else 0
@@ -436,7 +443,7 @@ class Broker:
         self.forget(task)
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
-            w.assigned.discard(task.gid)
+            w.assigned.pop(task.gid, None)
 
     def terminate(self, c: ClientState, hard: bool) -> None:
         """``terminate_workers()``/``kill_workers()``: stop everything this client started."""
@@ -501,7 +508,7 @@ class Broker:
                 if task is None:
                     break
                 task.worker = w.ident
-                w.assigned.add(task.gid)
+                w.assigned[task.gid] = None
                 w.credit -= 1
                 entries, frames = batches.setdefault(w.ident, ([], []))
                 entries.append(protocol.task_entry(task.gid, len(task.frames), task.options))
