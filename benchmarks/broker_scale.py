@@ -1,0 +1,285 @@
+"""The scale of one corral broker: many simulated workers, and memory per queued task.
+
+    python benchmarks/broker_scale.py workers --counts 10,100,1000 --tasks 50000
+    python benchmarks/broker_scale.py queued --tasks 1000000
+
+``bench.py`` runs both as its metrics ``scale`` and ``queued``.  The broker
+(``corral.broker.Broker``) runs in a process of its own on a random
+``tcp://127.0.0.1`` port.  A simulated worker is one DEALER socket that speaks
+the worker's side of the protocol as ``corral/worker.py`` does (HELLO with role
+"worker", READY with credit, STARTED and then RESULT, with ``credit: 1``, for
+every TASKS entry, HEARTBEAT when it has sent nothing for an interval, BYE on
+SHUTDOWN) but runs nothing: a RESULT's payload is the task's own frames echoed
+back.  A few processes each drive a few hundred such sockets from one poll loop.
+The client is a plain ``corral.Executor(address=...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import resource
+import signal
+import socket
+import time
+
+HEARTBEAT = 1.0  # seconds, the broker's and everyone's default
+SOCKETS_PER_PROCESS = 250
+CREDIT = 2  # what a `corral worker` process asks for (--prefetch 2)
+
+
+def noop():
+    return None
+
+
+def raise_fd_limit() -> None:
+    """Every simulated worker is a connection, so a file descriptor at both ends."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def deadline_left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the broker scale measurement ran past its time limit")
+    return left
+
+
+# -- the broker, in its own process -------------------------------------------------
+
+
+def serve_broker(conn, heartbeat: float, liveness: int) -> None:
+    raise_fd_limit()
+    import zmq
+
+    from corral.broker import Broker
+
+    broker = Broker("tcp://127.0.0.1:*", heartbeat=heartbeat, liveness=liveness)
+    signal.signal(signal.SIGTERM, lambda signum, frame: setattr(broker, "running", False))
+    conn.send(broker.clients_sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    conn.close()
+    broker.serve()
+
+
+@contextlib.contextmanager
+def broker_process(heartbeat: float = HEARTBEAT, liveness: int = 3):
+    """Yield (address, pid) of a broker in a child process; stop it (SIGTERM) on the way out."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=serve_broker, args=(child, heartbeat, liveness), name="corral-broker")
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(30):
+            raise TimeoutError("the broker did not start within 30 s")
+        yield parent.recv(), proc.pid
+    finally:
+        stop_processes([proc])
+
+
+def stop_processes(procs, grace: float = 5.0) -> None:
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    end = time.monotonic() + grace
+    for proc in procs:
+        proc.join(max(0.1, end - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+# -- simulated workers -----------------------------------------------------------------
+
+
+def simulate_workers(address: str, count: int, first: int) -> None:
+    """Drive ``count`` simulated workers from one loop until the broker says SHUTDOWN."""
+    raise_fd_limit()
+    import zmq
+
+    from corral import protocol
+    from corral.protocol import Kind, Status
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, count + 64)
+    poller = zmq.Poller()
+    last_sent = {}
+    parent = os.getppid()
+
+    def send(sock, kind, body=None, frames=()):
+        sock.send_multipart([protocol.encode(kind, body), *frames], copy=False)
+        last_sent[sock] = time.monotonic()
+
+    def handle(sock, msg) -> bool:
+        """One message from the broker; False when this worker is done."""
+        kind, body = protocol.decode(msg[0].bytes)
+        if kind == Kind.TASKS:
+            for entry, frames in protocol.split_entries(body, "tasks", msg[1:], 3):
+                send(sock, Kind.STARTED, {"ids": [entry[0]]})
+                meta = {"busy": 0.0}
+                result = protocol.result_entry(entry[0], Status.OK, len(frames), meta)
+                send(sock, Kind.RESULT, {"results": [result], "credit": 1}, frames)
+        elif kind == Kind.CANCEL:  # it holds nothing: every task has already run
+            send(sock, Kind.CANCELLED, {"ids": [], "running": body.get("ids", []), "credit": 0})
+        elif kind == Kind.SHUTDOWN:
+            send(sock, Kind.BYE, {"requeue": []})
+            return False
+        return True
+
+    host = socket.gethostname()
+    for i in range(count):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(address)
+        hello = {"role": "worker", "name": f"sim-{first + i}", "host": host, "pid": os.getpid(), "fresh": False}
+        send(sock, Kind.HELLO, hello)
+        send(sock, Kind.READY, {"credit": CREDIT})
+        poller.register(sock, zmq.POLLIN)
+    live = count
+    try:
+        while live and os.getppid() == parent:
+            for sock, _ in poller.poll(HEARTBEAT * 500):
+                while True:
+                    try:
+                        msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    if not handle(sock, msg):
+                        poller.unregister(sock)
+                        del last_sent[sock]
+                        live -= 1
+                        break
+            quiet = time.monotonic() - HEARTBEAT
+            for sock in [s for s, t in last_sent.items() if t < quiet]:
+                send(sock, Kind.HEARTBEAT)
+    finally:
+        ctx.destroy(linger=1000)
+
+
+def start_workers(address: str, count: int, first: int) -> list:
+    ctx = multiprocessing.get_context("spawn")
+    nproc = max(1, math.ceil(count / SOCKETS_PER_PROCESS))
+    procs = []
+    for i in range(nproc):
+        share = count // nproc + (i < count % nproc)
+        proc = ctx.Process(target=simulate_workers, args=(address, share, first), name="corral-sim-workers")
+        proc.start()
+        procs.append(proc)
+        first += share
+    return procs
+
+
+def wait_for_workers(ex, count: int, deadline: float) -> None:
+    while True:
+        alive = sum(1 for w in ex.summary(deadline_left(deadline)) if w.get("alive", True))
+        if alive >= count:
+            return
+        time.sleep(0.1)
+
+
+def submit_and_wait(ex, fn, n: int, deadline: float) -> float:
+    """Submit ``n`` calls of ``fn`` at once, wait for all; return tasks per second."""
+    t0 = time.perf_counter()
+    futures = [ex.submit(fn) for _ in range(n)]
+    for f in futures:
+        f.result(deadline_left(deadline))
+    return n / (time.perf_counter() - t0)
+
+
+def measure_workers(counts: list[int], tasks: int, fn=noop, seconds: float = 120.0) -> dict:
+    """Throughput of ``tasks`` no-ops through one broker with each number of simulated workers.
+
+    The workers are added between the steps: first ``counts[0]``, then more up to ``counts[1]``...
+    Returns {"workers": counts, "per_s_w0": ..., "per_s_w1": ...}.
+    """
+    import corral
+
+    raise_fd_limit()
+    deadline = time.monotonic() + seconds
+    result = {"workers": counts, "tasks": tasks}
+    sims = []
+    try:
+        with broker_process() as (address, _):
+            with corral.Executor(address=address) as ex:
+                for i, count in enumerate(counts):
+                    have = counts[i - 1] if i else 0
+                    sims += start_workers(address, count - have, have)
+                    wait_for_workers(ex, count, deadline)
+                    submit_and_wait(ex, fn, min(500, tasks), deadline)  # warm-up
+                    result[f"per_s_w{i}"] = submit_and_wait(ex, fn, tasks, deadline)
+            # leaving broker_process: SIGTERM, the broker sends SHUTDOWN, the simulated workers leave
+        stop_processes(sims)
+    finally:
+        stop_processes(sims, grace=0)
+    return result
+
+
+def rss(pid: int) -> int:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss
+
+
+def payload_bytes(fn) -> int | None:
+    """Bytes of one task's payload as the client sends it (corral internals; None if they moved)."""
+    try:
+        from corral import serialization
+        from corral.execution import Call
+
+        return sum(len(f) for f in serialization.dumps(Call(fn, ())))
+    except Exception:  # noqa: BLE001 - informative only
+        return None
+
+
+def measure_queued(tasks: int, batch: int = 10_000, fn=noop, seconds: float = 120.0) -> dict:
+    """Broker RSS growth per queued no-op, with ``tasks`` queued and no worker to run them."""
+    import corral
+
+    deadline = time.monotonic() + seconds
+    # Short heartbeats: once the broker is gone, the client fails its futures after 1 s.
+    with broker_process(heartbeat=0.25, liveness=8) as (address, pid):
+        ex = corral.Executor(address=address, heartbeat=0.25, liveness=4)
+        ex.summary(deadline_left(deadline))  # connected and known to the broker
+        before = rss(pid)
+        futures = []
+        t0 = time.perf_counter()
+        while len(futures) < tasks:
+            futures.extend(ex.submit(fn) for _ in range(min(batch, tasks - len(futures))))
+            while ex.summary(deadline_left(deadline)).queued < len(futures):
+                time.sleep(0.01)  # (summary() may answer with an earlier reply: ask until it is current)
+        submit_s = time.perf_counter() - t0
+        grown = rss(pid) - before
+        ex.shutdown(wait=False)
+    # The broker has gone: every future fails (BrokerLostError) and the client's I/O thread ends.
+    for f in futures[-1:]:
+        with contextlib.suppress(Exception):
+            f.exception(deadline_left(deadline))
+    return {"tasks": tasks, "bytes_per_task": grown / tasks, "payload_bytes": payload_bytes(fn),
+            "submit_per_s": tasks / submit_s}
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    w = sub.add_parser("workers", help="throughput with more and more simulated workers")
+    w.add_argument("--counts", default="10,100,1000")
+    w.add_argument("--tasks", type=int, default=50_000)
+    q = sub.add_parser("queued", help="broker memory per queued task")
+    q.add_argument("--tasks", type=int, default=1_000_000)
+    args = ap.parse_args(argv)
+    if args.what == "workers":
+        print(measure_workers([int(c) for c in args.counts.split(",")], args.tasks, seconds=600))
+    else:
+        print(measure_queued(args.tasks, seconds=600))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
