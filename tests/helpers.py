@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -48,3 +50,33 @@ def _pid_of_task(_):
 
 
 pid_of_task = type(_pid_of_task)(_pid_of_task.__code__, {"time": time, "os": os}, "pid_of_task")
+
+
+def runs(path) -> list[int]:
+    """The pids a task wrote to ``path``, one line per run."""
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+def gone(pid: int) -> bool:
+    """Has the process ended (a zombie counts: only its parent's wait is missing)?"""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_client_and_check_family(client: subprocess.Popen, family: list) -> None:
+    """SIGKILL a client process; everything it started must be gone within 5 s."""
+    client.kill()
+    client.wait(10)
+    _, alive = psutil.wait_procs(family, timeout=5)
+    assert not alive, f"still running 5 s after the client died: {alive}"

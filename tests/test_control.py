@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 import corral
+from helpers import gone, runs, wait_for
 
 TIMEOUT = 30
 BIG = []  # memory a task keeps alive in a persistent task process
@@ -41,23 +42,6 @@ def hold_memory(megabytes: int) -> int:
     return os.getpid()
 
 
-def runs(path) -> list[int]:
-    return [int(line) for line in path.read_text().split()] if path.exists() else []
-
-
-def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # -- per-task timeout ---------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 import corral
+from helpers import kill_client_and_check_family
 
 
 def slow_pid(x):
@@ -65,10 +66,7 @@ def test_sigkill_of_the_client_leaves_nothing_running(tmp_path, fresh):
         assert proc.stdout.readline().strip() == "running"
         family = psutil.Process(proc.pid).children(recursive=True)
         assert family, "the client started no workers"
-        proc.kill()
-        proc.wait(10)
-        gone, alive = psutil.wait_procs(family, timeout=5)
-        assert not alive, f"still running 5 s after the client died: {alive}"
+        kill_client_and_check_family(proc, family)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import corral
-from helpers import free_port, start_broker, start_worker, stop
+from helpers import free_port, gone, kill_client_and_check_family, runs, start_broker, start_worker, stop, wait_for
 
 TIMEOUT = 30
 
@@ -51,23 +51,6 @@ by_value_record_then_sleep = type(record_then_sleep)(
 )
 
 
-def runs(path) -> list[int]:
-    return [int(line) for line in path.read_text().split()] if path.exists() else []
-
-
-def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return value
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_a_task_holding_the_gil_in_c_code_is_not_declared_lost(make_executor):
@@ -177,10 +160,7 @@ def test_the_embedded_broker_and_workers_go_when_their_client_is_killed_mid_task
         assert client.stdout.readline().strip() == "submitted"
         family = wait_for(lambda: len(psutil.Process(client.pid).children(recursive=True)) >= 4
                           and psutil.Process(client.pid).children(recursive=True), what="task processes")
-        client.kill()
-        client.wait(10)
-        _, alive = psutil.wait_procs(family, timeout=5)
-        assert not alive, f"still running 5 s after the client died: {alive}"
+        kill_client_and_check_family(client, family)
     finally:
         if client.poll() is None:
             client.kill()
