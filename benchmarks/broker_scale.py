@@ -25,7 +25,7 @@ import signal
 import socket
 import time
 
-HEARTBEAT = 1.0  # seconds, the broker's and everyone's default
+HEARTBEAT = 1.0  # seconds: the broker's default, so the simulated workers'
 SOCKETS_PER_PROCESS = 250
 CREDIT = 2  # what a `corral worker` process asks for (--prefetch 2)
 
@@ -52,13 +52,13 @@ def deadline_left(deadline: float) -> float:
 # -- the broker, in its own process -------------------------------------------------
 
 
-def serve_broker(conn, heartbeat: float, liveness: int) -> None:
+def serve_broker(conn) -> None:
     raise_fd_limit()
     import zmq
 
     from corral.broker import Broker
 
-    broker = Broker("tcp://127.0.0.1:*", heartbeat=heartbeat, liveness=liveness)
+    broker = Broker("tcp://127.0.0.1:*")
     signal.signal(signal.SIGTERM, lambda signum, frame: setattr(broker, "running", False))
     conn.send(broker.clients_sock.getsockopt_string(zmq.LAST_ENDPOINT))
     conn.close()
@@ -66,11 +66,11 @@ def serve_broker(conn, heartbeat: float, liveness: int) -> None:
 
 
 @contextlib.contextmanager
-def broker_process(heartbeat: float = HEARTBEAT, liveness: int = 3):
+def broker_process():
     """Yield (address, pid) of a broker in a child process; stop it (SIGTERM) on the way out."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=serve_broker, args=(child, heartbeat, liveness), name="corral-broker")
+    proc = ctx.Process(target=serve_broker, args=(child,), name="corral-broker")
     proc.start()
     child.close()
     try:
@@ -241,9 +241,8 @@ def measure_queued(tasks: int, batch: int = 10_000, fn=noop, seconds: float = 12
     import corral
 
     deadline = time.monotonic() + seconds
-    # Short heartbeats: once the broker is gone, the client fails its futures after 1 s.
-    with broker_process(heartbeat=0.25, liveness=8) as (address, pid):
-        ex = corral.Executor(address=address, heartbeat=0.25, liveness=4)
+    with broker_process() as (address, pid):
+        ex = corral.Executor(address=address)
         ex.summary(deadline_left(deadline))  # connected and known to the broker
         before = rss(pid)
         futures = []
@@ -251,11 +250,12 @@ def measure_queued(tasks: int, batch: int = 10_000, fn=noop, seconds: float = 12
         while len(futures) < tasks:
             futures.extend(ex.submit(fn) for _ in range(min(batch, tasks - len(futures))))
             while ex.summary(deadline_left(deadline)).queued < len(futures):
-                time.sleep(0.01)  # (summary() may answer with an earlier reply: ask until it is current)
+                time.sleep(0.05)  # (summary() may answer with an earlier reply: ask until it is current)
         submit_s = time.perf_counter() - t0
         grown = rss(pid) - before
         ex.shutdown(wait=False)
-    # The broker has gone: every future fails (BrokerLostError) and the client's I/O thread ends.
+    # The broker has gone: within heartbeat × liveness (3 s) every future fails (BrokerLostError)
+    # and the client's I/O thread ends.
     for f in futures[-1:]:
         with contextlib.suppress(Exception):
             f.exception(deadline_left(deadline))

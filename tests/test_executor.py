@@ -432,3 +432,10 @@ def test_shutdown_soon_after_start_is_quick():
     start = time.monotonic()
     ex.shutdown(wait=True)
     assert time.monotonic() - start < 2.5
+
+
+def test_a_burst_larger_than_one_message_loses_nothing():
+    # 30,000 submits in one burst: more entries than one SUBMIT header may carry (1 MiB).
+    with corral.Executor(2) as ex:
+        futures = [ex.submit(abs, -i) for i in range(30_000)]
+        assert sum(f.result(timeout=120) for f in futures) == sum(range(30_000))

@@ -528,8 +528,8 @@ class Broker:
         for ident, box in self.outboxes.items():
             if box.started:
                 self.send(self.clients_sock, ident, Kind.STARTED, {"ids": box.started})
-            if box.results:
-                self.send(self.clients_sock, ident, Kind.RESULT, {"results": box.results}, box.frames)
+            for chunk, frames in protocol.batches(box.results, box.frames, 2):
+                self.send(self.clients_sock, ident, Kind.RESULT, {"results": chunk}, frames)
             if box.cancelled or box.running:  # after the results, which they may refer to
                 self.send(self.clients_sock, ident, Kind.CANCELLED, {"ids": box.cancelled, "running": box.running})
         self.outboxes.clear()

@@ -295,7 +295,8 @@ class _IOLoop:
                 *entry, task_frames = self.outq.popleft()
                 entries.append(entry)
                 frames.extend(task_frames)
-            sock.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": entries}), *frames], copy=False)
+            for chunk, chunk_frames in protocol.batches(entries, frames, 1):
+                sock.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": chunk}), *chunk_frames], copy=False)
         cancels, kills = [], {}
         for kind, cid, extra in requests:
             if kind == Kind.CANCEL:

@@ -127,6 +127,19 @@ def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> l
     return out
 
 
+MAX_BATCH = 2000  # entries per batched message: keeps every header far below MAX_HEADER_BYTES
+
+
+def batches(entries: list, frames: list, count_at: int):
+    """Split a batch into messages of at most MAX_BATCH entries, each with its own frames."""
+    pos = 0
+    for start in range(0, len(entries), MAX_BATCH):
+        chunk = entries[start : start + MAX_BATCH]
+        n = sum(entry[count_at] for entry in chunk)
+        yield chunk, frames[pos : pos + n]
+        pos += n
+
+
 def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None) -> list:
     """An entry of SUBMIT or TASKS."""
     return [task_id, nframes, options or {}]
