@@ -136,7 +136,7 @@ class Worker:
         """The broker went silent: drop its tasks and dial again until it answers."""
         if self.current is not None:
             self.stop_task(self.current, "orphaned", signal.SIGKILL, 0.0)
-            self.wait_for_task_process()
+            self.task_process_ended()  # collects it; its report goes nowhere, the broker is gone
         self.pending.clear()
         backoff = self.heartbeat
         while not self.stopping:
@@ -391,10 +391,6 @@ class Worker:
         else:
             message = f"the task process {proc.pid} of worker {self.name} {exit_words(code)}"
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_WORKER_LOST, "message": message})
-
-    def wait_for_task_process(self) -> None:
-        while self.proc is not None:
-            self.task_process_ended()
 
     def report(self, task: Held, status: Status, frames: list, meta: dict) -> None:
         meta["busy"] = time.monotonic() - task.started if task.started else 0.0
