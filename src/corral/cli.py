@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("address", help="the broker's address, e.g. tcp://127.0.0.1:7700")
     worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
     worker.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
-    worker.add_argument("--prefetch", type=int, default=2, help="tasks each process holds (default 2)")
+    worker.add_argument("--prefetch", type=int, default=None,
+                        help="tasks each process holds (default: about 10 ms of work, at least 2)")
     worker.add_argument("--max-tasks-per-child", type=int, default=None, help="replace a task process after N tasks")
     worker.add_argument("--idle-timeout", type=float, default=None, help="a process idle this long exits (seconds)")
     worker.add_argument("--max-memory", default=None, help="replace a task process above this RSS, e.g. 2GB")

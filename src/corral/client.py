@@ -51,7 +51,7 @@ import zmq
 from . import protocol, serialization
 from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
-from .execution import Call, restore_builtin_state
+from .execution import Call, pack, restore_builtin_state
 from .options import check_task_options, parse_size
 from .pool import LocalPool
 from .protocol import Kind, Status
@@ -453,7 +453,8 @@ class Executor(_StdExecutor):
         retries: how often a task whose worker died is run again (default 2).
         task_timeout: default per-task time limit in seconds; a task that
             runs longer has its process killed and raises TaskTimeoutError.
-        prefetch: tasks a local worker holds beyond the one it runs.
+        prefetch: tasks a local worker holds beyond the one it runs; by
+            default it holds about 10 ms of work (at least one task more).
         idle_timeout: a local worker idle this many seconds exits; workers
             start again when work arrives.
         max_memory: a local worker whose task process uses more than this
@@ -526,6 +527,7 @@ class Executor(_StdExecutor):
         self._fresh = fresh or max_tasks_per_child == 1
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        self._functions = serialization.FunctionPickles()
         self._ctx = zmq.Context()
         self._tmpdir: str | None = None
         self._broker: Broker | None = None
@@ -553,11 +555,10 @@ class Executor(_StdExecutor):
             pickle.dump((list(sys.path), init), f)
         clients = f"inproc://corral-{id(self):x}"  # same process and context: no I/O thread, no kernel
         workers = f"ipc://{self._tmpdir}/workers"
-        if prefetch is None:
-            prefetch = 0 if self._fresh else 1
         max_tasks = None if self._fresh else self._max_tasks_per_child
         pool = LocalPool(
-            workers, self._max_workers, fresh=self._fresh, prefetch=prefetch + 1, max_tasks=max_tasks,
+            workers, self._max_workers, fresh=self._fresh, max_tasks=max_tasks,
+            prefetch=None if prefetch is None else prefetch + 1,
             bootstrap=bootstrap, spawn=self._spawn, idle_timeout=idle_timeout, max_memory=max_memory,
         )
         broker = self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True,
@@ -607,7 +608,7 @@ class Executor(_StdExecutor):
         with self._shutdown_lock:
             self._check_open()
             try:
-                frames = serialization.dumps(call, "task")
+                frames = pack(call, self._functions)
             except SerializationError as exc:
                 fut: Future = Future()  # only this future fails; the executor stays usable
                 fut.set_exception(exc)

@@ -1,7 +1,8 @@
 """Running one task inside a worker process and packaging its outcome.
 
-A task's payload unpickles to a ``Call``: a function with its arguments, or
-a chunk of argument tuples for ``map``.  ``execute`` never raises: whatever
+A task's payload is a ``Call``: a function with its arguments, or a chunk
+of argument tuples for ``map``, packed as the function's pickle, then the
+arguments' pickle and its out-of-band buffers.  ``execute`` never raises: whatever
 happens becomes a (status, frames, meta) triple ready for a RESULT entry.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 from tblib import pickling_support
 
 from . import protocol, serialization
-from .errors import SerializationError
+from .errors import DeserializationError, SerializationError
 
 # Tracebacks become picklable, so the caller sees the worker's frames.
 pickling_support.install()
@@ -36,6 +37,28 @@ class Call:
         return self.fn(*self.args, **(self.kwargs or {}))
 
 
+def pack(call: Call, functions: serialization.FunctionPickles) -> list:
+    """A call's payload frames; SerializationError names what could not be pickled."""
+    fn = functions.dumps(call.fn, "task.fn")
+    return [fn, *serialization.dumps((call.args, call.kwargs, call.chunk), "task", culprit=call)]
+
+
+# Functions this task process has unpickled, so each is unpickled once, not once per task.
+_functions = serialization.FunctionCache()
+
+
+def unpack(frames: list) -> Call:
+    what = "the task in the worker"
+    if len(frames) < 2:
+        raise SerializationError(f"cannot unpickle {what}: it has {len(frames)} payload frames, not 2 or more")
+    fn = _functions.loads(frames[0], what)
+    try:
+        args, kwargs, chunk = serialization.loads(frames[1:], what)
+    except (TypeError, ValueError) as exc:
+        raise DeserializationError(f"cannot unpickle {what}: its arguments are not (args, kwargs, chunk)") from exc
+    return Call(fn, args, kwargs, chunk)
+
+
 Outcome = tuple[protocol.Status, list, dict]
 
 
@@ -46,7 +69,7 @@ def failed(error: str, message: str) -> Outcome:
 def execute(frames: list) -> Outcome:
     """Unpickle, run and pickle back one task."""
     try:
-        call = serialization.loads(frames, "the task in the worker")
+        call = unpack(frames)
     except SerializationError as exc:
         return failed(protocol.ERR_DESERIALIZATION, str(exc))
     try:

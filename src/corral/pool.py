@@ -42,7 +42,7 @@ class LocalPool:
         size: int,
         *,
         fresh: bool = False,
-        prefetch: int = 1,
+        prefetch: int | None = None,
         max_tasks: int | None = None,
         bootstrap: str | None = None,
         spawn: bool = False,
@@ -65,7 +65,8 @@ class LocalPool:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "corral.worker", self.address, "--parent", str(os.getpid())]
-        cmd += ["--prefetch", str(self.prefetch)]
+        if self.prefetch is not None:
+            cmd += ["--prefetch", str(self.prefetch)]
         if self.fresh:
             cmd.append("--fresh")
         if self.max_tasks:

@@ -7,7 +7,7 @@ process over a socket pair and reads the outcomes back::
     supervisor (worker.py)                    task process (this module)
       fork/spawn ----------------------------> run the initializer
       <------------------------------- READY | BROKEN traceback
-      TASK gid, frames ----------------------> unpickle, run, pickle
+      TASK [(gid, nframes)...], frames -------> unpickle, run, pickle, each in turn
       <----------------------------- DONE gid status meta, frames
       close the socket (or a signal) --------> exit
 
@@ -18,8 +18,11 @@ from the supervisor, which has imported nothing of the user's, or spawned as
 new interpreters (``python -m corral.runner FD``) where fork is unavailable or
 the user asked for ``spawn``.
 
-Each message is one pickled header followed by its payload frames, every
-piece framed by ``multiprocessing.connection`` (a length prefix).
+Each message is one write: an 8-byte length, then a 4-byte header length,
+the pickled header (which lists the payload frames' sizes), and the payload
+frames back to back.  It is sent with one gathering ``sendmsg`` straight
+from the frames' buffers and read into one bytearray, whose slices the
+unpickler takes as they are: a large array is copied only by the kernel.
 """
 
 from __future__ import annotations
@@ -28,33 +31,85 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import traceback
 import warnings
-from multiprocessing.connection import Connection
 
 from . import serialization
 from .execution import execute
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
+_LENGTHS = struct.Struct("!QI")
+# Socket buffers big enough that a pipeline of small tasks, or a burst of small
+# results, never makes a writer wait for its reader.
+SOCKET_BUFFER = 4 << 20
 
 
-def send(conn: Connection, header: tuple, frames: list = ()) -> None:
-    conn.send_bytes(pickle.dumps((header, len(frames)), protocol=5))
-    for frame in frames:
-        conn.send_bytes(frame)
+class Channel:
+    """One end of the socket pair between a supervisor and its task process."""
 
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            except OSError:
+                pass
 
-def recv(conn: Connection) -> tuple[tuple, list]:
-    header, count = pickle.loads(conn.recv_bytes())
-    return header, [conn.recv_bytes() for _ in range(count)]
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, header: tuple, frames: list = ()) -> None:
+        views = [memoryview(f).cast("B") for f in frames]
+        head = pickle.dumps((header, [v.nbytes for v in views]), protocol=5)
+        total = 4 + len(head) + sum(v.nbytes for v in views)
+        parts = [_LENGTHS.pack(total, len(head)), head, *views]
+        while parts:
+            sent = self.sock.sendmsg(parts[:512])  # IOV_MAX is 1024 on Linux
+            while parts and sent >= len(parts[0]):
+                sent -= len(parts[0])
+                parts.pop(0)
+            if parts and sent:
+                parts[0] = memoryview(parts[0])[sent:]
+
+    def recv(self) -> tuple[tuple, list]:
+        """One whole message; EOFError when the other end closed."""
+        prefix = self._read(_LENGTHS.size)
+        total, head_len = _LENGTHS.unpack(prefix)
+        body = self._read(total - 4)
+        view = memoryview(body)
+        header, sizes = pickle.loads(view[:head_len])
+        frames, pos = [], head_len
+        for size in sizes:
+            frames.append(view[pos : pos + size])
+            pos += size
+        return header, frames
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        import select
+
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+    def _read(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        view, pos = memoryview(buf), 0
+        while pos < n:
+            got = self.sock.recv_into(view[pos:])
+            if not got:
+                raise EOFError("the other end closed the channel")
+            pos += got
+        return buf
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class TaskProcess:
     """The supervisor's handle on one task process."""
 
-    def __init__(self, pid: int, conn: Connection, popen: subprocess.Popen | None = None):
+    def __init__(self, pid: int, conn: Channel, popen: subprocess.Popen | None = None):
         self.pid = pid
         self.conn = conn
         self.popen = popen
@@ -100,10 +155,10 @@ def start(setup: tuple, first: tuple | None, spawn: bool) -> TaskProcess:
         cmd = [sys.executable, "-m", "corral.runner", str(theirs.fileno())]
         popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
-        conn = Connection(ours.detach())
-        send(conn, ("setup", setup, first is not None))
+        conn = Channel(ours)
+        conn.send(("setup", setup, first is not None))
         if first is not None:
-            send(conn, (TASK, first[0]), first[1])
+            conn.send((TASK, first[0]), first[1])
         return TaskProcess(popen.pid, conn, popen)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # zmq's threads: the child never touches zmq
@@ -112,14 +167,14 @@ def start(setup: tuple, first: tuple | None, spawn: bool) -> TaskProcess:
         code = 70
         try:
             ours.close()
-            code = serve(Connection(theirs.detach()), setup, first)
+            code = serve(Channel(theirs), setup, first)
         finally:
             os._exit(code)
     theirs.close()
-    return TaskProcess(pid, Connection(ours.detach()))
+    return TaskProcess(pid, Channel(ours))
 
 
-def serve(conn: Connection, setup: tuple, first: tuple | None) -> int:
+def serve(conn: Channel, setup: tuple, first: tuple | None) -> int:
     """The task process's life: initialize, then run tasks until told to stop."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
@@ -129,21 +184,26 @@ def serve(conn: Connection, setup: tuple, first: tuple | None) -> int:
     sys.path[:] = sys_path
     broken = run_initializer(initializer)
     if broken is not None:
-        send(conn, (BROKEN, broken))
+        conn.send((BROKEN, broken))
         return 3
-    send(conn, (READY,))
     if first is not None:
+        if initializer is not None:  # a fresh process says READY only when it had an initializer to run
+            conn.send((READY,))
         gid, frames = first
         status, out, meta = execute(frames)
-        send(conn, (DONE, gid, int(status), meta), out)
+        conn.send((DONE, gid, int(status), meta), out)
         return 0
+    conn.send((READY,))
     while True:
         try:
-            header, frames = recv(conn)
+            header, frames = conn.recv()
         except (EOFError, OSError):
             return 0  # the supervisor closed our socket: time to go
-        status, out, meta = execute(frames)
-        send(conn, (DONE, header[1], int(status), meta), out)
+        pos = 0
+        for gid, count in header[1]:  # a batch: run in order, answer each as it ends
+            status, out, meta = execute(frames[pos : pos + count])
+            pos += count
+            conn.send((DONE, gid, int(status), meta), out)
 
 
 def run_initializer(payload: bytes | None) -> str | None:
@@ -175,13 +235,13 @@ def die_with_parent(sig: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """A spawned task process: ``python -m corral.runner FD``."""
     argv = sys.argv[1:] if argv is None else argv
-    conn = Connection(int(argv[0]))
+    conn = Channel(socket.socket(fileno=int(argv[0])))
     try:
-        header, _ = recv(conn)
+        header, _ = conn.recv()
         _, setup, once = header
         first = None
         if once:
-            task, frames = recv(conn)
+            task, frames = conn.recv()
             first = (task[1], frames)
     except (EOFError, OSError):
         return 0  # the supervisor went away before we started

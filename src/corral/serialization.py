@@ -6,6 +6,14 @@ wrapped in ``pickle.PickleBuffer``) become separate ZeroMQ frames so that
 they are never copied into the stream.  On the receiving side the frames are
 handed to the unpickler as they are.
 
+Most objects pickle with the standard library's C pickler; cloudpickle,
+which can also pickle functions and classes by value, takes over only when
+that fails or when the pickle would refer to ``__main__`` (whose functions a
+worker cannot import).  A task travels as two streams, the function and its
+arguments, so that a function pickled by value (a script's or a notebook's)
+is pickled once per executor (``FunctionPickles``) and unpickled once per
+task process, not once per task.
+
 When pickling fails we search the object for the innermost part that cannot
 be pickled, so the error names it (``args[0].lock``) instead of only saying
 "cannot pickle '_thread.lock' object".
@@ -14,6 +22,9 @@ be pickled, so the error names it (``args[0].lock``) instead of only saying
 from __future__ import annotations
 
 import pickle
+import types
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 import cloudpickle
@@ -27,23 +38,88 @@ OOB_THRESHOLD = 64 * 1024
 _MAX_DEPTH = 6
 
 
-def dumps(obj: Any, what: str = "object") -> list:
-    """Pickle ``obj`` into [stream, *buffers]; SerializationError on failure."""
+def dumps(obj: Any, what: str = "object", culprit: Any = None, out_of_band: bool = True) -> list:
+    """Pickle ``obj`` into [stream, *buffers]; SerializationError on failure.
+
+    On failure the error names the part that failed, searched for from
+    ``culprit`` (default: ``obj``) and called ``what``.
+    """
     buffers: list = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
         raw = buf.raw()
-        if raw.nbytes < OOB_THRESHOLD:
+        if not out_of_band or raw.nbytes < OOB_THRESHOLD:
             return True  # pickle it in-band
         buffers.append(raw)
         return False
 
-    try:
-        stream = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
-    except Exception as exc:
-        path, reason = _find_culprit(obj, what)
-        raise SerializationError(f"cannot pickle {path}: {reason}") from exc
+    stream = None
+    if not _pickled_by_value_modules():
+        try:
+            stream = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
+        except Exception:  # noqa: BLE001 - cloudpickle gets its turn, and the blame if it fails too
+            stream = None
+        if stream is not None and b"__main__" in stream:
+            stream = None  # refers to the script's own functions or classes: pickle those by value
+    if stream is None:
+        buffers.clear()
+        try:
+            stream = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
+        except Exception as exc:
+            path, reason = _find_culprit(obj if culprit is None else culprit, what)
+            raise SerializationError(f"cannot pickle {path}: {reason}") from exc
     return [stream, *buffers]
+
+
+def _pickled_by_value_modules() -> bool:
+    """Has someone asked cloudpickle to pickle a module's contents by value?"""
+    return bool(getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None))
+
+
+class FunctionPickles:
+    """An executor's cache of pickled functions, so a function is pickled once, not once per task.
+
+    Only plain functions without closures are kept, weakly: a function of a
+    script (``__main__``) travels by value and costs tens of microseconds to
+    pickle.  Like a ProcessPoolExecutor's workers, which hold the script's
+    module as it was when they started, tasks then see the function's
+    globals as they were at its first submit.
+    """
+
+    def __init__(self) -> None:
+        self.cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def dumps(self, fn: Any, what: str) -> bytes:
+        cacheable = type(fn) is types.FunctionType and fn.__closure__ is None
+        if cacheable:
+            stream = self.cache.get(fn)
+            if stream is not None:
+                return stream
+        # In-band only: a cached stream must hold everything the function needs.
+        stream = dumps(fn, what, out_of_band=False)[0]
+        if cacheable:
+            self.cache[fn] = stream
+        return stream
+
+
+class FunctionCache:
+    """A task process's unpickled functions, by their pickle (most recently used kept)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self.cache: OrderedDict = OrderedDict()
+
+    def loads(self, stream: Any, what: str) -> Any:
+        key = bytes(stream)
+        fn = self.cache.get(key)
+        if fn is None:
+            fn = loads([key], what)
+            self.cache[key] = fn
+            if len(self.cache) > self.size:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(key)
+        return fn
 
 
 def loads(frames: list, what: str = "object") -> Any:

@@ -15,10 +15,21 @@ timeout, on ``Future.kill()``, when its client is gone.  When a task process
 dies, the supervisor says how (exit code or signal) and, for a persistent
 worker, starts a new one; tasks it held but had not started go to the new one.
 
-A worker asks for ``prefetch`` tasks up front (credit) and returns one credit
-with every result, so the next task is already waiting when one finishes.
-It hands the task process one task at a time, so a task it holds has either
-started (reported in STARTED) or can still be cancelled, never in between.
+A worker grants the broker credit for the tasks it wants to hold, and tops
+the credit up as results go back, so the next task is already waiting when
+one finishes.  How many it holds adapts to how long its tasks take: enough
+for about ``CREDIT_HORIZON`` seconds of work (at least two, at most
+``MAX_CREDIT``), so that no-ops stream in batches while long tasks stay
+spread over the workers; a fixed ``prefetch`` turns that off.
+
+While tasks are short (``PIPELINE_TASK_TIME`` on average), a persistent
+task process gets the tasks after the running one in a pipeline (up to
+``PIPELINE_BYTES`` of payload), so it never waits for the supervisor between
+two tasks.  The tasks run in order, so the supervisor
+always knows which one is running: the oldest one not answered yet.  Only
+tasks still in the supervisor's own queue can be cancelled; one already in
+the pipeline runs, as a call already handed to a ProcessPoolExecutor's
+process does.  Results that arrive together leave in one RESULT batch.
 
 If the broker goes silent, a worker started by a local pool exits (its
 client is gone); a standalone worker reconnects with backoff and joins the
@@ -47,6 +58,18 @@ HEARTBEAT_INTERVAL = 1.0
 # gets a STARTED message once this much time has passed, so that its future shows
 # as running. Saves two messages per short task.
 STARTED_DELAY = 0.002
+# A worker holds enough tasks for this many seconds of work, judged by how long
+# its recent tasks took: short tasks stream in large batches, long ones stay
+# spread over the workers.
+CREDIT_HORIZON = 0.01
+MAX_CREDIT = 512
+# Payload bytes queued in a task process's socket behind the running task: far
+# below the socket buffer, so the supervisor never blocks writing to it.
+PIPELINE_BYTES = 64 << 10
+PIPELINE_TASKS = 256
+# Tasks join a pipeline only while tasks take less than this on average: a task
+# in the pipeline can no longer be cancelled, which matters only for long ones.
+PIPELINE_TASK_TIME = 0.002
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 LIVENESS = 3
 MAX_BACKOFF = 10.0
@@ -63,6 +86,9 @@ class Held:
     stop_reason: str | None = None  # why we are killing its process: "timeout" or "killed"
     kill_at: float | None = None  # when SIGTERM turns into SIGKILL
     reported: bool = False  # STARTED sent
+    kill_signal: int | None = None  # killed while waiting in the pipeline: stop it when it starts
+    grace: float = 0.0
+    size: int = 0  # payload bytes
 
 
 class Worker:
@@ -71,7 +97,7 @@ class Worker:
         address: str,
         *,
         fresh: bool = False,
-        prefetch: int = 1,
+        prefetch: int | None = None,
         max_tasks: int | None = None,
         parent_pid: int | None = None,
         name: str | None = None,
@@ -83,7 +109,11 @@ class Worker:
     ):
         self.address = address
         self.fresh = fresh
-        self.prefetch = max(1, prefetch)
+        # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (1 for fresh).
+        self.adaptive = prefetch is None and not fresh
+        self.prefetch = max(1, prefetch if prefetch is not None else (1 if fresh else 2))
+        self.granted = 0  # credit the broker holds from us and has not used yet
+        self.task_time: float | None = None  # moving average of how long a task takes
         self.max_tasks = max_tasks
         self.parent_pid = parent_pid
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -94,8 +124,11 @@ class Worker:
         self.reconnect_on_silence = reconnect or not parent_pid
         self.heartbeat = HEARTBEAT_INTERVAL
         self.liveness = LIVENESS
-        self.pending: deque[Held] = deque()
-        self.current: Held | None = None
+        self.pending: deque[Held] = deque()  # received, not handed to the task process yet
+        self.inflight: deque[Held] = deque()  # handed to the task process, in order; [0] runs
+        self.pipe_bytes = 0  # payload bytes of the tasks in self.inflight
+        self.results: list = []  # RESULT entries and frames, sent at the end of a loop turn
+        self.result_frames: list = []
         self.proc: runner.TaskProcess | None = None
         self.broken: str | None = None
         self.stopping = False
@@ -129,8 +162,9 @@ class Worker:
             info["broken"] = self.broken
         self.send(Kind.HELLO, info)
         self.said_hello = True
+        self.granted = 0
         if not self.broken:
-            self.send(Kind.READY, {"credit": self.prefetch})
+            self.flush()
 
     def reconnect(self) -> bool:
         """The broker went silent: drop its tasks and dial again until it answers."""
@@ -138,6 +172,7 @@ class Worker:
             self.stop_task(self.current, "orphaned", signal.SIGKILL, 0.0)
             self.task_process_ended()  # collects it; its report goes nowhere, the broker is gone
         self.pending.clear()
+        self.results, self.result_frames = [], []
         backoff = self.heartbeat
         while not self.stopping:
             self.sock.close(linger=0)
@@ -149,7 +184,29 @@ class Worker:
             backoff = min(backoff * 2, MAX_BACKOFF)
         return False
 
-    # -- the loop -----------------------------------------------------------------
+    @property
+    def current(self) -> Held | None:
+        """The task the task process is running: the oldest one it has not answered."""
+        return self.inflight[0] if self.inflight else None
+
+    def want(self) -> int:
+        """How many tasks to hold (queued here plus in the task process)."""
+        if not self.adaptive or self.task_time is None:
+            return self.prefetch
+        return max(self.prefetch, min(MAX_CREDIT, int(CREDIT_HORIZON / max(self.task_time, 1e-6))))
+
+    def flush(self) -> None:
+        """Send the results gathered this turn in one RESULT, with the credit to top up."""
+        held = len(self.pending) + len(self.inflight)
+        credit = 0 if self.stopping or self.broken else max(0, self.want() - held - self.granted)
+        self.granted += credit
+        if self.results:
+            for chunk, frames in protocol.batches(self.results, self.result_frames, 2):
+                self.send(Kind.RESULT, {"results": chunk, "credit": credit}, frames)
+                credit = 0
+            self.results, self.result_frames = [], []
+        elif credit:
+            self.send(Kind.READY, {"credit": credit})
 
     def run(self) -> int:
         try:
@@ -174,13 +231,17 @@ class Worker:
                     self.drain()
                 if fd is not None and fd in events and self.proc is not None:
                     self.read_task_process()
-                self.start_next()
+                self.feed()
+                self.flush()
                 if not self.housekeeping():
                     poller.unregister(self.sock)
                     if not self.reconnect():
                         break
                     poller.register(self.sock, zmq.POLLIN)
-            self.send(Kind.BYE, {"requeue": [t.gid for t in self.pending]})
+            self.flush()
+            # Tasks queued here or behind the running one never started: they go back.
+            unstarted = list(self.inflight)[1:] + list(self.pending)
+            self.send(Kind.BYE, {"requeue": [t.gid for t in unstarted]})
             return 0
         finally:
             if self.proc is not None:
@@ -229,7 +290,9 @@ class Worker:
         if kind == Kind.TASKS:
             for entry, frames in protocol.split_entries(body, "tasks", msg[1:], 3):
                 options = entry[2] if isinstance(entry[2], dict) else {}
-                self.pending.append(Held(entry[0], [f.buffer for f in frames], options))
+                buffers = [f.buffer for f in frames]
+                self.pending.append(Held(entry[0], buffers, options, size=sum(b.nbytes for b in buffers)))
+                self.granted = max(0, self.granted - 1)
         elif kind == Kind.CANCEL:
             self.cancel(set(body.get("ids", ())))
         elif kind == Kind.KILL:
@@ -241,11 +304,14 @@ class Worker:
             self.liveness = int(body.get("liveness", self.liveness))
 
     def cancel(self, ids: set) -> None:
-        """Drop the named tasks not started yet; tell the broker which ones those were."""
+        """Drop the named tasks still queued here; tell the broker which ones those were.
+
+        A task already in the task process's pipeline runs (it may have begun).
+        """
         dropped = [t.gid for t in self.pending if t.gid in ids]
         self.pending = deque(t for t in self.pending if t.gid not in ids)
         running = sorted(ids - set(dropped))
-        self.send(Kind.CANCELLED, {"ids": dropped, "running": running, "credit": len(dropped)})
+        self.send(Kind.CANCELLED, {"ids": dropped, "running": running})
 
     def kill(self, ids: set, body: dict) -> None:
         sig = signal.SIGKILL if body.get("signal") == "SIGKILL" else signal.SIGTERM
@@ -254,8 +320,13 @@ class Worker:
         for task in waiting:
             self.pending.remove(task)
             self.report(task, *_stopped(task, "killed", "before it started"))
-        if self.current is not None and self.current.gid in ids:
-            self.stop_task(self.current, "killed", sig, grace)
+        for task in self.inflight:
+            if task.gid in ids:
+                task.kill_signal, task.grace = sig, grace
+        head = self.current
+        if head is not None and head.gid in ids:
+            self.stop_task(head, "killed", sig, grace)
+        # A killed task still behind the running one is stopped when its turn comes (next_head).
 
     def stop_task(self, task: Held, reason: str, sig: int, grace: float) -> None:
         """Signal the process running ``task``; SIGKILL follows after ``grace`` seconds."""
@@ -268,7 +339,7 @@ class Worker:
     # -- task processes -----------------------------------------------------------
 
     def start_process(self, first: Held | None) -> runner.TaskProcess:
-        task = None if first is None else (first.gid, [bytes(f) for f in first.frames])
+        task = None if first is None else (first.gid, first.frames)
         return runner.start(self.setup, task, self.spawn)
 
     def wait_until_ready(self) -> None:
@@ -286,7 +357,7 @@ class Worker:
                 if self.said_hello:
                     self.send(Kind.HEARTBEAT)
             try:
-                header, _ = runner.recv(self.proc.conn)
+                header, _ = self.proc.conn.recv()
             except (EOFError, OSError):
                 self.proc.conn.close()
                 how = exit_words(self.proc.reap())
@@ -303,34 +374,74 @@ class Worker:
             return
         self.broken = f"{READY_TRIES} task processes in a row died before they were ready ({how})"
 
-    def start_next(self) -> None:
-        if self.current is not None or not self.pending or self.stopping:
+    def feed(self) -> None:
+        """Hand queued tasks to the task process: one if fresh, else a pipeline of them."""
+        if not self.pending or self.stopping:
             return
-        task = self.pending.popleft()
-        task.started = time.monotonic()
         if self.fresh:
-            self.proc = self.start_process(task)
-        else:
-            if self.proc is None:
-                self.proc = self.start_process(None)
-                self.wait_until_ready()
-                if self.broken:
-                    self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken})
-                    self.stopping = True
-                    return
-            try:
-                runner.send(self.proc.conn, (runner.TASK, task.gid), task.frames)
-            except OSError:  # the task process died between two tasks: this one never reached it
-                task.started = 0.0
-                self.pending.appendleft(task)
-                self.task_process_ended()
+            if not self.inflight:
+                task = self.pending.popleft()
+                self.proc = self.start_process(task)
+                self.inflight.append(task)
+                self.next_head()
+            return
+        if self.proc is None:
+            self.proc = self.start_process(None)
+            self.wait_until_ready()
+            if self.broken:
+                task = self.pending.popleft()
+                self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken})
+                self.stopping = True
                 return
-        self.current = task
+        batch: list[Held] = []
+        while self.pending and self.room_for(self.pending[0]):
+            task = self.pending.popleft()
+            batch.append(task)
+            self.inflight.append(task)
+            self.pipe_bytes += task.size
+        if not batch:
+            return
+        frames = [f for task in batch for f in task.frames]
+        try:
+            self.proc.conn.send((runner.TASK, [(t.gid, len(t.frames)) for t in batch]), frames)
+        except OSError:  # the task process died: the tasks of this batch never reached it
+            self.task_process_ended(None)
+            return
+        if self.inflight[0] is batch[0]:
+            self.next_head()
+
+    def room_for(self, task: Held) -> bool:
+        """May ``task`` join the task process's pipeline now?"""
+        if not self.inflight:
+            return True  # the task process is idle and reads it at once, however large
+        if self.max_memory or self.inflight[0].stop_reason:
+            return False  # memory is checked between tasks; a process being stopped gets nothing more
+        if self.task_time is None or self.task_time > PIPELINE_TASK_TIME:
+            return False  # not known to be short: keep tasks here, where they can still be cancelled
+        if self.max_tasks and self.proc.tasks + len(self.inflight) >= self.max_tasks:
+            return False
+        return len(self.inflight) < PIPELINE_TASKS and self.pipe_bytes + task.size <= PIPELINE_BYTES
+
+    def next_head(self) -> None:
+        """The oldest task in the pipeline has begun (the one before it just ended)."""
+        task = self.current
+        if task is None:
+            return
+        task.started = time.monotonic()
+        if task.kill_signal is not None:
+            self.stop_task(task, "killed", task.kill_signal, task.grace)
 
     def read_task_process(self) -> None:
+        """Read every message the task process has written so far."""
+        while self.proc is not None:
+            self.read_one()
+            if self.proc is None or not self.proc.conn.poll(0):
+                return
+
+    def read_one(self) -> None:
         proc, task = self.proc, self.current
         try:
-            header, frames = runner.recv(proc.conn)
+            header, frames = proc.conn.recv()
         except (EOFError, OSError):
             self.task_process_ended()
             return
@@ -339,22 +450,21 @@ class Worker:
             return
         if header[0] == runner.BROKEN:  # a fresh task process's initializer failed
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": header[1]})
-            self.current = None
+            self.inflight.clear()
             self.stopping = True
             return
         _, gid, status, meta = header
         if task is None or gid != task.gid:
             return
-        self.current = None
+        self.inflight.popleft()
+        self.pipe_bytes -= task.size
         proc.tasks += 1
         if task.stop_reason is not None:  # finished before the signal landed: it was still stopped
             self.task_process_ended(task)
             return
         self.report(task, Status(status), frames, meta)
-        if self.fresh:
-            proc.close()
-            self.proc = None
-        elif self.recycle_reason(proc):
+        self.next_head()
+        if self.fresh or (not self.inflight and self.recycle_reason(proc)):
             proc.close()
             self.proc = None
 
@@ -372,14 +482,24 @@ class Worker:
         return None
 
     def task_process_ended(self, task: Held | None = None) -> None:
-        """The task process is gone (or we stopped it): report the task it was running."""
+        """The task process is gone (or we stopped it): report the task it was running.
+
+        The tasks behind it in the pipeline never started: they wait for the next
+        task process.
+        """
         proc = self.proc
         proc.signal(signal.SIGKILL)
         proc.conn.close()
         code = proc.reap()
         self.proc = None
         task = task or self.current
-        self.current = None
+        if self.inflight and self.inflight[0] is task:
+            self.inflight.popleft()
+        self.pipe_bytes = 0
+        while self.inflight:
+            waiting = self.inflight.pop()
+            waiting.started = 0.0
+            self.pending.appendleft(waiting)
         if task is None:
             return
         if task.stop_reason is not None:
@@ -393,10 +513,15 @@ class Worker:
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_WORKER_LOST, "message": message})
 
     def report(self, task: Held, status: Status, frames: list, meta: dict) -> None:
-        meta["busy"] = time.monotonic() - task.started if task.started else 0.0
-        self.idle_since = time.monotonic()
-        self.send(Kind.RESULT, {"results": [protocol.result_entry(task.gid, status, len(frames), meta)], "credit": 1},
-                  frames)
+        """Queue a task's outcome for this turn's RESULT batch."""
+        now = time.monotonic()
+        busy = now - task.started if task.started else 0.0
+        meta["busy"] = busy
+        self.idle_since = now
+        if task.started and status != Status.FAILED:
+            self.task_time = busy if self.task_time is None else 0.8 * self.task_time + 0.2 * busy
+        self.results.append(protocol.result_entry(task.gid, status, len(frames), meta))
+        self.result_frames.extend(frames)
 
     # -- time-driven work -----------------------------------------------------------
 
@@ -468,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="corral-worker-process")
     p.add_argument("address")
     p.add_argument("--fresh", action="store_true")
-    p.add_argument("--prefetch", type=int, default=1)
+    p.add_argument("--prefetch", type=int, default=None)
     p.add_argument("--max-tasks", type=int, default=None)
     p.add_argument("--bootstrap", default=None, help="file with the pickled sys.path and initializer")
     p.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
