@@ -140,6 +140,7 @@ class Broker:
         self.broken: str | None = None
         self.running = True
         self.last_beat = 0.0
+        self.last_reap = 0.0
 
     def _router(self, address: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -150,23 +151,37 @@ class Broker:
 
     # -- the loop ------------------------------------------------------------
 
+    def sockets(self) -> list[zmq.Socket]:
+        return [self.clients_sock] if self.shared else [self.clients_sock, self.workers_sock]
+
+    def poll_timeout(self) -> float:
+        """Seconds the loop may sleep: a pool is checked for exited workers every 0.1 s."""
+        return 0.1 if self.pool else self.heartbeat / 2
+
     def serve(self) -> None:
+        """Run a standalone broker until ``running`` is cleared."""
         poller = zmq.Poller()
-        poller.register(self.clients_sock, zmq.POLLIN)
-        if not self.shared:
-            poller.register(self.workers_sock, zmq.POLLIN)
-        if self.pool:
-            self.pool.fill()
+        for sock in self.sockets():
+            poller.register(sock, zmq.POLLIN)
+        self.start()
         try:
             while self.running:
-                events = dict(poller.poll(100 if self.pool else self.heartbeat * 500))
-                for sock in events:
-                    self.drain(sock)
-                self.dispatch()
-                self.flush()
-                self.housekeeping()
+                self.step(dict(poller.poll(self.poll_timeout() * 1000)))
         finally:
             self.close()
+
+    def start(self) -> None:
+        if self.pool:
+            self.pool.fill()
+
+    def step(self, events) -> None:
+        """One turn of the loop: handle what arrived on the sockets in ``events``, then send."""
+        for sock in self.sockets():
+            if sock in events:
+                self.drain(sock)
+        self.dispatch()
+        self.flush()
+        self.housekeeping()
 
     def drain(self, sock: zmq.Socket, limit: int = 10000) -> None:
         for _ in range(limit):
@@ -545,7 +560,8 @@ class Broker:
 
     def housekeeping(self) -> None:
         now = time.monotonic()
-        if self.pool:
+        if self.pool and now - self.last_reap >= 0.1:
+            self.last_reap = now
             self.reap_pool()
         if now - self.last_beat < self.heartbeat:
             return

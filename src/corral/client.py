@@ -18,11 +18,12 @@ are not thread-safe.  User threads hand it work through a deque and wake it
 with one byte on a pipe, written only when it is not already awake, so a
 burst of submits costs one wake-up and leaves as one batch.
 
-With no ``address`` the executor starts an embedded broker (a thread of this
-process, which the I/O thread reaches over ``inproc://``: no kernel, no
-ZeroMQ I/O thread in between) and a pool of local worker processes, which
-reach it over ``ipc://`` sockets in a private 0700 temporary directory that
-is removed at shutdown.
+With no ``address`` the executor starts an embedded broker, served by the
+I/O thread itself: the client socket reaches it over ``inproc://``, and a
+message one side sends the other reads in the same loop turn, with no thread
+switch, no kernel and no ZeroMQ I/O thread in between.  Local worker
+processes reach it over ``ipc://`` sockets in a private 0700 temporary
+directory that is removed at shutdown.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class _IOLoop:
         self.broken: BaseException | None = None
         self.heartbeat = heartbeat
         self.liveness = liveness
-        self.broker_thread: threading.Thread | None = None  # set for an embedded broker
+        self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
 
     # -- called from user threads ---------------------------------------------
@@ -236,10 +237,19 @@ class _IOLoop:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
+        broker = self.broker
+        timeout = self.heartbeat
+        if broker is not None:
+            # The embedded broker runs in this thread: what one side sends over
+            # inproc the other reads in the same turn, with no thread switch.
+            for bsock in broker.sockets():
+                poller.register(bsock, zmq.POLLIN)
+            broker.start()
+            timeout = min(timeout, broker.poll_timeout())
         last_heard = last_beat = last_turn = time.monotonic()
         try:
             while True:
-                events = dict(poller.poll(self.heartbeat * 1000))
+                events = dict(poller.poll(timeout * 1000))
                 if time.monotonic() - last_turn > 2 * self.heartbeat:
                     # This thread did not run for a while (another thread held the GIL):
                     # that silence is ours, not the broker's.
@@ -248,6 +258,9 @@ class _IOLoop:
                     os.read(self.wake_r, 4096)
                 self.awake = False
                 self.send_pending(sock)
+                if broker is not None:
+                    broker.step(_ALL)
+                    events[sock] = zmq.POLLIN
                 if sock in events:
                     last_heard = time.monotonic()
                     self.receive(sock)
@@ -265,20 +278,22 @@ class _IOLoop:
                     break
                 last_turn = time.monotonic()
             sock.send(protocol.encode(Kind.BYE))
+            if broker is not None:
+                broker.step(_ALL)  # it reads the BYE: it stops its workers in close()
         finally:
             sock.close()
             self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
             os.close(self.wake_r)
             os.close(self.wake_w)
+            if broker is not None:
+                broker.close()
             self.cleanup()
             _live_loops.discard(self)
 
     def lost(self, silence: float) -> bool:
         """Is the broker gone?  An embedded one is gone only if its thread ended."""
-        if not (self.futures or self.status_waiters):
+        if not (self.futures or self.status_waiters) or self.broker is not None:
             return False
-        if self.broker_thread is not None:
-            return not self.broker_thread.is_alive()
         return silence > self.heartbeat * self.liveness
 
     def send_pending(self, sock: zmq.Socket) -> None:
@@ -386,6 +401,16 @@ class _IOLoop:
         self.futures.clear()
         while self.status_waiters:
             self.status_waiters.popleft().set_exception(exc)
+
+
+class _Everything:
+    """Poll events that contain every socket: the embedded broker reads all of its own."""
+
+    def __contains__(self, sock: object) -> bool:
+        return True
+
+
+_ALL = _Everything()
 
 
 def _cancel_now(fut: Future) -> bool:
@@ -531,14 +556,13 @@ class Executor(_StdExecutor):
         self._ctx = zmq.Context()
         self._tmpdir: str | None = None
         self._broker: Broker | None = None
-        self._broker_thread: threading.Thread | None = None
         self._spawn = mp_context is not None and mp_context.get_start_method() == "spawn"
         if address is None:
             address = self._start_embedded(initializer, initargs, prefetch, idle_timeout, max_memory, heartbeat,
                                            liveness)
         self._address = address
         self._io = _IOLoop(self._ctx, address, retries, self._cleanup, heartbeat, liveness, kill_grace)
-        self._io.broker_thread = self._broker_thread
+        self._io.broker = self._broker
         _live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
@@ -561,18 +585,12 @@ class Executor(_StdExecutor):
             prefetch=None if prefetch is None else prefetch + 1,
             bootstrap=bootstrap, spawn=self._spawn, idle_timeout=idle_timeout, max_memory=max_memory,
         )
-        broker = self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True,
-                                       heartbeat=heartbeat, liveness=liveness)
-        self._broker_thread = threading.Thread(target=broker.serve, name="corral-broker", daemon=True)
-        self._broker_thread.start()
+        self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True,
+                              heartbeat=heartbeat, liveness=liveness)
         return clients
 
     def _cleanup(self) -> None:
-        """Runs in the I/O thread once it is done: stop the broker, remove files."""
-        if self._broker_thread is not None:
-            # The BYE already told it to stop; this covers an I/O thread that failed.
-            self._broker.running = False
-            self._broker_thread.join()
+        """Runs in the I/O thread once it is done (and has closed the broker): remove files."""
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._ctx.term()
