@@ -238,17 +238,16 @@ class _IOLoop:
         poller.register(sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
         broker = self.broker
-        timeout = self.heartbeat
         if broker is not None:
             # The embedded broker runs in this thread: what one side sends over
             # inproc the other reads in the same turn, with no thread switch.
             for bsock in broker.sockets():
                 poller.register(bsock, zmq.POLLIN)
             broker.start()
-            timeout = min(timeout, broker.poll_timeout())
         last_heard = last_beat = last_turn = time.monotonic()
         try:
             while True:
+                timeout = self.heartbeat if broker is None else min(self.heartbeat, broker.poll_timeout())
                 events = dict(poller.poll(timeout * 1000))
                 if time.monotonic() - last_turn > 2 * self.heartbeat:
                     # This thread did not run for a while (another thread held the GIL):
