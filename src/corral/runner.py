@@ -144,11 +144,11 @@ class TaskProcess:
         self.reap()
 
 
-def start(setup: tuple, first: tuple | None, spawn: bool) -> TaskProcess:
+def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:
     """Start a task process; ``setup`` is (sys.path, pickled initializer or None).
 
-    ``first`` is (gid, frames) for a fresh task process, which runs that one
-    task and exits; None for a persistent one, which waits for TASK messages.
+    With ``once`` it runs the one task it is sent and exits (a fresh
+    worker's); otherwise it runs the tasks it is sent until its socket closes.
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
@@ -156,9 +156,7 @@ def start(setup: tuple, first: tuple | None, spawn: bool) -> TaskProcess:
         popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         conn = Channel(ours)
-        conn.send(("setup", setup, first is not None))
-        if first is not None:
-            conn.send((TASK, first[0]), first[1])
+        conn.send(("setup", setup, once))
         return TaskProcess(popen.pid, conn, popen)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # zmq's threads: the child never touches zmq
@@ -167,14 +165,14 @@ def start(setup: tuple, first: tuple | None, spawn: bool) -> TaskProcess:
         code = 70
         try:
             ours.close()
-            code = serve(Channel(theirs), setup, first)
+            code = serve(Channel(theirs), setup, once)
         finally:
             os._exit(code)
     theirs.close()
     return TaskProcess(pid, Channel(ours))
 
 
-def serve(conn: Channel, setup: tuple, first: tuple | None) -> int:
+def serve(conn: Channel, setup: tuple, once: bool) -> int:
     """The task process's life: initialize, then run tasks until told to stop."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
@@ -186,14 +184,8 @@ def serve(conn: Channel, setup: tuple, first: tuple | None) -> int:
     if broken is not None:
         conn.send((BROKEN, broken))
         return 3
-    if first is not None:
-        if initializer is not None:  # a fresh process says READY only when it had an initializer to run
-            conn.send((READY,))
-        gid, frames = first
-        status, out, meta = execute(frames)
-        conn.send((DONE, gid, int(status), meta), out)
-        return 0
-    conn.send((READY,))
+    if initializer is not None or not once:  # a fresh process with nothing to report stays silent
+        conn.send((READY,))
     while True:
         try:
             header, frames = conn.recv()
@@ -204,6 +196,8 @@ def serve(conn: Channel, setup: tuple, first: tuple | None) -> int:
             status, out, meta = execute(frames[pos : pos + count])
             pos += count
             conn.send((DONE, gid, int(status), meta), out)
+        if once:
+            return 0
 
 
 def run_initializer(payload: bytes | None) -> str | None:
@@ -238,14 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     conn = Channel(socket.socket(fileno=int(argv[0])))
     try:
         header, _ = conn.recv()
-        _, setup, once = header
-        first = None
-        if once:
-            task, frames = conn.recv()
-            first = (task[1], frames)
     except (EOFError, OSError):
         return 0  # the supervisor went away before we started
-    return serve(conn, setup, first)
+    _, setup, once = header
+    return serve(conn, setup, once)
 
 
 if __name__ == "__main__":

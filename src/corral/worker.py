@@ -109,9 +109,9 @@ class Worker:
     ):
         self.address = address
         self.fresh = fresh
-        # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (1 for fresh).
+        # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (fresh: 2).
         self.adaptive = prefetch is None and not fresh
-        self.prefetch = max(1, prefetch if prefetch is not None else (1 if fresh else 2))
+        self.prefetch = max(1, prefetch if prefetch is not None else 2)
         self.granted = 0  # credit the broker holds from us and has not used yet
         self.task_time: float | None = None  # moving average of how long a task takes
         self.max_tasks = max_tasks
@@ -130,6 +130,8 @@ class Worker:
         self.results: list = []  # RESULT entries and frames, sent at the end of a loop turn
         self.result_frames: list = []
         self.proc: runner.TaskProcess | None = None
+        self.spare: runner.TaskProcess | None = None  # fresh: the next task's process, forked ahead
+        self.zombies: list[runner.TaskProcess] = []  # finished task processes not collected yet
         self.broken: str | None = None
         self.stopping = False
         self.said_hello = False
@@ -211,7 +213,7 @@ class Worker:
     def run(self) -> int:
         try:
             if not self.fresh:
-                self.proc = self.start_process(None)
+                self.proc = self.start_process()
                 self.wait_until_ready()
             self.hello()
             if self.broken:
@@ -231,8 +233,10 @@ class Worker:
                     self.drain()
                 if fd is not None and fd in events and self.proc is not None:
                     self.read_task_process()
+                self.flush()  # results first: the next task's fork must not delay them
                 self.feed()
                 self.flush()
+                self.prepare_spare()
                 if not self.housekeeping():
                     poller.unregister(self.sock)
                     if not self.reconnect():
@@ -248,13 +252,18 @@ class Worker:
                 if self.current is not None:
                     self.proc.signal(signal.SIGKILL)
                 self.proc.close()
+            if self.spare is not None:
+                self.spare.close()
+            for proc in self.zombies:
+                proc.reap()
             self.sock.close()
             self.ctx.term()
 
     def on_sigterm(self, signum, frame) -> None:
-        """Terminated (``terminate_workers()``, a batch system): take the task process along."""
-        if self.proc is not None:
-            self.proc.signal(signal.SIGTERM)
+        """Terminated (``terminate_workers()``, a batch system): take the task processes along."""
+        for proc in (self.proc, self.spare):
+            if proc is not None:
+                proc.signal(signal.SIGTERM)
         os._exit(128 + signum)
 
     def poll_timeout(self) -> float:
@@ -338,9 +347,25 @@ class Worker:
 
     # -- task processes -----------------------------------------------------------
 
-    def start_process(self, first: Held | None) -> runner.TaskProcess:
-        task = None if first is None else (first.gid, first.frames)
-        return runner.start(self.setup, task, self.spawn)
+    def start_process(self) -> runner.TaskProcess:
+        return runner.start(self.setup, self.fresh, self.spawn)
+
+    def prepare_spare(self) -> None:
+        """A fresh worker forks the next task process while it waits for the next task.
+
+        Not with an initializer, which would run in a process that may never get a task.
+        """
+        if self.fresh and self.spare is None and self.setup[1] is None and not (self.stopping or self.broken):
+            self.spare = self.start_process()
+
+    def retire(self, proc: runner.TaskProcess) -> None:
+        """Close a finished task process; collect it later, without waiting for it now."""
+        proc.conn.close()
+        if proc.reap(block=False) is None:
+            self.zombies.append(proc)
+
+    def reap_zombies(self) -> None:
+        self.zombies = [p for p in self.zombies if p.reap(block=False) is None]
 
     def wait_until_ready(self) -> None:
         """A persistent task process runs the initializer first; wait for its verdict.
@@ -364,7 +389,7 @@ class Worker:
                 if self.setup[1] is not None:
                     self.broken = f"the task process {how} while running the initializer"
                     return
-                self.proc = self.start_process(None)
+                self.proc = self.start_process()
                 continue
             if header[0] == runner.BROKEN:
                 self.broken = header[1]
@@ -381,12 +406,19 @@ class Worker:
         if self.fresh:
             if not self.inflight:
                 task = self.pending.popleft()
-                self.proc = self.start_process(task)
+                proc, self.spare = self.spare or self.start_process(), None
+                try:
+                    proc.conn.send((runner.TASK, [(task.gid, len(task.frames))]), task.frames)
+                except OSError:  # the spare died while it waited: start another
+                    self.retire(proc)
+                    proc = self.start_process()
+                    proc.conn.send((runner.TASK, [(task.gid, len(task.frames))]), task.frames)
+                self.proc = proc
                 self.inflight.append(task)
                 self.next_head()
             return
         if self.proc is None:
-            self.proc = self.start_process(None)
+            self.proc = self.start_process()
             self.wait_until_ready()
             if self.broken:
                 task = self.pending.popleft()
@@ -464,7 +496,10 @@ class Worker:
             return
         self.report(task, Status(status), frames, meta)
         self.next_head()
-        if self.fresh or (not self.inflight and self.recycle_reason(proc)):
+        if self.fresh:
+            self.retire(proc)
+            self.proc = None
+        elif not self.inflight and self.recycle_reason(proc):
             proc.close()
             self.proc = None
 
@@ -528,6 +563,8 @@ class Worker:
     def housekeeping(self) -> bool:
         """Timeouts, heartbeats, idleness, the parent.  False: the broker is gone."""
         now = time.monotonic()
+        if self.zombies:
+            self.reap_zombies()
         task = self.current
         if task is not None:
             if task.kill_at is not None and now >= task.kill_at:
