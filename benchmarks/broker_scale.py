@@ -229,9 +229,9 @@ def payload_bytes(fn) -> int | None:
     """Bytes of one task's payload as the client sends it (corral internals; None if they moved)."""
     try:
         from corral import serialization
-        from corral.execution import Call
+        from corral.execution import Call, pack
 
-        return sum(len(f) for f in serialization.dumps(Call(fn, ())))
+        return sum(len(f) for f in pack(Call(fn, ()), serialization.FunctionPickles()))
     except Exception:  # noqa: BLE001 - informative only
         return None
 

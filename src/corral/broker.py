@@ -39,9 +39,12 @@ from .pool import LocalPool, exit_words
 from .protocol import Kind, Status
 
 DEFAULT_RETRIES = 2
+SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
+INTERNED = 1024  # distinct first frames (pickled functions) stored once
+_NO_OPTIONS: dict = {}  # shared by every task without options; never modified
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     gid: int
     client: bytes
@@ -137,6 +140,7 @@ class Broker:
         self.clients: dict[bytes, ClientState] = {}
         self.outboxes: dict[bytes, Outbox] = {}
         self.next_gid = 1
+        self.interned: dict[bytes, bytes] = {}
         self.broken: str | None = None
         self.running = True
         self.last_beat = 0.0
@@ -382,6 +386,9 @@ class Broker:
             raise ProtocolError(f"clients do not send {kind.name}")
 
     def submit(self, c: ClientState, cid: int, frames: list, options: dict) -> None:
+        """Queue a task.  Its small frames are kept as bytes, not as ZeroMQ frames (a
+        fraction of the memory), and a function frame repeated task after task
+        (a map) is stored once."""
         if self.broken:
             self.outbox(c.ident).result(
                 cid, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken}
@@ -394,9 +401,20 @@ class Broker:
             raise ProtocolError(f"bad timeout option {options['timeout']!r}")
         gid = self.next_gid
         self.next_gid += 1
-        self.tasks[gid] = Task(gid, c.ident, cid, frames, options)
+        self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
         c.tasks[cid] = gid
         self.queue.append(gid)
+
+    def compact(self, frames: list) -> list:
+        kept = [f.bytes if len(f) < SMALL_FRAME else f for f in frames]
+        if kept and isinstance(kept[0], bytes):
+            shared = self.interned.get(kept[0])
+            if shared is None:
+                if len(self.interned) >= INTERNED:
+                    self.interned.clear()
+                shared = self.interned[kept[0]] = kept[0]
+            kept[0] = shared
+        return kept
 
     def cancel(self, c: ClientState, cids) -> None:
         """Cancel tasks that have not started; every id gets a verdict (CANCELLED).
