@@ -28,6 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,7 @@ class Broker:
         self.outboxes: dict[bytes, Outbox] = {}
         self.next_gid = 1
         self.interned: dict[bytes, bytes] = {}
+        self.local: dict[bytes, Callable] = {}  # attached clients in this thread: ident -> deliver
         self.broken: str | None = None
         self.running = True
         self.last_beat = 0.0
@@ -223,10 +225,7 @@ class Broker:
         if body.get("role") == "worker":
             self.add_worker(sock, ident, body, now)
         elif body.get("role") == "client":
-            retries = body.get("retries", DEFAULT_RETRIES)
-            if not isinstance(retries, int) or retries < 0:
-                raise ProtocolError(f"bad retries {retries!r}")
-            self.clients[ident] = ClientState(ident, retries, now)
+            self.clients[ident] = ClientState(ident, _retries(body), now)
             self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
         else:
             raise ProtocolError(f"HELLO with unknown role {body.get('role')!r}")
@@ -363,6 +362,29 @@ class Broker:
 
     # -- clients ---------------------------------------------------------------
 
+    def attach(self, deliver: Callable[[Kind, dict | None, list], None]) -> ClientState:
+        """Connect a client in this thread (an Executor's embedded broker): no socket.
+
+        The client hands messages to ``from_client``; the broker's messages to it
+        go to ``deliver(kind, body, frames)``.
+        """
+        ident = b"\0local-%d" % len(self.local)  # no ROUTER identity starts with a zero byte and says this
+        self.local[ident] = deliver
+        c = self.clients[ident] = ClientState(ident, DEFAULT_RETRIES, time.monotonic())
+        return c
+
+    def from_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
+        """A message from an attached client."""
+        c.last_seen = time.monotonic()
+        try:
+            if kind == Kind.HELLO:
+                c.retries = _retries(body)
+                self.send(None, c.ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+            else:
+                self.handle_client(c, kind, body, frames)
+        except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            self.log(f"dropped malformed message from the embedded client: {type(exc).__name__}: {exc}")
+
     def handle_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
         if kind == Kind.SUBMIT:
             for entry, payload in protocol.split_entries(body, "tasks", frames, 3):
@@ -406,7 +428,7 @@ class Broker:
         self.queue.append(gid)
 
     def compact(self, frames: list) -> list:
-        kept = [f.bytes if len(f) < SMALL_FRAME else f for f in frames]
+        kept = [bytes(f) if memoryview(f).nbytes < SMALL_FRAME else f for f in frames]
         if kept and isinstance(kept[0], bytes):
             shared = self.interned.get(kept[0])
             if shared is None:
@@ -567,7 +589,12 @@ class Broker:
                 self.send(self.clients_sock, ident, Kind.CANCELLED, {"ids": box.cancelled, "running": box.running})
         self.outboxes.clear()
 
-    def send(self, sock: zmq.Socket, ident: bytes, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+    def send(self, sock: zmq.Socket | None, ident: bytes, kind: Kind, body: dict | None = None,
+             frames: list = ()) -> None:
+        deliver = self.local.get(ident)
+        if deliver is not None:
+            deliver(kind, body, frames)
+            return
         try:
             sock.send_multipart([ident, protocol.encode(kind, body), *frames], copy=False)
         except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)
@@ -633,6 +660,13 @@ class Broker:
         self.clients_sock.close()
         if not self.shared:
             self.workers_sock.close()
+
+
+def _retries(body: dict) -> int:
+    retries = body.get("retries", DEFAULT_RETRIES)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ProtocolError(f"bad retries {retries!r}")
+    return retries
 
 
 def _seconds(value: Any) -> float:

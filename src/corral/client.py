@@ -2,7 +2,7 @@
 
 Data flow::
 
-    user threads                         I/O thread (owns the DEALER socket)        broker
+    user threads                         I/O thread (owns the broker link)          broker
     submit(fn, *args)                    _IOLoop.run()
       pickle Call in the caller's thread   |
       futures[cid] = CorralFuture          |
@@ -19,9 +19,9 @@ with one byte on a pipe, written only when it is not already awake, so a
 burst of submits costs one wake-up and leaves as one batch.
 
 With no ``address`` the executor starts an embedded broker, served by the
-I/O thread itself: the client socket reaches it over ``inproc://``, and a
-message one side sends the other reads in the same loop turn, with no thread
-switch, no kernel and no ZeroMQ I/O thread in between.  Local worker
+I/O thread itself: client and broker call each other's message handlers
+directly (``_DirectLink``), with no socket, no thread switch and no frames
+to build or parse in between.  Local worker
 processes reach it over ``ipc://`` sockets in a private 0700 temporary
 directory that is removed at shutdown.
 """
@@ -230,24 +230,17 @@ class _IOLoop:
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.connect(self.address)
-        sock.send(protocol.encode(Kind.HELLO, {"role": "client", "retries": self.retries, "pid": os.getpid()}))
+        hello = {"role": "client", "retries": self.retries, "pid": os.getpid()}
+        link = _SocketLink(self.ctx, self.address) if self.broker is None else _DirectLink(self.broker)
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         poller.register(self.wake_r, zmq.POLLIN)
-        broker = self.broker
-        if broker is not None:
-            # The embedded broker runs in this thread: what one side sends over
-            # inproc the other reads in the same turn, with no thread switch.
-            for bsock in broker.sockets():
-                poller.register(bsock, zmq.POLLIN)
-            broker.start()
+        for sock in link.sockets():
+            poller.register(sock, zmq.POLLIN)
         last_heard = last_beat = last_turn = time.monotonic()
         try:
+            link.post(Kind.HELLO, hello)
             while True:
-                timeout = self.heartbeat if broker is None else min(self.heartbeat, broker.poll_timeout())
+                timeout = self.heartbeat if self.broker is None else min(self.heartbeat, self.broker.poll_timeout())
                 events = dict(poller.poll(timeout * 1000))
                 if time.monotonic() - last_turn > 2 * self.heartbeat:
                     # This thread did not run for a while (another thread held the GIL):
@@ -256,16 +249,13 @@ class _IOLoop:
                 if self.wake_r in events:
                     os.read(self.wake_r, 4096)
                 self.awake = False
-                self.send_pending(sock)
-                if broker is not None:
-                    broker.step(_ALL)
-                    events[sock] = zmq.POLLIN
-                if sock in events:
+                self.send_pending(link)
+                for kind, body, frames in link.receive(events):
                     last_heard = time.monotonic()
-                    self.receive(sock)
+                    self.on_message(kind, body, frames)
                 now = time.monotonic()
                 if now - last_beat >= self.heartbeat:
-                    sock.send(protocol.encode(Kind.HEARTBEAT))
+                    link.post(Kind.HEARTBEAT)
                     last_beat = now
                 if self.lost(now - last_heard):
                     self.fail_all(BrokerLostError(
@@ -276,16 +266,12 @@ class _IOLoop:
                 if self.closing and not self.futures and not self.outq:
                     break
                 last_turn = time.monotonic()
-            sock.send(protocol.encode(Kind.BYE))
-            if broker is not None:
-                broker.step(_ALL)  # it reads the BYE: it stops its workers in close()
+            link.post(Kind.BYE)
         finally:
-            sock.close()
+            link.close()
             self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
             os.close(self.wake_r)
             os.close(self.wake_w)
-            if broker is not None:
-                broker.close()
             self.cleanup()
             _live_loops.discard(self)
 
@@ -295,7 +281,7 @@ class _IOLoop:
             return False
         return silence > self.heartbeat * self.liveness
 
-    def send_pending(self, sock: zmq.Socket) -> None:
+    def send_pending(self, link: _SocketLink | _DirectLink) -> None:
         # Take the cancels before the submits: a task cancelled by now was put in
         # outq before that, so its SUBMIT leaves below, ahead of its CANCEL. (Taken
         # after, a task submitted and cancelled meanwhile would be cancelled at the
@@ -310,7 +296,7 @@ class _IOLoop:
                 entries.append(entry)
                 frames.extend(task_frames)
             for chunk, chunk_frames in protocol.batches(entries, frames, 1):
-                sock.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": chunk}), *chunk_frames], copy=False)
+                link.post(Kind.SUBMIT, {"tasks": chunk}, chunk_frames)
         cancels, kills = [], {}
         for kind, cid, extra in requests:
             if kind == Kind.CANCEL:
@@ -318,52 +304,46 @@ class _IOLoop:
                 if extra is None:  # cancelled already, no verdict awaited
                     self.futures.pop(cid, None)
             elif cid is None:  # terminate_workers() / kill_workers()
-                sock.send(protocol.encode(Kind.KILL, {"all": True, "signal": extra}))
+                link.post(Kind.KILL, {"all": True, "signal": extra})
             else:
                 kills.setdefault(extra, []).append(cid)
                 fut = self.futures.get(cid)
                 if fut is not None and fut.cancelled():  # killed before it ran: nothing to wait for
                     self.futures.pop(cid)
         if cancels:
-            sock.send(protocol.encode(Kind.CANCEL, {"ids": cancels}))
+            link.post(Kind.CANCEL, {"ids": cancels})
         for grace, cids in kills.items():
-            sock.send(protocol.encode(Kind.KILL, {"ids": cids, "grace": grace}))
+            link.post(Kind.KILL, {"ids": cids, "grace": grace})
         if self.status_waiters:
-            sock.send(protocol.encode(Kind.STATUS))
+            link.post(Kind.STATUS)
 
-    def receive(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                kind, body = protocol.decode(msg[0].bytes)
-                if kind == Kind.RESULT:
-                    for entry, frames in protocol.split_entries(body, "results", msg[1:], 4):
-                        self.resolve(entry, [f.buffer for f in frames])
-                elif kind == Kind.STARTED:
-                    for cid in body.get("ids", ()):
-                        fut = self.futures.get(cid)
-                        # A retried task starts again: only the first start counts.
-                        if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
-                            self.futures.pop(cid, None)
-                elif kind == Kind.CANCELLED:
-                    for cid in body.get("ids", ()):
-                        self.futures.pop(cid, None)  # dropped: no RESULT will come
-                        self.answer_cancel(cid, True)
-                    for cid in body.get("running", ()):
-                        self.answer_cancel(cid, False)
-                elif kind == Kind.WELCOME:
-                    self.heartbeat = float(body.get("heartbeat", self.heartbeat))
-                    self.liveness = int(body.get("liveness", self.liveness))
-                elif kind == Kind.STATUS_REPLY:
-                    if self.status_waiters:
-                        self.status_waiters.popleft().set_result(body)
-                elif kind == Kind.ERROR:
-                    raise protocol.ProtocolError(f"broker refused a request: {body.get('message')}")
-            except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
-                print(f"corral client: dropped a malformed message: {type(exc).__name__}: {exc}", file=sys.stderr)
+    def on_message(self, kind: Kind, body: dict, frames: list) -> None:
+        try:
+            if kind == Kind.RESULT:
+                for entry, payload in protocol.split_entries(body, "results", frames, 4):
+                    self.resolve(entry, [f.buffer if isinstance(f, zmq.Frame) else f for f in payload])
+            elif kind == Kind.STARTED:
+                for cid in body.get("ids", ()):
+                    fut = self.futures.get(cid)
+                    # A retried task starts again: only the first start counts.
+                    if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
+                        self.futures.pop(cid, None)
+            elif kind == Kind.CANCELLED:
+                for cid in body.get("ids", ()):
+                    self.futures.pop(cid, None)  # dropped: no RESULT will come
+                    self.answer_cancel(cid, True)
+                for cid in body.get("running", ()):
+                    self.answer_cancel(cid, False)
+            elif kind == Kind.WELCOME:
+                self.heartbeat = float(body.get("heartbeat", self.heartbeat))
+                self.liveness = int(body.get("liveness", self.liveness))
+            elif kind == Kind.STATUS_REPLY:
+                if self.status_waiters:
+                    self.status_waiters.popleft().set_result(body)
+            elif kind == Kind.ERROR:
+                raise protocol.ProtocolError(f"broker refused a request: {body.get('message')}")
+        except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
+            print(f"corral client: dropped a malformed message: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def resolve(self, entry: list, frames: list) -> None:
         cid, status, _, meta = entry
@@ -402,14 +382,68 @@ class _IOLoop:
             self.status_waiters.popleft().set_exception(exc)
 
 
-class _Everything:
-    """Poll events that contain every socket: the embedded broker reads all of its own."""
+class _SocketLink:
+    """The I/O loop's connection to a broker elsewhere: a ZeroMQ DEALER socket."""
 
-    def __contains__(self, sock: object) -> bool:
-        return True
+    def __init__(self, ctx: zmq.Context, address: str):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(address)
+
+    def sockets(self) -> list[zmq.Socket]:
+        return [self.sock]
+
+    def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        self.sock.send_multipart([protocol.encode(kind, body), *frames], copy=False)
+
+    def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
+        if self.sock not in events:
+            return
+        while True:
+            try:
+                msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                kind, body = protocol.decode(msg[0].bytes)
+            except protocol.ProtocolError as exc:
+                print(f"corral client: dropped a malformed message: {exc}", file=sys.stderr)
+                continue
+            yield kind, body, msg[1:]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
-_ALL = _Everything()
+class _DirectLink:
+    """The I/O loop's connection to the embedded broker, which this same thread serves.
+
+    Messages are method calls both ways: no socket, no frames to build or
+    parse, no copy.  The broker's answers wait in ``inbox`` until its turn ends.
+    """
+
+    def __init__(self, broker: Broker):
+        self.broker = broker
+        self.inbox: deque = deque()
+        self.client = broker.attach(self.deliver)
+        broker.start()
+
+    def sockets(self) -> list[zmq.Socket]:
+        return self.broker.sockets()
+
+    def deliver(self, kind: Kind, body: dict | None, frames: list) -> None:
+        self.inbox.append((kind, body or {}, frames))
+
+    def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        self.broker.from_client(self.client, kind, body or {}, list(frames))
+
+    def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
+        self.broker.step(events)
+        while self.inbox:
+            yield self.inbox.popleft()
+
+    def close(self) -> None:
+        self.broker.close()
 
 
 def _cancel_now(fut: Future) -> bool:
