@@ -99,6 +99,38 @@ def test_split_entries_rejects_mismatches(body, nframes):
         protocol.split_entries(body, "tasks", [b"f"] * nframes, 3)
 
 
+def test_pack_puts_small_frames_together_and_leaves_large_ones_alone():
+    large = bytearray(protocol.PACK_BELOW)
+    body: dict = {}
+    packed = protocol.pack(body, [b"ab", large, b"", b"cde"])
+    assert body["packed"] == [2, -1, 0, 3]
+    assert packed[0] == b"abcde" and packed[1] is large and len(packed) == 2
+    assert [bytes(f) for f in protocol.unpack(body, packed)] == [b"ab", bytes(large), b"", b"cde"]
+    single: dict = {}
+    assert protocol.pack(single, [b"x"]) == [b"x"] and "packed" not in single  # nothing to gain
+    assert protocol.unpack({}, [b"x", b"y"]) == [b"x", b"y"]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "frames"),
+    [
+        ("nope", [b"ab"]),
+        ([1, 1], []),
+        ([1, 2], [b"ab"]),
+        ([1], [b"ab"]),
+        ([2, -1], [b"ab"]),
+        ([2], [b"ab", b"extra"]),
+        ([-2, 4], [b"abcd"]),
+        ([True, 1], [b"ab"]),
+    ],
+    ids=["not-a-list", "no-frames", "sizes-too-large", "sizes-too-small", "missing-large", "extra-large",
+         "negative", "bool"],
+)
+def test_unpack_rejects_sizes_that_do_not_match(sizes, frames):
+    with pytest.raises(corral.ProtocolError):
+        protocol.unpack({"packed": sizes}, frames)
+
+
 # -- a live broker ------------------------------------------------------------------------
 
 

@@ -211,12 +211,12 @@ class Broker:
         worker = self.workers.get(ident)
         if worker is not None:
             worker.last_seen = now
-            self.handle_worker(worker, kind, body, msg[2:])
+            self.handle_worker(worker, kind, body, protocol.unpack(body, msg[2:]))
             return
         client = self.clients.get(ident)
         if client is not None:
             client.last_seen = now
-            self.handle_client(client, kind, body, msg[2:])
+            self.handle_client(client, kind, body, protocol.unpack(body, msg[2:]))
             return
         if kind != Kind.HELLO:
             if kind != Kind.BYE:
@@ -595,6 +595,9 @@ class Broker:
         if deliver is not None:
             deliver(kind, body, frames)
             return
+        if frames:
+            body = dict(body or {})
+            frames = protocol.pack(body, frames)
         try:
             sock.send_multipart([ident, protocol.encode(kind, body), *frames], copy=False)
         except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)

@@ -394,6 +394,9 @@ class _SocketLink:
         return [self.sock]
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        if frames:
+            body = dict(body or {})
+            frames = protocol.pack(body, list(frames))
         self.sock.send_multipart([protocol.encode(kind, body), *frames], copy=False)
 
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
@@ -406,10 +409,11 @@ class _SocketLink:
                 return
             try:
                 kind, body = protocol.decode(msg[0].bytes)
+                frames = protocol.unpack(body, msg[1:])
             except protocol.ProtocolError as exc:
                 print(f"corral client: dropped a malformed message: {exc}", file=sys.stderr)
                 continue
-            yield kind, body, msg[1:]
+            yield kind, body, frames
 
     def close(self) -> None:
         self.sock.close()

@@ -140,6 +140,58 @@ def batches(entries: list, frames: list, count_at: int):
         pos += n
 
 
+PACK_BELOW = 64 << 10  # payload frames smaller than this travel packed together in one frame
+
+
+def pack(body: dict[str, Any], frames: list) -> list:
+    """Pack a batch's small payload frames into one leading frame, to send.
+
+    A batch of a thousand no-ops is two frames instead of a thousand: each
+    ZeroMQ frame costs the sender and the receiver a few microseconds, a
+    packed one only its bytes.  ``body["packed"]`` gets every frame's size,
+    or -1 for a large frame, which follows the packed one on its own, never
+    copied.
+    """
+    if len(frames) < 2:
+        return frames
+    sizes, small, large = [], [], []
+    for frame in frames:
+        n = len(frame)
+        if n < PACK_BELOW:
+            sizes.append(n)
+            small.append(frame)
+        else:
+            sizes.append(-1)
+            large.append(frame)
+    body["packed"] = sizes
+    return [b"".join(small), *large]
+
+
+def unpack(body: dict[str, Any], frames: list) -> list:
+    """The payload frames of a received message, packed or not (see ``pack``)."""
+    sizes = body.get("packed")
+    if sizes is None:
+        return frames
+    if not isinstance(sizes, list) or not frames:
+        raise ProtocolError("malformed 'packed' list")
+    blob = frames[0].buffer if hasattr(frames[0], "buffer") else memoryview(frames[0])
+    out, pos, large = [], 0, iter(frames[1:])
+    for n in sizes:
+        if not isinstance(n, int) or isinstance(n, bool) or n < -1:
+            raise ProtocolError(f"bad packed frame size {n!r:.40}")
+        if n == -1:
+            frame = next(large, None)
+            if frame is None:
+                raise ProtocolError("'packed' names more large frames than the message has")
+            out.append(frame)
+        else:
+            out.append(blob[pos : pos + n])
+            pos += n
+    if pos != len(blob) or next(large, None) is not None:
+        raise ProtocolError("'packed' sizes do not match the message's frames")
+    return out
+
+
 def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None) -> list:
     """An entry of SUBMIT or TASKS."""
     return [task_id, nframes, options or {}]

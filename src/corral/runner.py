@@ -45,6 +45,7 @@ _LENGTHS = struct.Struct("!QI")
 # Socket buffers big enough that a pipeline of small tasks, or a burst of small
 # results, never makes a writer wait for its reader.
 SOCKET_BUFFER = 4 << 20
+READ_CHUNK = 64 << 10
 
 
 class Channel:
@@ -52,6 +53,7 @@ class Channel:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.received = bytearray()  # read from the socket, not yet taken
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
@@ -76,9 +78,9 @@ class Channel:
 
     def recv(self) -> tuple[tuple, list]:
         """One whole message; EOFError when the other end closed."""
-        prefix = self._read(_LENGTHS.size)
+        prefix = self._take(_LENGTHS.size)
         total, head_len = _LENGTHS.unpack(prefix)
-        body = self._read(total - 4)
+        body = self._take(total - 4)
         view = memoryview(body)
         header, sizes = pickle.loads(view[:head_len])
         frames, pos = [], head_len
@@ -88,19 +90,37 @@ class Channel:
         return header, frames
 
     def poll(self, timeout: float = 0.0) -> bool:
+        """Is there something to read (perhaps the start of a message still being written)?"""
+        if self.received:
+            return True
         import select
 
         return bool(select.select([self.sock], [], [], timeout)[0])
 
-    def _read(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        view, pos = memoryview(buf), 0
-        while pos < n:
-            got = self.sock.recv_into(view[pos:])
-            if not got:
+    def _take(self, n: int) -> bytearray:
+        """The next ``n`` bytes.  Small messages are read many at a time; a large
+        one is read straight into its own buffer."""
+        while len(self.received) < n:
+            missing = n - len(self.received)
+            if missing >= READ_CHUNK:
+                buf = bytearray(n)
+                pos = len(self.received)
+                buf[:pos] = self.received
+                self.received.clear()
+                view = memoryview(buf)
+                while pos < n:
+                    got = self.sock.recv_into(view[pos:])
+                    if not got:
+                        raise EOFError("the other end closed the channel")
+                    pos += got
+                return buf
+            chunk = self.sock.recv(READ_CHUNK)
+            if not chunk:
                 raise EOFError("the other end closed the channel")
-            pos += got
-        return buf
+            self.received += chunk
+        out = self.received[:n]
+        del self.received[:n]
+        return out
 
     def close(self) -> None:
         self.sock.close()

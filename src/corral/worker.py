@@ -149,6 +149,9 @@ class Worker:
         self.last_heard = self.last_sent = time.monotonic()
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        if frames:
+            body = dict(body or {})
+            frames = protocol.pack(body, list(frames))
         self.sock.send_multipart([protocol.encode(kind, body), *frames], copy=False)
         self.last_sent = time.monotonic()
 
@@ -297,9 +300,9 @@ class Worker:
     def handle(self, msg: list) -> None:
         kind, body = protocol.decode(msg[0].bytes)
         if kind == Kind.TASKS:
-            for entry, frames in protocol.split_entries(body, "tasks", msg[1:], 3):
+            for entry, frames in protocol.split_entries(body, "tasks", protocol.unpack(body, msg[1:]), 3):
                 options = entry[2] if isinstance(entry[2], dict) else {}
-                buffers = [f.buffer for f in frames]
+                buffers = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames]
                 self.pending.append(Held(entry[0], buffers, options, size=sum(b.nbytes for b in buffers)))
                 self.granted = max(0, self.granted - 1)
         elif kind == Kind.CANCEL:
