@@ -54,8 +54,12 @@ def pytest_unconfigure(config):
 
 
 def _corral_dirs() -> set[str]:
-    tmp = tempfile.gettempdir()
-    return {os.path.join(tmp, name) for name in os.listdir(tmp) if name.startswith("corral-")}
+    """corral's private directories: in our temporary directory, and its shared-memory ones."""
+    found = set()
+    for tmp in (tempfile.gettempdir(), "/dev/shm"):
+        if os.path.isdir(tmp):
+            found |= {os.path.join(tmp, name) for name in os.listdir(tmp) if name.startswith("corral-")}
+    return found
 
 
 def _children() -> dict[int, psutil.Process]:

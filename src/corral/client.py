@@ -49,7 +49,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialization
+from . import protocol, serialization, shm
 from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from .execution import Call, pack, restore_builtin_state
@@ -156,6 +156,7 @@ class _IOLoop:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
+        self.store: shm.Store | None = None  # large buffers to and from an embedded broker's workers
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
 
     # -- called from user threads ---------------------------------------------
@@ -347,6 +348,12 @@ class _IOLoop:
 
     def resolve(self, entry: list, frames: list) -> None:
         cid, status, _, meta = entry
+        if isinstance(meta, dict) and meta.get("shm") and self.store is not None:
+            try:  # the result's large buffers, in files: map them, and remove the files at once
+                frames = self.store.resolve(frames, meta["shm"], unlink=True)
+            except (ValueError, OSError) as exc:
+                status, frames, meta = Status.FAILED, [], {"error": protocol.ERR_DESERIALIZATION,
+                                                           "message": f"cannot read the result: {exc}"}
         fut = self.futures.pop(cid, None)
         if fut is None or fut.cancelled():
             return
@@ -592,6 +599,7 @@ class Executor(_StdExecutor):
         self._functions = serialization.FunctionPickles()
         self._ctx = zmq.Context()
         self._tmpdir: str | None = None
+        self._shm_dir: str | None = None  # large buffers to and from our own workers (shm.py)
         self._broker: Broker | None = None
         self._spawn = mp_context is not None and mp_context.get_start_method() == "spawn"
         if address is None:
@@ -599,6 +607,7 @@ class Executor(_StdExecutor):
                                            liveness)
         self._address = address
         self._io = _IOLoop(self._ctx, address, retries, self._cleanup, heartbeat, liveness, kill_grace)
+        self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
         _live_loops.add(self._io)
         self._io.thread.start()
@@ -611,6 +620,7 @@ class Executor(_StdExecutor):
             init = serialization.dumps((initializer, tuple(initargs)), "the initializer")[0]
         # mkdtemp makes the directory 0700: only this user can reach the sockets.
         self._tmpdir = tempfile.mkdtemp(prefix="corral-")
+        self._shm_dir = shm.make_dir(os.path.basename(self._tmpdir))
         bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
         with open(bootstrap, "wb") as f:
             pickle.dump((list(sys.path), init), f)
@@ -621,6 +631,7 @@ class Executor(_StdExecutor):
             workers, self._max_workers, fresh=self._fresh, max_tasks=max_tasks,
             prefetch=None if prefetch is None else prefetch + 1,
             bootstrap=bootstrap, spawn=self._spawn, idle_timeout=idle_timeout, max_memory=max_memory,
+            shm=self._shm_dir,
         )
         self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True,
                               heartbeat=heartbeat, liveness=liveness)
@@ -628,8 +639,9 @@ class Executor(_StdExecutor):
 
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done (and has closed the broker): remove files."""
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        for path in (self._tmpdir, self._shm_dir):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
         self._ctx.term()
 
     # -- the Executor API -------------------------------------------------------
@@ -668,7 +680,16 @@ class Executor(_StdExecutor):
                 fut: Future = Future()  # only this future fails; the executor stays usable
                 fut.set_exception(exc)
                 return fut
-            return self._io.submit_frames(frames, options)
+            store = self._io.store
+            if store is None or len(frames) < 3:
+                return self._io.submit_frames(frames, options)
+            frames, offloaded, paths = store.offload(frames, 2)  # the arguments' large buffers
+            if not offloaded:
+                return self._io.submit_frames(frames, options)
+            fut = self._io.submit_frames(frames, {**(options or {}), "shm": offloaded})
+            # A retried task maps its input again: the files go when the future is done.
+            fut.add_done_callback(lambda _, paths=paths: [shm.remove(p) for p in paths])
+            return fut
 
     def map(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 
 from tblib import pickling_support
 
-from . import protocol, serialization
+from . import protocol, serialization, shm
 from .errors import DeserializationError, SerializationError
 
 # Tracebacks become picklable, so the caller sees the worker's frames.
@@ -66,10 +66,21 @@ def failed(error: str, message: str) -> Outcome:
     return protocol.Status.FAILED, [], {"error": error, "message": message}
 
 
-def execute(frames: list) -> Outcome:
-    """Unpickle, run and pickle back one task."""
+def execute(frames: list, store: shm.Store | None = None, offloaded: list | None = None) -> Outcome:
+    """Unpickle, run and pickle back one task.
+
+    With a ``store``, the frames at the ``offloaded`` indices name shared-memory
+    files, and a large result goes back the same way (its meta lists them).
+    """
     try:
+        if offloaded:
+            if store is None:
+                raise SerializationError("cannot unpickle the task in the worker: it names shared-memory "
+                                         "buffers, and this worker has none")
+            frames = store.resolve(frames, offloaded, unlink=False)
         call = unpack(frames)
+    except (ValueError, OSError) as exc:
+        return failed(protocol.ERR_DESERIALIZATION, f"cannot unpickle the task in the worker: {exc}")
     except SerializationError as exc:
         return failed(protocol.ERR_DESERIALIZATION, str(exc))
     try:
@@ -78,7 +89,11 @@ def execute(frames: list) -> Outcome:
         return _raised(exc)
     try:
         name = getattr(call.fn, "__qualname__", repr(call.fn))
-        return protocol.Status.OK, serialization.dumps(value, f"the result of {name}()"), {}
+        out = serialization.dumps(value, f"the result of {name}()")
+        if store is None:
+            return protocol.Status.OK, out, {}
+        out, indices, _ = store.offload(out, 1)
+        return protocol.Status.OK, out, {"shm": indices} if indices else {}
     except SerializationError as exc:
         return failed(protocol.ERR_SERIALIZATION, str(exc))
     except BaseException as exc:  # noqa: BLE001 - e.g. sys.exit() in the result's __reduce__

@@ -49,6 +49,7 @@ class LocalPool:
         idle_timeout: float | None = None,
         max_memory: int | None = None,
         reconnect: bool = False,
+        shm: str | None = None,
     ):
         self.address = address
         self.size = size
@@ -60,6 +61,7 @@ class LocalPool:
         self.idle_timeout = idle_timeout
         self.max_memory = max_memory
         self.reconnect = reconnect
+        self.shm = shm
         self.procs: dict[int, subprocess.Popen] = {}
         self.accepting = True  # False once broken or stopping: no restarts
 
@@ -81,6 +83,8 @@ class LocalPool:
             cmd += ["--max-memory", str(self.max_memory)]
         if self.reconnect:
             cmd.append("--reconnect")
+        if self.shm:
+            cmd += ["--shm", self.shm]
         return cmd
 
     def start_one(self) -> int:

@@ -7,7 +7,7 @@ process over a socket pair and reads the outcomes back::
     supervisor (worker.py)                    task process (this module)
       fork/spawn ----------------------------> run the initializer
       <------------------------------- READY | BROKEN traceback
-      TASK [(gid, nframes)...], frames -------> unpickle, run, pickle, each in turn
+      TASK [(gid, nframes, shm)...], frames --> unpickle, run, pickle, each in turn
       <----------------------------- DONE gid status meta, frames
       close the socket (or a signal) --------> exit
 
@@ -37,7 +37,7 @@ import sys
 import traceback
 import warnings
 
-from . import serialization
+from . import serialization, shm
 from .execution import execute
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
@@ -165,7 +165,7 @@ class TaskProcess:
 
 
 def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:
-    """Start a task process; ``setup`` is (sys.path, pickled initializer or None).
+    """Start a task process; ``setup`` is (sys.path, pickled initializer or None, shm directory or None).
 
     With ``once`` it runs the one task it is sent and exits (a fresh
     worker's); otherwise it runs the tasks it is sent until its socket closes.
@@ -198,8 +198,9 @@ def serve(conn: Channel, setup: tuple, once: bool) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     die_with_parent(signal.SIGKILL)
-    sys_path, initializer = setup
+    sys_path, initializer, shm_dir = setup
     sys.path[:] = sys_path
+    store = shm.Store(shm_dir) if shm_dir else None
     broken = run_initializer(initializer)
     if broken is not None:
         conn.send((BROKEN, broken))
@@ -212,8 +213,8 @@ def serve(conn: Channel, setup: tuple, once: bool) -> int:
         except (EOFError, OSError):
             return 0  # the supervisor closed our socket: time to go
         pos = 0
-        for gid, count in header[1]:  # a batch: run in order, answer each as it ends
-            status, out, meta = execute(frames[pos : pos + count])
+        for gid, count, offloaded in header[1]:  # a batch: run in order, answer each as it ends
+            status, out, meta = execute(frames[pos : pos + count], store, offloaded)
             pos += count
             conn.send((DONE, gid, int(status), meta), out)
         if once:

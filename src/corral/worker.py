@@ -101,7 +101,7 @@ class Worker:
         max_tasks: int | None = None,
         parent_pid: int | None = None,
         name: str | None = None,
-        setup: tuple = (None, None),
+        setup: tuple = (None, None, None),
         spawn: bool = False,
         idle_timeout: float | None = None,
         max_memory: int | None = None,
@@ -117,7 +117,8 @@ class Worker:
         self.max_tasks = max_tasks
         self.parent_pid = parent_pid
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self.setup = (setup[0] if setup[0] is not None else list(sys.path), setup[1])
+        # (sys.path, pickled initializer or None, directory for large buffers or None)
+        self.setup = (setup[0] if setup[0] is not None else list(sys.path), setup[1], (*setup, None)[2])
         self.spawn = spawn
         self.idle_timeout = idle_timeout
         self.max_memory = max_memory
@@ -410,12 +411,13 @@ class Worker:
             if not self.inflight:
                 task = self.pending.popleft()
                 proc, self.spare = self.spare or self.start_process(), None
+                header = (runner.TASK, [(task.gid, len(task.frames), task.options.get("shm"))])
                 try:
-                    proc.conn.send((runner.TASK, [(task.gid, len(task.frames))]), task.frames)
+                    proc.conn.send(header, task.frames)
                 except OSError:  # the spare died while it waited: start another
                     self.retire(proc)
                     proc = self.start_process()
-                    proc.conn.send((runner.TASK, [(task.gid, len(task.frames))]), task.frames)
+                    proc.conn.send(header, task.frames)
                 self.proc = proc
                 self.inflight.append(task)
                 self.next_head()
@@ -438,7 +440,7 @@ class Worker:
             return
         frames = [f for task in batch for f in task.frames]
         try:
-            self.proc.conn.send((runner.TASK, [(t.gid, len(t.frames)) for t in batch]), frames)
+            self.proc.conn.send((runner.TASK, [(t.gid, len(t.frames), t.options.get("shm")) for t in batch]), frames)
         except OSError:  # the task process died: the tasks of this batch never reached it
             self.task_process_ended(None)
             return
@@ -607,19 +609,19 @@ def _stopped(task: Held, reason: str, how: str) -> tuple[Status, list, dict]:
     return Status.FAILED, [], {"error": protocol.ERR_KILLED, "message": f"the task was killed: {how}"}
 
 
-def _follow_parent(parent: int, bootstrap: str | None) -> None:
+def _follow_parent(parent: int, dirs: list[str]) -> None:
     """Exit when the process that started us dies, even by SIGKILL.
 
     The parent-death signal is SIGHUP, used for nothing else, so that we
-    first remove the client's private directory, which a SIGKILLed client
+    first remove the client's private directories, which a SIGKILLed client
     could not.
     """
 
     def on_parent_death(signum, frame):
-        if bootstrap:
-            import shutil
+        import shutil
 
-            shutil.rmtree(os.path.dirname(bootstrap), ignore_errors=True)
+        for path in dirs:
+            shutil.rmtree(path, ignore_errors=True)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGHUP, on_parent_death)
@@ -641,16 +643,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-timeout", type=float, default=None)
     p.add_argument("--max-memory", type=int, default=None)
     p.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again (standalone)")
+    p.add_argument("--shm", default=None, help="the client's directory for large buffers (shm.py)")
     args = p.parse_args(argv)
     if args.parent:
-        _follow_parent(args.parent, args.bootstrap)
+        _follow_parent(args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap), args.shm) if d])
         if os.getppid() != args.parent:
             return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
-    setup: tuple = (None, None)
+    setup: tuple = (None, None, args.shm)
     if args.bootstrap:
         with open(args.bootstrap, "rb") as f:
-            setup = pickle.load(f)
+            setup = (*pickle.load(f), args.shm)
         sys.path[:] = setup[0]
     worker = Worker(
         args.address,
