@@ -701,9 +701,12 @@ class Executor(_StdExecutor):
     ) -> Iterator[Any]:
         """Like ``Executor.map``, but reads its input lazily through a bounded window.
 
-        At most ``buffersize`` tasks (chunks) are in flight at once; the next
-        ones are submitted as results are consumed, so an endless generator
-        works.  Work still queued is cancelled if the consumer stops early.
+        At most ``buffersize`` tasks (chunks) are in flight at once (default:
+        256 tasks or 32 per worker, 16 chunks or 4 per worker, whichever is
+        more); when half of them have been
+        consumed, the next half are submitted together, so an endless
+        generator works.  Work still queued is cancelled if the consumer stops
+        early.
         """
         return self._map(fn, iterables, timeout, chunksize, buffersize, None)
 
@@ -712,7 +715,9 @@ class Executor(_StdExecutor):
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError("buffersize must be None or > 0")
-        window = buffersize or max(64, 16 * self._max_workers)
+        if buffersize is None:  # chunks are larger units: fewer keep the workers busy
+            buffersize = max(256, 32 * self._max_workers) if chunksize == 1 else max(16, 4 * self._max_workers)
+        window = buffersize
         deadline = None if timeout is None else time.monotonic() + timeout
         argtuples = zip(*iterables)
         if chunksize == 1:
@@ -723,16 +728,16 @@ class Executor(_StdExecutor):
         for call in itertools.islice(calls, window):
             inflight.append(self._submit_call(call, options))
         submit = functools.partial(self._submit_call, options=options)
-        return self._map_results(inflight, calls, deadline, chunksize > 1, submit)
+        return self._map_results(inflight, calls, deadline, chunksize > 1, submit, window)
 
-    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, submit):
+    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, submit, window: int):
         try:
             while inflight:
                 # Yield straight from the call: no local keeps a yielded result alive (bpo-14406).
                 if chunked:
-                    yield from _next_result(inflight, calls, deadline, submit)
+                    yield from _next_result(inflight, calls, deadline, submit, window)
                 else:
-                    yield _next_result(inflight, calls, deadline, submit)
+                    yield _next_result(inflight, calls, deadline, submit, window)
         finally:
             _cancel_all(inflight)
 
@@ -797,16 +802,21 @@ class TaskOptions:
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._options)
 
 
-def _next_result(inflight: deque, calls: Iterator[Call], deadline, submit) -> Any:
-    """Wait for the oldest task of a map, then top the window up by one."""
+def _next_result(inflight: deque, calls: Iterator[Call], deadline, submit, window: int) -> Any:
+    """Wait for the oldest task of a map; top the window up once half of it is consumed.
+
+    Refilling by halves sends the next tasks as one batch, instead of one
+    task, and one wake-up of the I/O thread, per result.
+    """
     remaining = None if deadline is None else deadline - time.monotonic()
     try:
         value = inflight[0].result(remaining)
     except FuturesTimeout:
         raise TimeoutError() from None
     inflight.popleft()
-    for call in itertools.islice(calls, 1):
-        inflight.append(submit(call))
+    if len(inflight) <= window // 2:
+        for call in itertools.islice(calls, window - len(inflight)):
+            inflight.append(submit(call))
     return value
 
 
