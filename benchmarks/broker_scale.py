@@ -119,7 +119,7 @@ def simulate_workers(address: str, count: int, first: int) -> None:
         """One message from the broker; False when this worker is done."""
         kind, body = protocol.decode(msg[0].bytes)
         if kind == Kind.TASKS:
-            for entry, frames in protocol.split_entries(body, "tasks", msg[1:], 3):
+            for entry, frames in protocol.split_entries(body, "tasks", protocol.unpack(body, msg[1:]), 3):
                 send(sock, Kind.STARTED, {"ids": [entry[0]]})
                 meta = {"busy": 0.0}
                 result = protocol.result_entry(entry[0], Status.OK, len(frames), meta)
