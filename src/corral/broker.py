@@ -552,6 +552,13 @@ class Broker:
         # One task per worker per round, least loaded first, so that N tasks start
         # on N idle workers instead of waiting in the prefetch of the first one.
         ready = sorted((w for w in self.workers.values() if w.credit > 0), key=lambda w: len(w.assigned))
+        # And no worker holds more than its fair share of the work there is: one that
+        # ran short tasks asks for many, and must not take a burst of long ones that
+        # the others could run (the pool's workers count even before they connect).
+        held = sum(len(w.assigned) for w in self.workers.values())
+        workers = max(len(self.workers), self.pool.size if self.pool else 0, 1)
+        share = max(1, (len(self.queue) + held) // workers)
+        ready = [w for w in ready if len(w.assigned) < share]
         batches: dict[bytes, tuple[list, list]] = {}
         while ready and self.queue:
             for w in list(ready):
@@ -568,7 +575,7 @@ class Broker:
                 entries, frames = batches.setdefault(w.ident, ([], []))
                 entries.append(protocol.task_entry(task.gid, len(task.frames), task.options))
                 frames.extend(task.frames)
-                if w.credit <= 0:
+                if w.credit <= 0 or len(w.assigned) >= share:
                     ready.remove(w)
         for ident, (entries, frames) in batches.items():
             self.send(self.workers_sock, ident, Kind.TASKS, {"tasks": entries}, frames)

@@ -195,11 +195,19 @@ class Worker:
         """The task the task process is running: the oldest one it has not answered."""
         return self.inflight[0] if self.inflight else None
 
+    def estimate(self) -> float | None:
+        """How long a task takes: the recent average, or longer if the running one already ran longer."""
+        head = self.current
+        if head is None or not head.started or self.task_time is None:
+            return self.task_time
+        return max(self.task_time, time.monotonic() - head.started)
+
     def want(self) -> int:
         """How many tasks to hold (queued here plus in the task process)."""
-        if not self.adaptive or self.task_time is None:
+        estimate = self.estimate()
+        if not self.adaptive or estimate is None:
             return self.prefetch
-        return max(self.prefetch, min(MAX_CREDIT, int(CREDIT_HORIZON / max(self.task_time, 1e-6))))
+        return max(self.prefetch, min(MAX_CREDIT, int(CREDIT_HORIZON / max(estimate, 1e-6))))
 
     def flush(self) -> None:
         """Send the results gathered this turn in one RESULT, with the credit to top up."""
@@ -453,7 +461,8 @@ class Worker:
             return True  # the task process is idle and reads it at once, however large
         if self.max_memory or self.inflight[0].stop_reason:
             return False  # memory is checked between tasks; a process being stopped gets nothing more
-        if self.task_time is None or self.task_time > PIPELINE_TASK_TIME:
+        estimate = self.estimate()
+        if estimate is None or estimate > PIPELINE_TASK_TIME:
             return False  # not known to be short: keep tasks here, where they can still be cancelled
         if self.max_tasks and self.proc.tasks + len(self.inflight) >= self.max_tasks:
             return False
