@@ -101,3 +101,48 @@ def test_a_task_that_kills_its_worker_at_once_is_not_retried_forever():
         with pytest.raises(corral.WorkerLostError, match=r"SIGKILL.*ran 2 times"):
             ex.submit(kill_my_worker).result(timeout=60)
         assert ex.submit(abs, -2).result(timeout=30) == 2
+
+
+def _running_children(proc: psutil.Process) -> list[psutil.Process]:
+    running = []
+    for child in proc.children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                running.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def _wait_dead(proc: psutil.Process, seconds: float = 10) -> None:
+    """Bounded wait until a process we do not parent is gone or a zombie."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {proc.pid} still running")
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
+def test_an_idle_task_process_killed_between_tasks_costs_nothing(fresh):
+    """Breaks: the idle task process (persistent: the one between tasks; fresh: the spare forked for
+    the next task) is SIGKILLed. The next tasks run, none fails, none is counted as a retry."""
+    with corral.Executor(1, fresh=fresh, retries=0) as ex:
+        _, first_pid = ex.submit(slow_pid, 0).result(timeout=30)
+        [supervisor] = psutil.Process().children()
+        deadline = time.monotonic() + 10
+        idle = []
+        while not idle:  # the fresh worker forks its spare just after the result went out
+            assert time.monotonic() < deadline, "no idle task process appeared"
+            idle = [p for p in _running_children(supervisor) if not fresh or p.pid != first_pid]
+            time.sleep(0.01)
+        for proc in idle:
+            proc.kill()
+            _wait_dead(proc)
+        results = [f.result(timeout=30) for f in [ex.submit(slow_pid, i) for i in range(1, 4)]]
+        assert [x for x, _ in results] == [1, 2, 3]
+        assert all(pid not in {p.pid for p in idle} for _, pid in results)

@@ -409,11 +409,7 @@ class _SocketLink:
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
         if self.sock not in events:
             return
-        while True:
-            try:
-                msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for msg in protocol.waiting(self.sock):
             try:
                 kind, body = protocol.decode(msg[0].bytes)
                 frames = protocol.unpack(body, msg[1:])
@@ -702,7 +698,7 @@ class Executor(_StdExecutor):
         """Like ``Executor.map``, but reads its input lazily through a bounded window.
 
         At most ``buffersize`` tasks (chunks) are in flight at once (default:
-        256 tasks or 32 per worker, 16 chunks or 4 per worker, whichever is
+        256 tasks or 32 per worker, 64 chunks or 16 per worker, whichever is
         more); when half of them have been
         consumed, the next half are submitted together, so an endless
         generator works.  Work still queued is cancelled if the consumer stops
@@ -716,7 +712,7 @@ class Executor(_StdExecutor):
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError("buffersize must be None or > 0")
         if buffersize is None:  # chunks are larger units: fewer keep the workers busy
-            buffersize = max(256, 32 * self._max_workers) if chunksize == 1 else max(16, 4 * self._max_workers)
+            buffersize = max(256, 32 * self._max_workers) if chunksize == 1 else max(64, 16 * self._max_workers)
         window = buffersize
         deadline = None if timeout is None else time.monotonic() + timeout
         argtuples = zip(*iterables)

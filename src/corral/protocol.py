@@ -18,6 +18,7 @@ the following payload frames belong to it, in order.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from enum import IntEnum
 from typing import Any
 
@@ -190,6 +191,17 @@ def unpack(body: dict[str, Any], frames: list) -> list:
     if pos != len(blob) or next(large, None) is not None:
         raise ProtocolError("'packed' sizes do not match the message's frames")
     return out
+
+
+def waiting(sock) -> Iterator[list]:
+    """The multipart messages already waiting on a ZeroMQ socket, without blocking (frames uncopied)."""
+    import zmq
+
+    while True:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
 
 
 def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None) -> list:

@@ -296,11 +296,7 @@ class Worker:
         return task.started + limit if limit and task.stop_reason is None else None
 
     def drain(self) -> None:
-        while True:
-            try:
-                msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for msg in protocol.waiting(self.sock):
             try:
                 self.handle(msg)
             except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
@@ -418,14 +414,17 @@ class Worker:
         if self.fresh:
             if not self.inflight:
                 task = self.pending.popleft()
-                proc, self.spare = self.spare or self.start_process(), None
+                spare, self.spare = self.spare, None
+                proc = spare or self.start_process()
                 header = (runner.TASK, [(task.gid, len(task.frames), task.options.get("shm"))])
                 try:
                     proc.conn.send(header, task.frames)
-                except OSError:  # the spare died while it waited: start another
+                except OSError:  # it died before it got the task
                     self.retire(proc)
-                    proc = self.start_process()
-                    proc.conn.send(header, task.frames)
+                    self.pending.appendleft(task)
+                    if spare is not None:
+                        self.feed()  # the spare died while it waited: a new process, at once
+                    return
                 self.proc = proc
                 self.inflight.append(task)
                 self.next_head()
@@ -450,7 +449,11 @@ class Worker:
         try:
             self.proc.conn.send((runner.TASK, [(t.gid, len(t.frames), t.options.get("shm")) for t in batch]), frames)
         except OSError:  # the task process died: the tasks of this batch never reached it
-            self.task_process_ended(None)
+            for task in batch:
+                self.inflight.pop()
+                self.pipe_bytes -= task.size
+            self.pending.extendleft(reversed(batch))
+            self.task_process_ended(None)  # reports the task it was running, if any
             return
         if self.inflight[0] is batch[0]:
             self.next_head()
