@@ -121,9 +121,8 @@ def simulate_workers(address: str, count: int, first: int) -> None:
         if kind == Kind.TASKS:
             for entry, frames in protocol.split_entries(body, "tasks", protocol.unpack(body, msg[1:]), 3):
                 send(sock, Kind.STARTED, {"ids": [entry[0]]})
-                meta = {"busy": 0.0}
-                result = protocol.result_entry(entry[0], Status.OK, len(frames), meta)
-                send(sock, Kind.RESULT, {"results": [result], "credit": 1}, frames)
+                result = protocol.result_entry(entry[0], Status.OK, len(frames))
+                send(sock, Kind.RESULT, {"results": [result], "credit": 1, "busy": 0.0}, frames)
         elif kind == Kind.CANCEL:  # it holds nothing: every task has already run
             send(sock, Kind.CANCELLED, {"ids": [], "running": body.get("ids", []), "credit": 0})
         elif kind == Kind.SHUTDOWN:

@@ -259,6 +259,7 @@ class Broker:
                     self.outbox(task.client).started.append(task.cid)
         elif kind == Kind.RESULT:
             w.credit += _count(body.get("credit", 0))
+            w.busy += _seconds(body.get("busy", 0.0))
             for entry, payload in protocol.split_entries(body, "results", frames, 4):
                 self.task_done(w, entry, payload)
         elif kind == Kind.CANCELLED:
@@ -281,8 +282,6 @@ class Broker:
             task.started = True
             task.attempts += 1
         w.assigned.pop(gid, None)
-        busy = meta.pop("busy", 0.0)
-        w.busy += busy if isinstance(busy, (int, float)) else 0.0
         w.tasks += 1
         status = Status(status)
         error = meta.get("error") if status == Status.FAILED else None

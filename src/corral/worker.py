@@ -130,6 +130,7 @@ class Worker:
         self.pipe_bytes = 0  # payload bytes of the tasks in self.inflight
         self.results: list = []  # RESULT entries and frames, sent at the end of a loop turn
         self.result_frames: list = []
+        self.busy = 0.0  # seconds those tasks ran, together
         self.proc: runner.TaskProcess | None = None
         self.spare: runner.TaskProcess | None = None  # fresh: the next task's process, forked ahead
         self.zombies: list[runner.TaskProcess] = []  # finished task processes not collected yet
@@ -178,7 +179,7 @@ class Worker:
             self.stop_task(self.current, "orphaned", signal.SIGKILL, 0.0)
             self.task_process_ended()  # collects it; its report goes nowhere, the broker is gone
         self.pending.clear()
-        self.results, self.result_frames = [], []
+        self.results, self.result_frames, self.busy = [], [], 0.0
         backoff = self.heartbeat
         while not self.stopping:
             self.sock.close(linger=0)
@@ -215,10 +216,11 @@ class Worker:
         credit = 0 if self.stopping or self.broken else max(0, self.want() - held - self.granted)
         self.granted += credit
         if self.results:
+            busy = round(self.busy, 6)
             for chunk, frames in protocol.batches(self.results, self.result_frames, 2):
-                self.send(Kind.RESULT, {"results": chunk, "credit": credit}, frames)
-                credit = 0
-            self.results, self.result_frames = [], []
+                self.send(Kind.RESULT, {"results": chunk, "credit": credit, "busy": busy}, frames)
+                credit = busy = 0
+            self.results, self.result_frames, self.busy = [], [], 0.0
         elif credit:
             self.send(Kind.READY, {"credit": credit})
 
@@ -568,7 +570,7 @@ class Worker:
         """Queue a task's outcome for this turn's RESULT batch."""
         now = time.monotonic()
         busy = now - task.started if task.started else 0.0
-        meta["busy"] = busy
+        self.busy += busy
         self.idle_since = now
         if task.started and status != Status.FAILED:
             self.task_time = busy if self.task_time is None else 0.8 * self.task_time + 0.2 * busy
