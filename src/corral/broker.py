@@ -43,6 +43,7 @@ DEFAULT_RETRIES = 2
 SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
 INTERNED = 1024  # distinct first frames (pickled functions) stored once
 _NO_OPTIONS: dict = {}  # shared by every task without options; never modified
+_STATUSES = frozenset(int(s) for s in Status)
 
 
 @dataclass(slots=True)
@@ -283,7 +284,8 @@ class Broker:
             task.attempts += 1
         w.assigned.pop(gid, None)
         w.tasks += 1
-        status = Status(status)
+        if status not in _STATUSES:
+            raise ProtocolError(f"unknown status {status!r:.20}")
         error = meta.get("error") if status == Status.FAILED else None
         if error == protocol.ERR_BROKEN:
             self.break_pool(f"the initializer failed in worker {w.name}:\n{meta.get('message')}")
@@ -427,7 +429,7 @@ class Broker:
         self.queue.append(gid)
 
     def compact(self, frames: list) -> list:
-        kept = [bytes(f) if memoryview(f).nbytes < SMALL_FRAME else f for f in frames]
+        kept = [f if type(f) is bytes else bytes(f) if len(f) < SMALL_FRAME else f for f in frames]
         if kept and isinstance(kept[0], bytes):
             shared = self.interned.get(kept[0])
             if shared is None:
