@@ -369,7 +369,8 @@ class Broker:
         The client hands messages to ``from_client``; the broker's messages to it
         go to ``deliver(kind, body, frames)``.
         """
-        ident = b"\0local-%d" % len(self.local)  # no ROUTER identity starts with a zero byte and says this
+        # ZeroMQ's own peer identities are a zero byte and four more: this cannot clash.
+        ident = b"\0local-%d" % len(self.local)
         self.local[ident] = deliver
         c = self.clients[ident] = ClientState(ident, DEFAULT_RETRIES, time.monotonic())
         return c

@@ -21,9 +21,10 @@ burst of submits costs one wake-up and leaves as one batch.
 With no ``address`` the executor starts an embedded broker, served by the
 I/O thread itself: client and broker call each other's message handlers
 directly (``_DirectLink``), with no socket, no thread switch and no frames
-to build or parse in between.  Local worker
-processes reach it over ``ipc://`` sockets in a private 0700 temporary
-directory that is removed at shutdown.
+to build or parse in between.  Local worker processes reach it over
+``ipc://`` sockets in a private 0700 temporary directory, and exchange large
+buffers with it through files in a private tmpfs directory (``shm.py``); both
+are removed at shutdown.
 """
 
 from __future__ import annotations
@@ -277,7 +278,7 @@ class _IOLoop:
             _live_loops.discard(self)
 
     def lost(self, silence: float) -> bool:
-        """Is the broker gone?  An embedded one is gone only if its thread ended."""
+        """Is the broker gone?  Never an embedded one: it lives in this very thread."""
         if not (self.futures or self.status_waiters) or self.broker is not None:
             return False
         return silence > self.heartbeat * self.liveness
