@@ -233,16 +233,21 @@ def run_initializer(payload: bytes | None) -> str | None:
     return None
 
 
+_prctl = None  # libc's prctl, looked up once: a forked task process inherits it ready to call
+
+
 def die_with_parent(sig: int) -> None:
     """Ask Linux to send us ``sig`` when our parent dies (a parent-death signal)."""
+    global _prctl
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes
+        if _prctl is None:
+            import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl  # about 0.4 ms: not in every fresh process
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, sig)
+        _prctl(PR_SET_PDEATHSIG, sig)
     except Exception:  # noqa: BLE001 - best effort; the supervisor's socket closing remains
         pass
 
