@@ -852,6 +852,19 @@ def write_chart(path, rows, peers):
     return True
 
 
+def _shown_args(argv: list[str]) -> list[str]:
+    """The arguments to print as the command: without where this run wrote its files."""
+    shown, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--chart", "--json"):
+            skip = True
+        elif not arg.startswith(("--out=", "--chart=", "--json=")):
+            shown.append(arg)
+    return shown
+
+
 def main(argv=None):
     import argparse
     import json
@@ -871,7 +884,7 @@ def main(argv=None):
     if args.child:
         peer, metric, params, limit, out = args.child
         return child(peer, metric, json.loads(params), float(limit), out)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.argv = _shown_args(sys.argv[1:] if argv is None else list(argv))
 
     t_start = time.monotonic()
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)" if hasattr(os, "getloadavg") else "?"
