@@ -604,11 +604,8 @@ class Broker:
         if deliver is not None:
             deliver(kind, body, frames)
             return
-        if frames:
-            body = dict(body or {})
-            frames = protocol.pack(body, frames)
         try:
-            sock.send_multipart([ident, protocol.encode(kind, body), *frames], copy=False)
+            sock.send_multipart([ident, *protocol.message(kind, body, frames)], copy=False)
         except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)
             if exc.errno != zmq.EHOSTUNREACH:
                 raise

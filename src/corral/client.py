@@ -402,10 +402,7 @@ class _SocketLink:
         return [self.sock]
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
-        if frames:
-            body = dict(body or {})
-            frames = protocol.pack(body, list(frames))
-        self.sock.send_multipart([protocol.encode(kind, body), *frames], copy=False)
+        self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
 
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
         if self.sock not in events:

@@ -168,6 +168,15 @@ def pack(body: dict[str, Any], frames: list) -> list:
     return [b"".join(small), *large]
 
 
+def message(kind: Kind, body: dict[str, Any] | None = None, frames: list = ()) -> list:
+    """A whole message to send: header frame 0, then the payload frames, packed."""
+    if not frames:
+        return [encode(kind, body)]
+    body = dict(body or {})
+    frames = pack(body, list(frames))
+    return [encode(kind, body), *frames]
+
+
 def unpack(body: dict[str, Any], frames: list) -> list:
     """The payload frames of a received message, packed or not (see ``pack``)."""
     sizes = body.get("packed")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -93,8 +94,6 @@ class Channel:
         """Is there something to read (perhaps the start of a message still being written)?"""
         if self.received:
             return True
-        import select
-
         return bool(select.select([self.sock], [], [], timeout)[0])
 
     def _take(self, n: int) -> bytearray:

@@ -118,7 +118,7 @@ class Worker:
         self.parent_pid = parent_pid
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         # (sys.path, pickled initializer or None, directory for large buffers or None)
-        self.setup = (setup[0] if setup[0] is not None else list(sys.path), setup[1], (*setup, None)[2])
+        self.setup = (setup[0] if setup[0] is not None else list(sys.path), setup[1], setup[2])
         self.spawn = spawn
         self.idle_timeout = idle_timeout
         self.max_memory = max_memory
@@ -151,10 +151,7 @@ class Worker:
         self.last_heard = self.last_sent = time.monotonic()
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
-        if frames:
-            body = dict(body or {})
-            frames = protocol.pack(body, list(frames))
-        self.sock.send_multipart([protocol.encode(kind, body), *frames], copy=False)
+        self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
         self.last_sent = time.monotonic()
 
     def hello(self) -> None:
@@ -418,9 +415,8 @@ class Worker:
                 task = self.pending.popleft()
                 spare, self.spare = self.spare, None
                 proc = spare or self.start_process()
-                header = (runner.TASK, [(task.gid, len(task.frames), task.options.get("shm"))])
                 try:
-                    proc.conn.send(header, task.frames)
+                    proc.conn.send(_task_header([task]), task.frames)
                 except OSError:  # it died before it got the task
                     self.retire(proc)
                     self.pending.appendleft(task)
@@ -449,7 +445,7 @@ class Worker:
             return
         frames = [f for task in batch for f in task.frames]
         try:
-            self.proc.conn.send((runner.TASK, [(t.gid, len(t.frames), t.options.get("shm")) for t in batch]), frames)
+            self.proc.conn.send(_task_header(batch), frames)
         except OSError:  # the task process died: the tasks of this batch never reached it
             for task in batch:
                 self.inflight.pop()
@@ -613,6 +609,11 @@ class Worker:
 
     def parent_gone(self) -> bool:
         return bool(self.parent_pid) and os.getppid() != self.parent_pid
+
+
+def _task_header(tasks: list[Held]) -> tuple:
+    """The TASK message that hands ``tasks`` to a task process: (gid, frame count, shared-memory frames) each."""
+    return runner.TASK, [(t.gid, len(t.frames), t.options.get("shm")) for t in tasks]
 
 
 def _stopped(task: Held, reason: str, how: str) -> tuple[Status, list, dict]:
