@@ -202,10 +202,20 @@ def sleep_then_sigkill(seconds):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def my_supervisor() -> int:
+    """The pid of the supervisor running us: our parent, or a fresh task's grandparent (its template forked us)."""
+    proc = psutil.Process(os.getppid())
+    while True:
+        parent = proc.parent()
+        if parent is None or not any("corral.worker" in part for part in parent.cmdline()):
+            return proc.pid
+        proc = parent
+
+
 def sleep_then_kill_supervisor(seconds):
-    """Kill the supervisor (our parent); we follow it through the parent-death signal."""
+    """Kill our supervisor; we follow it through the parent-death signal."""
     time.sleep(seconds)
-    os.kill(os.getppid(), signal.SIGKILL)
+    os.kill(my_supervisor(), signal.SIGKILL)
     time.sleep(30)
 
 
@@ -221,12 +231,12 @@ def checksum(payload, kill_marker=None):
 def report_then_wait(marker, seconds):
     """First run: say who we are, then wait to be killed.  A retry returns at once."""
     if os.path.exists(marker):
-        return "retried", os.getpid(), os.getppid()
+        return "retried", os.getpid(), my_supervisor()
     with open(marker + ".tmp", "w") as f:
-        f.write(f"{os.getpid()} {os.getppid()}")
+        f.write(f"{os.getpid()} {my_supervisor()}")
     os.rename(marker + ".tmp", marker)
     time.sleep(seconds)
-    return "not killed", os.getpid(), os.getppid()
+    return "not killed", os.getpid(), my_supervisor()
 
 
 def started_then_finish(marker, seconds):
@@ -629,7 +639,7 @@ def test_sigkill_of_the_supervisor_mid_task(make_executor, tmp_path, fresh):
     task_pid, supervisor_pid = map(int, wait_for_file(marker).split())
     supervisors = {p.pid: p for p in worker_processes() if p.ppid() == os.getpid()}
     assert supervisor_pid in supervisors, "the task's parent is one of our corral.worker children"
-    assert task_pid in {c.pid for c in supervisors[supervisor_pid].children()}
+    assert task_pid in {c.pid for c in supervisors[supervisor_pid].children(recursive=True)}
     supervisors[supervisor_pid].kill()
     start = time.monotonic()
     outcome, retry_pid, retry_parent = fut.result(timeout=TIMEOUT)
@@ -637,6 +647,26 @@ def test_sigkill_of_the_supervisor_mid_task(make_executor, tmp_path, fresh):
     assert outcome == "retried"
     assert retry_parent != supervisor_pid and retry_pid != task_pid
     assert gone_or_zombie(task_pid), "the task process outlived its supervisor"
+    assert_usable(ex)
+
+
+def test_sigkill_of_the_template_mid_task(make_executor, tmp_path):
+    """Breaks: a fresh worker's template (which forks its task processes) is SIGKILLed while one of
+    them runs a task. That task process dies with it (parent-death signal); the task is retried, the
+    worker starts a new template, and every other task finishes."""
+    ex = make_executor(1, fresh=True)
+    marker = str(tmp_path / "who")
+    fut = ex.submit(report_then_wait, marker, 20)  # default retries
+    others = [ex.submit(square, i) for i in range(20)]
+    task_pid, supervisor_pid = map(int, wait_for_file(marker).split())
+    template = psutil.Process(task_pid).parent()
+    assert template.ppid() == supervisor_pid
+    template.kill()
+    outcome, retry_pid, retry_supervisor = fut.result(timeout=TIMEOUT)
+    assert (outcome, retry_supervisor) == ("retried", supervisor_pid), "the same supervisor ran it again"
+    assert gone_or_zombie(task_pid), "the task process outlived its template"
+    assert [f.result(timeout=TIMEOUT) for f in others] == [i * i for i in range(20)]
+    assert psutil.Process(supervisor_pid).children()[0].pid != template.pid, "a new template"
     assert_usable(ex)
 
 

@@ -127,10 +127,12 @@ def _wait_dead(proc: psutil.Process, seconds: float = 10) -> None:
     raise AssertionError(f"process {proc.pid} still running")
 
 
-@pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
-def test_an_idle_task_process_killed_between_tasks_costs_nothing(fresh):
+@pytest.mark.parametrize("victim", ["persistent", "fresh-spare", "fresh-template"])
+def test_an_idle_task_process_killed_between_tasks_costs_nothing(victim):
     """Breaks: the idle task process (persistent: the one between tasks; fresh: the spare forked for
-    the next task) is SIGKILLed. The next tasks run, none fails, none is counted as a retry."""
+    the next task, or the template that forks them) is SIGKILLed. The next tasks run, none fails,
+    none is counted as a retry."""
+    fresh = victim != "persistent"
     with corral.Executor(1, fresh=fresh, retries=0) as ex:
         _, first_pid = ex.submit(slow_pid, 0).result(timeout=30)
         [supervisor] = psutil.Process().children()
@@ -138,7 +140,9 @@ def test_an_idle_task_process_killed_between_tasks_costs_nothing(fresh):
         idle = []
         while not idle:  # the fresh worker forks its spare just after the result went out
             assert time.monotonic() < deadline, "no idle task process appeared"
-            idle = [p for p in _running_children(supervisor) if not fresh or p.pid != first_pid]
+            idle = _running_children(supervisor)  # persistent: the task process; fresh: the template
+            if victim == "fresh-spare":
+                idle = [p for t in idle for p in _running_children(t) if p.pid != first_pid]
             time.sleep(0.01)
         for proc in idle:
             proc.kill()

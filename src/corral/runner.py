@@ -128,10 +128,11 @@ class Channel:
 class TaskProcess:
     """The supervisor's handle on one task process."""
 
-    def __init__(self, pid: int, conn: Channel, popen: subprocess.Popen | None = None):
+    def __init__(self, pid: int, conn: Channel, popen: subprocess.Popen | None = None, template=None):
         self.pid = pid
         self.conn = conn
         self.popen = popen
+        self.template = template  # the template.Template that forked it, which collects it for us
         self.ready = False
         self.tasks = 0  # tasks it has finished
         self.returncode: int | None = None
@@ -140,7 +141,7 @@ class TaskProcess:
         return self.conn.fileno()
 
     def signal(self, sig: int) -> None:
-        if self.returncode is None:
+        if self.returncode is None and (self.template is None or self.template.alive):
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
@@ -149,7 +150,10 @@ class TaskProcess:
     def reap(self, block: bool = True) -> int | None:
         """Collect the exit status: a Popen-style return code (-N: killed by signal N)."""
         if self.returncode is None:
-            if self.popen is not None:
+            if self.template is not None:
+                if block:
+                    self.returncode = self.template.wait(self.pid)
+            elif self.popen is not None:
                 self.returncode = self.popen.wait() if block else self.popen.poll()
             else:
                 pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
@@ -161,6 +165,14 @@ class TaskProcess:
         """Ask it to exit (it sees end-of-file) and collect it."""
         self.conn.close()
         self.reap()
+
+    def retire(self) -> bool:
+        """Ask it to exit, without waiting; False if it must still be reaped later."""
+        self.conn.close()
+        if self.template is not None:
+            self.template.collect(self.pid)  # never signalled again: the template may reap it
+            return True
+        return self.reap(block=False) is not None
 
 
 def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:

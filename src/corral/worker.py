@@ -52,6 +52,7 @@ import zmq
 from . import protocol, runner
 from .pool import exit_words
 from .protocol import Kind, Status
+from .template import Template, TemplateGone
 
 HEARTBEAT_INTERVAL = 1.0
 # A task that ends sooner than this is reported by its RESULT alone; a longer one
@@ -138,6 +139,9 @@ class Worker:
         self.stopping = False
         self.said_hello = False
         self.idle_since = time.monotonic()
+        # A fresh worker forks its task processes from a template, itself forked
+        # now, before ZeroMQ starts its threads (template.py says why).
+        self.template = Template(self.setup) if fresh and not spawn and hasattr(os, "fork") else None
         self.ctx = zmq.Context()
         self.sock: zmq.Socket | None = None
         self.connect()
@@ -267,6 +271,8 @@ class Worker:
                 self.spare.close()
             for proc in self.zombies:
                 proc.reap()
+            if self.template is not None:
+                self.template.close()
             self.sock.close()
             self.ctx.term()
 
@@ -355,7 +361,14 @@ class Worker:
     # -- task processes -----------------------------------------------------------
 
     def start_process(self) -> runner.TaskProcess:
-        return runner.start(self.setup, self.fresh, self.spawn)
+        if self.template is None:
+            return runner.start(self.setup, self.fresh, self.spawn)
+        try:
+            return self.template.fork()
+        except TemplateGone:  # killed from outside: its task processes died with it
+            self.template.close()
+            self.template = Template(self.setup)
+            return self.template.fork()
 
     def prepare_spare(self) -> None:
         """A fresh worker forks the next task process while it waits for the next task.
@@ -367,8 +380,7 @@ class Worker:
 
     def retire(self, proc: runner.TaskProcess) -> None:
         """Close a finished task process; collect it later, without waiting for it now."""
-        proc.conn.close()
-        if proc.reap(block=False) is None:
+        if not proc.retire():
             self.zombies.append(proc)
 
     def reap_zombies(self) -> None:

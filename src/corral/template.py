@@ -1,0 +1,165 @@
+"""The template: a fresh worker's fork server.
+
+A fresh worker runs every task in a new process.  Forking that process from
+the supervisor itself would make the supervisor pay for it twice: the fork
+copies its page tables, and while the child lives every page the busy
+supervisor writes (its ZeroMQ buffers, its heap) is copied again.  So the
+supervisor forks, once, before it starts ZeroMQ's threads, an idle template
+process that has imported what a task process needs and does nothing but fork
+task processes on request::
+
+    supervisor (worker.py)              template (this module)         task process
+      FORK + socket (SCM_RIGHTS) ---->  fork ---------------------------> serve() (runner.py)
+      <-------------------------- pid
+      COLLECT pid ------------------->  reap it when it exits
+      WAIT pid ---------------------->  reap it now
+      <------------------------- code
+      close ------------------------->  reap the rest, exit
+
+The task process talks to the supervisor over the socket it was given, as if
+the supervisor had forked it; the supervisor signals it by pid.  A pid stays
+reserved until the supervisor has asked for it to be collected (COLLECT or
+WAIT), so a signal never reaches a recycled pid.  If the supervisor dies, the
+template gets SIGKILL (a parent-death signal) and its task processes follow
+it the same way.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import socket
+import struct
+import warnings
+
+from . import runner
+
+FORK, COLLECT, WAIT = b"f", b"c", b"w"
+_REQUEST = struct.Struct("!ci")  # operation, pid
+_REPLY = struct.Struct("!i")  # a pid (FORK) or a Popen-style return code (WAIT)
+COLLECT_EVERY = 0.05  # seconds between looks for exited task processes to collect
+
+
+class TemplateGone(OSError):
+    """The template process died (it was killed from outside)."""
+
+
+class Template:
+    """The supervisor's handle on its template process."""
+
+    def __init__(self, setup: tuple):
+        ours, theirs = socket.socketpair()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # a restart forks a supervisor with threads
+            pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                ours.close()
+                code = _serve(theirs, setup)
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.pid = pid
+        self.sock = ours
+        self.alive = True
+
+    def fork(self) -> runner.TaskProcess:
+        """A new task process, connected to us by a socket pair."""
+        ours, theirs = socket.socketpair()
+        try:
+            socket.send_fds(self.sock, [_REQUEST.pack(FORK, 0)], [theirs.fileno()])
+            pid = self._reply()
+        except (OSError, EOFError) as exc:
+            ours.close()
+            self.alive = False
+            raise TemplateGone(f"the template process {self.pid} is gone") from exc
+        finally:
+            theirs.close()
+        if pid < 0:
+            ours.close()
+            raise OSError(f"the template process {self.pid} could not fork a task process")
+        return runner.TaskProcess(pid, runner.Channel(ours), template=self)
+
+    def collect(self, pid: int) -> None:
+        """Reap ``pid`` when it exits; we will not signal it again."""
+        self._ask(COLLECT, pid)
+
+    def wait(self, pid: int) -> int:
+        """Reap ``pid`` (it has exited or been killed) and return its Popen-style code."""
+        if self._ask(WAIT, pid):
+            try:
+                return self._reply()
+            except (OSError, EOFError):
+                self.alive = False
+        return -signal.SIGKILL  # the template died, and its task processes with it (parent-death signal)
+
+    def close(self) -> None:
+        """The template reaps what is left and exits."""
+        self.sock.close()
+        os.waitpid(self.pid, 0)
+
+    def _ask(self, op: bytes, pid: int) -> bool:
+        if self.alive:
+            try:
+                self.sock.sendall(_REQUEST.pack(op, pid))
+                return True
+            except OSError:
+                self.alive = False
+        return False
+
+    def _reply(self) -> int:
+        data = self.sock.recv(_REPLY.size, socket.MSG_WAITALL)
+        if len(data) < _REPLY.size:
+            raise EOFError("the template process closed its socket")
+        return _REPLY.unpack(data)[0]
+
+
+def _serve(ctl: socket.socket, setup: tuple) -> int:
+    """The template's life: fork task processes until the supervisor closes our socket."""
+    parent = os.getppid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    runner.die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:
+        return 0  # the supervisor died before the parent-death signal was set
+    # Objects that exist now are never collected, so the garbage collector of a
+    # task process does not touch (and copy) the pages that hold them.
+    gc.freeze()
+    exited: set[int] = set()  # pids to reap once they exit
+    while True:
+        exited = {pid for pid in exited if not os.waitpid(pid, os.WNOHANG)[0]}
+        if not select.select([ctl], [], [], COLLECT_EVERY if exited else None)[0]:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(ctl, _REQUEST.size, 1, socket.MSG_WAITALL)
+        except OSError:
+            data, fds = b"", []
+        if len(data) < _REQUEST.size:
+            break  # the supervisor closed our socket: time to go
+        op, pid = _REQUEST.unpack(data)
+        if op == FORK:
+            try:
+                child = os.fork()
+            except OSError:
+                child = -1  # out of processes or memory: the supervisor raises
+            if child == 0:
+                code = 70
+                try:
+                    ctl.close()
+                    code = runner.serve(runner.Channel(socket.socket(fileno=fds[0])), setup, True)
+                finally:
+                    os._exit(code)
+            os.close(fds[0])
+            ctl.sendall(_REPLY.pack(child))
+        elif op == COLLECT:
+            exited.add(pid)
+        elif op == WAIT:
+            exited.discard(pid)
+            ctl.sendall(_REPLY.pack(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
+    for pid in exited:
+        os.waitpid(pid, 0)
+    return 0
