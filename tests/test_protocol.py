@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import threading
 import time
 
@@ -129,6 +131,131 @@ def test_pack_puts_small_frames_together_and_leaves_large_ones_alone():
 def test_unpack_rejects_sizes_that_do_not_match(sizes, frames):
     with pytest.raises(corral.ProtocolError):
         protocol.unpack({"packed": sizes}, frames)
+
+
+# -- the local transport: protocol.Stream over a socket pair ------------------------------
+
+
+def _receive_all(stream: protocol.Stream, count: int, timeout: float = TIMEOUT) -> list:
+    """``count`` messages from ``stream``, flushing nothing; bounded."""
+    got: list = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"{len(got)} of {count} messages within {timeout} s"
+        got += stream.receive()
+        assert len(got) >= count or not stream.eof, "the peer closed first"
+    return got
+
+
+def test_stream_round_trip_small_and_large_messages():
+    a, b = socket.socketpair()
+    sender, receiver = protocol.Stream(a), protocol.Stream(b)
+    try:
+        big = bytes(range(256)) * (12 << 12)  # 12 MiB: read into a buffer of its own
+        messages = [
+            [protocol.encode(Kind.HEARTBEAT)],
+            [protocol.encode(Kind.TASKS, {"tasks": [[1, 2, {}]]}), b"fn", memoryview(b"args")],
+            [b"x", b"", big, b"tail"],
+        ] + [[protocol.encode(Kind.READY, {"credit": i})] for i in range(1000)]
+        for frames in messages:
+            sender.send(frames)
+        got = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(got) < len(messages):  # the 12 MiB message outgrows the socket buffer: both sides work
+            assert time.monotonic() < deadline
+            sender.flush()
+            got += receiver.receive()
+        assert not sender.pending
+        assert [[bytes(f) for f in m] for m in got] == [[bytes(f) for f in m] for m in messages]
+        assert all(isinstance(f, memoryview) for m in got for f in m)
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_stream_send_never_blocks_and_queues_what_the_socket_does_not_take():
+    a, b = socket.socketpair()
+    sender, receiver = protocol.Stream(a), protocol.Stream(b)
+    try:
+        blob = b"z" * (1 << 20)
+        for _ in range(64):  # 64 MiB, far more than the socket buffers hold
+            sender.send([blob])
+        assert sender.pending, "everything fit in the socket buffer: the test proves nothing"
+        got = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(got) < 64:
+            assert time.monotonic() < deadline
+            got += receiver.receive()
+            sender.flush()
+        assert not sender.pending and all(bytes(m[0]) == blob for m in got)
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_stream_reports_the_peer_closing():
+    a, b = socket.socketpair()
+    sender, receiver = protocol.Stream(a), protocol.Stream(b)
+    sender.send([b"last words"])
+    sender.close()
+    assert [bytes(f) for f in _receive_all(receiver, 1)[0]] == [b"last words"]
+    assert receiver.receive() == [] and receiver.eof  # (if the first receive() had not seen it already)
+    receiver.send([b"to nobody"])  # a peer that is gone costs nothing
+    assert not receiver.pending
+    receiver.close()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack("!I", 0),  # a message of no frames
+        struct.pack("!I", protocol.MAX_FRAMES + 1),
+        struct.pack("!IQ", 1, protocol.MAX_MESSAGE + 1),
+    ],
+    ids=["no_frames", "too_many_frames", "too_large"],
+)
+def test_stream_rejects_garbage_framing(garbage):
+    a, b = socket.socketpair()
+    receiver = protocol.Stream(b)
+    try:
+        a.sendall(garbage)
+        deadline = time.monotonic() + TIMEOUT
+        with pytest.raises(corral.ProtocolError):
+            while time.monotonic() < deadline:
+                receiver.receive()
+    finally:
+        a.close()
+        receiver.close()
+
+
+def test_broker_stops_a_pool_worker_that_sends_garbage():
+    """A worker's socket pair carrying garbage framing is closed; a malformed header is dropped."""
+    logs: list[str] = []
+    broker = Broker(None, log=logs.append)
+    ours, theirs = socket.socketpair()
+    broker.adopt(4242, ours)
+    worker = protocol.Stream(theirs)
+    try:
+        worker.send([b"\x01"])  # a malformed header: dropped, the stream stays usable
+        worker.send([protocol.encode(Kind.HELLO, {"role": "worker", "name": "w", "pid": 4242})])
+        deadline = time.monotonic() + TIMEOUT
+        while not broker.workers:
+            assert time.monotonic() < deadline, "the HELLO after a malformed message was not served"
+            broker.step(dict(broker.poller.poll(100)))
+        assert any("dropped malformed message" in line for line in logs)
+        kinds = [protocol.decode(m[0])[0] for m in _receive_all(worker, 2)]
+        assert Kind.WELCOME in kinds and set(kinds) <= {Kind.WELCOME, Kind.HEARTBEAT}
+        theirs.sendall(struct.pack("!I", 0))  # broken framing: the broker hangs up
+        while broker.streams:
+            assert time.monotonic() < deadline, "the broker kept a stream with broken framing"
+            broker.step(dict(broker.poller.poll(100)))
+        assert any("sent garbage" in line for line in logs)
+        while not worker.eof:
+            assert time.monotonic() < deadline
+            worker.receive()
+    finally:
+        worker.close()
+        broker.close()
 
 
 # -- a live broker ------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 ::
 
     clients --DEALER--> ROUTER clients_sock          ROUTER workers_sock <--DEALER-- workers
-                         |                                    ^
+    (embedded: attach()                                  socket pairs <--Stream-- its pool's workers
+     and method calls)   |                                    ^
                          v                                    |
                   tasks{gid: Task}  --> queue (FIFO) --> dispatch to workers with credit
                          ^                                    |
@@ -11,8 +12,14 @@
 
 The broker never unpickles a payload: it moves opaque frames and reads only
 the JSON header (``protocol.decode``).  It is single-threaded: one loop polls
-both sockets, handles every waiting message, dispatches, then flushes the
+every socket, handles every waiting message, dispatches, then flushes the
 per-client batches it accumulated, so a burst costs one send per peer.
+
+An embedded broker (one with a pool) has no ZeroMQ socket at all: its client
+calls it in the same thread, and each worker of its pool gets one end of a
+socket pair when it is started (``protocol.Stream``): nothing else can
+connect, and a message costs one system call instead of two ZeroMQ I/O
+thread hand-offs.
 
 When a worker disappears (its process ended, it went silent, or a fresh
 worker reports that a task's process died) its started tasks count an
@@ -25,6 +32,7 @@ task completes twice.
 from __future__ import annotations
 
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -37,7 +45,7 @@ import zmq
 from . import protocol
 from .errors import ProtocolError
 from .pool import LocalPool, exit_words
-from .protocol import Kind, Status
+from .protocol import Kind, Status, Stream
 
 DEFAULT_RETRIES = 2
 SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
@@ -114,7 +122,7 @@ class Outbox:
 class Broker:
     def __init__(
         self,
-        client_address: str,
+        client_address: str | None,
         worker_address: str | None = None,
         *,
         context: zmq.Context | None = None,
@@ -125,12 +133,23 @@ class Broker:
         log=None,
     ):
         self.ctx = context or zmq.Context.instance()
-        # One address can serve both roles (the HELLO says which a peer is);
-        # the embedded broker gives workers an endpoint of their own.
-        self.clients_sock = self._router(client_address)
-        self.shared = not worker_address or worker_address == client_address
-        self.workers_sock = self.clients_sock if self.shared else self._router(worker_address)
+        # One address can serve both roles (the HELLO says which a peer is).
+        # Without one, clients attach() in this thread and workers come from the pool.
+        self.clients_sock = self._router(client_address) if client_address else None
+        shared = not worker_address or worker_address == client_address
+        self.workers_sock = self.clients_sock if shared else self._router(worker_address)
+        self.routers = [s for s in {id(s): s for s in (self.clients_sock, self.workers_sock) if s}.values()]
+        self.poller = zmq.Poller()
+        for sock in self.routers:
+            self.poller.register(sock, zmq.POLLIN)
+        # The pool's workers, each on its own socket pair: ident -> Stream, and back.
+        self.streams: dict[bytes, Stream] = {}
+        self.stream_idents: dict[Stream, bytes] = {}
+        self.stream_flags: dict[Stream, int] = {}
+        self.stream_pids: dict[bytes, int] = {}
         self.pool = pool
+        if pool is not None and pool.address is None:
+            pool.connect = self.adopt
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.embedded = embedded
@@ -158,22 +177,16 @@ class Broker:
 
     # -- the loop ------------------------------------------------------------
 
-    def sockets(self) -> list[zmq.Socket]:
-        return [self.clients_sock] if self.shared else [self.clients_sock, self.workers_sock]
-
     def poll_timeout(self) -> float:
         """Seconds the loop may sleep: a pool is checked for exited workers every 0.1 s."""
         return 0.1 if self.pool else self.heartbeat / 2
 
     def serve(self) -> None:
         """Run a standalone broker until ``running`` is cleared."""
-        poller = zmq.Poller()
-        for sock in self.sockets():
-            poller.register(sock, zmq.POLLIN)
         self.start()
         try:
             while self.running:
-                self.step(dict(poller.poll(self.poll_timeout() * 1000)))
+                self.step(dict(self.poller.poll(self.poll_timeout() * 1000)))
         finally:
             self.close()
 
@@ -183,12 +196,64 @@ class Broker:
 
     def step(self, events) -> None:
         """One turn of the loop: handle what arrived on the sockets in ``events``, then send."""
-        for sock in self.sockets():
+        for sock in self.routers:
             if sock in events:
                 self.drain(sock)
+        for stream, ident in list(self.stream_idents.items()):
+            happened = events.get(stream.fileno())  # zmq.Poller reports plain sockets by fd
+            if happened:
+                self.serve_stream(stream, ident, happened)
         self.dispatch()
         self.flush()
         self.housekeeping()
+        for stream, flags in self.stream_flags.items():
+            # Watch for writability only while output waits: otherwise poll would never sleep.
+            wanted = zmq.POLLIN | (zmq.POLLOUT if stream.pending else 0)
+            if wanted != flags:
+                self.poller.register(stream, wanted)
+                self.stream_flags[stream] = wanted
+
+    # -- the pool's workers, on socket pairs ------------------------------------
+
+    def adopt(self, pid: int, sock: socket.socket) -> None:
+        """A worker the pool just started, connected to us by a socket pair."""
+        stream = Stream(sock)
+        ident = b"\0pool-%d" % pid  # cannot clash with a ZeroMQ identity (a zero byte and four more)
+        self.streams[ident] = stream
+        self.stream_idents[stream] = ident
+        self.stream_flags[stream] = zmq.POLLIN
+        self.stream_pids[ident] = pid
+        self.poller.register(stream, zmq.POLLIN)
+
+    def serve_stream(self, stream: Stream, ident: bytes, events: int) -> None:
+        if events & zmq.POLLOUT:
+            stream.flush()
+        try:
+            messages = stream.receive()
+        except ProtocolError as exc:  # the framing is broken: nothing after it can be trusted
+            self.log(f"worker process {self.stream_pids[ident]} sent garbage ({exc}); stopping it")
+            if self.pool:
+                self.pool.kill(self.stream_pids[ident])
+            self.disconnect(stream, ident)
+            return
+        for msg in messages:
+            try:
+                self.receive(None, ident, msg[0], msg[1:])
+            except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                self.log(f"dropped malformed message from worker process {self.stream_pids[ident]}: "
+                         f"{type(exc).__name__}: {exc}")
+        if stream.eof:
+            self.disconnect(stream, ident)
+
+    def disconnect(self, stream: Stream, ident: bytes) -> None:
+        """Close a worker's socket pair.  Its process has ended, or is being stopped: the pool
+        reports how (``reap_pool``), and its tasks go back to the queue then."""
+        self.poller.unregister(stream)
+        stream.close()
+        del self.streams[ident], self.stream_idents[stream], self.stream_flags[stream], self.stream_pids[ident]
+        w = self.workers.get(ident)
+        if w is not None:
+            w.credit = 0
 
     def drain(self, sock: zmq.Socket, limit: int = 10000) -> None:
         for _ in range(limit):
@@ -206,18 +271,21 @@ class Broker:
     def handle(self, sock: zmq.Socket, msg: list) -> None:
         if len(msg) < 2:
             raise ProtocolError("no header frame")
-        ident = msg[0].bytes
-        kind, body = protocol.decode(msg[1].bytes)
+        self.receive(sock, msg[0].bytes, msg[1].bytes, msg[2:])
+
+    def receive(self, sock: zmq.Socket | None, ident: bytes, header, frames: list) -> None:
+        """One message from ``ident``, which came on ``sock`` (None: on its socket pair)."""
+        kind, body = protocol.decode(header)
         now = time.monotonic()
         worker = self.workers.get(ident)
         if worker is not None:
             worker.last_seen = now
-            self.handle_worker(worker, kind, body, protocol.unpack(body, msg[2:]))
+            self.handle_worker(worker, kind, body, protocol.unpack(body, frames))
             return
         client = self.clients.get(ident)
         if client is not None:
             client.last_seen = now
-            self.handle_client(client, kind, body, protocol.unpack(body, msg[2:]))
+            self.handle_client(client, kind, body, protocol.unpack(body, frames))
             return
         if kind != Kind.HELLO:
             if kind != Kind.BYE:
@@ -225,7 +293,7 @@ class Broker:
             return
         if body.get("role") == "worker":
             self.add_worker(sock, ident, body, now)
-        elif body.get("role") == "client":
+        elif body.get("role") == "client" and sock is not None:
             self.clients[ident] = ClientState(ident, _retries(body), now)
             self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
         else:
@@ -604,6 +672,12 @@ class Broker:
         if deliver is not None:
             deliver(kind, body, frames)
             return
+        stream = self.streams.get(ident)
+        if stream is not None:
+            stream.send(protocol.message(kind, body, frames))
+            return
+        if sock is None:
+            return  # a pool worker whose socket pair has closed: it is gone
         try:
             sock.send_multipart([ident, *protocol.message(kind, body, frames)], copy=False)
         except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)
@@ -658,6 +732,9 @@ class Broker:
     def close(self) -> None:
         for w in list(self.workers.values()):
             self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
+        deadline = time.monotonic() + 1.0
+        for stream in self.streams.values():
+            stream.drain_output(max(0.0, deadline - time.monotonic()))
         if self.pool:
             # A worker still starting up has not said HELLO, so it gets no SHUTDOWN:
             # end it now rather than after the pool's grace period. It holds no task.
@@ -666,9 +743,10 @@ class Broker:
                 if pid not in registered:
                     self.pool.kill(pid)
             self.pool.stop()
-        self.clients_sock.close()
-        if not self.shared:
-            self.workers_sock.close()
+        for stream in list(self.stream_idents):
+            stream.close()
+        for sock in self.routers:
+            sock.close()
 
 
 def _retries(body: dict) -> int:

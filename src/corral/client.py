@@ -21,10 +21,10 @@ burst of submits costs one wake-up and leaves as one batch.
 With no ``address`` the executor starts an embedded broker, served by the
 I/O thread itself: client and broker call each other's message handlers
 directly (``_DirectLink``), with no socket, no thread switch and no frames
-to build or parse in between.  Local worker processes reach it over
-``ipc://`` sockets in a private 0700 temporary directory, and exchange large
-buffers with it through files in a private tmpfs directory (``shm.py``); both
-are removed at shutdown.
+to build or parse in between.  Its worker processes reach it over socket
+pairs made when they start (nothing listens), and exchange large buffers
+with it through files in a private tmpfs directory (``shm.py``); that and
+a private 0700 temporary directory are removed at shutdown.
 """
 
 from __future__ import annotations
@@ -234,10 +234,8 @@ class _IOLoop:
     def run(self) -> None:
         hello = {"role": "client", "retries": self.retries, "pid": os.getpid()}
         link = _SocketLink(self.ctx, self.address) if self.broker is None else _DirectLink(self.broker)
-        poller = zmq.Poller()
+        poller = link.poller
         poller.register(self.wake_r, zmq.POLLIN)
-        for sock in link.sockets():
-            poller.register(sock, zmq.POLLIN)
         last_heard = last_beat = last_turn = time.monotonic()
         try:
             link.post(Kind.HELLO, hello)
@@ -397,9 +395,8 @@ class _SocketLink:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(address)
-
-    def sockets(self) -> list[zmq.Socket]:
-        return [self.sock]
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
         self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
@@ -431,10 +428,8 @@ class _DirectLink:
         self.broker = broker
         self.inbox: deque = deque()
         self.client = broker.attach(self.deliver)
+        self.poller = broker.poller  # the loop waits on the broker's sockets, and its own wake pipe
         broker.start()
-
-    def sockets(self) -> list[zmq.Socket]:
-        return self.broker.sockets()
 
     def deliver(self, kind: Kind, body: dict | None, frames: list) -> None:
         self.inbox.append((kind, body or {}, frames))
@@ -618,18 +613,16 @@ class Executor(_StdExecutor):
         bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
         with open(bootstrap, "wb") as f:
             pickle.dump((list(sys.path), init), f)
-        clients = f"inproc://corral-{id(self):x}"  # same process and context: no I/O thread, no kernel
-        workers = f"ipc://{self._tmpdir}/workers"
         max_tasks = None if self._fresh else self._max_tasks_per_child
         pool = LocalPool(
-            workers, self._max_workers, fresh=self._fresh, max_tasks=max_tasks,
+            None, self._max_workers, fresh=self._fresh, max_tasks=max_tasks,
             prefetch=None if prefetch is None else prefetch + 1,
             bootstrap=bootstrap, spawn=self._spawn, idle_timeout=idle_timeout, max_memory=max_memory,
             shm=self._shm_dir,
         )
-        self._broker = Broker(clients, workers, context=self._ctx, pool=pool, embedded=True,
+        self._broker = Broker(None, context=self._ctx, pool=pool, embedded=True,
                               heartbeat=heartbeat, liveness=liveness)
-        return clients
+        return "embedded"
 
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done (and has closed the broker): remove files."""

@@ -7,15 +7,21 @@ environment; they adopt the client's ``sys.path`` from a bootstrap file, so a
 function pickled by reference imports as it would under ``spawn``.  Each one
 is told our pid and dies with us (a parent-death signal on Linux, plus a
 check of its parent pid while idle).
+
+A pool with no ``address`` (the embedded broker's) connects each worker it
+starts to its broker with a socket pair: the worker inherits one end, and
+``connect(pid, socket)`` hands the broker the other.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -38,7 +44,7 @@ def exit_words(returncode: int) -> str:
 class LocalPool:
     def __init__(
         self,
-        address: str,
+        address: str | None,
         size: int,
         *,
         fresh: bool = False,
@@ -62,11 +68,13 @@ class LocalPool:
         self.max_memory = max_memory
         self.reconnect = reconnect
         self.shm = shm
+        self.connect: Callable[[int, socket.socket], None] | None = None  # set by the broker when address is None
         self.procs: dict[int, subprocess.Popen] = {}
         self.accepting = True  # False once broken or stopping: no restarts
 
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "corral.worker", self.address, "--parent", str(os.getpid())]
+    def command(self, fd: int | None = None) -> list[str]:
+        where = [self.address] if fd is None else ["--fd", str(fd)]
+        cmd = [sys.executable, "-m", "corral.worker", *where, "--parent", str(os.getpid())]
         if self.prefetch is not None:
             cmd += ["--prefetch", str(self.prefetch)]
         if self.fresh:
@@ -92,7 +100,19 @@ class LocalPool:
         # corral itself must import in the worker even if it is only on our sys.path.
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-        proc = subprocess.Popen(self.command(), env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL)
+        if self.address is not None:
+            proc = subprocess.Popen(self.command(), env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL)
+        else:
+            ours, theirs = socket.socketpair()
+            try:
+                proc = subprocess.Popen(self.command(theirs.fileno()), env=env, cwd=os.getcwd(),
+                                        stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()])
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            self.connect(proc.pid, ours)
         self.procs[proc.pid] = proc
         return proc.pid
 

@@ -83,6 +83,12 @@ class Template:
             raise OSError(f"the template process {self.pid} could not fork a task process")
         return runner.TaskProcess(pid, runner.Channel(ours), template=self)
 
+    def check(self) -> bool:
+        """Is the template still there?  It never writes unasked: a readable socket means it has gone."""
+        if self.alive and select.select([self.sock], [], [], 0)[0]:
+            self.alive = False
+        return self.alive
+
     def collect(self, pid: int) -> None:
         """Reap ``pid`` when it exits; we will not signal it again."""
         self._ask(COLLECT, pid)

@@ -31,9 +31,11 @@ tasks still in the supervisor's own queue can be cancelled; one already in
 the pipeline runs, as a call already handed to a ProcessPoolExecutor's
 process does.  Results that arrive together leave in one RESULT batch.
 
-If the broker goes silent, a worker started by a local pool exits (its
-client is gone); a standalone worker reconnects with backoff and joins the
-broker again when it is back.
+A worker started by an embedded broker's pool talks to it over an inherited
+socket pair (``--fd``, ``protocol.Stream``) instead of a ZeroMQ socket.  If
+the broker goes silent (or closes that socket pair), a worker started by a
+local pool exits (its client is gone); a standalone worker reconnects with
+backoff and joins the broker again when it is back.
 """
 
 from __future__ import annotations
@@ -95,8 +97,9 @@ class Held:
 class Worker:
     def __init__(
         self,
-        address: str,
+        address: str | None,
         *,
+        fd: int | None = None,
         fresh: bool = False,
         prefetch: int | None = None,
         max_tasks: int | None = None,
@@ -108,7 +111,9 @@ class Worker:
         max_memory: int | None = None,
         reconnect: bool = False,
     ):
-        self.address = address
+        self.address = address or "its socket pair"
+        self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
+        self.stream: protocol.Stream | None = None
         self.fresh = fresh
         # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (fresh: 2).
         self.adaptive = prefetch is None and not fresh
@@ -123,7 +128,7 @@ class Worker:
         self.spawn = spawn
         self.idle_timeout = idle_timeout
         self.max_memory = max_memory
-        self.reconnect_on_silence = reconnect or not parent_pid
+        self.reconnect_on_silence = (reconnect or not parent_pid) and fd is None
         self.heartbeat = HEARTBEAT_INTERVAL
         self.liveness = LIVENESS
         self.pending: deque[Held] = deque()  # received, not handed to the task process yet
@@ -142,20 +147,26 @@ class Worker:
         # A fresh worker forks its task processes from a template, itself forked
         # now, before ZeroMQ starts its threads (template.py says why).
         self.template = Template(self.setup) if fresh and not spawn and hasattr(os, "fork") else None
-        self.ctx = zmq.Context()
+        self.ctx = zmq.Context() if fd is None else None
         self.sock: zmq.Socket | None = None
         self.connect()
 
     # -- the broker connection --------------------------------------------------
 
     def connect(self) -> None:
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.connect(self.address)
+        if self.fd is not None:
+            self.stream = protocol.Stream(socket.socket(fileno=self.fd))
+        else:
+            self.sock = self.ctx.socket(zmq.DEALER)
+            self.sock.setsockopt(zmq.LINGER, 2000)
+            self.sock.connect(self.address)
         self.last_heard = self.last_sent = time.monotonic()
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
-        self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
+        if self.stream is not None:
+            self.stream.send(protocol.message(kind, body, frames))
+        else:
+            self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
         self.last_sent = time.monotonic()
 
     def hello(self) -> None:
@@ -235,15 +246,20 @@ class Worker:
                 return 3
             signal.signal(signal.SIGTERM, self.on_sigterm)
             poller = zmq.Poller()
-            poller.register(self.sock, zmq.POLLIN)
+            link = self.stream.fileno() if self.stream is not None else self.sock
+            poller.register(link, zmq.POLLIN)
             while not self.stopping:
+                if self.stream is not None:  # writable matters only while output waits
+                    poller.register(link, zmq.POLLIN | (zmq.POLLOUT if self.stream.pending else 0))
                 fd = self.proc.fileno() if self.proc is not None else None
                 if fd is not None:
                     poller.register(fd, zmq.POLLIN)
                 events = dict(poller.poll(self.poll_timeout() * 1000))
                 if fd is not None:
                     poller.unregister(fd)
-                if self.sock in events:
+                if events.get(link, 0) & zmq.POLLOUT:
+                    self.stream.flush()
+                if events.get(link, 0) & ~zmq.POLLOUT:
                     self.last_heard = time.monotonic()
                     self.drain()
                 if fd is not None and fd in events and self.proc is not None:
@@ -253,10 +269,11 @@ class Worker:
                 self.flush()
                 self.prepare_spare()
                 if not self.housekeeping():
-                    poller.unregister(self.sock)
+                    poller.unregister(link)
                     if not self.reconnect():
                         break
-                    poller.register(self.sock, zmq.POLLIN)
+                    link = self.sock
+                    poller.register(link, zmq.POLLIN)
             self.flush()
             # Tasks queued here or behind the running one never started: they go back.
             unstarted = list(self.inflight)[1:] + list(self.pending)
@@ -273,8 +290,12 @@ class Worker:
                 proc.reap()
             if self.template is not None:
                 self.template.close()
-            self.sock.close()
-            self.ctx.term()
+            if self.stream is not None:
+                self.stream.drain_output(2.0)
+                self.stream.close()
+            else:
+                self.sock.close()
+                self.ctx.term()
 
     def on_sigterm(self, signum, frame) -> None:
         """Terminated (``terminate_workers()``, a batch system): take the task processes along."""
@@ -301,19 +322,30 @@ class Worker:
         return task.started + limit if limit and task.stop_reason is None else None
 
     def drain(self) -> None:
-        for msg in protocol.waiting(self.sock):
+        if self.stream is None:
+            messages = ([f.buffer for f in msg] for msg in protocol.waiting(self.sock))
+        else:
+            try:
+                messages = self.stream.receive()
+            except protocol.ProtocolError as exc:  # our broker's end is broken: nothing more can be trusted
+                print(f"corral worker: the broker's socket pair is corrupt ({exc}); exiting", file=sys.stderr)
+                self.stream.eof = True
+                messages = []
+            if self.stream.eof:
+                self.stopping = True  # the broker closed its end: its process is gone
+        for msg in messages:
             try:
                 self.handle(msg)
             except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
                 print(f"corral worker: dropped malformed message: {exc}", file=sys.stderr)
 
     def handle(self, msg: list) -> None:
-        kind, body = protocol.decode(msg[0].bytes)
+        """One message from the broker, its frames as buffers (memoryviews)."""
+        kind, body = protocol.decode(msg[0])
         if kind == Kind.TASKS:
             for entry, frames in protocol.split_entries(body, "tasks", protocol.unpack(body, msg[1:]), 3):
                 options = entry[2] if isinstance(entry[2], dict) else {}
-                buffers = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames]
-                self.pending.append(Held(entry[0], buffers, options, size=sum(b.nbytes for b in buffers)))
+                self.pending.append(Held(entry[0], frames, options, size=sum(f.nbytes for f in frames)))
                 self.granted = max(0, self.granted - 1)
         elif kind == Kind.CANCEL:
             self.cancel(set(body.get("ids", ())))
@@ -363,12 +395,14 @@ class Worker:
     def start_process(self) -> runner.TaskProcess:
         if self.template is None:
             return runner.start(self.setup, self.fresh, self.spawn)
-        try:
-            return self.template.fork()
-        except TemplateGone:  # killed from outside: its task processes died with it
-            self.template.close()
-            self.template = Template(self.setup)
-            return self.template.fork()
+        if self.template.check():
+            try:
+                return self.template.fork()
+            except TemplateGone:
+                pass
+        self.template.close()  # killed from outside: its task processes died with it
+        self.template = Template(self.setup)
+        return self.template.fork()
 
     def prepare_spare(self) -> None:
         """A fresh worker forks the next task process while it waits for the next task.
@@ -426,6 +460,9 @@ class Worker:
             if not self.inflight:
                 task = self.pending.popleft()
                 spare, self.spare = self.spare, None
+                if spare is not None and spare.template is not None and not spare.template.check():
+                    spare.retire()  # it died with its template
+                    spare = None
                 proc = spare or self.start_process()
                 try:
                     proc.conn.send(_task_header([task]), task.frames)
@@ -660,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="corral-worker-process")
-    p.add_argument("address")
+    p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
+    p.add_argument("--fd", type=int, default=None, help="a socket pair to the broker, inherited (instead of address)")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--prefetch", type=int, default=None)
     p.add_argument("--max-tasks", type=int, default=None)
@@ -672,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again (standalone)")
     p.add_argument("--shm", default=None, help="the client's directory for large buffers (shm.py)")
     args = p.parse_args(argv)
+    if (args.address is None) == (args.fd is None):
+        p.error("give either the broker's address or --fd")
     if args.parent:
         _follow_parent(args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap), args.shm) if d])
         if os.getppid() != args.parent:
@@ -684,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path[:] = setup[0]
     worker = Worker(
         args.address,
+        fd=args.fd,
         fresh=args.fresh,
         prefetch=args.prefetch,
         max_tasks=args.max_tasks,
