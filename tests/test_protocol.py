@@ -136,61 +136,52 @@ def test_unpack_rejects_sizes_that_do_not_match(sizes, frames):
 # -- the local transport: protocol.Stream over a socket pair ------------------------------
 
 
-def _receive_all(stream: protocol.Stream, count: int, timeout: float = TIMEOUT) -> list:
-    """``count`` messages from ``stream``, flushing nothing; bounded."""
+def _receive_all(stream: protocol.Stream, count: int, timeout: float = TIMEOUT, sender=None) -> list:
+    """``count`` messages from ``stream`` (flushing ``sender``'s queue meanwhile); bounded."""
     got: list = []
     deadline = time.monotonic() + timeout
     while len(got) < count:
         assert time.monotonic() < deadline, f"{len(got)} of {count} messages within {timeout} s"
+        if sender is not None:
+            sender.flush()
         got += stream.receive()
         assert len(got) >= count or not stream.eof, "the peer closed first"
     return got
 
 
-def test_stream_round_trip_small_and_large_messages():
+@pytest.fixture
+def stream_pair():
     a, b = socket.socketpair()
     sender, receiver = protocol.Stream(a), protocol.Stream(b)
-    try:
-        big = bytes(range(256)) * (12 << 12)  # 12 MiB: read into a buffer of its own
-        messages = [
-            [protocol.encode(Kind.HEARTBEAT)],
-            [protocol.encode(Kind.TASKS, {"tasks": [[1, 2, {}]]}), b"fn", memoryview(b"args")],
-            [b"x", b"", big, b"tail"],
-        ] + [[protocol.encode(Kind.READY, {"credit": i})] for i in range(1000)]
-        for frames in messages:
-            sender.send(frames)
-        got = []
-        deadline = time.monotonic() + TIMEOUT
-        while len(got) < len(messages):  # the 12 MiB message outgrows the socket buffer: both sides work
-            assert time.monotonic() < deadline
-            sender.flush()
-            got += receiver.receive()
-        assert not sender.pending
-        assert [[bytes(f) for f in m] for m in got] == [[bytes(f) for f in m] for m in messages]
-        assert all(isinstance(f, memoryview) for m in got for f in m)
-    finally:
-        sender.close()
-        receiver.close()
+    yield sender, receiver
+    sender.close()
+    receiver.close()
 
 
-def test_stream_send_never_blocks_and_queues_what_the_socket_does_not_take():
-    a, b = socket.socketpair()
-    sender, receiver = protocol.Stream(a), protocol.Stream(b)
-    try:
-        blob = b"z" * (1 << 20)
-        for _ in range(64):  # 64 MiB, far more than the socket buffers hold
-            sender.send([blob])
-        assert sender.pending, "everything fit in the socket buffer: the test proves nothing"
-        got = []
-        deadline = time.monotonic() + TIMEOUT
-        while len(got) < 64:
-            assert time.monotonic() < deadline
-            got += receiver.receive()
-            sender.flush()
-        assert not sender.pending and all(bytes(m[0]) == blob for m in got)
-    finally:
-        sender.close()
-        receiver.close()
+def test_stream_round_trip_small_and_large_messages(stream_pair):
+    sender, receiver = stream_pair
+    big = bytes(range(256)) * (12 << 12)  # 12 MiB: read into a buffer of its own
+    messages = [
+        [protocol.encode(Kind.HEARTBEAT)],
+        [protocol.encode(Kind.TASKS, {"tasks": [[1, 2, {}]]}), b"fn", memoryview(b"args")],
+        [b"x", b"", big, b"tail"],
+    ] + [[protocol.encode(Kind.READY, {"credit": i})] for i in range(1000)]
+    for frames in messages:
+        sender.send(frames)
+    got = _receive_all(receiver, len(messages), sender=sender)  # 12 MiB outgrows the socket buffer
+    assert not sender.pending
+    assert [[bytes(f) for f in m] for m in got] == [[bytes(f) for f in m] for m in messages]
+    assert all(isinstance(f, memoryview) for m in got for f in m)
+
+
+def test_stream_send_never_blocks_and_queues_what_the_socket_does_not_take(stream_pair):
+    sender, receiver = stream_pair
+    blob = b"z" * (1 << 20)
+    for _ in range(64):  # 64 MiB, far more than the socket buffers hold
+        sender.send([blob])
+    assert sender.pending, "everything fit in the socket buffer: the test proves nothing"
+    got = _receive_all(receiver, 64, sender=sender)
+    assert not sender.pending and all(bytes(m[0]) == blob for m in got)
 
 
 def test_stream_reports_the_peer_closing():

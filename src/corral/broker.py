@@ -45,7 +45,7 @@ import zmq
 from . import protocol
 from .errors import ProtocolError
 from .pool import LocalPool, exit_words
-from .protocol import Kind, Status, Stream
+from .protocol import POLLIN, POLLOUT, Kind, Status, Stream
 
 DEFAULT_RETRIES = 2
 SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
@@ -139,9 +139,10 @@ class Broker:
         shared = not worker_address or worker_address == client_address
         self.workers_sock = self.clients_sock if shared else self._router(worker_address)
         self.routers = [s for s in {id(s): s for s in (self.clients_sock, self.workers_sock) if s}.values()]
-        self.poller = zmq.Poller()
+        # zmq_poll only where ZeroMQ sockets are: an embedded broker waits in one poll(2).
+        self.poller = zmq.Poller() if self.routers else protocol.FdPoller()
         for sock in self.routers:
-            self.poller.register(sock, zmq.POLLIN)
+            self.poller.register(sock, POLLIN)
         # The pool's workers, each on its own socket pair: ident -> Stream, and back.
         self.streams: dict[bytes, Stream] = {}
         self.stream_idents: dict[Stream, bytes] = {}
@@ -208,7 +209,7 @@ class Broker:
         self.housekeeping()
         for stream, flags in self.stream_flags.items():
             # Watch for writability only while output waits: otherwise poll would never sleep.
-            wanted = zmq.POLLIN | (zmq.POLLOUT if stream.pending else 0)
+            wanted = POLLIN | (POLLOUT if stream.pending else 0)
             if wanted != flags:
                 self.poller.register(stream, wanted)
                 self.stream_flags[stream] = wanted
@@ -221,12 +222,12 @@ class Broker:
         ident = b"\0pool-%d" % pid  # cannot clash with a ZeroMQ identity (a zero byte and four more)
         self.streams[ident] = stream
         self.stream_idents[stream] = ident
-        self.stream_flags[stream] = zmq.POLLIN
+        self.stream_flags[stream] = POLLIN
         self.stream_pids[ident] = pid
-        self.poller.register(stream, zmq.POLLIN)
+        self.poller.register(stream, POLLIN)
 
     def serve_stream(self, stream: Stream, ident: bytes, events: int) -> None:
-        if events & zmq.POLLOUT:
+        if events & POLLOUT:
             stream.flush()
         try:
             messages = stream.receive()

@@ -56,7 +56,7 @@ from .errors import BrokerLostError, DeserializationError, SerializationError, T
 from .execution import Call, pack, restore_builtin_state
 from .options import check_task_options, parse_size
 from .pool import LocalPool
-from .protocol import Kind, Status
+from .protocol import POLLIN, Kind, Status
 from .summary import Summary
 
 # I/O loops still running, including those of executors shut down with wait=False.
@@ -235,7 +235,7 @@ class _IOLoop:
         hello = {"role": "client", "retries": self.retries, "pid": os.getpid()}
         link = _SocketLink(self.ctx, self.address) if self.broker is None else _DirectLink(self.broker)
         poller = link.poller
-        poller.register(self.wake_r, zmq.POLLIN)
+        poller.register(self.wake_r, POLLIN)
         last_heard = last_beat = last_turn = time.monotonic()
         try:
             link.post(Kind.HELLO, hello)
@@ -396,7 +396,7 @@ class _SocketLink:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(address)
         self.poller = zmq.Poller()
-        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.sock, POLLIN)
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
         self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)

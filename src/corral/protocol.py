@@ -234,6 +234,10 @@ def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any
 
 # -- the local transport -------------------------------------------------------------
 
+# ZeroMQ's poll flags as plain ints: pyzmq's are enum flags, and each operation on
+# one costs microseconds in a loop that runs for every message.
+POLLIN, POLLOUT = 1, 2
+
 _COUNT = struct.Struct("!I")
 MAX_FRAMES = 1 << 20  # frames in one message on a Stream; more is garbage
 MAX_MESSAGE = 1 << 40  # bytes in one message on a Stream
@@ -343,7 +347,15 @@ class Stream:
                 self.eof = True
                 break
             self.inbuf += chunk
+            if len(chunk) < READ_CHUNK and self._parse_all(messages):
+                break  # the socket is drained: no need for a read that says so
         return messages
+
+    def _parse_all(self, messages: list) -> bool:
+        """Take every whole message in ``inbuf``; False if a large one now needs reading."""
+        while (message := self._parse()) is not None:
+            messages.append(message)
+        return self.large is None
 
     def _read_large(self) -> bool:
         try:
@@ -387,6 +399,35 @@ class Stream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class FdPoller:
+    """``zmq.Poller``'s interface over ``select.poll``, for plain file descriptors.
+
+    Where no ZeroMQ socket is involved (an embedded broker, a worker on a socket
+    pair) this is one poll(2) per call; ``zmq_poll`` makes two.  Flags are
+    ZeroMQ's (POLLIN 1, POLLOUT 2); a hang-up or an error reads as POLLIN, so
+    that the reader finds out.
+    """
+
+    def __init__(self) -> None:
+        self.poll_object = select.poll()
+
+    def register(self, obj, flags: int) -> None:
+        fd = obj if isinstance(obj, int) else obj.fileno()
+        wanted = (select.POLLIN if flags & POLLIN else 0) | (select.POLLOUT if flags & POLLOUT else 0)
+        self.poll_object.register(fd, wanted)
+
+    def unregister(self, obj) -> None:
+        self.poll_object.unregister(obj if isinstance(obj, int) else obj.fileno())
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        """Ready descriptors as (fd, flags); ``timeout`` in milliseconds, None: forever."""
+        readable = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
+        return [
+            (fd, (POLLIN if happened & readable else 0) | (POLLOUT if happened & select.POLLOUT else 0))
+            for fd, happened in self.poll_object.poll(timeout)
+        ]
 
 
 def _split(body, sizes: list[int]) -> list:

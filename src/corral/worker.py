@@ -53,7 +53,7 @@ import zmq
 
 from . import protocol, runner
 from .pool import exit_words
-from .protocol import Kind, Status
+from .protocol import POLLIN, POLLOUT, Kind, Status
 from .template import Template, TemplateGone
 
 HEARTBEAT_INTERVAL = 1.0
@@ -73,6 +73,7 @@ PIPELINE_TASKS = 256
 # Tasks join a pipeline only while tasks take less than this on average: a task
 # in the pipeline can no longer be cancelled, which matters only for long ones.
 PIPELINE_TASK_TIME = 0.002
+PARENT_CHECK = 0.1  # seconds between checks that our parent lives (it also sends a signal when it dies)
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 LIVENESS = 3
 MAX_BACKOFF = 10.0
@@ -144,6 +145,7 @@ class Worker:
         self.stopping = False
         self.said_hello = False
         self.idle_since = time.monotonic()
+        self.parent_checked = 0.0
         # A fresh worker forks its task processes from a template, itself forked
         # now, before ZeroMQ starts its threads (template.py says why).
         self.template = Template(self.setup) if fresh and not spawn and hasattr(os, "fork") else None
@@ -245,21 +247,21 @@ class Worker:
             if self.broken:
                 return 3
             signal.signal(signal.SIGTERM, self.on_sigterm)
-            poller = zmq.Poller()
+            poller = zmq.Poller() if self.stream is None else protocol.FdPoller()
             link = self.stream.fileno() if self.stream is not None else self.sock
-            poller.register(link, zmq.POLLIN)
+            poller.register(link, POLLIN)
             while not self.stopping:
                 if self.stream is not None:  # writable matters only while output waits
-                    poller.register(link, zmq.POLLIN | (zmq.POLLOUT if self.stream.pending else 0))
+                    poller.register(link, POLLIN | (POLLOUT if self.stream.pending else 0))
                 fd = self.proc.fileno() if self.proc is not None else None
                 if fd is not None:
-                    poller.register(fd, zmq.POLLIN)
+                    poller.register(fd, POLLIN)
                 events = dict(poller.poll(self.poll_timeout() * 1000))
                 if fd is not None:
                     poller.unregister(fd)
-                if events.get(link, 0) & zmq.POLLOUT:
+                if events.get(link, 0) & POLLOUT:
                     self.stream.flush()
-                if events.get(link, 0) & ~zmq.POLLOUT:
+                if events.get(link, 0) & POLLIN:
                     self.last_heard = time.monotonic()
                     self.drain()
                 if fd is not None and fd in events and self.proc is not None:
@@ -273,7 +275,7 @@ class Worker:
                     if not self.reconnect():
                         break
                     link = self.sock
-                    poller.register(link, zmq.POLLIN)
+                    poller.register(link, POLLIN)
             self.flush()
             # Tasks queued here or behind the running one never started: they go back.
             unstarted = list(self.inflight)[1:] + list(self.pending)
@@ -528,10 +530,10 @@ class Worker:
             self.stop_task(task, "killed", task.kill_signal, task.grace)
 
     def read_task_process(self) -> None:
-        """Read every message the task process has written so far."""
+        """Read the messages the task process has written (a burst arrives in one read)."""
         while self.proc is not None:
             self.read_one()
-            if self.proc is None or not self.proc.conn.poll(0):
+            if self.proc is None or not self.proc.conn.received:  # more, later, wakes the poll
                 return
 
     def read_one(self) -> None:
@@ -657,7 +659,14 @@ class Worker:
         return True
 
     def parent_gone(self) -> bool:
-        return bool(self.parent_pid) and os.getppid() != self.parent_pid
+        """Has the process that started us died?  Asked at most every PARENT_CHECK seconds."""
+        if not self.parent_pid:
+            return False
+        now = time.monotonic()
+        if now - self.parent_checked < PARENT_CHECK:
+            return False
+        self.parent_checked = now
+        return os.getppid() != self.parent_pid
 
 
 def _task_header(tasks: list[Held]) -> tuple:
