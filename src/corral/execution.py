@@ -47,6 +47,11 @@ def pack(call: Call, functions: serialization.FunctionPickles) -> list:
 _functions = serialization.FunctionCache()
 
 
+def import_ahead(pickled_function: bytes) -> None:
+    """Unpickle a task's function now, importing its module; processes forked from here then have it."""
+    _functions.loads(pickled_function, "a function imported ahead")
+
+
 def unpack(frames: list) -> Call:
     what = "the task in the worker"
     if len(frames) < 2:

@@ -9,12 +9,28 @@ process that has imported what a task process needs and does nothing but fork
 task processes on request::
 
     supervisor (worker.py)              template (this module)         task process
+      IMPORT a function's pickle ---->  unpickle it (imports its module)
+      <-------------------- time taken
       FORK + socket (SCM_RIGHTS) ---->  fork ---------------------------> serve() (runner.py)
       <-------------------------- pid
       COLLECT pid ------------------->  reap it when it exits
       WAIT pid ---------------------->  reap it now
       <------------------------- code
       close ------------------------->  reap the rest, exit
+
+The template is warm: the supervisor sends it the pickle of each new function
+its tasks call, and the template unpickles it once, which imports the
+function's module.  Task processes forked after that start with the module
+imported and the function unpickled, as a ``fork`` pool's processes start
+with their parent's imports; without it, every fresh task would import
+(say) numpy anew.  Each task process still gets its own copy-on-write copy of
+all of it, so nothing a task does reaches the next.  A failure to unpickle is
+the task process's to report (it unpickles the function itself).  The
+supervisor sends IMPORT only between tasks and forks nothing until the
+template has answered (it keeps serving the broker meanwhile), so FORK and
+WAIT never queue behind a slow import; if the template dies, or takes longer
+than ``IMPORT_PATIENCE``, the supervisor starts a new one and stops sending
+functions ahead.
 
 The task process talks to the supervisor over the socket it was given, as if
 the supervisor had forked it; the supervisor signals it by pid.  A pid stays
@@ -32,13 +48,14 @@ import select
 import signal
 import socket
 import struct
+import time
 import warnings
 
-from . import runner
+from . import execution, runner
 
-FORK, COLLECT, WAIT = b"f", b"c", b"w"
-_REQUEST = struct.Struct("!ci")  # operation, pid
-_REPLY = struct.Struct("!i")  # a pid (FORK) or a Popen-style return code (WAIT)
+FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
+_REQUEST = struct.Struct("!ci")  # operation, pid (IMPORT: the length of the pickle that follows)
+_REPLY = struct.Struct("!ci")  # the operation answered; FORK: a pid, WAIT: a return code, IMPORT: microseconds
 COLLECT_EVERY = 0.05  # seconds between looks for exited task processes to collect
 
 
@@ -65,13 +82,19 @@ class Template:
         self.pid = pid
         self.sock = ours
         self.alive = True
+        self.importing = 0  # IMPORT requests not answered yet
+        self.import_started = 0.0
+        self.slowest_import = 0.0  # seconds, of those answered since the last look (taken by imported())
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     def fork(self) -> runner.TaskProcess:
         """A new task process, connected to us by a socket pair."""
         ours, theirs = socket.socketpair()
         try:
             socket.send_fds(self.sock, [_REQUEST.pack(FORK, 0)], [theirs.fileno()])
-            pid = self._reply()
+            pid = self._reply(FORK)
         except (OSError, EOFError) as exc:
             ours.close()
             self.alive = False
@@ -84,10 +107,40 @@ class Template:
         return runner.TaskProcess(pid, runner.Channel(ours), template=self)
 
     def check(self) -> bool:
-        """Is the template still there?  It never writes unasked: a readable socket means it has gone."""
-        if self.alive and select.select([self.sock], [], [], 0)[0]:
+        """Is the template still there?  With no answer due, a readable socket means it has gone."""
+        if self.alive and not self.importing and select.select([self.sock], [], [], 0)[0]:
             self.alive = False
         return self.alive
+
+    def import_ahead(self, pickled_function: bytes) -> None:
+        """Have the template unpickle a function, so the task processes it forks next have it.
+
+        Answered later: call ``read_answers()`` when our socket is readable.
+        """
+        if self._ask(IMPORT, len(pickled_function)):
+            try:
+                self.sock.sendall(pickled_function)
+            except OSError:
+                self.alive = False
+                return
+            if not self.importing:
+                self.import_started = time.monotonic()
+            self.importing += 1
+
+    def read_answers(self) -> None:
+        """Take the IMPORT answers that have arrived (our socket was readable)."""
+        while self.importing and self.alive and select.select([self.sock], [], [], 0)[0]:
+            try:
+                self._reply(None)
+            except (OSError, EOFError):
+                self.alive = False
+        if not self.alive:
+            self.importing = 0
+
+    def imported(self) -> float:
+        """The longest time an IMPORT took since the last call, in seconds."""
+        slowest, self.slowest_import = self.slowest_import, 0.0
+        return slowest
 
     def collect(self, pid: int) -> None:
         """Reap ``pid`` when it exits; we will not signal it again."""
@@ -97,10 +150,17 @@ class Template:
         """Reap ``pid`` (it has exited or been killed) and return its Popen-style code."""
         if self._ask(WAIT, pid):
             try:
-                return self._reply()
+                return self._reply(WAIT)
             except (OSError, EOFError):
                 self.alive = False
         return -signal.SIGKILL  # the template died, and its task processes with it (parent-death signal)
+
+    def kill(self) -> None:
+        """Stop it now (stuck importing); its task processes die with it."""
+        if self.alive:
+            os.kill(self.pid, signal.SIGKILL)
+            self.alive = False
+            self.importing = 0
 
     def close(self) -> None:
         """The template reaps what is left and exits."""
@@ -116,11 +176,18 @@ class Template:
                 self.alive = False
         return False
 
-    def _reply(self) -> int:
-        data = self.sock.recv(_REPLY.size, socket.MSG_WAITALL)
-        if len(data) < _REPLY.size:
-            raise EOFError("the template process closed its socket")
-        return _REPLY.unpack(data)[0]
+    def _reply(self, op: bytes | None) -> int:
+        """Read answers until the one to ``op`` (None: one answer of any kind); IMPORT answers are noted."""
+        while True:
+            data = self.sock.recv(_REPLY.size, socket.MSG_WAITALL)
+            if len(data) < _REPLY.size:
+                raise EOFError("the template process closed its socket")
+            answered, value = _REPLY.unpack(data)
+            if answered == IMPORT:
+                self.importing = max(0, self.importing - 1)
+                self.slowest_import = max(self.slowest_import, value / 1e6)
+            if op is None or answered == op:
+                return value
 
 
 def _serve(ctl: socket.socket, setup: tuple) -> int:
@@ -160,12 +227,21 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
                 finally:
                     os._exit(code)
             os.close(fds[0])
-            ctl.sendall(_REPLY.pack(child))
+            ctl.sendall(_REPLY.pack(FORK, child))
         elif op == COLLECT:
             exited.add(pid)
         elif op == WAIT:
             exited.discard(pid)
-            ctl.sendall(_REPLY.pack(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
+            ctl.sendall(_REPLY.pack(WAIT, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
+        elif op == IMPORT:
+            pickled = ctl.recv(pid, socket.MSG_WAITALL)
+            started = time.perf_counter()
+            try:
+                execution.import_ahead(pickled)
+            except Exception:  # noqa: BLE001 - the task process will unpickle it and report why it fails
+                pass
+            gc.freeze()  # what the import made is shared by every task process: keep their GC off it
+            ctl.sendall(_REPLY.pack(IMPORT, min(int((time.perf_counter() - started) * 1e6), 2**31 - 1)))
     for pid in exited:
         os.waitpid(pid, 0)
     return 0

@@ -73,6 +73,13 @@ PIPELINE_TASKS = 256
 # Tasks join a pipeline only while tasks take less than this on average: a task
 # in the pipeline can no longer be cancelled, which matters only for long ones.
 PIPELINE_TASK_TIME = 0.002
+# A fresh worker's template imports each new function ahead (template.py): at most
+# this many, none larger than WARM_BYTES pickled, each given IMPORT_PATIENCE seconds.
+# A spare forked before an import that took over SLOW_IMPORT is replaced by a warm one.
+WARM_MAX = 64
+WARM_BYTES = 1 << 20
+IMPORT_PATIENCE = 60.0
+SLOW_IMPORT = 0.001
 PARENT_CHECK = 0.1  # seconds between checks that our parent lives (it also sends a signal when it dies)
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 LIVENESS = 3
@@ -149,6 +156,10 @@ class Worker:
         # A fresh worker forks its task processes from a template, itself forked
         # now, before ZeroMQ starts its threads (template.py says why).
         self.template = Template(self.setup) if fresh and not spawn and hasattr(os, "fork") else None
+        # Send the template each new function to import ahead; not with an initializer,
+        # which runs in each task process and may set up what those imports read.
+        self.warming = self.template is not None and self.setup[1] is None
+        self.warmed: set[bytes] = set()  # pickled functions sent to it
         self.ctx = zmq.Context() if fd is None else None
         self.sock: zmq.Socket | None = None
         self.connect()
@@ -256,9 +267,16 @@ class Worker:
                 fd = self.proc.fileno() if self.proc is not None else None
                 if fd is not None:
                     poller.register(fd, POLLIN)
+                importing = self.template is not None and self.template.importing > 0
+                if importing:
+                    poller.register(self.template, POLLIN)
                 events = dict(poller.poll(self.poll_timeout() * 1000))
                 if fd is not None:
                     poller.unregister(fd)
+                if importing:
+                    poller.unregister(self.template)
+                    if self.template.fileno() in events:
+                        self.template_answered()
                 if events.get(link, 0) & POLLOUT:
                     self.stream.flush()
                 if events.get(link, 0) & POLLIN:
@@ -286,6 +304,8 @@ class Worker:
                 if self.current is not None:
                     self.proc.signal(signal.SIGKILL)
                 self.proc.close()
+            if self.template is not None and self.template.importing:
+                self.template.kill()  # no waiting behind an import to collect the processes below
             if self.spare is not None:
                 self.spare.close()
             for proc in self.zombies:
@@ -308,6 +328,8 @@ class Worker:
 
     def poll_timeout(self) -> float:
         timeout = self.heartbeat
+        if self.template is not None and self.template.importing:
+            timeout = min(timeout, max(0.0, self.template.import_started + IMPORT_PATIENCE - time.monotonic()))
         task = self.current
         if task is not None:
             deadline = self.deadline(task)
@@ -402,8 +424,9 @@ class Worker:
                 return self.template.fork()
             except TemplateGone:
                 pass
-        self.template.close()  # killed from outside: its task processes died with it
+        self.template.close()  # killed (from outside, or stuck importing): its task processes died with it
         self.template = Template(self.setup)
+        self.warming = False  # in case an import killed it
         return self.template.fork()
 
     def prepare_spare(self) -> None:
@@ -412,7 +435,33 @@ class Worker:
         Not with an initializer, which would run in a process that may never get a task.
         """
         if self.fresh and self.spare is None and self.setup[1] is None and not (self.stopping or self.broken):
-            self.spare = self.start_process()
+            if self.template is None or not self.template.importing:  # its FORK would wait behind the import
+                self.spare = self.start_process()
+
+    def warming_up(self) -> bool:
+        """Fresh: is the template first importing the next task's function, for its process to inherit?"""
+        template = self.template
+        if not self.warming or template is None or not template.alive:
+            return False
+        if template.importing:
+            if time.monotonic() - template.import_started < IMPORT_PATIENCE:
+                return True
+            template.kill()  # stuck: start_process() starts a new, cold template
+            self.warming = False
+            return False
+        fn = self.pending[0].frames[0]
+        if len(self.warmed) >= WARM_MAX or fn.nbytes > WARM_BYTES or bytes(fn) in self.warmed:
+            return False
+        self.warmed.add(bytes(fn))
+        template.import_ahead(bytes(fn))
+        return template.importing > 0
+
+    def template_answered(self) -> None:
+        """The template has imported a function: a spare forked before a slow import is cold, replace it."""
+        self.template.read_answers()
+        if self.template.imported() > SLOW_IMPORT and self.spare is not None:
+            self.spare.retire()
+            self.spare = None
 
     def retire(self, proc: runner.TaskProcess) -> None:
         """Close a finished task process; collect it later, without waiting for it now."""
@@ -459,7 +508,7 @@ class Worker:
         if not self.pending or self.stopping:
             return
         if self.fresh:
-            if not self.inflight:
+            if not self.inflight and not self.warming_up():
                 task = self.pending.popleft()
                 spare, self.spare = self.spare, None
                 if spare is not None and spare.template is not None and not spare.template.check():

@@ -1,0 +1,135 @@
+"""A fresh worker's template imports each task's function ahead, so task processes start warm.
+
+Each test writes a module of its own into a temporary directory on ``sys.path``
+(the workers adopt the client's ``sys.path``), whose import leaves a trace or
+misbehaves only outside the client process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+import corral
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def module_factory(tmp_path, monkeypatch):
+    """Write ``source`` as a new module and import it here, in the client."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = []
+
+    def make(source: str):
+        name = f"tmod_{uuid.uuid4().hex[:12]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        names.append(name)
+        return importlib.import_module(name)
+
+    yield make
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+def test_task_processes_start_with_the_module_imported_and_share_nothing(make_executor, module_factory, tmp_path):
+    log = tmp_path / "imports"
+    mod = module_factory(f"""
+        import os
+        with open({str(log)!r}, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        COUNTER = [0]
+
+        def bump():
+            COUNTER[0] += 1
+            return COUNTER[0], os.getpid()
+    """)
+    ex = make_executor(1, fresh=True)
+    results = [ex.submit(mod.bump).result(TIMEOUT) for _ in range(8)]
+    counts, pids = zip(*results)
+    assert counts == (1,) * 8, "a task saw what an earlier task did to the module"
+    assert len(set(pids)) == 8, "not a new process per task"
+    importers = [int(line) for line in log.read_text().split()]
+    in_workers = [pid for pid in importers if pid != os.getpid()]
+    # The template imports it once; the first task's process may have been forked before that.
+    assert 1 <= len(in_workers) <= 2, f"the module was imported in {len(in_workers)} worker processes"
+    assert set(in_workers) - set(pids), "the template never imported it"
+
+
+def test_a_module_that_fails_to_import_in_the_workers_fails_its_tasks_only(make_executor, module_factory):
+    mod = module_factory(f"""
+        import os
+        if os.getpid() != {os.getpid()}:
+            raise ImportError("this module imports only in the client")
+
+        def f():
+            return 1
+    """)
+    ex = make_executor(1, fresh=True, retries=0)
+    for _ in range(2):
+        with pytest.raises(corral.DeserializationError, match="imports only in the client"):
+            ex.submit(mod.f).result(TIMEOUT)
+    assert [ex.submit(abs, -i).result(TIMEOUT) for i in range(3)] == [0, 1, 2]
+
+
+def test_a_module_whose_import_kills_the_template(make_executor, module_factory):
+    """Breaks: importing the function's module ends the process (as a crashing extension would),
+    first in the template. The worker starts a new template, imports nothing ahead any more, the
+    task fails as its own process dies, and other tasks still run."""
+    mod = module_factory(f"""
+        import os
+        if os.getpid() != {os.getpid()}:
+            os._exit(9)
+
+        def f():
+            return 1
+    """)
+    ex = make_executor(1, fresh=True, retries=0)
+    with pytest.raises(corral.WorkerLostError, match="exited with code 9"):
+        ex.submit(mod.f).result(TIMEOUT)
+    assert [ex.submit(abs, -i).result(TIMEOUT) for i in range(3)] == [0, 1, 2]
+
+
+def test_a_slow_import_does_not_silence_the_worker(make_executor, module_factory):
+    """The template takes 1.5 s to import the module; with heartbeats every 0.2 s (lost after
+    0.6 s of silence) the supervisor keeps answering the broker meanwhile."""
+    mod = module_factory(f"""
+        import os, time
+        if os.getpid() != {os.getpid()}:
+            time.sleep(1.5)
+
+        def f(x):
+            return x * 2, os.getpid()
+    """)
+    ex = make_executor(1, fresh=True, retries=0, heartbeat=0.2)
+    start = time.monotonic()
+    assert ex.submit(mod.f, 1).result(TIMEOUT)[0] == 2
+    assert time.monotonic() - start >= 1.4, "the task did not wait for the import"
+    start = time.monotonic()
+    assert [r[0] for r in ex.map(mod.f, range(4), timeout=TIMEOUT)] == [0, 2, 4, 6]
+    assert time.monotonic() - start < 1.4, "later task processes imported it again"
+
+
+def set_flavour():
+    os.environ["TMOD_FLAVOUR"] = "set by the initializer"
+
+
+def test_with_an_initializer_modules_import_after_it(make_executor, module_factory):
+    """An initializer runs in each fresh task process and may prepare what an import reads
+    (environment variables such as thread counts): nothing is imported ahead of it."""
+    mod = module_factory("""
+        import os
+        FLAVOUR = os.environ.get("TMOD_FLAVOUR", "imported before the initializer")
+
+        def flavour():
+            return FLAVOUR
+    """)
+    ex = make_executor(1, fresh=True, initializer=set_flavour)
+    assert {ex.submit(mod.flavour).result(TIMEOUT) for _ in range(4)} == {"set by the initializer"}
