@@ -390,7 +390,10 @@ class Stream:
             del buf[: start + total]
             return _split(body, sizes)
         if total >= LARGE_MESSAGE:
-            self.large = bytearray(total)
+            try:
+                self.large = bytearray(total)
+            except MemoryError:
+                raise ProtocolError(f"no memory for a stream message of {total} bytes") from None
             self.filled = len(buf) - start
             self.large[: self.filled] = buf[start:]
             self.large_sizes = sizes
