@@ -80,9 +80,14 @@ ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went 
 TASK_OPTIONS = ("retries", "timeout", "priority", "depends", "tags")
 
 
+# Made once: json.dumps with options builds a new encoder at every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_DECODER = json.JSONDecoder()
+
+
 def encode(kind: Kind, body: dict[str, Any] | None = None) -> bytes:
     """Build header frame 0 for ``kind`` with an optional JSON ``body``."""
-    text = json.dumps(body, separators=(",", ":")).encode() if body else b""
+    text = _ENCODER.encode(body).encode() if body else b""
     return bytes((VERSION, kind)) + text
 
 
@@ -101,7 +106,7 @@ def decode(frame: bytes) -> tuple[Kind, dict[str, Any]]:
     if len(frame) == 2:
         return kind, {}
     try:
-        body = json.loads(bytes(frame[2:]))
+        body = _DECODER.decode(bytes(frame[2:]).decode())
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise ProtocolError(f"header body is not JSON: {exc}") from None
     if not isinstance(body, dict):
