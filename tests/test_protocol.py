@@ -237,7 +237,7 @@ def test_broker_stops_a_pool_worker_that_sends_garbage():
         kinds = [protocol.decode(m[0])[0] for m in _receive_all(worker, 2)]
         assert Kind.WELCOME in kinds and set(kinds) <= {Kind.WELCOME, Kind.HEARTBEAT}
         theirs.sendall(struct.pack("!I", 0))  # broken framing: the broker hangs up
-        while broker.streams:
+        while broker.paired:
             assert time.monotonic() < deadline, "the broker kept a stream with broken framing"
             broker.step(dict(broker.poller.poll(100)))
         assert any("sent garbage" in line for line in logs)

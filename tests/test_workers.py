@@ -165,7 +165,7 @@ def test_embedded_broker_listens_nowhere(make_executor):
     # The client calls its embedded broker in-process; each worker reaches it over a socket
     # pair made when the worker started: no ZeroMQ socket, no socket file, nothing to connect to.
     assert ex._broker.routers == []
-    assert len(ex._broker.streams) == 2
+    assert len(ex._broker.paired) == 2
     sockets = [name for name in os.listdir(tmpdir) if stat.S_ISSOCK(os.stat(os.path.join(tmpdir, name)).st_mode)]
     assert not sockets, f"socket files in the private directory: {sockets}"
 

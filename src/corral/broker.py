@@ -96,6 +96,15 @@ class WorkerState:
         }
 
 
+@dataclass(slots=True)
+class Paired:
+    """A worker the pool started, connected to us by a socket pair."""
+
+    pid: int
+    stream: Stream
+    flags: int = POLLIN  # what the poller watches it for
+
+
 @dataclass
 class ClientState:
     ident: bytes
@@ -138,16 +147,14 @@ class Broker:
         self.clients_sock = self._router(client_address) if client_address else None
         shared = not worker_address or worker_address == client_address
         self.workers_sock = self.clients_sock if shared else self._router(worker_address)
-        self.routers = [s for s in {id(s): s for s in (self.clients_sock, self.workers_sock) if s}.values()]
+        self.routers = [] if self.clients_sock is None else [self.clients_sock]
+        if self.workers_sock is not None and self.workers_sock is not self.clients_sock:
+            self.routers.append(self.workers_sock)
         # zmq_poll only where ZeroMQ sockets are: an embedded broker waits in one poll(2).
         self.poller = zmq.Poller() if self.routers else protocol.FdPoller()
         for sock in self.routers:
             self.poller.register(sock, POLLIN)
-        # The pool's workers, each on its own socket pair: ident -> Stream, and back.
-        self.streams: dict[bytes, Stream] = {}
-        self.stream_idents: dict[Stream, bytes] = {}
-        self.stream_flags: dict[Stream, int] = {}
-        self.stream_pids: dict[bytes, int] = {}
+        self.paired: dict[bytes, Paired] = {}  # the pool's workers on socket pairs, by identity
         self.pool = pool
         if pool is not None and pool.address is None:
             pool.connect = self.adopt
@@ -200,58 +207,53 @@ class Broker:
         for sock in self.routers:
             if sock in events:
                 self.drain(sock)
-        for stream, ident in list(self.stream_idents.items()):
-            happened = events.get(stream.fileno())  # zmq.Poller reports plain sockets by fd
+        for ident, link in list(self.paired.items()):
+            happened = events.get(link.stream.poll_key)
             if happened:
-                self.serve_stream(stream, ident, happened)
+                self.serve_stream(ident, link, happened)
         self.dispatch()
         self.flush()
         self.housekeeping()
-        for stream, flags in self.stream_flags.items():
+        for link in self.paired.values():
             # Watch for writability only while output waits: otherwise poll would never sleep.
-            wanted = POLLIN | (POLLOUT if stream.pending else 0)
-            if wanted != flags:
-                self.poller.register(stream, wanted)
-                self.stream_flags[stream] = wanted
+            wanted = POLLIN | (POLLOUT if link.stream.pending else 0)
+            if wanted != link.flags:
+                self.poller.register(link.stream, wanted)
+                link.flags = wanted
 
     # -- the pool's workers, on socket pairs ------------------------------------
 
     def adopt(self, pid: int, sock: socket.socket) -> None:
         """A worker the pool just started, connected to us by a socket pair."""
-        stream = Stream(sock)
         ident = b"\0pool-%d" % pid  # cannot clash with a ZeroMQ identity (a zero byte and four more)
-        self.streams[ident] = stream
-        self.stream_idents[stream] = ident
-        self.stream_flags[stream] = POLLIN
-        self.stream_pids[ident] = pid
-        self.poller.register(stream, POLLIN)
+        self.paired[ident] = link = Paired(pid, Stream(sock))
+        self.poller.register(link.stream, link.flags)
 
-    def serve_stream(self, stream: Stream, ident: bytes, events: int) -> None:
+    def serve_stream(self, ident: bytes, link: Paired, events: int) -> None:
         if events & POLLOUT:
-            stream.flush()
+            link.stream.flush()
         try:
-            messages = stream.receive()
+            messages = link.stream.receive()
         except ProtocolError as exc:  # the framing is broken: nothing after it can be trusted
-            self.log(f"worker process {self.stream_pids[ident]} sent garbage ({exc}); stopping it")
+            self.log(f"worker process {link.pid} sent garbage ({exc}); stopping it")
             if self.pool:
-                self.pool.kill(self.stream_pids[ident])
-            self.disconnect(stream, ident)
+                self.pool.kill(link.pid)
+            self.disconnect(ident)
             return
         for msg in messages:
             try:
                 self.receive(None, ident, msg[0], msg[1:])
             except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                self.log(f"dropped malformed message from worker process {self.stream_pids[ident]}: "
-                         f"{type(exc).__name__}: {exc}")
-        if stream.eof:
-            self.disconnect(stream, ident)
+                self.log(f"dropped malformed message from worker process {link.pid}: {type(exc).__name__}: {exc}")
+        if link.stream.eof:
+            self.disconnect(ident)
 
-    def disconnect(self, stream: Stream, ident: bytes) -> None:
+    def disconnect(self, ident: bytes) -> None:
         """Close a worker's socket pair.  Its process has ended, or is being stopped: the pool
         reports how (``reap_pool``), and its tasks go back to the queue then."""
-        self.poller.unregister(stream)
-        stream.close()
-        del self.streams[ident], self.stream_idents[stream], self.stream_flags[stream], self.stream_pids[ident]
+        link = self.paired.pop(ident)
+        self.poller.unregister(link.stream)
+        link.stream.close()
         w = self.workers.get(ident)
         if w is not None:
             w.credit = 0
@@ -673,9 +675,9 @@ class Broker:
         if deliver is not None:
             deliver(kind, body, frames)
             return
-        stream = self.streams.get(ident)
-        if stream is not None:
-            stream.send(protocol.message(kind, body, frames))
+        link = self.paired.get(ident)
+        if link is not None:
+            link.stream.send(protocol.message(kind, body, frames))
             return
         if sock is None:
             return  # a pool worker whose socket pair has closed: it is gone
@@ -734,8 +736,8 @@ class Broker:
         for w in list(self.workers.values()):
             self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
         deadline = time.monotonic() + 1.0
-        for stream in self.streams.values():
-            stream.drain_output(max(0.0, deadline - time.monotonic()))
+        for link in self.paired.values():
+            link.stream.drain_output(max(0.0, deadline - time.monotonic()))
         if self.pool:
             # A worker still starting up has not said HELLO, so it gets no SHUTDOWN:
             # end it now rather than after the pool's grace period. It holds no task.
@@ -744,8 +746,8 @@ class Broker:
                 if pid not in registered:
                     self.pool.kill(pid)
             self.pool.stop()
-        for stream in list(self.stream_idents):
-            stream.close()
+        for link in self.paired.values():
+            link.stream.close()
         for sock in self.routers:
             sock.close()
 

@@ -100,18 +100,19 @@ class LocalPool:
         # corral itself must import in the worker even if it is only on our sys.path.
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-        if self.address is not None:
-            proc = subprocess.Popen(self.command(), env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL)
-        else:
-            ours, theirs = socket.socketpair()
-            try:
-                proc = subprocess.Popen(self.command(theirs.fileno()), env=env, cwd=os.getcwd(),
-                                        stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()])
-            except BaseException:
+        ours, theirs = socket.socketpair() if self.address is None else (None, None)
+        fds = [theirs.fileno()] if theirs else []
+        try:
+            proc = subprocess.Popen(self.command(*fds), env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL,
+                                    pass_fds=fds)
+        except BaseException:
+            if ours:
                 ours.close()
-                raise
-            finally:
+            raise
+        finally:
+            if theirs:
                 theirs.close()
+        if ours:
             self.connect(proc.pid, ours)
         self.procs[proc.pid] = proc
         return proc.pid

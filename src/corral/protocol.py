@@ -289,6 +289,11 @@ class Stream:
         return self.sock.fileno()
 
     @property
+    def poll_key(self) -> int:
+        """What a poller's events call this stream: both zmq.Poller and FdPoller report its fd."""
+        return self.sock.fileno()
+
+    @property
     def pending(self) -> bool:
         """Is output waiting for the socket to become writable?"""
         return bool(self.outq)

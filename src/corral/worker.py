@@ -121,7 +121,6 @@ class Worker:
     ):
         self.address = address or "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
-        self.stream: protocol.Stream | None = None
         self.fresh = fresh
         # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (fresh: 2).
         self.adaptive = prefetch is None and not fresh
@@ -161,25 +160,20 @@ class Worker:
         self.warming = self.template is not None and self.setup[1] is None
         self.warmed: set[bytes] = set()  # pickled functions sent to it
         self.ctx = zmq.Context() if fd is None else None
-        self.sock: zmq.Socket | None = None
+        self.link: protocol.Stream | _DealerLink
         self.connect()
 
     # -- the broker connection --------------------------------------------------
 
     def connect(self) -> None:
         if self.fd is not None:
-            self.stream = protocol.Stream(socket.socket(fileno=self.fd))
+            self.link = protocol.Stream(socket.socket(fileno=self.fd))
         else:
-            self.sock = self.ctx.socket(zmq.DEALER)
-            self.sock.setsockopt(zmq.LINGER, 2000)
-            self.sock.connect(self.address)
+            self.link = _DealerLink(self.ctx, self.address)
         self.last_heard = self.last_sent = time.monotonic()
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
-        if self.stream is not None:
-            self.stream.send(protocol.message(kind, body, frames))
-        else:
-            self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
+        self.link.send(protocol.message(kind, body, frames))
         self.last_sent = time.monotonic()
 
     def hello(self) -> None:
@@ -207,10 +201,10 @@ class Worker:
         self.results, self.result_frames, self.busy = [], [], 0.0
         backoff = self.heartbeat
         while not self.stopping:
-            self.sock.close(linger=0)
+            self.link.close(linger=0)
             self.connect()
             self.hello()
-            if self.sock.poll(backoff * 1000):
+            if self.link.sock.poll(backoff * 1000):
                 self.last_heard = time.monotonic()
                 return True
             backoff = min(backoff * 2, MAX_BACKOFF)
@@ -258,12 +252,10 @@ class Worker:
             if self.broken:
                 return 3
             signal.signal(signal.SIGTERM, self.on_sigterm)
-            poller = zmq.Poller() if self.stream is None else protocol.FdPoller()
-            link = self.stream.fileno() if self.stream is not None else self.sock
-            poller.register(link, POLLIN)
+            poller = zmq.Poller() if self.fd is None else protocol.FdPoller()
             while not self.stopping:
-                if self.stream is not None:  # writable matters only while output waits
-                    poller.register(link, POLLIN | (POLLOUT if self.stream.pending else 0))
+                link = self.link.poll_key  # writable matters only while output waits
+                poller.register(link, POLLIN | (POLLOUT if self.link.pending else 0))
                 fd = self.proc.fileno() if self.proc is not None else None
                 if fd is not None:
                     poller.register(fd, POLLIN)
@@ -278,7 +270,7 @@ class Worker:
                     if self.template.fileno() in events:
                         self.template_answered()
                 if events.get(link, 0) & POLLOUT:
-                    self.stream.flush()
+                    self.link.flush()
                 if events.get(link, 0) & POLLIN:
                     self.last_heard = time.monotonic()
                     self.drain()
@@ -292,8 +284,6 @@ class Worker:
                     poller.unregister(link)
                     if not self.reconnect():
                         break
-                    link = self.sock
-                    poller.register(link, POLLIN)
             self.flush()
             # Tasks queued here or behind the running one never started: they go back.
             unstarted = list(self.inflight)[1:] + list(self.pending)
@@ -312,11 +302,9 @@ class Worker:
                 proc.reap()
             if self.template is not None:
                 self.template.close()
-            if self.stream is not None:
-                self.stream.drain_output(2.0)
-                self.stream.close()
-            else:
-                self.sock.close()
+            self.link.drain_output(2.0)
+            self.link.close()
+            if self.ctx is not None:
                 self.ctx.term()
 
     def on_sigterm(self, signum, frame) -> None:
@@ -346,17 +334,13 @@ class Worker:
         return task.started + limit if limit and task.stop_reason is None else None
 
     def drain(self) -> None:
-        if self.stream is None:
-            messages = ([f.buffer for f in msg] for msg in protocol.waiting(self.sock))
-        else:
-            try:
-                messages = self.stream.receive()
-            except protocol.ProtocolError as exc:  # our broker's end is broken: nothing more can be trusted
-                print(f"corral worker: the broker's socket pair is corrupt ({exc}); exiting", file=sys.stderr)
-                self.stream.eof = True
-                messages = []
-            if self.stream.eof:
-                self.stopping = True  # the broker closed its end: its process is gone
+        try:
+            messages = self.link.receive()
+        except protocol.ProtocolError as exc:  # our broker's socket pair is broken: nothing more can be trusted
+            print(f"corral worker: the broker's socket pair is corrupt ({exc}); exiting", file=sys.stderr)
+            messages, self.stopping = [], True
+        if self.link.eof:
+            self.stopping = True  # the broker closed its socket pair: its process is gone
         for msg in messages:
             try:
                 self.handle(msg)
@@ -716,6 +700,35 @@ class Worker:
             return False
         self.parent_checked = now
         return os.getppid() != self.parent_pid
+
+
+class _DealerLink:
+    """A worker's connection to a broker elsewhere: a ZeroMQ DEALER with a ``protocol.Stream``'s methods."""
+
+    pending = False  # ZeroMQ queues what we send
+    eof = False  # a broker that went away is found by its silence
+
+    def __init__(self, ctx: zmq.Context, address: str):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(address)
+        self.poll_key = self.sock
+
+    def send(self, frames: list) -> None:
+        self.sock.send_multipart(frames, copy=False)
+
+    def receive(self) -> list[list]:
+        """The messages waiting, their frames as buffers."""
+        return [[f.buffer for f in msg] for msg in protocol.waiting(self.sock)]
+
+    def flush(self) -> None:
+        pass
+
+    def drain_output(self, timeout: float) -> None:
+        pass  # closing waits up to LINGER for what is queued
+
+    def close(self, linger: int | None = None) -> None:
+        self.sock.close(linger)
 
 
 def _task_header(tasks: list[Held]) -> tuple:
