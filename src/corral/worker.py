@@ -47,6 +47,7 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zmq
@@ -744,23 +745,28 @@ def _stopped(task: Held, reason: str, how: str) -> tuple[Status, list, dict]:
     return Status.FAILED, [], {"error": protocol.ERR_KILLED, "message": f"the task was killed: {how}"}
 
 
-def _follow_parent(parent: int, dirs: list[str]) -> None:
+def _follow_parent(parent: int, dirs: list[str]) -> Callable[[], None]:
     """Exit when the process that started us dies, even by SIGKILL.
 
     The parent-death signal is SIGHUP, used for nothing else, so that we
     first remove the client's private directories, which a SIGKILLed client
-    could not.
+    could not.  Returns that removal, for a worker that learns of the death
+    otherwise (its broker's socket pair closes) and may finish first.
     """
 
-    def on_parent_death(signum, frame):
+    def remove_dirs() -> None:
         import shutil
 
         for path in dirs:
             shutil.rmtree(path, ignore_errors=True)
+
+    def on_parent_death(signum, frame):
+        remove_dirs()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGHUP, on_parent_death)
     runner.die_with_parent(signal.SIGHUP)
+    return remove_dirs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -783,8 +789,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.address is None) == (args.fd is None):
         p.error("give either the broker's address or --fd")
+    remove_dirs = None
     if args.parent:
-        _follow_parent(args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap), args.shm) if d])
+        remove_dirs = _follow_parent(
+            args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap), args.shm) if d]
+        )
         if os.getppid() != args.parent:
             return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
@@ -806,7 +815,17 @@ def main(argv: list[str] | None = None) -> int:
         max_memory=args.max_memory,
         reconnect=args.reconnect,
     )
-    return worker.run()
+    code = worker.run()
+    if remove_dirs is not None and worker.link.eof:
+        # Our broker's socket pair closed: the client died.  Its files are ours to remove; the
+        # parent-death signal that would do it may come after we are gone.  The kernel closes a
+        # dying process's sockets before it reparents its children, so wait for that.
+        deadline = time.monotonic() + 2.0
+        while os.getppid() == args.parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.getppid() != args.parent:
+            remove_dirs()
+    return code
 
 
 if __name__ == "__main__":
