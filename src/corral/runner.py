@@ -175,11 +175,13 @@ class TaskProcess:
         return self.reap(block=False) is not None
 
 
-def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:
+def start(setup: tuple, once: bool, spawn: bool, private: tuple = ()) -> TaskProcess:
     """Start a task process; ``setup`` is (sys.path, pickled initializer or None, shm directory or None).
 
     With ``once`` it runs the one task it is sent and exits (a fresh
     worker's); otherwise it runs the tasks it is sent until its socket closes.
+    ``private``: the supervisor's file descriptors a forked task process must
+    not keep (its connection to the broker).
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
@@ -196,11 +198,26 @@ def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:
         code = 70
         try:
             ours.close()
+            close_private(private)
             code = serve(Channel(theirs), setup, once)
         finally:
             os._exit(code)
     theirs.close()
     return TaskProcess(pid, Channel(ours))
+
+
+def close_private(fds: tuple) -> None:
+    """In a forked child: close the parent's descriptors that user code must not reach.
+
+    The parent's objects that own them stay referenced (by the frames the fork
+    was called from) until the child exits with os._exit, so none of them
+    closes the same number again later.
+    """
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def serve(conn: Channel, setup: tuple, once: bool) -> int:

@@ -66,7 +66,7 @@ class TemplateGone(OSError):
 class Template:
     """The supervisor's handle on its template process."""
 
-    def __init__(self, setup: tuple):
+    def __init__(self, setup: tuple, private: tuple = ()):
         ours, theirs = socket.socketpair()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # a restart forks a supervisor with threads
@@ -75,6 +75,7 @@ class Template:
             code = 70
             try:
                 ours.close()
+                runner.close_private(private)  # so that no task process inherits them
                 code = _serve(theirs, setup)
             finally:
                 os._exit(code)
