@@ -333,6 +333,7 @@ class Stream:
     def receive(self) -> list[list]:
         """Every whole message that has arrived; sets ``eof`` when the peer has closed."""
         messages: list[list] = []
+        drained = False  # the last read was short: the socket is empty, no need for a read that says so
         while not self.eof:
             if self.large is not None:
                 if not self._read_large():
@@ -341,12 +342,10 @@ class Stream:
                     messages.append(_split(self.large, self.large_sizes))
                     self.large = None
                 continue
-            message = self._parse()
-            if message is not None:
-                messages.append(message)
-                continue
-            if self.large is not None:
-                continue
+            if not self._parse_all(messages):
+                continue  # a large message: the rest goes straight into its own buffer
+            if drained:
+                break
             try:
                 chunk = self.sock.recv(READ_CHUNK)
             except BlockingIOError:
@@ -357,8 +356,7 @@ class Stream:
                 self.eof = True
                 break
             self.inbuf += chunk
-            if len(chunk) < READ_CHUNK and self._parse_all(messages):
-                break  # the socket is drained: no need for a read that says so
+            drained = len(chunk) < READ_CHUNK
         return messages
 
     def _parse_all(self, messages: list) -> bool:

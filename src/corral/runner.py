@@ -37,6 +37,8 @@ import subprocess
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
+from typing import NoReturn
 
 from . import serialization, shm
 from .execution import execute
@@ -195,29 +197,31 @@ def start(setup: tuple, once: bool, spawn: bool, private: tuple = ()) -> TaskPro
         warnings.simplefilter("ignore", DeprecationWarning)  # zmq's threads: the child never touches zmq
         pid = os.fork()
     if pid == 0:
-        code = 70
-        try:
-            ours.close()
-            close_private(private)
-            code = serve(Channel(theirs), setup, once)
-        finally:
-            os._exit(code)
+        run_child(lambda: serve(Channel(theirs), setup, once), [ours], private)
     theirs.close()
     return TaskProcess(pid, Channel(ours))
 
 
-def close_private(fds: tuple) -> None:
-    """In a forked child: close the parent's descriptors that user code must not reach.
+def run_child(run: Callable[[], int], sockets: list, private: tuple = ()) -> NoReturn:
+    """The rest of a forked child's life: close the parent's ``sockets`` and ``private``
+    descriptors (ones user code must not reach), ``run``, and leave with its code,
+    never returning into the parent's frames.
 
-    The parent's objects that own them stay referenced (by the frames the fork
-    was called from) until the child exits with os._exit, so none of them
-    closes the same number again later.
+    The parent's objects that own ``private`` stay referenced by those frames
+    until os._exit, so none of them closes the same number again later.
     """
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    code = 70
+    try:
+        for sock in sockets:
+            sock.close()
+        for fd in private:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        code = run()
+    finally:
+        os._exit(code)
 
 
 def serve(conn: Channel, setup: tuple, once: bool) -> int:

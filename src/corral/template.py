@@ -42,6 +42,7 @@ it the same way.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import select
@@ -71,14 +72,8 @@ class Template:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # a restart forks a supervisor with threads
             pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                ours.close()
-                runner.close_private(private)  # so that no task process inherits them
-                code = _serve(theirs, setup)
-            finally:
-                os._exit(code)
+        if pid == 0:  # no task process may inherit the supervisor's private descriptors
+            runner.run_child(lambda: _serve(theirs, setup), [ours], private)
         theirs.close()
         self.pid = pid
         self.sock = ours
@@ -191,6 +186,11 @@ class Template:
                 return value
 
 
+def _task_process(fd: int, setup: tuple) -> int:
+    """A fresh task process's life, on the socket the supervisor passed us for it."""
+    return runner.serve(runner.Channel(socket.socket(fileno=fd)), setup, True)
+
+
 def _serve(ctl: socket.socket, setup: tuple) -> int:
     """The template's life: fork task processes until the supervisor closes our socket."""
     parent = os.getppid()
@@ -221,12 +221,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             except OSError:
                 child = -1  # out of processes or memory: the supervisor raises
             if child == 0:
-                code = 70
-                try:
-                    ctl.close()
-                    code = runner.serve(runner.Channel(socket.socket(fileno=fds[0])), setup, True)
-                finally:
-                    os._exit(code)
+                runner.run_child(functools.partial(_task_process, fds[0], setup), [ctl])
             os.close(fds[0])
             ctl.sendall(_REPLY.pack(FORK, child))
         elif op == COLLECT:

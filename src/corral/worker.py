@@ -436,10 +436,13 @@ class Worker:
             self.warming = False
             return False
         fn = self.pending[0].frames[0]
-        if len(self.warmed) >= WARM_MAX or fn.nbytes > WARM_BYTES or bytes(fn) in self.warmed:
+        if len(self.warmed) >= WARM_MAX or fn.nbytes > WARM_BYTES:
             return False
-        self.warmed.add(bytes(fn))
-        template.import_ahead(bytes(fn))
+        pickled = bytes(fn)
+        if pickled in self.warmed:
+            return False
+        self.warmed.add(pickled)
+        template.import_ahead(pickled)
         return template.importing > 0
 
     def template_answered(self) -> None:
