@@ -4,7 +4,6 @@
         results = list(ex.map(simulate, params, chunksize=16))
 """
 
-from .client import CorralFuture, Executor
 from .errors import (
     BrokerLostError,
     CorralError,
@@ -17,6 +16,20 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The executor is imported on first use: a worker process (``python -m corral.worker``)
+    # imports this package too, and every process it forks is smaller without the client.
+    if name in ("Executor", "CorralFuture"):
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'corral' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "BrokerLostError",

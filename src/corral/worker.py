@@ -49,13 +49,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import zmq
+from typing import TYPE_CHECKING
 
 from . import protocol, runner
 from .pool import exit_words
 from .protocol import POLLIN, POLLOUT, Kind, Status
 from .template import Template, TemplateGone
+
+if TYPE_CHECKING:
+    import zmq
 
 HEARTBEAT_INTERVAL = 1.0
 # A task that ends sooner than this is reported by its RESULT alone; a longer one
@@ -161,7 +163,7 @@ class Worker:
         # which runs in each task process and may set up what those imports read.
         self.warming = self.template is not None and self.setup[1] is None
         self.warmed: set[bytes] = set()  # pickled functions sent to it
-        self.ctx = zmq.Context() if fd is None else None
+        self.ctx = _zmq().Context() if fd is None else None
         self.link: protocol.Stream | _DealerLink
         self.connect()
 
@@ -254,7 +256,7 @@ class Worker:
             if self.broken:
                 return 3
             signal.signal(signal.SIGTERM, self.on_sigterm)
-            poller = zmq.Poller() if self.fd is None else protocol.FdPoller()
+            poller = _zmq().Poller() if self.fd is None else protocol.FdPoller()
             while not self.stopping:
                 link = self.link.poll_key  # writable matters only while output waits
                 poller.register(link, POLLIN | (POLLOUT if self.link.pending else 0))
@@ -714,6 +716,7 @@ class _DealerLink:
     eof = False  # a broker that went away is found by its silence
 
     def __init__(self, ctx: zmq.Context, address: str):
+        zmq = _zmq()
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.connect(address)
@@ -734,6 +737,14 @@ class _DealerLink:
 
     def close(self, linger: int | None = None) -> None:
         self.sock.close(linger)
+
+
+def _zmq():
+    """ZeroMQ, imported only by a worker that dials a broker: one started over a socket pair
+    never needs it, and neither its template nor its task processes map libzmq."""
+    import zmq
+
+    return zmq
 
 
 def _task_header(tasks: list[Held]) -> tuple:
