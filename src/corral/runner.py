@@ -54,14 +54,11 @@ READ_CHUNK = 64 << 10
 class Channel:
     """One end of the socket pair between a supervisor and its task process."""
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, sized: bool = False):
         self.sock = sock
         self.received = bytearray()  # read from the socket, not yet taken
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-            except OSError:
-                pass
+        if not sized:
+            size_buffers(sock)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -125,6 +122,16 @@ class Channel:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def size_buffers(sock: socket.socket) -> None:
+    """Make a channel's socket buffers SOCKET_BUFFER bytes each (a setting of the socket,
+    kept when it is passed to another process)."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        except OSError:
+            pass
 
 
 class TaskProcess:
@@ -224,14 +231,18 @@ def run_child(run: Callable[[], int], sockets: list, private: tuple = ()) -> NoR
         os._exit(code)
 
 
-def serve(conn: Channel, setup: tuple, once: bool) -> int:
-    """The task process's life: initialize, then run tasks until told to stop."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    die_with_parent(signal.SIGKILL)
-    sys_path, initializer, shm_dir = setup
-    sys.path[:] = sys_path
+def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> int:
+    """The task process's life: initialize, then run tasks until told to stop.
+
+    ``prepared``: forked from a template, which set the signal dispositions and
+    ``sys.path`` already (every page a fresh process writes is a page the kernel
+    copies: doing less here makes fresh tasks faster).
+    """
+    if not prepared:
+        set_signals()
+        sys.path[:] = setup[0]
+    die_with_parent(signal.SIGKILL)  # a parent-death signal is not inherited
+    _, initializer, shm_dir = setup
     store = shm.Store(shm_dir) if shm_dir else None
     broken = run_initializer(initializer)
     if broken is not None:
@@ -251,6 +262,13 @@ def serve(conn: Channel, setup: tuple, once: bool) -> int:
             conn.send((DONE, gid, int(status), meta), out)
         if once:
             return 0
+
+
+def set_signals() -> None:
+    """A task process's (and a template's) signal dispositions."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def run_initializer(payload: bytes | None) -> str | None:

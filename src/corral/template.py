@@ -49,6 +49,7 @@ import select
 import signal
 import socket
 import struct
+import sys
 import time
 import warnings
 
@@ -88,6 +89,7 @@ class Template:
     def fork(self) -> runner.TaskProcess:
         """A new task process, connected to us by a socket pair."""
         ours, theirs = socket.socketpair()
+        runner.size_buffers(theirs)  # here, not in the task process
         try:
             socket.send_fds(self.sock, [_REQUEST.pack(FORK, 0)], [theirs.fileno()])
             pid = self._reply(FORK)
@@ -188,15 +190,14 @@ class Template:
 
 def _task_process(fd: int, setup: tuple) -> int:
     """A fresh task process's life, on the socket the supervisor passed us for it."""
-    return runner.serve(runner.Channel(socket.socket(fileno=fd)), setup, True)
+    return runner.serve(runner.Channel(socket.socket(fileno=fd), sized=True), setup, True, prepared=True)
 
 
 def _serve(ctl: socket.socket, setup: tuple) -> int:
     """The template's life: fork task processes until the supervisor closes our socket."""
     parent = os.getppid()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    runner.set_signals()  # its task processes inherit them
+    sys.path[:] = setup[0]
     runner.die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:
         return 0  # the supervisor died before the parent-death signal was set
