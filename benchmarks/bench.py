@@ -122,9 +122,9 @@ def _mp(method):
 
 
 def _make_corral(fresh):
-    import corral
+    from corral import Executor  # not just "import corral", which loads the executor on first use
 
-    return lambda: ExecutorAdapter(corral.Executor(WORKERS, fresh=fresh))
+    return lambda: ExecutorAdapter(Executor(WORKERS, fresh=fresh))
 
 
 def _make_ppe(method, max_tasks_per_child=None):
@@ -239,9 +239,10 @@ def m_latency(ex, p, dl):
 
 
 def _submit_all(ex, p, dl, warmup):
-    """Submit p["n"] no-ops at once, then wait for all of them."""
-    for _ in range(warmup):
-        ex.submit(T.noop).result(dl.left())
+    """Submit p["n"] no-ops at once, then wait for all of them, after ``warmup`` no-ops
+    submitted at once (so that every worker has run the function once)."""
+    for h in [ex.submit(T.noop) for _ in range(warmup)]:
+        h.result(dl.left())
     t0 = time.perf_counter()
     handles = [ex.submit(T.noop) for _ in range(p["n"])]
     for h in handles:
@@ -316,7 +317,7 @@ def m_array(ex, p, dl):
 
 
 def m_fresh(ex, p, dl):
-    return _submit_all(ex, p, dl, warmup=1)
+    return _submit_all(ex, p, dl, warmup=2 * WORKERS)
 
 
 def m_cpu(ex, p, dl):
@@ -364,7 +365,7 @@ METRICS = {
     "map1": Metric(m_map1, {"persistent"}, {"n": 3000}, {"n": 10000}, 30, 60),
     "map1000": Metric(m_map1000, {"persistent"}, {"n": 100_000}, {"n": 100_000}, 20, 40),
     "array": Metric(m_array, {"persistent"}, {"mib": 64, "reps": 2}, {"mib": 64, "reps": 5}, 30, 60),
-    "fresh": Metric(m_fresh, {"fresh"}, {"n": 20}, {"n": 100}, 30, 90),
+    "fresh": Metric(m_fresh, {"fresh"}, {"n": 100}, {"n": 100}, 30, 90),
     "startup": Metric(None, {"persistent", "fresh"}, {"reps": 1}, {"reps": 3}, 20, 45),
     "cpu": Metric(m_cpu, {"persistent", "fresh"}, {"n": 8, "secs": 0.25}, {"n": 16, "secs": 0.25}, 20, 30),
 }
