@@ -276,3 +276,13 @@ def test_cancel_never_reports_a_task_that_ran(make_executor, tmp_path):
             cancelled += said_cancelled
         assert all(f.result() == batch * 100 + i for i, f in enumerate(futures) if not f.cancelled())
     assert cancelled > 0
+
+
+def test_cancelling_more_tasks_than_one_message_can_name(broker_address):
+    """A map abandoned with 200,000 tasks queued at a standalone broker: their ids do not fit
+    in one 1 MiB header, yet every one is cancelled, and shutdown does not wait for them."""
+    with corral.Executor(address=broker_address) as ex:  # no workers: every task stays queued
+        results = ex.map(int, range(200_000), buffersize=200_000, timeout=1)
+        with pytest.raises(TimeoutError):
+            next(results)  # the map gives up and cancels its window
+        wait_for(lambda: ex.summary().queued == 0, TIMEOUT, "the broker to drop every task")

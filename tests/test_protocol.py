@@ -338,3 +338,12 @@ def test_broker_survives_garbage(tmp_path):
             sock.close(linger=0)
         ctx.term()
     assert not thread.is_alive()
+
+
+def test_id_lists_are_cut_to_fit_a_header():
+    ids = list(range(10**15, 10**15 + 250_000))  # 16 digits each: 4.3 MB of JSON in one list
+    chunks = list(protocol.id_chunks(ids))
+    assert [i for chunk in chunks for i in chunk] == ids
+    for chunk in chunks:
+        assert protocol.decode(protocol.encode(Kind.CANCEL, {"ids": chunk}))[1]["ids"] == chunk
+    assert list(protocol.id_chunks([])) == [[]]

@@ -31,6 +31,7 @@ task completes twice.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import socket
 import sys
@@ -662,11 +663,15 @@ class Broker:
     def flush(self) -> None:
         for ident, box in self.outboxes.items():
             if box.started:
-                self.send(self.clients_sock, ident, Kind.STARTED, {"ids": box.started})
+                for chunk in protocol.id_chunks(box.started):
+                    self.send(self.clients_sock, ident, Kind.STARTED, {"ids": chunk})
             for chunk, frames in protocol.batches(box.results, box.frames, 2):
                 self.send(self.clients_sock, ident, Kind.RESULT, {"results": chunk}, frames)
             if box.cancelled or box.running:  # after the results, which they may refer to
-                self.send(self.clients_sock, ident, Kind.CANCELLED, {"ids": box.cancelled, "running": box.running})
+                for dropped, running in itertools.zip_longest(
+                    protocol.id_chunks(box.cancelled), protocol.id_chunks(box.running), fillvalue=[]
+                ):
+                    self.send(self.clients_sock, ident, Kind.CANCELLED, {"ids": dropped, "running": running})
         self.outboxes.clear()
 
     def send(self, sock: zmq.Socket | None, ident: bytes, kind: Kind, body: dict | None = None,

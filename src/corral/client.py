@@ -311,9 +311,11 @@ class _IOLoop:
                 if fut is not None and fut.cancelled():  # killed before it ran: nothing to wait for
                     self.futures.pop(cid)
         if cancels:
-            link.post(Kind.CANCEL, {"ids": cancels})
+            for chunk in protocol.id_chunks(cancels):
+                link.post(Kind.CANCEL, {"ids": chunk})
         for grace, cids in kills.items():
-            link.post(Kind.KILL, {"ids": cids, "grace": grace})
+            for chunk in protocol.id_chunks(cids):
+                link.post(Kind.KILL, {"ids": chunk, "grace": grace})
         if self.status_waiters:
             link.post(Kind.STATUS)
 

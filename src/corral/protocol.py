@@ -145,6 +145,16 @@ def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> l
 MAX_BATCH = 2000  # entries per batched message: keeps every header far below MAX_HEADER_BYTES
 
 
+MAX_IDS = 20_000  # task ids per CANCEL, CANCELLED, STARTED or KILL: at most ~420 KB of JSON
+
+
+def id_chunks(ids: list) -> Iterator[list]:
+    """``ids`` in lists short enough for one header each (at least one list, maybe empty)."""
+    yield ids[:MAX_IDS]
+    for start in range(MAX_IDS, len(ids), MAX_IDS):
+        yield ids[start : start + MAX_IDS]
+
+
 def batches(entries: list, frames: list, count_at: int):
     """Split a batch into messages of at most MAX_BATCH entries, each with its own frames."""
     pos = 0
