@@ -320,6 +320,22 @@ def test_wait_and_as_completed(make_executor):
     assert slow.result(TIMEOUT) == "slow"
 
 
+def test_futures_have_every_field_of_the_stdlib_future_and_a_working_condition(make_executor):
+    """CorralFuture sets Future's fields itself (with a leaner Condition): none may be missing
+    on this Python, and waiting with a timeout, from several threads, must still work."""
+    fut = make_executor(1).submit(sleep_then_return, 0.3, "late")
+    assert set(vars(concurrent.futures.Future())) <= set(vars(fut))
+    with pytest.raises(concurrent.futures.TimeoutError):
+        fut.result(timeout=0.01)
+    seen = []
+    waiters = [threading.Thread(target=lambda: seen.append(fut.result(TIMEOUT))) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    for t in waiters:
+        t.join(TIMEOUT)
+    assert seen == ["late"] * 3
+
+
 def test_asyncio_integration(make_executor):
     ex = make_executor(2)
 

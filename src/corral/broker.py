@@ -60,7 +60,7 @@ class Task:
     gid: int
     client: bytes
     cid: int
-    frames: list
+    frames: tuple
     options: dict
     attempts: int = 0
     worker: bytes | None = None
@@ -501,7 +501,9 @@ class Broker:
         c.tasks[cid] = gid
         self.queue.append(gid)
 
-    def compact(self, frames: list) -> list:
+    def compact(self, frames: list) -> tuple:
+        """A tuple, not a list: one of bytes only is dropped from the garbage collector's
+        watch, which a million queued tasks would otherwise make it scan again and again."""
         kept = [f if type(f) is bytes else bytes(f) if len(f) < SMALL_FRAME else f for f in frames]
         if kept and isinstance(kept[0], bytes):
             shared = self.interned.get(kept[0])
@@ -510,7 +512,7 @@ class Broker:
                     self.interned.clear()
                 shared = self.interned[kept[0]] = kept[0]
             kept[0] = shared
-        return kept
+        return tuple(kept)
 
     def cancel(self, c: ClientState, cids) -> None:
         """Cancel tasks that have not started; every id gets a verdict (CANCELLED).

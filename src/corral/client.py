@@ -85,11 +85,47 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+class _Condition(threading.Condition):
+    """A ``threading.Condition`` over an RLock, for a future, that the garbage collector
+    scans as two objects instead of seven.
+
+    ``Condition.__init__`` stores five bound methods of its lock on itself; these methods
+    look them up when called instead.  With 20,000 futures pending, the collector scanned
+    the five extra objects of each again and again: a third of a submit burst's time went
+    to collections.
+    """
+
+    def __init__(self) -> None:  # noqa: D107 - same as Condition's, lock always an RLock
+        self._lock = threading.RLock()
+        self._waiters: deque = deque()
+
+    def acquire(self, *args, **kwargs) -> bool:
+        return self._lock.acquire(*args, **kwargs)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _release_save(self):
+        return self._lock._release_save()
+
+    def _acquire_restore(self, state) -> None:
+        self._lock._acquire_restore(state)
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()
+
+
 class CorralFuture(Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker, plus ``kill()``."""
 
     def __init__(self, io: _IOLoop, cid: int):
-        super().__init__()
+        # Future.__init__'s fields (a test checks that none is missing), with a leaner condition.
+        self._condition = _Condition()
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
         self._io = io
         self._cid = cid
         self._kill_requested = False
