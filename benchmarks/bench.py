@@ -651,8 +651,8 @@ def fmt_ratio(r):
 
 def ratio(value, base, higher_better):
     """Speed relative to the baseline: > 1 means faster / better than it."""
-    if not value or not base:
-        return None
+    if not value or not base or fmt(value) == fmt(0):
+        return None  # nothing, or too little to show (0.000): a ratio to it means nothing
     return value / base if higher_better else base / value
 
 
