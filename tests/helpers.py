@@ -52,6 +52,23 @@ def _pid_of_task(_):
 pid_of_task = type(_pid_of_task)(_pid_of_task.__code__, {"time": time, "os": os}, "pid_of_task")
 
 
+def _held_descriptors(_=None):
+    """What this process's descriptors above stdio point at (``socket:[...]``, ``anon_inode:...``)."""
+    held = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the directory listing's own descriptor, closed by now
+        if int(name) > 2:
+            held.append(target)
+    return held
+
+
+held_descriptors = type(_held_descriptors)(_held_descriptors.__code__, {"os": os}, "held_descriptors",
+                                           _held_descriptors.__defaults__)
+
+
 def runs(path) -> list[int]:
     """The pids a task wrote to ``path``, one line per run."""
     return [int(line) for line in path.read_text().split()] if path.exists() else []

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
 
 import corral
 from corral.cli import check_listen_address
-from helpers import corral_cmd, pid_of_task, start_worker, stop
+from helpers import corral_cmd, held_descriptors, pid_of_task, start_worker, stop
 
 
 def test_version_and_help():
@@ -53,6 +54,20 @@ def test_standalone_broker_and_workers(broker_address, fresh):
                 assert len(pids) == 10  # a new process per task
             summary = ex.summary()
             assert sum(w["tasks"] for w in summary) >= 10
+    finally:
+        stop(worker)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+@pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
+def test_a_standalone_workers_task_process_holds_nothing_of_its_supervisor(broker_address, fresh):
+    """User code cannot reach its worker's ZeroMQ connection (its TCP socket, ZeroMQ's own
+    descriptors): a task process holds only the socket to its supervisor."""
+    worker = start_worker(broker_address, "--processes", "1", *(["--fresh"] if fresh else []))
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            for held in [ex.submit(held_descriptors).result(60) for _ in range(3)]:
+                assert len(held) == 1 and held[0].startswith("socket:"), f"a task process holds {held}"
     finally:
         stop(worker)
 

@@ -184,13 +184,12 @@ class TaskProcess:
         return self.reap(block=False) is not None
 
 
-def start(setup: tuple, once: bool, spawn: bool, private: tuple = ()) -> TaskProcess:
+def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:
     """Start a task process; ``setup`` is (sys.path, pickled initializer or None, shm directory or None).
 
     With ``once`` it runs the one task it is sent and exits (a fresh
     worker's); otherwise it runs the tasks it is sent until its socket closes.
-    ``private``: the supervisor's file descriptors a forked task process must
-    not keep (its connection to the broker).
+    It keeps none of the supervisor's descriptors but stdio.
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
@@ -204,31 +203,45 @@ def start(setup: tuple, once: bool, spawn: bool, private: tuple = ()) -> TaskPro
         warnings.simplefilter("ignore", DeprecationWarning)  # zmq's threads: the child never touches zmq
         pid = os.fork()
     if pid == 0:
-        run_child(lambda: serve(Channel(theirs), setup, once), [ours], private)
+        run_child(lambda: serve(Channel(theirs), setup, once), [ours], keep=theirs)
     theirs.close()
     return TaskProcess(pid, Channel(ours))
 
 
-def run_child(run: Callable[[], int], sockets: list, private: tuple = ()) -> NoReturn:
-    """The rest of a forked child's life: close the parent's ``sockets`` and ``private``
-    descriptors (ones user code must not reach), ``run``, and leave with its code,
-    never returning into the parent's frames.
+def run_child(run: Callable[[], int], sockets: list, keep: socket.socket | None = None) -> NoReturn:
+    """The rest of a forked child's life: close the parent's ``sockets``, ``run``, and
+    leave with its code, never returning into the parent's frames.
 
-    The parent's objects that own ``private`` stay referenced by those frames
-    until os._exit, so none of them closes the same number again later.
+    With ``keep`` (a child of a supervisor), every other descriptor but stdio is closed
+    too: the supervisor's connection to its broker (a socket pair, or a ZeroMQ socket's
+    TCP connection and ZeroMQ's own descriptors), which user code must not reach.  The
+    parent's objects that own them stay referenced by those frames until os._exit, so
+    none of them closes the same number again later.
     """
     code = 70
     try:
         for sock in sockets:
             sock.close()
-        for fd in private:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        if keep is not None:
+            for fd in _descriptors():
+                if fd > 2 and fd != keep.fileno():
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass  # the listing's own descriptor, closed already
         code = run()
     finally:
         os._exit(code)
+
+
+def _descriptors() -> list[int]:
+    """This process's open descriptors (Linux, macOS); none found elsewhere."""
+    for listing in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return [int(name) for name in os.listdir(listing)]
+        except (OSError, ValueError):
+            continue
+    return []
 
 
 def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> int:

@@ -68,13 +68,13 @@ class TemplateGone(OSError):
 class Template:
     """The supervisor's handle on its template process."""
 
-    def __init__(self, setup: tuple, private: tuple = ()):
+    def __init__(self, setup: tuple):
         ours, theirs = socket.socketpair()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # a restart forks a supervisor with threads
             pid = os.fork()
-        if pid == 0:  # no task process may inherit the supervisor's private descriptors
-            runner.run_child(lambda: _serve(theirs, setup), [ours], private)
+        if pid == 0:  # it keeps none of the supervisor's descriptors, so its task processes have none
+            runner.run_child(lambda: _serve(theirs, setup), [ours], keep=theirs)
         theirs.close()
         self.pid = pid
         self.sock = ours

@@ -124,7 +124,6 @@ class Worker:
     ):
         self.address = address or "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
-        self.private = () if fd is None else (fd,)  # what no task process may inherit
         self.fresh = fresh
         # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (fresh: 2).
         self.adaptive = prefetch is None and not fresh
@@ -158,7 +157,7 @@ class Worker:
         self.parent_checked = 0.0
         # A fresh worker forks its task processes from a template, itself forked
         # now, before ZeroMQ starts its threads (template.py says why).
-        self.template = Template(self.setup, self.private) if fresh and not spawn and hasattr(os, "fork") else None
+        self.template = Template(self.setup) if fresh and not spawn and hasattr(os, "fork") else None
         # Send the template each new function to import ahead; not with an initializer,
         # which runs in each task process and may set up what those imports read.
         self.warming = self.template is not None and self.setup[1] is None
@@ -406,14 +405,14 @@ class Worker:
 
     def start_process(self) -> runner.TaskProcess:
         if self.template is None:
-            return runner.start(self.setup, self.fresh, self.spawn, self.private)
+            return runner.start(self.setup, self.fresh, self.spawn)
         if self.template.check():
             try:
                 return self.template.fork()
             except TemplateGone:
                 pass
         self.template.close()  # killed (from outside, or stuck importing): its task processes died with it
-        self.template = Template(self.setup, self.private)
+        self.template = Template(self.setup)
         self.warming = False  # in case an import killed it
         return self.template.fork()
 
