@@ -25,6 +25,7 @@ import json
 import select
 import socket
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -258,6 +259,10 @@ MAX_FRAMES = 1 << 20  # frames in one message on a Stream; more is garbage
 MAX_MESSAGE = 1 << 40  # bytes in one message on a Stream
 STREAM_BUFFER = 4 << 20  # socket buffer: bursts of small messages never wait for the reader
 READ_CHUNK = 256 << 10
+# Reads land in one buffer per thread, then only what arrived is appended to a stream's own
+# buffer: a fresh READ_CHUNK bytes object per read is a mmap, a mremap and a munmap (glibc
+# maps allocations this large), three system calls per message.
+_read_buffers = threading.local()
 LARGE_MESSAGE = 1 << 20  # a message this large is read straight into a buffer of its own
 
 
@@ -356,17 +361,19 @@ class Stream:
                 continue  # a large message: the rest goes straight into its own buffer
             if drained:
                 break
+            scratch = _read_buffer()
             try:
-                chunk = self.sock.recv(READ_CHUNK)
+                got = self.sock.recv_into(scratch)
             except BlockingIOError:
                 break
             except OSError:
-                chunk = b""
-            if not chunk:
+                got = 0
+            if not got:
                 self.eof = True
                 break
-            self.inbuf += chunk
-            drained = len(chunk) < READ_CHUNK
+            with memoryview(scratch) as view:
+                self.inbuf += view[:got]
+            drained = got < READ_CHUNK
         return messages
 
     def _parse_all(self, messages: list) -> bool:
@@ -449,6 +456,13 @@ class FdPoller:
             (fd, (POLLIN if happened & readable else 0) | (POLLOUT if happened & select.POLLOUT else 0))
             for fd, happened in self.poll_object.poll(timeout)
         ]
+
+
+def _read_buffer() -> bytearray:
+    buffer = getattr(_read_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _read_buffers.buffer = bytearray(READ_CHUNK)
+    return buffer
 
 
 def _split(body, sizes: list[int]) -> list:
