@@ -12,6 +12,8 @@ import time
 import psutil
 import pytest
 
+from helpers import held_descriptors
+
 TIMEOUT = 30
 MUTATED = False
 INIT_VALUE = None
@@ -181,27 +183,14 @@ def test_embedded_broker_listens_nowhere(make_executor):
     assert not os.path.exists(tmpdir)
 
 
-def my_sockets() -> list[str]:
-    """The sockets this process holds (``socket:[inode]``), from /proc."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            continue  # the directory listing's own descriptor, closed by now
-        if target.startswith("socket:"):
-            found.append(target)
-    return found
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
 @pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
 def test_a_task_process_holds_no_socket_but_its_own(make_executor, fresh):
     """User code cannot reach its worker's connection to the broker: a task process inherits none
-    of its supervisor's sockets, only the one to talk to its supervisor."""
+    of its supervisor's descriptors, only the socket to talk to its supervisor (and stdio)."""
     ex = make_executor(1, fresh=fresh)
-    for held in [ex.submit(my_sockets).result(TIMEOUT) for _ in range(3)]:
-        assert len(held) == 1, f"a task process holds {held}"
+    for held in [ex.submit(held_descriptors).result(TIMEOUT) for _ in range(3)]:
+        assert len(held) == 1 and held[0].startswith("socket:"), f"a task process holds {held}"
 
 
 # -- summary ------------------------------------------------------------------------------------
