@@ -95,7 +95,7 @@ class _Condition(threading.Condition):
     to collections.
     """
 
-    def __init__(self) -> None:  # noqa: D107 - same as Condition's, lock always an RLock
+    def __init__(self) -> None:  # as Condition's, with an RLock
         self._lock = threading.RLock()
         self._waiters: deque = deque()
 
