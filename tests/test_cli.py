@@ -9,6 +9,7 @@ import pytest
 
 import corral
 from corral.cli import check_listen_address
+from corral.protocol import Kind
 from helpers import corral_cmd, held_descriptors, pid_of_task, start_worker, stop
 
 
@@ -87,3 +88,27 @@ def test_workers_join_in_the_middle_of_a_map(broker_address):
         stop(first)
         if late is not None:
             stop(late)
+
+
+def test_each_summary_asks_a_standalone_broker_once(broker_address):
+    """summary() sends one STATUS and gets one answer, however busy the client's I/O loop is
+    meanwhile (a map's results arriving): the broker computes its status once per call, and
+    each call gets the answer to its own request."""
+    worker = start_worker(broker_address, "--processes", "2")
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            answers = []
+            on_message = ex._io.on_message
+
+            def counting(kind, body, frames):  # counts, then does exactly what it did
+                if kind == Kind.STATUS_REPLY:
+                    answers.append(body)
+                on_message(kind, body, frames)
+
+            ex._io.on_message = counting
+            results = ex.map(abs, range(-20_000, 20_000))
+            summaries = [ex.summary() for _ in range(5)]
+            assert sum(results) == 400_000_000
+            assert len(summaries) == 5 and len(answers) == 5
+    finally:
+        stop(worker)

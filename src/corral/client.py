@@ -184,7 +184,8 @@ class _IOLoop:
         self.outq: deque = deque()
         self.cancels: deque = deque()
         self.cancel_verdicts: dict[int, Future] = {}
-        self.status_waiters: deque[Future] = deque()
+        self.status_asked: deque[Future] = deque()  # summary() calls whose STATUS is not sent yet
+        self.status_waiters: deque[Future] = deque()  # STATUS sent: the answers come in this order
         self.ids = itertools.count(1)
         self.wake_r, self.wake_w = os.pipe()
         self.awake = False
@@ -257,7 +258,7 @@ class _IOLoop:
 
     def request_status(self) -> Future:
         fut: Future = Future()
-        self.status_waiters.append(fut)
+        self.status_asked.append(fut)
         self.wake()
         return fut
 
@@ -313,7 +314,7 @@ class _IOLoop:
 
     def lost(self, silence: float) -> bool:
         """Is the broker gone?  Never an embedded one: it lives in this very thread."""
-        if not (self.futures or self.status_waiters) or self.broker is not None:
+        if not (self.futures or self.status_asked or self.status_waiters) or self.broker is not None:
             return False
         return silence > self.heartbeat * self.liveness
 
@@ -352,7 +353,8 @@ class _IOLoop:
         for grace, cids in kills.items():
             for chunk in protocol.id_chunks(cids):
                 link.post(Kind.KILL, {"ids": chunk, "grace": grace})
-        if self.status_waiters:
+        while self.status_asked:  # one STATUS per call, so that each call gets its own answer
+            self.status_waiters.append(self.status_asked.popleft())
             link.post(Kind.STATUS)
 
     def on_message(self, kind: Kind, body: dict, frames: list) -> None:
@@ -422,8 +424,9 @@ class _IOLoop:
         for fut in list(self.futures.values()):
             _settle(fut, None, exc)
         self.futures.clear()
-        while self.status_waiters:
-            self.status_waiters.popleft().set_exception(exc)
+        for waiters in (self.status_waiters, self.status_asked):
+            while waiters:
+                waiters.popleft().set_exception(exc)
 
 
 class _SocketLink:
