@@ -283,6 +283,6 @@ def test_cancelling_more_tasks_than_one_message_can_name(broker_address):
     in one 1 MiB header, yet every one is cancelled, and shutdown does not wait for them."""
     with corral.Executor(address=broker_address) as ex:  # no workers: every task stays queued
         results = ex.map(int, range(200_000), buffersize=200_000, timeout=1)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(cf.TimeoutError):
             next(results)  # the map gives up and cancels its window
         wait_for(lambda: ex.summary().queued == 0, TIMEOUT, "the broker to drop every task")

@@ -840,7 +840,7 @@ def _next_result(inflight: deque, calls: Iterator[Call], deadline, submit, windo
     try:
         value = inflight[0].result(remaining)
     except FuturesTimeout:
-        raise TimeoutError() from None
+        raise FuturesTimeout() from None  # the builtin TimeoutError from Python 3.11; not before
     inflight.popleft()
     if len(inflight) <= window // 2:
         for call in itertools.islice(calls, window - len(inflight)):
