@@ -892,6 +892,12 @@ def _shown_args(argv: list[str]) -> list[str]:
     return shown
 
 
+def _progress(metric, peer, cell, suffix=""):
+    shown = cell.get("result") or cell.get("error")
+    extra = ("  [" + "; ".join(cell["notes"]) + "]") if cell["notes"] else ""
+    print(f"  {metric:8} {peer:16} {cell['elapsed_s']:5.1f} s  {shown}{extra}{suffix}", flush=True)
+
+
 def main(argv=None):
     import argparse
     import json
@@ -951,9 +957,7 @@ def main(argv=None):
             cell = run_cell(peer, metric, params[metric], this_limit, min(this_limit + SHUTDOWN_GRACE, remaining),
                             args.by_reference)
             results[(peer, metric)] = cell
-            shown = cell.get("result") or cell.get("error")
-            extra = ("  [" + "; ".join(cell["notes"]) + "]") if cell["notes"] else ""
-            print(f"  {metric:8} {peer:16} {cell['elapsed_s']:5.1f} s  {shown}{extra}", flush=True)
+            _progress(metric, peer, cell)
 
     for _ in range(EXTRA_RUNS["quick" if args.quick else "full"]):
         for metric in [m for m in REPEATED if m in metrics]:
@@ -969,8 +973,7 @@ def main(argv=None):
                 if "result" in cell:
                     first.setdefault("runs", [first["result"]]).append(cell["result"])
                     first["notes"].extend(cell["notes"])
-                print(f"  {metric:8} {peer:16} {cell['elapsed_s']:5.1f} s  {cell.get('result') or cell.get('error')}"
-                      " (again)", flush=True)
+                _progress(metric, peer, cell, " (again)")
     for cell in results.values():
         if len(cell.get("runs", ())) > 1:
             cell["result"] = _median_result(cell["runs"])

@@ -266,6 +266,23 @@ _read_buffers = threading.local()
 LARGE_MESSAGE = 1 << 20  # a message this large is read straight into a buffer of its own
 
 
+def _read_buffer() -> bytearray:
+    buffer = getattr(_read_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _read_buffers.buffer = bytearray(READ_CHUNK)
+    return buffer
+
+
+def size_buffers(sock: socket.socket, size: int) -> None:
+    """Make a socket's send and receive buffers ``size`` bytes each, where the system allows
+    (a setting of the socket: it stays when the socket is passed to another process)."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
+        except OSError:
+            pass
+
+
 class Stream:
     """Protocol messages over a stream socket: an embedded broker and a worker it started.
 
@@ -288,11 +305,7 @@ class Stream:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         sock.setblocking(False)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, STREAM_BUFFER)
-            except OSError:
-                pass
+        size_buffers(sock, STREAM_BUFFER)
         self.outq: deque[memoryview] = deque()
         self.inbuf = bytearray()
         self.large: bytearray | None = None  # a large message being read into its own buffer
@@ -456,13 +469,6 @@ class FdPoller:
             (fd, (POLLIN if happened & readable else 0) | (POLLOUT if happened & select.POLLOUT else 0))
             for fd, happened in self.poll_object.poll(timeout)
         ]
-
-
-def _read_buffer() -> bytearray:
-    buffer = getattr(_read_buffers, "buffer", None)
-    if buffer is None:
-        buffer = _read_buffers.buffer = bytearray(READ_CHUNK)
-    return buffer
 
 
 def _split(body, sizes: list[int]) -> list:

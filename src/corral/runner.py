@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import serialization, shm
+from . import protocol, serialization, shm
 from .execution import execute
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
@@ -58,7 +58,7 @@ class Channel:
         self.sock = sock
         self.received = bytearray()  # read from the socket, not yet taken
         if not sized:
-            size_buffers(sock)
+            protocol.size_buffers(sock, SOCKET_BUFFER)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -122,16 +122,6 @@ class Channel:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def size_buffers(sock: socket.socket) -> None:
-    """Make a channel's socket buffers SOCKET_BUFFER bytes each (a setting of the socket,
-    kept when it is passed to another process)."""
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
-        except OSError:
-            pass
 
 
 class TaskProcess:

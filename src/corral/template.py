@@ -53,7 +53,7 @@ import sys
 import time
 import warnings
 
-from . import execution, runner
+from . import execution, protocol, runner
 
 FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
 _REQUEST = struct.Struct("!ci")  # operation, pid (IMPORT: the length of the pickle that follows)
@@ -89,7 +89,7 @@ class Template:
     def fork(self) -> runner.TaskProcess:
         """A new task process, connected to us by a socket pair."""
         ours, theirs = socket.socketpair()
-        runner.size_buffers(theirs)  # here, not in the task process
+        protocol.size_buffers(theirs, runner.SOCKET_BUFFER)  # here, not in the task process
         try:
             socket.send_fds(self.sock, [_REQUEST.pack(FORK, 0)], [theirs.fileno()])
             pid = self._reply(FORK)
