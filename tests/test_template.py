@@ -133,3 +133,59 @@ def test_with_an_initializer_modules_import_after_it(make_executor, module_facto
     """)
     ex = make_executor(1, fresh=True, initializer=set_flavour)
     assert {ex.submit(mod.flavour).result(TIMEOUT) for _ in range(4)} == {"set by the initializer"}
+
+
+# The template forks with libc's fork(), skipping Python's at-fork hooks, while it has one
+# thread and no module it imported registered hooks of its own; each test below checks what
+# the task processes would see if that went wrong.
+
+
+def test_fresh_task_processes_draw_their_own_random_numbers(make_executor, module_factory):
+    mod = module_factory("""
+        import os, random, threading
+
+        def draw():
+            own_id = threading.main_thread().native_id == threading.get_native_id()
+            return random.random(), own_id, threading.active_count(), os.getpid()
+    """)
+    ex = make_executor(1, fresh=True)
+    draws, own_ids, threads, pids = zip(*(ex.submit(mod.draw).result(TIMEOUT) for _ in range(6)))
+    assert len(set(pids)) == 6
+    assert len(set(draws)) == 6, "task processes share the template's random state"
+    assert all(own_ids), "the main thread's native_id is the template's"
+    assert set(threads) == {1}
+
+
+def test_at_fork_hooks_of_a_module_imported_ahead_run_in_every_task_process(make_executor, module_factory):
+    mod = module_factory(f"""
+        import os
+        IMPORTED_IN = os.getpid()
+        HOOK_RAN_IN = []
+        if os.getpid() != {os.getpid()}:
+            os.register_at_fork(after_in_child=lambda: HOOK_RAN_IN.append(os.getpid()))
+
+        def report():
+            return IMPORTED_IN != os.getpid(), HOOK_RAN_IN == [os.getpid()]
+    """)
+    ex = make_executor(1, fresh=True)
+    results = [ex.submit(mod.report).result(TIMEOUT) for _ in range(6)]
+    warm = [hook_ran for imported_ahead, hook_ran in results if imported_ahead]
+    assert warm, "the template never imported the module"
+    assert all(warm), "a task process forked after the import did not run the module's at-fork hook"
+
+
+def test_a_thread_started_by_a_module_imported_ahead_is_not_in_the_task_processes(make_executor, module_factory):
+    mod = module_factory(f"""
+        import os, threading, time
+        IMPORTED_IN = os.getpid()
+        if os.getpid() != {os.getpid()}:
+            threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+
+        def report():
+            return IMPORTED_IN != os.getpid(), threading.active_count()
+    """)
+    ex = make_executor(1, fresh=True)
+    results = [ex.submit(mod.report).result(TIMEOUT) for _ in range(6)]
+    warm = [threads for imported_ahead, threads in results if imported_ahead]
+    assert warm, "the template never imported the module"
+    assert set(warm) == {1}, "task processes believe the template's thread is theirs"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import multiprocessing
 import os
 import stat
 import sys
@@ -149,6 +150,29 @@ def test_workers_get_cwd_env_and_sys_path(make_executor, tmp_path, monkeypatch, 
     assert value == "from the probe module"
     ex.shutdown(wait=True)
     sys.modules.pop(module_name, None)
+
+
+def print_twice(i):
+    print(f"line {i} from a task")
+    print(f"no newline {i};", end="")
+    return i
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"fresh": True}, {"mp_context": multiprocessing.get_context("spawn")}],
+    ids=["persistent", "fresh", "spawn"],
+)
+def test_what_a_task_prints_comes_out_before_its_result(make_executor, monkeypatch, capfd, kwargs):
+    # Without PYTHONUNBUFFERED a task process's stdout (a file here) is block-buffered:
+    # a task process that left without flushing it would lose the output.
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    ex = make_executor(1, **kwargs)
+    for i in range(3):
+        assert ex.submit(print_twice, i).result(TIMEOUT) == i
+        out = capfd.readouterr().out
+        assert f"line {i} from a task" in out and f"no newline {i};" in out
+    ex.shutdown(wait=True)
 
 
 # -- sockets ------------------------------------------------------------------------------------

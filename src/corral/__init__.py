@@ -4,15 +4,13 @@
         results = list(ex.map(simulate, params, chunksize=16))
 """
 
+from . import errors
 from .errors import (
-    BrokerLostError,
     CorralError,
-    DeserializationError,
     InsecureAddressError,
     ProtocolError,
     SerializationError,
     TaskTimeoutError,
-    WorkerLostError,
 )
 
 __version__ = "0.1.0"
@@ -20,11 +18,14 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # The executor is imported on first use: a worker process (``python -m corral.worker``)
-    # imports this package too, and every process it forks is smaller without the client.
+    # imports this package too, and every process it forks is smaller without the client
+    # (or the stdlib exceptions that some of the errors subclass, see errors.py).
     if name in ("Executor", "CorralFuture"):
         from . import client
 
         return getattr(client, name)
+    if name in errors._LAZY:
+        return getattr(errors, name)
     raise AttributeError(f"module 'corral' has no attribute {name!r}")
 
 

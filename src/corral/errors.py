@@ -6,8 +6,6 @@ They subclass the stdlib exceptions that code written for
 """
 
 import pickle
-from concurrent.futures import BrokenExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 
 class CorralError(Exception):
@@ -22,24 +20,6 @@ class SerializationError(pickle.PicklingError):
     """
 
 
-class DeserializationError(SerializationError, BrokenProcessPool):
-    """A task or a result could not be unpickled.
-
-    Also a ``BrokenProcessPool``, which is what ``ProcessPoolExecutor``
-    raises in this case, so code written for it keeps working; unlike there,
-    only this future fails.
-    """
-
-
-class WorkerLostError(BrokenProcessPool):
-    """The worker process running a task died before it could reply.
-
-    A subclass of ``BrokenProcessPool`` so that code written for
-    ``ProcessPoolExecutor`` catches it; unlike there, only the tasks of the
-    dead worker fail and the executor stays usable.
-    """
-
-
 class TaskTimeoutError(TimeoutError):
     """A task ran longer than its ``timeout`` option; the process running it was killed.
 
@@ -49,13 +29,47 @@ class TaskTimeoutError(TimeoutError):
     """
 
 
-class BrokerLostError(BrokenExecutor):
-    """The broker stopped answering; the futures it held cannot complete."""
-
-
 class ProtocolError(CorralError):
     """A message on the wire does not follow docs/protocol.md."""
 
 
 class InsecureAddressError(CorralError):
     """A TCP listener was asked for on a non-loopback address without --insecure."""
+
+
+# The classes below subclass the stdlib's concurrent.futures exceptions, whose module
+# imports multiprocessing, logging and more.  They are made when first asked for, so
+# that a worker, which raises them only when something fails, does not import all that
+# (every page a worker holds is a page its fork of a task process copies).
+_LAZY = ("DeserializationError", "WorkerLostError", "BrokerLostError")
+
+
+def __getattr__(name: str) -> type:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from concurrent.futures import BrokenExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeserializationError(SerializationError, BrokenProcessPool):
+        """A task or a result could not be unpickled.
+
+        Also a ``BrokenProcessPool``, which is what ``ProcessPoolExecutor``
+        raises in this case, so code written for it keeps working; unlike there,
+        only this future fails.
+        """
+
+    class WorkerLostError(BrokenProcessPool):
+        """The worker process running a task died before it could reply.
+
+        A subclass of ``BrokenProcessPool`` so that code written for
+        ``ProcessPoolExecutor`` catches it; unlike there, only the tasks of the
+        dead worker fail and the executor stays usable.
+        """
+
+    class BrokerLostError(BrokenExecutor):
+        """The broker stopped answering; the futures it held cannot complete."""
+
+    for cls in (DeserializationError, WorkerLostError, BrokerLostError):
+        cls.__qualname__ = cls.__name__  # as if defined at module level: pickled by reference
+        globals()[cls.__name__] = cls
+    return globals()[name]

@@ -15,8 +15,8 @@ from typing import Any
 
 from tblib import pickling_support
 
-from . import protocol, serialization, shm
-from .errors import DeserializationError, SerializationError
+from . import errors, protocol, serialization, shm
+from .errors import SerializationError
 
 # Tracebacks become picklable, so the caller sees the worker's frames.
 pickling_support.install()
@@ -60,7 +60,9 @@ def unpack(frames: list) -> Call:
     try:
         args, kwargs, chunk = serialization.loads(frames[1:], what)
     except (TypeError, ValueError) as exc:
-        raise DeserializationError(f"cannot unpickle {what}: its arguments are not (args, kwargs, chunk)") from exc
+        raise errors.DeserializationError(
+            f"cannot unpickle {what}: its arguments are not (args, kwargs, chunk)"
+        ) from exc
     return Call(fn, args, kwargs, chunk)
 
 

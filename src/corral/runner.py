@@ -52,16 +52,23 @@ READ_CHUNK = 64 << 10
 
 
 class Channel:
-    """One end of the socket pair between a supervisor and its task process."""
+    """One end of the socket pair between a supervisor and its task process.
 
-    def __init__(self, sock: socket.socket, sized: bool = False):
-        self.sock = sock
+    It reads and writes the descriptor with ``os`` calls, so a fresh task process
+    can use the bare descriptor it inherited (``sock`` an int: the supervisor
+    sized its buffers) without building a socket object: every page a fresh
+    process writes is a page the kernel copies for it.
+    """
+
+    def __init__(self, sock: socket.socket | int):
+        self.sock = None if isinstance(sock, int) else sock
+        self.fd = sock if self.sock is None else sock.fileno()
         self.received = bytearray()  # read from the socket, not yet taken
-        if not sized:
-            protocol.size_buffers(sock, SOCKET_BUFFER)
+        if self.sock is not None:
+            protocol.size_buffers(self.sock, SOCKET_BUFFER)
 
     def fileno(self) -> int:
-        return self.sock.fileno()
+        return self.fd
 
     def send(self, header: tuple, frames: list = ()) -> None:
         views = [memoryview(f).cast("B") for f in frames]
@@ -69,7 +76,7 @@ class Channel:
         total = 4 + len(head) + sum(v.nbytes for v in views)
         parts = [_LENGTHS.pack(total, len(head)), head, *views]
         while parts:
-            sent = self.sock.sendmsg(parts[:512])  # IOV_MAX is 1024 on Linux
+            sent = os.writev(self.fd, parts[:512])  # IOV_MAX is 1024 on Linux
             while parts and sent >= len(parts[0]):
                 sent -= len(parts[0])
                 parts.pop(0)
@@ -93,7 +100,7 @@ class Channel:
         """Is there something to read (perhaps the start of a message still being written)?"""
         if self.received:
             return True
-        return bool(select.select([self.sock], [], [], timeout)[0])
+        return bool(select.select([self.fd], [], [], timeout)[0])
 
     def _take(self, n: int) -> bytearray:
         """The next ``n`` bytes.  Small messages are read many at a time; a large
@@ -107,12 +114,12 @@ class Channel:
                 self.received.clear()
                 view = memoryview(buf)
                 while pos < n:
-                    got = self.sock.recv_into(view[pos:])
+                    got = os.readv(self.fd, [view[pos:]])
                     if not got:
                         raise EOFError("the other end closed the channel")
                     pos += got
                 return buf
-            chunk = self.sock.recv(READ_CHUNK)
+            chunk = os.read(self.fd, READ_CHUNK)
             if not chunk:
                 raise EOFError("the other end closed the channel")
             self.received += chunk
@@ -121,7 +128,10 @@ class Channel:
         return out
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is None:
+            os.close(self.fd)
+        else:
+            self.sock.close()
 
 
 class TaskProcess:
@@ -221,6 +231,7 @@ def run_child(run: Callable[[], int], sockets: list, keep: socket.socket | None 
                         pass  # the listing's own descriptor, closed already
         code = run()
     finally:
+        flush_stdio()
         os._exit(code)
 
 
@@ -262,9 +273,23 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> in
         for gid, count, offloaded in header[1]:  # a batch: run in order, answer each as it ends
             status, out, meta = execute(frames[pos : pos + count], store, offloaded)
             pos += count
+            flush_stdio()  # what the task printed is out before its future completes
             conn.send((DONE, gid, int(status), meta), out)
         if once:
-            return 0
+            # Leave at once: unwinding these frames would only write to pages that
+            # the kernel then copies from the template (stdio is flushed already).
+            os._exit(0)
+
+
+def flush_stdio() -> None:
+    """Flush what user code printed: a task process leaves with ``os._exit``, which
+    would drop it (stdout to a pipe or a file is block-buffered)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass  # closed or broken by the task: nothing we can deliver
 
 
 def set_signals() -> None:

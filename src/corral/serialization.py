@@ -29,7 +29,8 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import DeserializationError, SerializationError
+from . import errors
+from .errors import SerializationError
 
 PROTOCOL = 5
 # Buffers smaller than this are cheaper to copy into the stream than to send
@@ -127,7 +128,7 @@ def loads(frames: list, what: str = "object") -> Any:
     try:
         return pickle.loads(frames[0], buffers=frames[1:])
     except BaseException as exc:  # noqa: BLE001 - even sys.exit() in a __reduce__ fails only this object
-        raise DeserializationError(f"cannot unpickle {what}: {type(exc).__name__}: {exc}") from exc
+        raise errors.DeserializationError(f"cannot unpickle {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def _pickles(obj: Any) -> Exception | None:
