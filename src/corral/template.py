@@ -52,7 +52,7 @@ it the same way.
 
 from __future__ import annotations
 
-import contextlib
+import _random
 import ctypes
 import functools
 import gc
@@ -227,13 +227,22 @@ class _Forker:
         if pid < 0:
             raise OSError(ctypes.get_errno(), "fork() failed")
         if pid == 0:
-            # The at-fork hooks that matter with one thread: a new random seed, and the
-            # main thread's id (what threading's hook would have set).
-            if "random" in sys.modules:
-                sys.modules["random"].seed()
-            with contextlib.suppress(AttributeError):
-                threading.main_thread()._set_native_id()
+            _after_libc_fork()
         return pid
+
+
+def _after_libc_fork() -> None:
+    """What the skipped hooks do that matters with one thread (each page written here costs)."""
+    module = sys.modules.get("random")
+    if module is not None:  # random's hook: a new seed from os.urandom, by the C method itself
+        generator = module._inst
+        _random.Random.seed(generator, None)  # random.Random.seed's checks, skipped
+        if generator.gauss_next is not None:
+            generator.gauss_next = None
+    try:
+        threading.main_thread()._set_native_id()  # the new process's thread id
+    except AttributeError:
+        pass
 
 
 def _libc_fork():
