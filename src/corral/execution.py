@@ -73,18 +73,19 @@ def failed(error: str, message: str) -> Outcome:
     return protocol.Status.FAILED, [], {"error": error, "message": message}
 
 
-def execute(frames: list, store: shm.Store | None = None, offloaded: list | None = None) -> Outcome:
+def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = None) -> Outcome:
     """Unpickle, run and pickle back one task.
 
-    With a ``store``, the frames at the ``offloaded`` indices name shared-memory
-    files, and a large result goes back the same way (its meta lists them).
+    With ``shm_dir`` (the client's shared-memory directory), the frames at the
+    ``offloaded`` indices name files there, and a large result goes back the same
+    way (its meta lists them).
     """
     try:
         if offloaded:
-            if store is None:
+            if shm_dir is None:
                 raise SerializationError("cannot unpickle the task in the worker: it names shared-memory "
                                          "buffers, and this worker has none")
-            frames = store.resolve(frames, offloaded, unlink=False)
+            frames = shm.Store(shm_dir).resolve(frames, offloaded, unlink=False)
         call = unpack(frames)
     except (ValueError, OSError) as exc:
         return failed(protocol.ERR_DESERIALIZATION, f"cannot unpickle the task in the worker: {exc}")
@@ -97,9 +98,9 @@ def execute(frames: list, store: shm.Store | None = None, offloaded: list | None
     try:
         name = getattr(call.fn, "__qualname__", repr(call.fn))
         out = serialization.dumps(value, f"the result of {name}()")
-        if store is None:
+        if shm_dir is None or len(out) == 1:  # only an out-of-band buffer can be large enough to offload
             return protocol.Status.OK, out, {}
-        out, indices, _ = store.offload(out, 1)
+        out, indices, _ = shm.Store(shm_dir).offload(out, 1)
         return protocol.Status.OK, out, {"shm": indices} if indices else {}
     except SerializationError as exc:
         return failed(protocol.ERR_SERIALIZATION, str(exc))

@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import protocol, serialization, shm
+from . import protocol, serialization
 from .execution import execute
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
@@ -63,7 +63,8 @@ class Channel:
     def __init__(self, sock: socket.socket | int):
         self.sock = None if isinstance(sock, int) else sock
         self.fd = sock if self.sock is None else sock.fileno()
-        self.received = bytearray()  # read from the socket, not yet taken
+        self.buffer = b""  # the last read (and what was left of the one before); taken up to ``pos``
+        self.pos = 0
         if self.sock is not None:
             protocol.size_buffers(self.sock, SOCKET_BUFFER)
 
@@ -85,10 +86,8 @@ class Channel:
 
     def recv(self) -> tuple[tuple, list]:
         """One whole message; EOFError when the other end closed."""
-        prefix = self._take(_LENGTHS.size)
-        total, head_len = _LENGTHS.unpack(prefix)
-        body = self._take(total - 4)
-        view = memoryview(body)
+        total, head_len = _LENGTHS.unpack(self._take(_LENGTHS.size))
+        view = self._take(total - 4)
         header, sizes = pickle.loads(view[:head_len])
         frames, pos = [], head_len
         for size in sizes:
@@ -96,36 +95,46 @@ class Channel:
             pos += size
         return header, frames
 
+    def buffered(self) -> bool:
+        """Did a read bring in more than has been taken (the start of another message)?"""
+        return self.pos < len(self.buffer)
+
     def poll(self, timeout: float = 0.0) -> bool:
         """Is there something to read (perhaps the start of a message still being written)?"""
-        if self.received:
+        if self.buffered():
             return True
         return bool(select.select([self.fd], [], [], timeout)[0])
 
-    def _take(self, n: int) -> bytearray:
-        """The next ``n`` bytes.  Small messages are read many at a time; a large
-        one is read straight into its own buffer."""
-        while len(self.received) < n:
-            missing = n - len(self.received)
-            if missing >= READ_CHUNK:
-                buf = bytearray(n)
-                pos = len(self.received)
-                buf[:pos] = self.received
-                self.received.clear()
-                view = memoryview(buf)
-                while pos < n:
-                    got = os.readv(self.fd, [view[pos:]])
-                    if not got:
-                        raise EOFError("the other end closed the channel")
-                    pos += got
-                return buf
+    def _take(self, n: int) -> memoryview:
+        """The next ``n`` bytes.
+
+        Small messages are read many at a time and handed out as read-only views
+        of the bytes read, without a copy.  A message of ``READ_CHUNK`` or more is
+        read straight into a writable buffer of its own: only such a message can
+        hold an out-of-band buffer (``serialization.OOB_THRESHOLD``), which the
+        unpickler hands to user code as it is (a numpy array the task may write to).
+        """
+        have = len(self.buffer) - self.pos
+        if n >= READ_CHUNK:
+            buf = bytearray(n)
+            got = min(have, n)
+            buf[:got] = memoryview(self.buffer)[self.pos : self.pos + got]
+            self.pos += got
+            view = memoryview(buf)
+            while got < n:
+                count = os.readv(self.fd, [view[got:]])
+                if not count:
+                    raise EOFError("the other end closed the channel")
+                got += count
+            return view
+        while have < n:
             chunk = os.read(self.fd, READ_CHUNK)
             if not chunk:
                 raise EOFError("the other end closed the channel")
-            self.received += chunk
-        out = self.received[:n]
-        del self.received[:n]
-        return out
+            self.buffer = self.buffer[self.pos :] + chunk if have else chunk
+            self.pos, have = 0, len(self.buffer)
+        self.pos += n
+        return memoryview(self.buffer)[self.pos - n : self.pos]
 
     def close(self) -> None:
         if self.sock is None:
@@ -257,12 +266,11 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> in
         sys.path[:] = setup[0]
     die_with_parent(signal.SIGKILL)  # a parent-death signal is not inherited
     _, initializer, shm_dir = setup
-    store = shm.Store(shm_dir) if shm_dir else None
-    broken = run_initializer(initializer)
-    if broken is not None:
-        conn.send((BROKEN, broken))
-        return 3
     if initializer is not None or not once:  # a fresh process with nothing to report stays silent
+        broken = run_initializer(initializer)
+        if broken is not None:
+            conn.send((BROKEN, broken))
+            return 3
         conn.send((READY,))
     while True:
         try:
@@ -271,7 +279,7 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> in
             return 0  # the supervisor closed our socket: time to go
         pos = 0
         for gid, count, offloaded in header[1]:  # a batch: run in order, answer each as it ends
-            status, out, meta = execute(frames[pos : pos + count], store, offloaded)
+            status, out, meta = execute(frames[pos : pos + count], shm_dir or None, offloaded)
             pos += count
             flush_stdio()  # what the task printed is out before its future completes
             conn.send((DONE, gid, int(status), meta), out)

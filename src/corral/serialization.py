@@ -24,7 +24,6 @@ from __future__ import annotations
 import pickle
 import types
 import weakref
-from collections import OrderedDict
 from typing import Any
 
 import cloudpickle
@@ -104,22 +103,29 @@ class FunctionPickles:
 
 
 class FunctionCache:
-    """A task process's unpickled functions, by their pickle (most recently used kept)."""
+    """A task process's unpickled functions, by their pickle (the oldest dropped past ``size``).
+
+    A read-only buffer is looked up as it is; nothing is copied or reordered on a hit,
+    so a fresh task process, which finds its function here (the template put it
+    there), writes to none of the cache's pages.
+    """
 
     def __init__(self, size: int = 64) -> None:
         self.size = size
-        self.cache: OrderedDict = OrderedDict()
+        self.cache: dict = {}
 
     def loads(self, stream: Any, what: str) -> Any:
-        key = bytes(stream)
-        fn = self.cache.get(key)
+        try:
+            fn = self.cache.get(stream)
+        except (TypeError, ValueError):  # a writable buffer cannot be hashed: look up a copy
+            stream = bytes(stream)
+            fn = self.cache.get(stream)
         if fn is None:
+            key = bytes(stream)
             fn = loads([key], what)
             self.cache[key] = fn
             if len(self.cache) > self.size:
-                self.cache.popitem(last=False)
-        else:
-            self.cache.move_to_end(key)
+                del self.cache[next(iter(self.cache))]
         return fn
 
 

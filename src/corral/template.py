@@ -232,17 +232,17 @@ class _Forker:
 
 
 def _after_libc_fork() -> None:
-    """What the skipped hooks do that matters with one thread (each page written here costs)."""
+    """What the skipped hooks do that matters with one thread: random's new seed.
+
+    (threading's hook renews locks no other thread can hold, and even it leaves the
+    main thread's ``native_id`` as the parent's.)  Each page written here costs.
+    """
     module = sys.modules.get("random")
-    if module is not None:  # random's hook: a new seed from os.urandom, by the C method itself
+    if module is not None:  # a new seed from os.urandom, by the C method itself
         generator = module._inst
         _random.Random.seed(generator, None)  # random.Random.seed's checks, skipped
         if generator.gauss_next is not None:
             generator.gauss_next = None
-    try:
-        threading.main_thread()._set_native_id()  # the new process's thread id
-    except AttributeError:
-        pass
 
 
 def _libc_fork():

@@ -572,7 +572,7 @@ class Worker:
         """Read the messages the task process has written (a burst arrives in one read)."""
         while self.proc is not None:
             self.read_one()
-            if self.proc is None or not self.proc.conn.received:  # more, later, wakes the poll
+            if self.proc is None or not self.proc.conn.buffered():  # more, later, wakes the poll
                 return
 
     def read_one(self) -> None:
