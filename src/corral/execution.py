@@ -11,7 +11,6 @@ from __future__ import annotations
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from tblib import pickling_support
 
@@ -31,11 +30,6 @@ class Call:
     kwargs: dict | None = None
     chunk: list | None = None
 
-    def __call__(self) -> Any:
-        if self.chunk is not None:
-            return [self.fn(*args) for args in self.chunk]
-        return self.fn(*self.args, **(self.kwargs or {}))
-
 
 def pack(call: Call, functions: serialization.FunctionPickles) -> list:
     """A call's payload frames; SerializationError names what could not be pickled."""
@@ -52,7 +46,8 @@ def import_ahead(pickled_function: bytes) -> None:
     _functions.loads(pickled_function, "a function imported ahead")
 
 
-def unpack(frames: list) -> Call:
+def unpack(frames: list) -> tuple[Callable, tuple, dict | None, list | None]:
+    """A task's function, args, kwargs and chunk, from its payload frames."""
     what = "the task in the worker"
     if len(frames) < 2:
         raise SerializationError(f"cannot unpickle {what}: it has {len(frames)} payload frames, not 2 or more")
@@ -63,7 +58,7 @@ def unpack(frames: list) -> Call:
         raise errors.DeserializationError(
             f"cannot unpickle {what}: its arguments are not (args, kwargs, chunk)"
         ) from exc
-    return Call(fn, args, kwargs, chunk)
+    return fn, args, kwargs, chunk
 
 
 Outcome = tuple[protocol.Status, list, dict]
@@ -86,17 +81,19 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
                 raise SerializationError("cannot unpickle the task in the worker: it names shared-memory "
                                          "buffers, and this worker has none")
             frames = shm.Store(shm_dir).resolve(frames, offloaded, unlink=False)
-        call = unpack(frames)
+        # The call is made here, not through a Call object's method: in a fresh task
+        # process every function that runs writes to pages the kernel must copy.
+        fn, args, kwargs, chunk = unpack(frames)
     except (ValueError, OSError) as exc:
         return failed(protocol.ERR_DESERIALIZATION, f"cannot unpickle the task in the worker: {exc}")
     except SerializationError as exc:
         return failed(protocol.ERR_DESERIALIZATION, str(exc))
     try:
-        value = call()
+        value = [fn(*one) for one in chunk] if chunk is not None else fn(*args, **(kwargs or {}))
     except BaseException as exc:  # noqa: BLE001 - the stdlib also reports SystemExit etc.
         return _raised(exc)
     try:
-        name = getattr(call.fn, "__qualname__", repr(call.fn))
+        name = getattr(fn, "__qualname__", repr(fn))
         out = serialization.dumps(value, f"the result of {name}()")
         if shm_dir is None or len(out) == 1:  # only an out-of-band buffer can be large enough to offload
             return protocol.Status.OK, out, {}
@@ -112,7 +109,10 @@ MAX_TRACEBACK_FRAMES = 100  # a RecursionError's thousand frames nest too deep t
 
 
 def _raised(exc: BaseException) -> Outcome:
-    exc.__traceback__ = exc.__traceback__.tb_next if exc.__traceback__ else None  # drop Call.__call__
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next  # the worker's own frames: the caller's traceback starts in their function
+    exc.__traceback__ = tb
     try:
         return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
     except SerializationError as perr:

@@ -72,10 +72,13 @@ class Channel:
         return self.fd
 
     def send(self, header: tuple, frames: list = ()) -> None:
-        views = [memoryview(f).cast("B") for f in frames]
-        head = pickle.dumps((header, [v.nbytes for v in views]), protocol=5)
-        total = 4 + len(head) + sum(v.nbytes for v in views)
-        parts = [_LENGTHS.pack(total, len(head)), head, *views]
+        views, sizes = [], []
+        for frame in frames:
+            view = memoryview(frame).cast("B")
+            views.append(view)
+            sizes.append(view.nbytes)
+        head = pickle.dumps((header, sizes), protocol=5)
+        parts = [_LENGTHS.pack(4 + len(head) + sum(sizes), len(head)), head, *views]
         while parts:
             sent = os.writev(self.fd, parts[:512])  # IOV_MAX is 1024 on Linux
             while parts and sent >= len(parts[0]):
@@ -223,14 +226,15 @@ def run_child(run: Callable[[], int], sockets: list, keep: socket.socket | None 
 
     With ``keep`` (a child of a supervisor), every other descriptor but stdio is closed
     too: the supervisor's connection to its broker (a socket pair, or a ZeroMQ socket's
-    TCP connection and ZeroMQ's own descriptors), which user code must not reach.  The
-    parent's objects that own them stay referenced by those frames until os._exit, so
-    none of them closes the same number again later.
+    TCP connection and ZeroMQ's own descriptors), which user code must not reach.
+    Descriptors are closed by number: the parent's objects that own them stay
+    referenced by those frames until os._exit, so none of them closes the same
+    number again later (and a fresh process runs none of their Python code).
     """
     code = 70
     try:
         for sock in sockets:
-            sock.close()
+            os.close(sock.fileno())
         if keep is not None:
             for fd in _descriptors():
                 if fd > 2 and fd != keep.fileno():

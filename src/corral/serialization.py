@@ -54,7 +54,8 @@ def dumps(obj: Any, what: str = "object", culprit: Any = None, out_of_band: bool
         return False
 
     stream = None
-    if not _pickled_by_value_modules():
+    # Has someone asked cloudpickle to pickle a module's contents by value?
+    if not getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None):
         try:
             stream = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
         except Exception:  # noqa: BLE001 - cloudpickle gets its turn, and the blame if it fails too
@@ -69,11 +70,6 @@ def dumps(obj: Any, what: str = "object", culprit: Any = None, out_of_band: bool
             path, reason = _find_culprit(obj if culprit is None else culprit, what)
             raise SerializationError(f"cannot pickle {path}: {reason}") from exc
     return [stream, *buffers]
-
-
-def _pickled_by_value_modules() -> bool:
-    """Has someone asked cloudpickle to pickle a module's contents by value?"""
-    return bool(getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None))
 
 
 class FunctionPickles:

@@ -71,7 +71,9 @@ from . import execution, protocol, runner
 FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
 _REQUEST = struct.Struct("!ci")  # operation, pid (IMPORT: the length of the pickle that follows)
 _REPLY = struct.Struct("!ci")  # the operation answered; FORK: a pid, WAIT: a return code, IMPORT: microseconds
-COLLECT_EVERY = 0.05  # seconds between looks for exited task processes to collect
+COLLECT_EVERY = 0.05  # seconds without requests before the template collects the task processes that exited
+COLLECT_BATCH = 16  # ... or every this many COLLECT requests
+_FD_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))  # room for the one descriptor a FORK request carries
 
 
 class TemplateGone(OSError):
@@ -262,6 +264,11 @@ def _task_process(fd: int, setup: tuple) -> int:
     return runner.serve(runner.Channel(fd), setup, True, prepared=True)
 
 
+def _collect(pids: list[int]) -> list[int]:
+    """Reap those of ``pids`` that have exited; the rest are still running."""
+    return [pid for pid in pids if not os.waitpid(pid, os.WNOHANG)[0]]
+
+
 def _serve(ctl: socket.socket, setup: tuple) -> int:
     """The template's life: fork task processes until the supervisor closes our socket."""
     parent = os.getppid()
@@ -274,31 +281,38 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
     # task process does not touch (and copy) the pages that hold them.
     gc.freeze()
     fork = _Forker()
-    exited: set[int] = set()  # pids to reap once they exit
+    # Every page this loop writes while a task process lives is copied for it: it reads
+    # each request with one recvmsg, and looks for exited task processes to collect only
+    # every COLLECT_BATCH of them, or after COLLECT_EVERY seconds without a request.
+    exited: list[int] = []  # pids to reap once they exit
     while True:
-        exited = {pid for pid in exited if not os.waitpid(pid, os.WNOHANG)[0]}
-        if not select.select([ctl], [], [], COLLECT_EVERY if exited else None)[0]:
+        if exited and not select.select([ctl], [], [], COLLECT_EVERY)[0]:
+            exited = _collect(exited)
             continue
         try:
-            data, fds, _, _ = socket.recv_fds(ctl, _REQUEST.size, 1, socket.MSG_WAITALL)
+            data, ancillary, _, _ = ctl.recvmsg(_REQUEST.size, _FD_SPACE, socket.MSG_WAITALL)
         except OSError:
-            data, fds = b"", []
+            break
         if len(data) < _REQUEST.size:
             break  # the supervisor closed our socket: time to go
         op, pid = _REQUEST.unpack(data)
         if op == FORK:
+            fd = int.from_bytes(ancillary[0][2][:4], sys.byteorder, signed=True)
             try:
                 child = fork()
             except OSError:
                 child = -1  # out of processes or memory: the supervisor raises
             if child == 0:
-                runner.run_child(functools.partial(_task_process, fds[0], setup), [ctl])
-            os.close(fds[0])
+                runner.run_child(functools.partial(_task_process, fd, setup), [ctl])
+            os.close(fd)
             ctl.sendall(_REPLY.pack(FORK, child))
         elif op == COLLECT:
-            exited.add(pid)
+            exited.append(pid)
+            if len(exited) >= COLLECT_BATCH:
+                exited = _collect(exited)
         elif op == WAIT:
-            exited.discard(pid)
+            if pid in exited:
+                exited.remove(pid)
             ctl.sendall(_REPLY.pack(WAIT, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
         elif op == IMPORT:
             pickled = ctl.recv(pid, socket.MSG_WAITALL)
