@@ -69,6 +69,19 @@ held_descriptors = type(_held_descriptors)(_held_descriptors.__code__, {"os": os
                                            _held_descriptors.__defaults__)
 
 
+def record_then_sleep(path: str, seconds: float) -> int:
+    """A task that notes its pid in ``path`` (one line per run), then sleeps.
+
+    It lives here, not in a test module: a task process imports the module of the
+    function it runs, and a test module's imports (pytest and all) can take longer
+    than the short timeouts the tests give such tasks.
+    """
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def runs(path) -> list[int]:
     """The pids a task wrote to ``path``, one line per run."""
     return [int(line) for line in path.read_text().split()] if path.exists() else []

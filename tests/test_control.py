@@ -15,17 +15,10 @@ import psutil
 import pytest
 
 import corral
-from helpers import gone, runs, wait_for
+from helpers import gone, record_then_sleep, runs, wait_for
 
 TIMEOUT = 30
 BIG = []  # memory a task keeps alive in a persistent task process
-
-
-def record_then_sleep(path: str, seconds: float) -> int:
-    with open(path, "a") as f:
-        f.write(f"{os.getpid()}\n")
-    time.sleep(seconds)
-    return os.getpid()
 
 
 def ignore_sigterm_then_sleep(path: str, seconds: float) -> None:

@@ -16,7 +16,17 @@ import psutil
 import pytest
 
 import corral
-from helpers import free_port, gone, kill_client_and_check_family, runs, start_broker, start_worker, stop, wait_for
+from helpers import (
+    free_port,
+    gone,
+    kill_client_and_check_family,
+    record_then_sleep,
+    runs,
+    start_broker,
+    start_worker,
+    stop,
+    wait_for,
+)
 
 TIMEOUT = 30
 
@@ -36,13 +46,6 @@ def gil_holding_size(seconds: float) -> int:
         if time.perf_counter() - started >= seconds:
             return n
         n += 1
-
-
-def record_then_sleep(path: str, seconds: float) -> int:
-    with open(path, "a") as f:
-        f.write(f"{os.getpid()}\n")
-    time.sleep(seconds)
-    return os.getpid()
 
 
 # Standalone workers do not share the test's sys.path: send this one by value.
