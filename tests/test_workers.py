@@ -175,6 +175,25 @@ def test_what_a_task_prints_comes_out_before_its_result(make_executor, monkeypat
     ex.shutdown(wait=True)
 
 
+class NoFlush:
+    def write(self, text):
+        return len(text)
+
+
+def replace_stdout_and_stderr(i):
+    import sys
+
+    sys.stdout, sys.stderr = NoFlush(), None  # what corral flushes after the task is not a file
+    return i, os.getpid()
+
+
+def test_a_task_that_replaces_stdout_does_not_break_its_process(make_executor):
+    ex = make_executor(1, retries=0)
+    results = [ex.submit(replace_stdout_and_stderr, i).result(TIMEOUT) for i in range(3)]
+    assert [i for i, _ in results] == [0, 1, 2]
+    assert len({pid for _, pid in results}) == 1, "the task process died after a task"
+
+
 # -- sockets ------------------------------------------------------------------------------------
 
 

@@ -300,8 +300,8 @@ def flush_stdio() -> None:
         try:
             if stream is not None:
                 stream.flush()
-        except (OSError, ValueError):
-            pass  # closed or broken by the task: nothing we can deliver
+        except Exception:  # noqa: BLE001 - closed, broken or replaced by the task: nothing to deliver
+            pass
 
 
 def set_signals() -> None:
