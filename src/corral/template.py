@@ -35,8 +35,8 @@ functions ahead.
 The template forks with libc's ``fork()`` rather than ``os.fork()`` while that
 is safe: ``os.fork()`` also runs the at-fork hooks of the modules the
 template has imported (``threading``, ``logging``, ``random``), and every page
-those touch in the child is a page the kernel copies; on a virtual machine
-that is a third of a fresh task's cost.  In a process with a single thread,
+those touch in the child is a page the kernel copies (on the 2-core test VM,
+about 150 pages, an eighth of a fresh task's CPU).  In a process with a single thread,
 and whose locks are all free because nothing else runs, the only hook that
 matters is ``random``'s, which reseeds; the child does that itself.  When an
 imported function's module starts a thread or registers at-fork hooks of its
