@@ -6,8 +6,10 @@
    Python: the caller's thread wakes an I/O thread (a pipe), which writes to a
    supervisor process over a socket pair, which writes to a task process; the
    reply comes back the same way and completes a ``Future``.  Printed beside
-   ``ProcessPoolExecutor(fork)``'s round trip, measured in the same run.
-   Whatever corral takes above the first number is its own work per message.
+   ``ProcessPoolExecutor(fork)``'s round trip, measured in the same run, and
+   beside the same chain without the I/O thread, without the relay, and
+   without both: what each hop costs on this machine.  Whatever corral takes
+   above the full chain is its own work per message.
 2. ``os.fork()`` of a process that has imported what a fresh worker's template
    imports, whose child exits at once: the CPU every fresh task process costs
    before it does anything, beside the same for a bare interpreter.
@@ -59,53 +61,66 @@ def _relay(up: socket.socket) -> None:
                 up.send(ours.recv(64))
 
 
-def relay_chain_p50() -> float:
-    """Median microseconds of a round trip through thread, supervisor and task process."""
+def chain_p50(thread: bool, relay: bool) -> float:
+    """Median microseconds of a bare round trip: caller [-> I/O thread] [-> relay] -> task process and back.
+
+    ``thread``: the caller hands each message to an I/O thread (a pipe), which
+    completes a ``Future`` the caller waits on, as corral's client does.
+    ``relay``: a supervisor process stands between, as corral's worker does.
+    """
     from concurrent.futures import Future
 
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _relay(theirs)
+        _relay(theirs) if relay else _echo(theirs)
     theirs.close()
-    wake_r, wake_w = os.pipe()
-    outbox: list[bytes] = []
-    waiting: dict = {}
-
-    def io_thread() -> None:
-        poller = select.poll()
-        poller.register(wake_r, select.POLLIN)
-        poller.register(ours, select.POLLIN)
-        while True:
-            for fd, _ in poller.poll():
-                if fd == wake_r:
-                    os.read(wake_r, 64)
-                    while outbox:
-                        ours.send(outbox.pop())
-                else:
-                    data = ours.recv(64)
-                    if not data:
-                        return
-                    waiting.pop(data).set_result(None)
-
-    thread = threading.Thread(target=io_thread, daemon=True)
-    thread.start()
     samples = []
-    for _ in range(WARMUP + ROUND_TRIPS):
-        t0 = time.perf_counter()
-        fut = Future()
-        waiting[b"t"] = fut
-        outbox.append(b"t")
-        os.write(wake_w, b"x")
-        fut.result(10)
-        samples.append(time.perf_counter() - t0)
+    if thread:
+        wake_r, wake_w = os.pipe()
+        outbox: list[bytes] = []
+        waiting: dict = {}
+
+        def io_thread() -> None:
+            poller = select.poll()
+            poller.register(wake_r, select.POLLIN)
+            poller.register(ours, select.POLLIN)
+            while True:
+                for fd, _ in poller.poll():
+                    if fd == wake_r:
+                        os.read(wake_r, 64)
+                        while outbox:
+                            ours.send(outbox.pop())
+                    else:
+                        data = ours.recv(64)
+                        if not data:
+                            return
+                        waiting.pop(data).set_result(None)
+
+        io = threading.Thread(target=io_thread, daemon=True)
+        io.start()
+        for _ in range(WARMUP + ROUND_TRIPS):
+            t0 = time.perf_counter()
+            fut = Future()
+            waiting[b"t"] = fut
+            outbox.append(b"t")
+            os.write(wake_w, b"x")
+            fut.result(10)
+            samples.append(time.perf_counter() - t0)
+    else:
+        for _ in range(WARMUP + ROUND_TRIPS):
+            t0 = time.perf_counter()
+            ours.send(b"t")
+            ours.recv(64)
+            samples.append(time.perf_counter() - t0)
     ours.shutdown(socket.SHUT_RDWR)  # the supervisor and its task process see EOF and exit
-    thread.join(5)
+    if thread:
+        io.join(5)
+        os.close(wake_r)
+        os.close(wake_w)
     ours.close()
     os.waitpid(pid, 0)
-    os.close(wake_r)
-    os.close(wake_w)
     return statistics.median(samples[WARMUP:]) * 1e6
 
 
@@ -160,11 +175,20 @@ def main() -> None:
     wall, cpu = fork_exit_ms()
     print(f"fork + immediate exit, with a template's imports ({_rss_mib():.1f} MiB): {wall:.2f} ms wall, "
           f"{cpu:.2f} ms CPU", flush=True)
+    chains = {
+        "caller -> task process": (False, False),
+        "caller -> I/O thread -> task process": (True, False),
+        "caller -> relay process -> task process": (False, True),
+        "caller -> I/O thread -> relay process -> task process (corral's hops)": (True, True),
+    }
+    print("no-op round trip p50, us (ratio to ProcessPoolExecutor(fork) in the same round):", flush=True)
     for _ in range(3):
-        chain, ppe = relay_chain_p50(), ppe_p50()
-        print(f"no-op round trip p50: bare relay chain {chain:.0f} us, ProcessPoolExecutor(fork) {ppe:.0f} us "
-              f"({chain / ppe:.2f}x)", flush=True)
-
+        ppe = ppe_p50()
+        cells = [f"PPE fork {ppe:.0f}"]
+        for name, (thread, relay) in chains.items():
+            p50 = chain_p50(thread, relay)
+            cells.append(f"{name}: {p50:.0f} ({p50 / ppe:.2f}x)")
+        print("  " + "; ".join(cells), flush=True)
 
 if __name__ == "__main__":
     main()
