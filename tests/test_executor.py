@@ -326,10 +326,12 @@ def test_wait_and_as_completed(make_executor):
 
 
 def test_futures_have_every_field_of_the_stdlib_future_and_a_working_condition(make_executor):
-    """CorralFuture sets Future's fields itself (with a leaner Condition): none may be missing
-    on this Python, and waiting with a timeout, from several threads, must still work."""
+    """CorralFuture sets Future's fields itself (with a leaner Condition, and lists made when
+    first used): none may be missing on this Python, and waiting with a timeout, from several
+    threads, must still work."""
     fut = make_executor(1).submit(sleep_then_return, 0.3, "late")
-    assert set(vars(concurrent.futures.Future())) <= set(vars(fut))
+    for name in vars(concurrent.futures.Future()):
+        getattr(fut, name)
     with pytest.raises(concurrent.futures.TimeoutError):
         fut.result(timeout=0.01)
     seen = []
@@ -339,6 +341,34 @@ def test_futures_have_every_field_of_the_stdlib_future_and_a_working_condition(m
     for t in waiters:
         t.join(TIMEOUT)
     assert seen == ["late"] * 3
+
+
+def test_callbacks_and_waiters_on_futures_that_make_their_lists_when_used(make_executor):
+    """A future's callback and waiter lists are made on first use and dropped when it is done;
+    callbacks added before and after completion run once each, and wait() and as_completed()
+    leave no waiter behind."""
+    ex = make_executor(1)
+    calls = []
+    pending = ex.submit(sleep_then_return, 0.3, "late")
+    pending.add_done_callback(lambda f: calls.append(("before", f.result())))
+    done, not_done = concurrent.futures.wait([pending], timeout=0.01)
+    assert not done and not_done == {pending}
+    assert [f.result() for f in concurrent.futures.as_completed([pending], timeout=TIMEOUT)] == ["late"]
+    assert calls == [("before", "late")]
+    assert "_done_callbacks" not in vars(pending) and not pending._waiters
+    pending.add_done_callback(lambda f: calls.append(("after", f.result())))
+    assert calls == [("before", "late"), ("after", "late")]
+    other = ex.submit(square, 3)
+    other.add_done_callback(lambda f: calls.append(("other", f.result())))
+    done, _ = concurrent.futures.wait([pending, other], timeout=TIMEOUT)
+    assert len(done) == 2 and all(not f._waiters for f in done)
+    assert calls[-1] == ("other", 9)
+    unwatched = ex.submit(square, 4)
+    assert unwatched.result(TIMEOUT) == 16
+    deadline = time.monotonic() + TIMEOUT  # result() may return before the I/O thread drops them
+    while ("_waiters" in vars(unwatched) or "_done_callbacks" in vars(unwatched)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "_waiters" not in vars(unwatched) and "_done_callbacks" not in vars(unwatched)
 
 
 def test_asyncio_integration(make_executor):

@@ -85,19 +85,32 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+# The objects each pending future keeps alive are scanned by every collection of the
+# garbage collector; with 20,000 futures pending, collections took a third of a submit
+# burst's time.  So a future holds as few as it can: _Condition and CorralFuture make
+# their containers only when something is put in them.
+_NO_WAITERS: tuple = ()
+
+
 class _Condition(threading.Condition):
-    """A ``threading.Condition`` over an RLock, for a future, that the garbage collector
-    scans as two objects instead of seven.
+    """A ``threading.Condition`` over an RLock, for a future: two objects for the collector
+    to scan instead of eight.
 
     ``Condition.__init__`` stores five bound methods of its lock on itself; these methods
-    look them up when called instead.  With 20,000 futures pending, the collector scanned
-    the five extra objects of each again and again: a third of a submit burst's time went
-    to collections.
+    look them up when called instead.  Its deque of waiting threads is made by the first
+    ``wait()``: until then ``notify()`` finds an empty tuple (most futures are done before
+    anyone waits for them).
     """
+
+    _waiters: deque | tuple = _NO_WAITERS
 
     def __init__(self) -> None:  # as Condition's, with an RLock
         self._lock = threading.RLock()
-        self._waiters: deque = deque()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._waiters is _NO_WAITERS:  # we hold the lock: no other thread is in here
+            self._waiters = deque()
+        return super().wait(timeout)
 
     def acquire(self, *args, **kwargs) -> bool:
         return self._lock.acquire(*args, **kwargs)
@@ -115,20 +128,43 @@ class _Condition(threading.Condition):
         return self._lock._is_owned()
 
 
+_LAZY_LISTS = frozenset({"_waiters", "_done_callbacks"})
+
+
 class CorralFuture(Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker, plus ``kill()``."""
 
     def __init__(self, io: _IOLoop, cid: int):
-        # Future.__init__'s fields (a test checks that none is missing), with a leaner condition.
+        # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
+        # its two lists are made when first used (__getattr__) and dropped when done (_settle).
         self._condition = _Condition()
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: list = []
-        self._done_callbacks: list = []
         self._io = io
         self._cid = cid
         self._kill_requested = False
+
+    def __getattr__(self, name: str) -> Any:
+        """``_waiters`` (wait(), as_completed()) and ``_done_callbacks``, made on first use.
+
+        Every use is under the future's condition, or (the callbacks run after the
+        result is set) when no other thread can make them.
+        """
+        if name in _LAZY_LISTS:
+            made: list = []
+            object.__setattr__(self, name, made)
+            return made
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def _drop_lists(self) -> None:
+        """Done: drop the lists.  A done future calls a new callback at once, and its
+        waiters list is empty but while ``wait()`` or ``as_completed()`` run."""
+        with self._condition:
+            fields = self.__dict__
+            if not fields.get("_waiters", True):
+                del fields["_waiters"]
+            fields.pop("_done_callbacks", None)
 
     def cancel(self) -> bool:
         """Cancel the task if it has not started; False once it runs (as in the stdlib).
@@ -514,6 +550,8 @@ def _settle(fut: Future, value: Any, exc: BaseException | None) -> None:
         import traceback
 
         traceback.print_exc()
+    if isinstance(fut, CorralFuture):
+        fut._drop_lists()
 
 
 def _failure(meta: dict) -> BaseException:
