@@ -344,7 +344,7 @@ def test_futures_have_every_field_of_the_stdlib_future_and_a_working_condition(m
 
 
 def test_callbacks_and_waiters_on_futures_that_make_their_lists_when_used(make_executor):
-    """A future's callback and waiter lists are made on first use and dropped when it is done;
+    """A future's callback and waiter lists are made when something is first put in them;
     callbacks added before and after completion run once each, and wait() and as_completed()
     leave no waiter behind."""
     ex = make_executor(1)
@@ -355,7 +355,7 @@ def test_callbacks_and_waiters_on_futures_that_make_their_lists_when_used(make_e
     assert not done and not_done == {pending}
     assert [f.result() for f in concurrent.futures.as_completed([pending], timeout=TIMEOUT)] == ["late"]
     assert calls == [("before", "late")]
-    assert "_done_callbacks" not in vars(pending) and not pending._waiters
+    assert not pending._waiters
     pending.add_done_callback(lambda f: calls.append(("after", f.result())))
     assert calls == [("before", "late"), ("after", "late")]
     other = ex.submit(square, 3)
@@ -363,12 +363,12 @@ def test_callbacks_and_waiters_on_futures_that_make_their_lists_when_used(make_e
     done, _ = concurrent.futures.wait([pending, other], timeout=TIMEOUT)
     assert len(done) == 2 and all(not f._waiters for f in done)
     assert calls[-1] == ("other", 9)
-    unwatched = ex.submit(square, 4)
-    assert unwatched.result(TIMEOUT) == 16
-    deadline = time.monotonic() + TIMEOUT  # result() may return before the I/O thread drops them
-    while ("_waiters" in vars(unwatched) or "_done_callbacks" in vars(unwatched)) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    unwatched = ex.submit(sleep_then_return, 0.3, 16)  # pending at the first assert
     assert "_waiters" not in vars(unwatched) and "_done_callbacks" not in vars(unwatched)
+    assert unwatched.result(TIMEOUT) == 16
+    assert "_waiters" not in vars(unwatched) and "_done_callbacks" not in vars(unwatched)
+    with pytest.raises(ValueError):
+        unwatched._waiters.remove(object())  # as an empty list would
 
 
 def test_asyncio_integration(make_executor):

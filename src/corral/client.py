@@ -128,15 +128,52 @@ class _Condition(threading.Condition):
         return self._lock._is_owned()
 
 
-_LAZY_LISTS = frozenset({"_waiters", "_done_callbacks"})
+class _EmptyUntilAppend:
+    """An empty list, as far as a ``Future`` and the ``concurrent.futures`` functions use its
+    waiters and callbacks lists, that puts a real list in the future at the first append.
+
+    Every append happens under the future's condition: ``add_done_callback()``, and
+    ``wait()``/``as_completed()`` installing their waiter.
+    """
+
+    __slots__ = ("future", "name")
+
+    def __init__(self, future: Future, name: str):
+        self.future = future
+        self.name = name
+
+    def __iter__(self) -> Iterator:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def append(self, item: Any) -> None:
+        self.future.__dict__[self.name] = [item]
+
+    def remove(self, item: Any) -> None:
+        raise ValueError(f"{item!r} is not in list")
+
+
+class _MadeOnAppend:
+    """A future's list attribute that does not exist until something is appended to it."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, future: Future | None, owner: type | None = None) -> Any:
+        return self if future is None else _EmptyUntilAppend(future, self.name)
 
 
 class CorralFuture(Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker, plus ``kill()``."""
 
+    _waiters = _MadeOnAppend()
+    _done_callbacks = _MadeOnAppend()
+
     def __init__(self, io: _IOLoop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
-        # its two lists are made when first used (__getattr__) and dropped when done (_settle).
+        # its two lists are made when something is first put in them (_MadeOnAppend).
         self._condition = _Condition()
         self._state = PENDING
         self._result = None
@@ -144,27 +181,6 @@ class CorralFuture(Future):
         self._io = io
         self._cid = cid
         self._kill_requested = False
-
-    def __getattr__(self, name: str) -> Any:
-        """``_waiters`` (wait(), as_completed()) and ``_done_callbacks``, made on first use.
-
-        Every use is under the future's condition, or (the callbacks run after the
-        result is set) when no other thread can make them.
-        """
-        if name in _LAZY_LISTS:
-            made: list = []
-            object.__setattr__(self, name, made)
-            return made
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def _drop_lists(self) -> None:
-        """Done: drop the lists.  A done future calls a new callback at once, and its
-        waiters list is empty but while ``wait()`` or ``as_completed()`` run."""
-        with self._condition:
-            fields = self.__dict__
-            if not fields.get("_waiters", True):
-                del fields["_waiters"]
-            fields.pop("_done_callbacks", None)
 
     def cancel(self) -> bool:
         """Cancel the task if it has not started; False once it runs (as in the stdlib).
@@ -550,8 +566,6 @@ def _settle(fut: Future, value: Any, exc: BaseException | None) -> None:
         import traceback
 
         traceback.print_exc()
-    if isinstance(fut, CorralFuture):
-        fut._drop_lists()
 
 
 def _failure(meta: dict) -> BaseException:
