@@ -349,20 +349,27 @@ def test_callbacks_and_waiters_on_futures_that_make_their_lists_when_used(make_e
     leave no waiter behind."""
     ex = make_executor(1)
     calls = []
+
+    def called(n: int) -> list:  # callbacks run in the I/O thread, just after waiters are woken
+        deadline = time.monotonic() + TIMEOUT
+        while len(calls) < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return calls
+
     pending = ex.submit(sleep_then_return, 0.3, "late")
     pending.add_done_callback(lambda f: calls.append(("before", f.result())))
     done, not_done = concurrent.futures.wait([pending], timeout=0.01)
     assert not done and not_done == {pending}
     assert [f.result() for f in concurrent.futures.as_completed([pending], timeout=TIMEOUT)] == ["late"]
-    assert calls == [("before", "late")]
+    assert called(1) == [("before", "late")]
     assert not pending._waiters
-    pending.add_done_callback(lambda f: calls.append(("after", f.result())))
+    pending.add_done_callback(lambda f: calls.append(("after", f.result())))  # done: runs at once
     assert calls == [("before", "late"), ("after", "late")]
     other = ex.submit(square, 3)
     other.add_done_callback(lambda f: calls.append(("other", f.result())))
     done, _ = concurrent.futures.wait([pending, other], timeout=TIMEOUT)
     assert len(done) == 2 and all(not f._waiters for f in done)
-    assert calls[-1] == ("other", 9)
+    assert called(3)[-1] == ("other", 9)
     unwatched = ex.submit(sleep_then_return, 0.3, 16)  # pending at the first assert
     assert "_waiters" not in vars(unwatched) and "_done_callbacks" not in vars(unwatched)
     assert unwatched.result(TIMEOUT) == 16
