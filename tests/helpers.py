@@ -69,6 +69,26 @@ held_descriptors = type(_held_descriptors)(_held_descriptors.__code__, {"os": os
                                            _held_descriptors.__defaults__)
 
 
+def _held_sockets():
+    """(target, socket type) of each socket this process holds above stdio."""
+    import socket
+
+    held = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if int(name) > 2 and target.startswith("socket:"):
+            sock = socket.socket(fileno=os.dup(int(name)))
+            held.append((target, int(sock.type)))
+            sock.close()
+    return sorted(held, key=lambda pair: pair[1])
+
+
+held_sockets = type(_held_sockets)(_held_sockets.__code__, {"os": os}, "held_sockets")
+
+
 def record_then_sleep(path: str, seconds: float) -> int:
     """A task that notes its pid in ``path`` (one line per run), then sleeps.
 

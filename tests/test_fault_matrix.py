@@ -674,7 +674,9 @@ def test_sigkill_of_the_template_mid_task(make_executor, tmp_path):
 
 
 def test_task_process_dying_between_two_tasks_does_not_crash_its_supervisor(make_executor, tmp_path):
-    ex = make_executor(1)  # persistent; its prefetch holds the second task while the first runs
+    # Persistent, with a fixed prefetch (so no lane: its supervisor hands it each task), which
+    # holds the second task while the first runs.
+    ex = make_executor(1, prefetch=2)
     marker = str(tmp_path / "first")
     first = ex.submit(started_then_finish, marker, 0.5)
     second = ex.submit(pid_and_parent)

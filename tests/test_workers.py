@@ -6,6 +6,7 @@ import collections
 import importlib
 import multiprocessing
 import os
+import socket
 import stat
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 import psutil
 import pytest
 
-from helpers import held_descriptors
+from helpers import held_sockets
 
 TIMEOUT = 30
 MUTATED = False
@@ -230,10 +231,27 @@ def test_embedded_broker_listens_nowhere(make_executor):
 @pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
 def test_a_task_process_holds_no_socket_but_its_own(make_executor, fresh):
     """User code cannot reach its worker's connection to the broker: a task process inherits none
-    of its supervisor's descriptors, only the socket to talk to its supervisor (and stdio)."""
+    of its supervisor's descriptors but stdio, only its own socket to its supervisor and (persistent)
+    its lane, which carries its own tasks and results."""
     ex = make_executor(1, fresh=fresh)
-    for held in [ex.submit(held_descriptors).result(TIMEOUT) for _ in range(3)]:
-        assert len(held) == 1 and held[0].startswith("socket:"), f"a task process holds {held}"
+    results = [ex.submit(held_sockets).result(TIMEOUT) for _ in range(3)]
+    [supervisor] = psutil.Process().children()
+    for held in results:
+        types = [kind for _, kind in held]
+        assert types == ([socket.SOCK_STREAM] if fresh else [socket.SOCK_STREAM, socket.SOCK_SEQPACKET]), held
+        shared = {target for target, _ in held} & _descriptor_targets(supervisor.pid)
+        assert shared == (set() if fresh else {held[1][0]}), f"shares {shared} with its supervisor"
+
+
+def _descriptor_targets(pid: int) -> set[str]:
+    """What a process's descriptors point at (``socket:[inode]`` for a socket)."""
+    found = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.add(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            continue
+    return found
 
 
 # -- summary ------------------------------------------------------------------------------------

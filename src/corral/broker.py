@@ -21,6 +21,14 @@ socket pair when it is started (``protocol.Stream``): nothing else can
 connect, and a message costs one system call instead of two ZeroMQ I/O
 thread hand-offs.
 
+A persistent worker of its pool may have a lane (``protocol.Lane``): the
+broker then sends its TASKS to the worker's task process directly and reads
+the results from it, sizing the batches itself (``_lane_window``), marking
+the oldest task the lane holds as begun (its STARTED after 2 ms, its timeout),
+and asking the worker's supervisor to stop the process for a timeout or a
+kill; when the process ends, the supervisor's ENDED says how many tasks it had
+begun, and those end with it while the rest go back to the queue.
+
 When a worker disappears (its process ended, it went silent, or a fresh
 worker reports that a task's process died) its started tasks count an
 attempt and go back to the front of the queue until ``retries`` is spent;
@@ -46,7 +54,18 @@ import zmq
 from . import protocol
 from .errors import ProtocolError
 from .pool import LocalPool, exit_words
-from .protocol import POLLIN, POLLOUT, Kind, Status, Stream
+from .protocol import (
+    CREDIT_HORIZON,
+    PIPELINE_TASK_TIME,
+    PIPELINE_TASKS,
+    POLLIN,
+    POLLOUT,
+    STARTED_DELAY,
+    Kind,
+    Lane,
+    Status,
+    Stream,
+)
 
 DEFAULT_RETRIES = 2
 SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
@@ -66,6 +85,7 @@ class Task:
     worker: bytes | None = None
     started: bool = False
     killed: bool = False  # a kill was asked for: never retried
+    kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
 
 
@@ -83,6 +103,15 @@ class WorkerState:
     errors: int = 0
     last_seen: float = 0.0
     alive: bool = True
+    # A worker whose task process reads its tasks from a lane (see Lane, and "Lanes" above).
+    laned: bool = False
+    epoch: int | None = None  # the task process's, while it reads its lane (None: restarting)
+    head_since: float = 0.0  # when the oldest task it holds began
+    head_reported: bool = False  # STARTED sent for it
+    answered: int = 0  # results its task process sent (its tasks begun, less those running or unsent)
+    stopping: int = 0  # the task whose process we asked the worker to stop
+    stop_reason: str = ""  # why: "timeout" or "killed"
+    task_time: float | None = None  # moving average of how long its tasks take
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -104,6 +133,8 @@ class Paired:
     pid: int
     stream: Stream
     flags: int = POLLIN  # what the poller watches it for
+    lane: Lane | None = None
+    lane_flags: int = POLLIN
 
 
 @dataclass
@@ -156,6 +187,7 @@ class Broker:
         for sock in self.routers:
             self.poller.register(sock, POLLIN)
         self.paired: dict[bytes, Paired] = {}  # the pool's workers on socket pairs, by identity
+        self.lanes: dict[bytes, WorkerState] = {}  # those of them whose task process reads a lane
         self.pool = pool
         if pool is not None and pool.address is None:
             pool.connect = self.adopt
@@ -187,8 +219,16 @@ class Broker:
     # -- the loop ------------------------------------------------------------
 
     def poll_timeout(self) -> float:
-        """Seconds the loop may sleep: a pool is checked for exited workers every 0.1 s."""
-        return 0.1 if self.pool else self.heartbeat / 2
+        """Seconds the loop may sleep: a pool is checked for exited workers every 0.1 s, and
+        a lane's oldest task when it is due a STARTED or its timeout."""
+        timeout = 0.1 if self.pool else self.heartbeat / 2
+        if self.lanes:
+            now = time.monotonic()
+            for w in self.lanes.values():
+                due = self.lane_due(w)
+                if due is not None:
+                    timeout = min(timeout, max(0.0, due - now))
+        return timeout
 
     def serve(self) -> None:
         """Run a standalone broker until ``running`` is cleared."""
@@ -210,9 +250,17 @@ class Broker:
                 self.drain(sock)
         for ident, link in list(self.paired.items()):
             happened = events.get(link.stream.poll_key)
+            if link.lane is not None:
+                on_lane = events.get(link.lane.poll_key, 0)
+                if on_lane & POLLOUT:
+                    link.lane.flush()
+                if on_lane & POLLIN or happened:  # results first: what the worker says may concern them
+                    self.serve_lane(ident, link)
             if happened:
                 self.serve_stream(ident, link, happened)
         self.dispatch()
+        if self.lanes:
+            self.lane_timers(time.monotonic())  # before the flush, which sends the STARTED it adds
         self.flush()
         self.housekeeping()
         for link in self.paired.values():
@@ -221,14 +269,21 @@ class Broker:
             if wanted != link.flags:
                 self.poller.register(link.stream, wanted)
                 link.flags = wanted
+            if link.lane is not None:
+                wanted = POLLIN | (POLLOUT if link.lane.pending else 0)
+                if wanted != link.lane_flags:
+                    self.poller.register(link.lane, wanted)
+                    link.lane_flags = wanted
 
     # -- the pool's workers, on socket pairs ------------------------------------
 
-    def adopt(self, pid: int, sock: socket.socket) -> None:
-        """A worker the pool just started, connected to us by a socket pair."""
+    def adopt(self, pid: int, sock: socket.socket, lane: socket.socket | None = None) -> None:
+        """A worker the pool just started, connected to us by a socket pair (and a lane)."""
         ident = b"\0pool-%d" % pid  # cannot clash with a ZeroMQ identity (a zero byte and four more)
-        self.paired[ident] = link = Paired(pid, Stream(sock))
+        self.paired[ident] = link = Paired(pid, Stream(sock), lane=Lane(lane) if lane is not None else None)
         self.poller.register(link.stream, link.flags)
+        if link.lane is not None:
+            self.poller.register(link.lane, link.lane_flags)
 
     def serve_stream(self, ident: bytes, link: Paired, events: int) -> None:
         if events & POLLOUT:
@@ -255,9 +310,123 @@ class Broker:
         link = self.paired.pop(ident)
         self.poller.unregister(link.stream)
         link.stream.close()
+        if link.lane is not None:
+            self.serve_lane(ident, link)  # the results its task process sent before
+            self.poller.unregister(link.lane)
+            link.lane.close()
         w = self.workers.get(ident)
         if w is not None:
             w.credit = 0
+            w.epoch = None
+
+    # -- lanes: tasks and results straight between the broker and a task process ---------
+
+    def serve_lane(self, ident: bytes, link: Paired) -> None:
+        """Take the results a worker's task process wrote on its lane."""
+        messages = link.lane.receive()
+        w = self.workers.get(ident)
+        if link.lane.dropped:
+            self.log(f"dropped {link.lane.dropped} malformed message(s) on the lane of worker process {link.pid}")
+            link.lane.dropped = 0
+        for msg in messages:
+            try:
+                kind, body = protocol.decode(msg[0])
+                if kind != Kind.RESULT or w is None or not w.laned:
+                    raise ProtocolError(f"{kind.name} on a lane")
+                self.lane_result(w, body, protocol.unpack(body, msg[1:]))
+            except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                self.log(f"dropped a malformed message on the lane of worker process {link.pid}: "
+                         f"{type(exc).__name__}: {exc}")
+
+    def lane_result(self, w: WorkerState, body: dict, frames: list) -> None:
+        """Outcomes from a task process, in the order it ran its tasks: the oldest one each."""
+        w.busy += _seconds(body.get("busy", 0.0))
+        for entry, payload in protocol.split_entries(body, "results", frames, 4):
+            gid, now = entry[0], time.monotonic()
+            if gid != next(iter(w.assigned), None):
+                self.log(f"dropped a result from worker {w.name} for a task it is not running")
+                continue
+            w.answered += 1
+            if entry[1] != Status.FAILED:
+                took = now - w.head_since
+                w.task_time = took if w.task_time is None else 0.8 * w.task_time + 0.2 * took
+            self.task_done(w, entry, payload)
+            self.next_head(w, now)
+
+    def next_head(self, w: WorkerState, now: float) -> None:
+        """The oldest task a lane worker holds has begun (the one before it just ended)."""
+        w.head_since, w.head_reported, w.stopping = now, False, 0
+        task = self.tasks.get(next(iter(w.assigned), -1))
+        if task is None:
+            return
+        if not task.started:
+            task.started = True
+            task.attempts += 1
+        if task.kill_with is not None:
+            self.stop_on_lane(w, task, "killed", *task.kill_with)
+
+    def stop_on_lane(self, w: WorkerState, task: Task, reason: str, sig: str, grace: float) -> None:
+        """Have a lane worker stop its task process, which runs ``task``."""
+        if w.stopping or w.epoch is None:
+            return  # asked already; or it is restarting, and no task of ours runs
+        w.stopping, w.stop_reason = task.gid, reason
+        self.send(self.workers_sock, w.ident, Kind.KILL, {"lane": w.epoch, "id": task.gid, "signal": sig,
+                                                          "grace": grace})
+
+    def lane_due(self, w: WorkerState) -> float | None:
+        """When the oldest task of a lane worker is due a STARTED or its timeout (None: nothing due)."""
+        task = self.tasks.get(next(iter(w.assigned), -1))
+        if task is None or w.epoch is None:
+            return None
+        due = None if w.head_reported else w.head_since + STARTED_DELAY
+        limit = task.options.get("timeout")
+        if limit and not w.stopping:
+            due = min(due or 1e300, w.head_since + limit)
+        return due
+
+    def lane_timers(self, now: float) -> None:
+        for w in self.lanes.values():
+            task = self.tasks.get(next(iter(w.assigned), -1))
+            if task is None or w.epoch is None:
+                continue
+            if not w.head_reported and now - w.head_since >= STARTED_DELAY:
+                w.head_reported = True
+                self.outbox(task.client).started.append(task.cid)
+            limit = task.options.get("timeout")
+            if limit and not w.stopping and now - w.head_since >= limit:
+                self.stop_on_lane(w, task, "timeout", "SIGKILL", 0.0)
+
+    def lane_ended(self, w: WorkerState, body: dict) -> None:
+        """A lane worker's task process ended: the task it ran (if any) ends with it, as the
+        worker says how; the tasks behind it never began, and go back to the queue."""
+        link = self.paired.get(w.ident)
+        if link is not None and link.lane is not None:
+            self.serve_lane(w.ident, link)  # everything it wrote before it died
+            link.lane.reset()  # and nothing half-written, or half-sent to it
+        if body.get("lane") != w.epoch:
+            return
+        w.epoch = None  # until its next task process reads the lane (LANE)
+        pid, how = body.get("pid"), f"its process {body.get('pid')} {body.get('how')}"
+        # The tasks it held in front that it had begun ran (the last of them was running):
+        # their results, if any, died with it.  The rest never began.
+        held = list(w.assigned)
+        begun = min(len(held), max(0, _count(body.get("begun", 0)) - w.answered))
+        for gid in reversed(held[begun:]):  # requeued at the front, in their order
+            self.unassign(w, gid, count_attempt=False, why="before it started")
+        for gid in held[:begun]:
+            task = self.tasks.get(gid)
+            if task is None:
+                continue
+            if w.stopping == gid and w.stop_reason == "timeout":
+                meta = protocol.stopped("timeout", task.options.get("timeout"), how)
+                self.task_done(w, protocol.result_entry(gid, Status.FAILED, 0, meta), [])
+            elif task.killed:
+                self.unassign(w, gid, count_attempt=True, why=how)
+            else:
+                meta = {"error": protocol.ERR_WORKER_LOST, "message": f"the task process {pid} of worker {w.name} "
+                                                                      f"{body.get('how')}"}
+                self.task_done(w, protocol.result_entry(gid, Status.FAILED, 0, meta), [])
+        w.stopping, w.head_reported, w.answered = 0, False, 0
 
     def drain(self, sock: zmq.Socket, limit: int = 10000) -> None:
         for _ in range(limit):
@@ -317,6 +486,10 @@ class Broker:
         if body.get("broken"):
             self.break_pool(f"the initializer failed in worker {w.name}:\n{body['broken']}")
             return
+        link = self.paired.get(ident)
+        if link is not None and link.lane is not None and isinstance(body.get("lane"), int):
+            w.laned, w.epoch = True, body["lane"]
+            self.lanes[ident] = w
         self.workers[ident] = w
         self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
 
@@ -343,6 +516,13 @@ class Broker:
             self.worker_gone(w, None)
         elif kind == Kind.HEARTBEAT:
             pass
+        elif kind == Kind.ENDED and w.laned:
+            self.lane_ended(w, body)
+        elif kind == Kind.LANE and w.laned:
+            if body.get("broken"):
+                self.break_pool(f"the initializer failed in worker {w.name}:\n{body['broken']}")
+            else:
+                w.epoch, w.answered = int(body["lane"]), 0
         else:
             raise ProtocolError(f"workers do not send {kind.name}")
 
@@ -420,6 +600,7 @@ class Broker:
             return
         w.alive = False
         self.workers.pop(w.ident, None)
+        self.lanes.pop(w.ident, None)
         self.departed.append(w)
         oldest = self.tasks.get(next(iter(w.assigned), None))
         if why is not None and oldest is not None and not oldest.started:
@@ -530,6 +711,8 @@ class Broker:
             elif task.worker is None:
                 self.drop(task)
                 box.cancelled.append(cid)
+            elif task.worker in self.lanes:  # on its way to a task process, or in it: it runs
+                box.running.append(cid)
             elif not task.cancelling:
                 task.cancelling = True
                 by_worker.setdefault(task.worker, []).append(task.gid)
@@ -558,8 +741,13 @@ class Broker:
             if task is None or task.killed:
                 continue
             task.killed = True
+            w = self.lanes.get(task.worker)
             if task.worker is None:  # still queued: gone at once
                 self.unassign_queued(task, "before it started")
+            elif w is not None:  # on a lane: stop its process when the task runs there
+                task.kill_with = (sig, grace)
+                if task.gid == next(iter(w.assigned), None):
+                    self.stop_on_lane(w, task, "killed", sig, grace)
             else:
                 by_worker.setdefault(task.worker, []).append(task.gid)
         for ident, gids in by_worker.items():
@@ -625,6 +813,9 @@ class Broker:
     def dispatch(self) -> None:
         if not self.queue:
             return
+        for w in self.lanes.values():  # a lane's worker grants no credit: its window is ours to size
+            w.credit = 0 if w.epoch is None else max(0, _lane_window(w) - len(w.assigned))
+        idle_lanes = [w for w in self.lanes.values() if w.credit and not w.assigned]
         # One task per worker per round, least loaded first, so that N tasks start
         # on N idle workers instead of waiting in the prefetch of the first one.
         ready = sorted((w for w in self.workers.values() if w.credit > 0), key=lambda w: len(w.assigned))
@@ -655,6 +846,10 @@ class Broker:
                     ready.remove(w)
         for ident, (entries, frames) in batches.items():
             self.send(self.workers_sock, ident, Kind.TASKS, {"tasks": entries}, frames)
+        now = time.monotonic()
+        for w in idle_lanes:
+            if w.assigned:  # its task process begins the first of them now
+                self.next_head(w, now)
 
     def outbox(self, client: bytes) -> Outbox:
         box = self.outboxes.get(client)
@@ -684,6 +879,10 @@ class Broker:
             return
         link = self.paired.get(ident)
         if link is not None:
+            w = self.lanes.get(ident)
+            if kind == Kind.TASKS and w is not None:  # straight to its task process
+                link.lane.send(protocol.message(kind, {**(body or {}), "lane": w.epoch}, frames))
+                return
             link.stream.send(protocol.message(kind, body, frames))
             return
         if sock is None:
@@ -770,6 +969,14 @@ def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ProtocolError(f"bad number of seconds {value!r}")
     return float(value)
+
+
+def _lane_window(w: WorkerState) -> int:
+    """How many tasks to put on a lane at once: the one running, and while tasks are short
+    (they can no longer be cancelled there), enough for CREDIT_HORIZON seconds of work."""
+    if w.task_time is None or w.task_time > PIPELINE_TASK_TIME:
+        return 1
+    return max(2, min(PIPELINE_TASKS, int(CREDIT_HORIZON / max(w.task_time, 1e-6))))
 
 
 def _count(value: Any) -> int:

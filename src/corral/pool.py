@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .protocol import STREAM_BUFFER, size_buffers
+
 
 @dataclass
 class Exited:
@@ -68,7 +70,12 @@ class LocalPool:
         self.max_memory = max_memory
         self.reconnect = reconnect
         self.shm = shm
-        self.connect: Callable[[int, socket.socket], None] | None = None  # set by the broker when address is None
+        self.connect: Callable[..., None] | None = None  # set by the broker when address is None
+        # A persistent worker's task process takes tasks from the broker directly, on a lane
+        # (runner.py), where its supervisor need not see each task: not to count them
+        # (max_tasks), weigh the process after each (max_memory), time its idleness, or
+        # hold a fixed number (prefetch: the broker sizes a lane's batches itself).
+        self.lanes = not (fresh or spawn or max_tasks or max_memory or idle_timeout) and prefetch is None
         self.procs: dict[int, subprocess.Popen] = {}
         self.accepting = True  # False once broken or stopping: no restarts
 
@@ -102,18 +109,27 @@ class LocalPool:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         ours, theirs = socket.socketpair() if self.address is None else (None, None)
         fds = [theirs.fileno()] if theirs else []
+        cmd = self.command(*fds)
+        lane_ours = lane_theirs = None
+        if ours is not None and self.lanes:
+            lane_ours, lane_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            for sock in (lane_ours, lane_theirs):
+                size_buffers(sock, STREAM_BUFFER)
+            fds.append(lane_theirs.fileno())
+            cmd += ["--lane", str(lane_theirs.fileno())]
         try:
-            proc = subprocess.Popen(self.command(*fds), env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL,
-                                    pass_fds=fds)
+            proc = subprocess.Popen(cmd, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL, pass_fds=fds)
         except BaseException:
-            if ours:
-                ours.close()
+            for sock in (ours, lane_ours):
+                if sock:
+                    sock.close()
             raise
         finally:
-            if theirs:
-                theirs.close()
+            for sock in (theirs, lane_theirs):
+                if sock:
+                    sock.close()
         if ours:
-            self.connect(proc.pid, ours)
+            self.connect(proc.pid, ours, lane_ours)
         self.procs[proc.pid] = proc
         return proc.pid
 

@@ -57,6 +57,8 @@ class Kind(IntEnum):
     ERROR = 14  # B->C, B->W: a request was refused (bad version, unknown client...)
     KILL = 15  # C->B, B->W: stop these running tasks' processes (or all of a client's)
     CANCELLED = 16  # W->B, B->C: verdicts on CANCEL: ids dropped before they ran, ids already running
+    LANE = 17  # W->B: the worker's task process reads its lane now, taking tasks of this epoch
+    ENDED = 18  # W->B: the worker's task process on a lane ended: how, and the task it was running
 
 
 class Status(IntEnum):
@@ -75,6 +77,30 @@ ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
 ERR_CANCELLED = "cancelled"
 ERR_TIMEOUT = "timeout"  # the task outran its timeout; its process was killed
 ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went away
+
+def stopped(reason: str, timeout: Any, how: str) -> dict[str, Any]:
+    """The FAILED meta of a task whose process was stopped: ``reason`` "timeout" or "killed"."""
+    if reason == "timeout":
+        return {"error": ERR_TIMEOUT, "message": f"the task ran longer than its timeout of {timeout} s and was "
+                                                 f"stopped: {how}"}
+    return {"error": ERR_KILLED, "message": f"the task was killed: {how}"}
+
+
+# When workers (or, for a lane, the broker) report starts and how many tasks they hold.
+# A task that ends sooner than STARTED_DELAY is reported by its RESULT alone; a longer one
+# gets a STARTED message once this much time has passed, so that its future shows as
+# running. Saves two messages per short task.
+STARTED_DELAY = 0.002
+# A worker holds enough tasks for this many seconds of work, judged by how long its
+# recent tasks took: short tasks stream in large batches, long ones stay spread over
+# the workers.
+CREDIT_HORIZON = 0.01
+MAX_CREDIT = 512
+# Tasks are queued behind the running one in its process (where they can no longer be
+# cancelled) only while tasks take less than PIPELINE_TASK_TIME on average: that matters
+# only for long ones.  At most PIPELINE_TASKS of them.
+PIPELINE_TASK_TIME = 0.002
+PIPELINE_TASKS = 256
 
 # Per-task options a SUBMIT entry may carry, reserved for the task-control
 # features; the broker keeps the ones it does not act on yet.
@@ -283,7 +309,30 @@ def size_buffers(sock: socket.socket, size: int) -> None:
             pass
 
 
-class Stream:
+class _Endpoint:
+    """What a Stream and a Lane share: a socket, and a queue of output it has not taken yet."""
+
+    sock: socket.socket
+    outq: deque
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def poll_key(self) -> int:
+        """What a poller's events call it: both zmq.Poller and FdPoller report its fd."""
+        return self.sock.fileno()
+
+    @property
+    def pending(self) -> bool:
+        """Is output waiting for the socket to become writable?"""
+        return bool(self.outq)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Stream(_Endpoint):
     """Protocol messages over a stream socket: an embedded broker and a worker it started.
 
     A ZeroMQ message between two processes wakes an I/O thread on each side
@@ -313,24 +362,9 @@ class Stream:
         self.filled = 0
         self.eof = False  # the peer closed its end (or died)
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    @property
-    def poll_key(self) -> int:
-        """What a poller's events call this stream: both zmq.Poller and FdPoller report its fd."""
-        return self.sock.fileno()
-
-    @property
-    def pending(self) -> bool:
-        """Is output waiting for the socket to become writable?"""
-        return bool(self.outq)
-
     def send(self, frames: list) -> None:
         """Queue one message and write as much of the queue as the socket takes now."""
-        views = [f.buffer if hasattr(f, "buffer") else memoryview(f).cast("B") for f in frames]
-        self.outq.append(memoryview(struct.pack(f"!I{len(views)}Q", len(views), *(v.nbytes for v in views))))
-        self.outq.extend(views)
+        self.outq.extend(framed(frames))
         self.flush()
 
     def flush(self) -> None:
@@ -438,8 +472,133 @@ class Stream:
             buf.clear()
         return None
 
-    def close(self) -> None:
-        self.sock.close()
+
+def framed(frames: list) -> list[memoryview]:
+    """A message's frames as a stream carries them: count and sizes, then the frames (uncopied)."""
+    views = [f.buffer if hasattr(f, "buffer") else memoryview(f).cast("B") for f in frames]
+    return [memoryview(struct.pack(f"!I{len(views)}Q", len(views), *(v.nbytes for v in views))), *views]
+
+
+def unframed(body) -> list:
+    """The frames of one whole stream-framed message (views of ``body``); ProtocolError if it is not one."""
+    if len(body) < _COUNT.size:
+        raise ProtocolError("a message shorter than its frame count")
+    count = _COUNT.unpack_from(body)[0]
+    start = _COUNT.size + 8 * count
+    if not 0 < count <= MAX_FRAMES or len(body) < start:
+        raise ProtocolError(f"a message with {count} frames")
+    sizes = list(struct.unpack_from(f"!{count}Q", body, _COUNT.size))
+    if start + sum(sizes) != len(body):
+        raise ProtocolError("a message whose frame sizes do not add up to its length")
+    return _split(memoryview(body)[start:], sizes)
+
+
+LANE_RECORD = 64 << 10  # message bytes per record: far below any system's socket send buffer
+_START, _END = 1, 2
+
+
+class Lane(_Endpoint):
+    """Tasks and results between an embedded broker and a worker's task process, directly.
+
+    A worker started by an embedded broker's pool gets a second socket pair, a
+    SOCK_SEQPACKET one: its task processes read their tasks from it and write
+    their results to it, so that neither waits for the supervisor (a process
+    that must wake up in the middle of every round trip).  Each message is
+    framed as on a ``Stream`` and cut into records of at most LANE_RECORD
+    bytes, each behind a flags byte: START on a message's first record, END on
+    its last.  The kernel hands over each record whole or not at all, so a task
+    process that dies half-way through reading or writing a message leaves
+    whole records behind it, and the next reader finds its place again: it
+    drops records until a START, and a message whose END never came.
+
+    Non-blocking (the broker's end: what the socket does not take waits in
+    ``outq``, written by ``flush()`` when it is writable) or blocking (a task
+    process's end: ``recv_message()``).
+    """
+
+    def __init__(self, sock: socket.socket, blocking: bool = False):
+        self.sock = sock
+        sock.setblocking(blocking)
+        self.outq: deque[tuple[bytes, memoryview]] = deque()  # records not written yet
+        self.parts: list | None = None  # the records of the message being received
+        self.dropped = 0  # malformed messages received and dropped
+        self.eof = False
+
+    def send(self, frames: list) -> None:
+        """Queue one message's records and write what the socket takes now."""
+        body = memoryview(b"".join(framed(frames)))
+        for pos in range(0, len(body), LANE_RECORD):
+            flags = (_START if pos == 0 else 0) | (_END if pos + LANE_RECORD >= len(body) else 0)
+            self.outq.append((bytes((flags,)), body[pos : pos + LANE_RECORD]))
+        self.flush()
+
+    def flush(self) -> None:
+        while self.outq and not self.eof:
+            try:
+                self.sock.sendmsg(self.outq[0])
+            except BlockingIOError:
+                return
+            except OSError:  # the other end is closed: what we had for it is moot
+                self.eof = True
+                break
+            self.outq.popleft()
+        if self.eof:
+            self.outq.clear()
+
+    def receive(self) -> list[list]:
+        """Every whole message that has arrived, without blocking; sets ``eof`` at end of file."""
+        messages: list[list] = []
+        while not self.eof:
+            try:
+                record = self.sock.recv(LANE_RECORD + 1)
+            except BlockingIOError:
+                break
+            except OSError:
+                record = b""
+            if not record:
+                self.eof = True
+                break
+            message = self._take(record)
+            if message is not None:
+                messages.append(message)
+        return messages
+
+    def recv_message(self) -> list:
+        """The next whole message (blocking); EOFError when the other end is closed."""
+        while True:
+            record = self.sock.recv(LANE_RECORD + 1)
+            if not record:
+                raise EOFError("the lane was closed")
+            message = self._take(record)
+            if message is not None:
+                return message
+
+    def _take(self, record: bytes) -> list | None:
+        flags = record[0]
+        if flags & _START:
+            self.parts = []  # a message still open was cut short: its writer died
+        if self.parts is None:
+            return None  # the rest of a message whose start a reader that died took
+        self.parts.append(memoryview(record)[1:])
+        if not flags & _END:
+            return None
+        parts, self.parts = self.parts, None
+        if len(parts) == 1:
+            body = parts[0]
+        else:  # large enough to hold out-of-band buffers, which user code may write to: writable
+            body = bytearray()
+            for part in parts:
+                body += part
+        try:
+            return unframed(body)
+        except ProtocolError:
+            self.dropped += 1
+            return None
+
+    def reset(self) -> None:
+        """Forget a message half received and the records not written yet (their peer died)."""
+        self.parts = None
+        self.outq.clear()
 
 
 class FdPoller:

@@ -18,6 +18,16 @@ from the supervisor, which has imported nothing of the user's, or spawned as
 new interpreters (``python -m corral.runner FD``) where fork is unavailable or
 the user asked for ``spawn``.
 
+A persistent worker started by an embedded broker's pool also has a lane
+(``protocol.Lane``): its task process then takes its tasks from the broker
+and answers them there itself, and tells the supervisor nothing per task;
+it only notes, in a page of memory the two share, how many tasks it has
+begun and which one runs (``LanePage``), so that the supervisor can say,
+when the process dies or must be stopped, which task that concerns::
+
+    broker  --TASKS (lane epoch)-->  task process  --RESULT-->  broker
+                                      page: (tasks begun, task running or 0)
+
 Each message is one write: an 8-byte length, then a 4-byte header length,
 the pickled header (which lists the payload frames' sizes), and the payload
 frames back to back.  It is sent with one gathering ``sendmsg`` straight
@@ -35,12 +45,14 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
 from . import protocol, serialization
+from .errors import ProtocolError
 from .execution import execute
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
@@ -196,12 +208,14 @@ class TaskProcess:
         return self.reap(block=False) is not None
 
 
-def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:
+def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None) -> TaskProcess:
     """Start a task process; ``setup`` is (sys.path, pickled initializer or None, shm directory or None).
 
     With ``once`` it runs the one task it is sent and exits (a fresh
     worker's); otherwise it runs the tasks it is sent until its socket closes.
-    It keeps none of the supervisor's descriptors but stdio.
+    With ``lane`` (descriptor, epoch, LanePage), a persistent one takes its
+    tasks from that lane instead.  It keeps none of the supervisor's
+    descriptors but stdio (and the lane).
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
@@ -215,17 +229,18 @@ def start(setup: tuple, once: bool, spawn: bool) -> TaskProcess:
         warnings.simplefilter("ignore", DeprecationWarning)  # zmq's threads: the child never touches zmq
         pid = os.fork()
     if pid == 0:
-        run_child(lambda: serve(Channel(theirs), setup, once), [ours], keep=theirs)
+        keep = [theirs.fileno()] + ([lane[0]] if lane else [])
+        run_child(lambda: serve(Channel(theirs), setup, once, lane=lane), [ours], keep=keep)
     theirs.close()
     return TaskProcess(pid, Channel(ours))
 
 
-def run_child(run: Callable[[], int], sockets: list, keep: socket.socket | None = None) -> NoReturn:
+def run_child(run: Callable[[], int], sockets: list, keep: list[int] | None = None) -> NoReturn:
     """The rest of a forked child's life: close the parent's ``sockets``, ``run``, and
     leave with its code, never returning into the parent's frames.
 
-    With ``keep`` (a child of a supervisor), every other descriptor but stdio is closed
-    too: the supervisor's connection to its broker (a socket pair, or a ZeroMQ socket's
+    With ``keep`` (descriptors of a child of a supervisor), every other descriptor but
+    stdio is closed too: the supervisor's connection to its broker (a socket pair, or a ZeroMQ socket's
     TCP connection and ZeroMQ's own descriptors), which user code must not reach.
     Descriptors are closed by number: the parent's objects that own them stay
     referenced by those frames until os._exit, so none of them closes the same
@@ -237,7 +252,7 @@ def run_child(run: Callable[[], int], sockets: list, keep: socket.socket | None 
             os.close(sock.fileno())
         if keep is not None:
             for fd in _descriptors():
-                if fd > 2 and fd != keep.fileno():
+                if fd > 2 and fd not in keep:
                     try:
                         os.close(fd)
                     except OSError:
@@ -258,12 +273,13 @@ def _descriptors() -> list[int]:
     return []
 
 
-def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> int:
+def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane: tuple | None = None) -> int:
     """The task process's life: initialize, then run tasks until told to stop.
 
     ``prepared``: forked from a template, which set the signal dispositions and
     ``sys.path`` already (every page a fresh process writes is a page the kernel
-    copies: doing less here makes fresh tasks faster).
+    copies: doing less here makes fresh tasks faster).  ``lane``: take the
+    tasks from that lane (``start``).
     """
     if not prepared:
         set_signals()
@@ -276,6 +292,8 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> in
             conn.send((BROKEN, broken))
             return 3
         conn.send((READY,))
+    if lane is not None:
+        return _serve_lane(*lane, shm_dir or None)
     while True:
         try:
             header, frames = conn.recv()
@@ -291,6 +309,93 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False) -> in
             # Leave at once: unwinding these frames would only write to pages that
             # the kernel then copies from the template (stdio is flushed already).
             os._exit(0)
+
+
+class LanePage:
+    """Memory a supervisor shares with its task process on a lane (anonymous, inherited by
+    fork): how many tasks the process has begun, and the id of the one it runs (0: none).
+
+    The task process writes it around every task, without a system call or waking anyone;
+    the supervisor reads it only when it must know which task its process runs: to stop
+    that task, or to say which one died with the process.
+    """
+
+    _FORMAT = struct.Struct("qq")
+
+    def __init__(self) -> None:
+        import mmap
+
+        self.memory = mmap.mmap(-1, self._FORMAT.size)
+        self.begun = 0  # the task process's count (its own copy after the fork)
+
+    def begin(self, gid: int) -> None:
+        self.begun += 1
+        self._FORMAT.pack_into(self.memory, 0, self.begun, gid)
+
+    def end(self) -> None:
+        self._FORMAT.pack_into(self.memory, 0, self.begun, 0)
+
+    def read(self) -> tuple[int, int]:
+        """(tasks begun, the task running or 0)."""
+        while True:  # the task process may be writing it: two reads that agree
+            first = self._FORMAT.unpack_from(self.memory)
+            if self._FORMAT.unpack_from(self.memory) == first:
+                return first
+
+    def clear(self) -> None:
+        """Before a new task process starts."""
+        self.begun = 0
+        self._FORMAT.pack_into(self.memory, 0, 0, 0)
+
+
+# Very short tasks of one batch answer together: while this process's tasks take less than
+# RESULT_BATCH_TASK on average, a result waits for the next ones of its batch until it is
+# RESULT_BATCH_TIME old or they add up to RESULT_BATCH_BYTES (each message costs the
+# broker's thread a wake-up and a header to parse).  A lone task answers at once.
+RESULT_BATCH_TASK = 100e-6
+RESULT_BATCH_TIME = 0.001
+RESULT_BATCH_BYTES = 64 << 10
+
+
+def _serve_lane(fd: int, epoch: int, page: LanePage, shm_dir: str | None) -> int:
+    """Take tasks from the lane and answer them there as they end, until the broker is gone."""
+    link = protocol.Lane(socket.socket(fileno=fd), blocking=True)
+    task_time = 1.0  # moving average; nothing waits until tasks prove short
+    while True:
+        try:
+            frames = link.recv_message()
+        except (EOFError, OSError):
+            return 0
+        try:
+            kind, body = protocol.decode(frames[0])
+            if kind != protocol.Kind.TASKS or body.get("lane") != epoch:
+                continue  # sent to a task process of this worker that died before it read them
+            tasks = protocol.split_entries(body, "tasks", protocol.unpack(body, frames[1:]), 3)
+        except ProtocolError as exc:
+            print(f"corral task process: dropped a malformed message: {exc}", file=sys.stderr)
+            continue
+        entries: list = []
+        out_frames: list = []
+        size, busy, oldest = 0, 0.0, 0.0
+        for i, ((gid, _, options), task_frames) in enumerate(tasks):
+            page.begin(gid)
+            began = time.perf_counter()
+            offloaded = options.get("shm") if isinstance(options, dict) else None
+            status, out, meta = execute(task_frames, shm_dir, offloaded)
+            ended = time.perf_counter()
+            flush_stdio()  # what the task printed is out before its future completes
+            entries.append(protocol.result_entry(gid, status, len(out), meta))
+            out_frames.extend(out)
+            size += sum(memoryview(f).nbytes for f in out)
+            busy += ended - began
+            oldest = oldest or ended
+            task_time = 0.8 * task_time + 0.2 * (ended - began)
+            if (i == len(tasks) - 1 or task_time >= RESULT_BATCH_TASK or ended - oldest >= RESULT_BATCH_TIME
+                    or size >= RESULT_BATCH_BYTES):
+                body = {"results": entries, "busy": round(busy, 6)}
+                link.send(protocol.message(protocol.Kind.RESULT, body, out_frames))
+                entries, out_frames, size, busy, oldest = [], [], 0, 0.0, 0.0
+            page.end()
 
 
 def flush_stdio() -> None:

@@ -89,7 +89,7 @@ class Template:
             warnings.simplefilter("ignore", DeprecationWarning)  # a restart forks a supervisor with threads
             pid = os.fork()
         if pid == 0:  # it keeps none of the supervisor's descriptors, so its task processes have none
-            runner.run_child(lambda: _serve(theirs, setup), [ours], keep=theirs)
+            runner.run_child(lambda: _serve(theirs, setup), [ours], keep=[theirs.fileno()])
         theirs.close()
         self.pid = pid
         self.sock = ours

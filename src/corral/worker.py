@@ -32,7 +32,15 @@ the pipeline runs, as a call already handed to a ProcessPoolExecutor's
 process does.  Results that arrive together leave in one RESULT batch.
 
 A worker started by an embedded broker's pool talks to it over an inherited
-socket pair (``--fd``, ``protocol.Stream``) instead of a ZeroMQ socket.  If
+socket pair (``--fd``, ``protocol.Stream``) instead of a ZeroMQ socket.  A
+persistent one whose supervisor need not look at each task (no max_tasks,
+max_memory, idle_timeout, fixed prefetch or spawn) also inherits a lane
+(``--lane``, ``protocol.Lane``): its task process takes its tasks from the
+broker and answers them there, and the supervisor only watches.  It stops
+the process when the broker asks (for a task it finds running in the page
+the process writes, ``runner.LanePage``), and when the process ends it says
+how and how many tasks it had begun (ENDED), and starts the next one with
+the next epoch (LANE).  If
 the broker goes silent (or closes that socket pair), a worker started by a
 local pool exits (its client is gone); a standalone worker reconnects with
 backoff and joins the broker again when it is back.
@@ -53,29 +61,26 @@ from typing import TYPE_CHECKING
 
 from . import protocol, runner
 from .pool import exit_words
-from .protocol import POLLIN, POLLOUT, Kind, Status
+from .protocol import (
+    CREDIT_HORIZON,
+    MAX_CREDIT,
+    PIPELINE_TASK_TIME,
+    PIPELINE_TASKS,
+    POLLIN,
+    POLLOUT,
+    STARTED_DELAY,
+    Kind,
+    Status,
+)
 from .template import Template, TemplateGone
 
 if TYPE_CHECKING:
     import zmq
 
 HEARTBEAT_INTERVAL = 1.0
-# A task that ends sooner than this is reported by its RESULT alone; a longer one
-# gets a STARTED message once this much time has passed, so that its future shows
-# as running. Saves two messages per short task.
-STARTED_DELAY = 0.002
-# A worker holds enough tasks for this many seconds of work, judged by how long
-# its recent tasks took: short tasks stream in large batches, long ones stay
-# spread over the workers.
-CREDIT_HORIZON = 0.01
-MAX_CREDIT = 512
 # Payload bytes queued in a task process's socket behind the running task: far
 # below the socket buffer, so the supervisor never blocks writing to it.
 PIPELINE_BYTES = 64 << 10
-PIPELINE_TASKS = 256
-# Tasks join a pipeline only while tasks take less than this on average: a task
-# in the pipeline can no longer be cancelled, which matters only for long ones.
-PIPELINE_TASK_TIME = 0.002
 # A fresh worker's template imports each new function ahead (template.py): at most
 # this many, none larger than WARM_BYTES pickled, each given IMPORT_PATIENCE seconds.
 # A spare forked before an import that took over SLOW_IMPORT is replaced by a warm one.
@@ -83,6 +88,7 @@ WARM_MAX = 64
 WARM_BYTES = 1 << 20
 IMPORT_PATIENCE = 60.0
 SLOW_IMPORT = 0.001
+LANE_STOP_CHECK = 0.001  # seconds between looks at a lane's page for a task to stop when it begins
 PARENT_CHECK = 0.1  # seconds between checks that our parent lives (it also sends a signal when it dies)
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 LIVENESS = 3
@@ -111,6 +117,7 @@ class Worker:
         address: str | None,
         *,
         fd: int | None = None,
+        lane: int | None = None,
         fresh: bool = False,
         prefetch: int | None = None,
         max_tasks: int | None = None,
@@ -124,6 +131,17 @@ class Worker:
     ):
         self.address = address or "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
+        # A lane (runner.py): the task process takes tasks from the broker and answers them
+        # there; we watch it.  Only where we would not look at each task anyway.
+        if lane is not None and (fd is None or fresh or spawn or max_tasks or max_memory or idle_timeout
+                                 or prefetch is not None):
+            os.close(lane)
+            lane = None
+        self.lane = lane
+        self.epoch = 0  # of the task process on the lane: tasks for an earlier one are skipped
+        self.page = runner.LanePage() if lane is not None else None
+        self.lane_stop: tuple | None = None  # (task id, tasks begun then, signal, grace): stop it when it begins
+        self.kill_at: float | None = None  # when that SIGTERM turns into SIGKILL
         self.fresh = fresh
         # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (fresh: 2).
         self.adaptive = prefetch is None and not fresh
@@ -187,6 +205,8 @@ class Worker:
             "pid": os.getpid(),
             "fresh": self.fresh,
         }
+        if self.lane is not None:
+            info["lane"] = self.epoch
         if self.broken:
             info["broken"] = self.broken
         self.send(Kind.HELLO, info)
@@ -235,7 +255,8 @@ class Worker:
     def flush(self) -> None:
         """Send the results gathered this turn in one RESULT, with the credit to top up."""
         held = len(self.pending) + len(self.inflight)
-        credit = 0 if self.stopping or self.broken else max(0, self.want() - held - self.granted)
+        lane = self.lane is not None  # the broker decides how many tasks a lane gets
+        credit = 0 if self.stopping or self.broken or lane else max(0, self.want() - held - self.granted)
         self.granted += credit
         if self.results:
             busy = round(self.busy, 6)
@@ -294,7 +315,7 @@ class Worker:
             return 0
         finally:
             if self.proc is not None:
-                if self.current is not None:
+                if self.current is not None or self.lane is not None:  # a lane's reads no end of file of ours
                     self.proc.signal(signal.SIGKILL)
                 self.proc.close()
             if self.template is not None and self.template.importing:
@@ -319,6 +340,10 @@ class Worker:
 
     def poll_timeout(self) -> float:
         timeout = self.heartbeat
+        if self.lane_stop is not None:
+            timeout = LANE_STOP_CHECK  # watch for its task to begin
+        if self.kill_at is not None:
+            timeout = min(timeout, max(0.0, self.kill_at - time.monotonic()))
         if self.template is not None and self.template.importing:
             timeout = min(timeout, max(0.0, self.template.import_started + IMPORT_PATIENCE - time.monotonic()))
         task = self.current
@@ -360,6 +385,10 @@ class Worker:
                 self.granted = max(0, self.granted - 1)
         elif kind == Kind.CANCEL:
             self.cancel(set(body.get("ids", ())))
+        elif kind == Kind.KILL and "lane" in body:
+            if body["lane"] == self.epoch and self.proc is not None:
+                sig = signal.SIGKILL if body.get("signal") == "SIGKILL" else signal.SIGTERM
+                self.stop_lane_task(int(body["id"]), sig, float(body.get("grace", 0.0)))
         elif kind == Kind.KILL:
             self.kill(set(body.get("ids", ())), body)
         elif kind == Kind.SHUTDOWN:
@@ -401,10 +430,46 @@ class Worker:
         if sig != signal.SIGKILL:
             task.kill_at = time.monotonic() + grace
 
+    # -- a task process on a lane -----------------------------------------------------
+
+    def stop_lane_task(self, gid: int, sig: int, grace: float) -> None:
+        """Signal the task process if it runs task ``gid``; if that task has not begun,
+        when it begins (or never, if the process begins another first: it has ended)."""
+        begun, running = self.page.read()
+        if running != gid:
+            self.lane_stop = (gid, begun, sig, grace)
+            return
+        self.lane_stop = None
+        self.proc.signal(sig)
+        if sig != signal.SIGKILL and self.kill_at is None:
+            self.kill_at = time.monotonic() + grace
+
+    def lane_process_ended(self) -> None:
+        """Report how the task process ended and which task it was running; start the next."""
+        proc = self.proc
+        proc.signal(signal.SIGKILL)  # in case it only closed its end
+        proc.conn.close()
+        code = proc.reap()
+        begun, _ = self.page.read()
+        self.send(Kind.ENDED, {"lane": self.epoch, "pid": proc.pid, "how": exit_words(code), "begun": begun})
+        self.epoch += 1
+        self.lane_stop, self.kill_at = None, None
+        self.proc = self.start_process()
+        self.wait_until_ready()
+        if self.broken:
+            self.proc = None
+            self.send(Kind.LANE, {"lane": self.epoch, "broken": self.broken})
+            self.stopping = True
+        elif not self.stopping:
+            self.send(Kind.LANE, {"lane": self.epoch})
+
     # -- task processes -----------------------------------------------------------
 
     def start_process(self) -> runner.TaskProcess:
         if self.template is None:
+            if self.page is not None:
+                self.page.clear()
+                return runner.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page))
             return runner.start(self.setup, self.fresh, self.spawn)
         if self.template.check():
             try:
@@ -570,6 +635,9 @@ class Worker:
 
     def read_task_process(self) -> None:
         """Read the messages the task process has written (a burst arrives in one read)."""
+        if self.lane is not None:
+            self.lane_process_ended()  # it writes nothing after READY: this is its end
+            return
         while self.proc is not None:
             self.read_one()
             if self.proc is None or not self.proc.conn.buffered():  # more, later, wakes the poll
@@ -670,6 +738,15 @@ class Worker:
         now = time.monotonic()
         if self.zombies:
             self.reap_zombies()
+        if self.lane_stop is not None and self.proc is not None:
+            gid, begun, sig, grace = self.lane_stop
+            if self.page.read()[0] > begun:  # the next task has begun: it, or another if that one ended
+                self.stop_lane_task(gid, sig, grace)
+                if self.lane_stop is not None:
+                    self.lane_stop = None  # it ran and ended before we saw it
+        if self.kill_at is not None and now >= self.kill_at and self.proc is not None:
+            self.kill_at = None
+            self.proc.signal(signal.SIGKILL)
         task = self.current
         if task is not None:
             if task.kill_at is not None and now >= task.kill_at:
@@ -752,11 +829,7 @@ def _task_header(tasks: list[Held]) -> tuple:
 
 
 def _stopped(task: Held, reason: str, how: str) -> tuple[Status, list, dict]:
-    if reason == "timeout":
-        limit = task.options.get("timeout")
-        return Status.FAILED, [], {"error": protocol.ERR_TIMEOUT, "message": f"the task ran longer than its "
-                                   f"timeout of {limit} s and was stopped: {how}"}
-    return Status.FAILED, [], {"error": protocol.ERR_KILLED, "message": f"the task was killed: {how}"}
+    return Status.FAILED, [], protocol.stopped(reason, task.options.get("timeout"), how)
 
 
 def _follow_parent(parent: int, dirs: list[str]) -> Callable[[], None]:
@@ -790,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="corral-worker-process")
     p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
     p.add_argument("--fd", type=int, default=None, help="a socket pair to the broker, inherited (instead of address)")
+    p.add_argument("--lane", type=int, default=None, help="with --fd: a second socket pair, for tasks and results")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--prefetch", type=int, default=None)
     p.add_argument("--max-tasks", type=int, default=None)
@@ -819,6 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(
         args.address,
         fd=args.fd,
+        lane=args.lane,
         fresh=args.fresh,
         prefetch=args.prefetch,
         max_tasks=args.max_tasks,
