@@ -7,6 +7,7 @@ import concurrent.futures
 import itertools
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -497,3 +498,72 @@ def test_a_burst_larger_than_one_message_loses_nothing():
     with corral.Executor(2) as ex:
         futures = [ex.submit(abs, -i) for i in range(30_000)]
         assert sum(f.result(timeout=120) for f in futures) == sum(range(30_000))
+
+
+# -- a caller waiting for a result runs the loop itself (_IOLoop.lead) ------------------------
+
+
+def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(make_executor):
+    """Breaks: SIGINT reaches the main thread while it waits in result(), running the
+    executor's loop itself. KeyboardInterrupt comes out of result() at once; no message is
+    lost: the same future, and the next ones, still complete."""
+    ex = make_executor(1)
+    assert ex.submit(square, 2).result(TIMEOUT) == 4
+    fut = ex.submit(sleep_then_return, 1.0, "late")
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        fut.result(TIMEOUT)
+    assert time.monotonic() - started < 0.9
+    timer.join()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert fut.result(TIMEOUT) == "late"
+    assert [f.result(TIMEOUT) for f in [ex.submit(square, i) for i in range(50)]] == [i * i for i in range(50)]
+
+
+def test_ctrl_c_while_a_leader_handles_messages_is_raised_after_them():
+    from corral.client import _SigintDeferred
+
+    guard = _SigintDeferred()
+    guard.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with guard:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs here, and only notes it
+                handled = True
+        assert handled
+    finally:
+        guard.uninstall()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_result_timeout_while_leading(make_executor):
+    ex = make_executor(1)
+    fut = ex.submit(sleep_then_return, 0.5, "late")
+    started = time.monotonic()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        fut.result(timeout=0.1)
+    assert 0.08 <= time.monotonic() - started < 0.4
+    assert fut.result(TIMEOUT) == "late"
+    other = ex.submit(square, 5)
+    assert [f.result() for f in concurrent.futures.as_completed([other], timeout=TIMEOUT)] == [25]
+
+
+def test_with_a_python_handler_for_another_signal_the_main_thread_only_waits(make_executor):
+    """A handler that may raise (here for SIGUSR1) could interrupt the main thread in the middle
+    of a message; with one installed, the I/O thread handles them all."""
+    ex = make_executor(1)
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    try:
+        assert [ex.submit(square, i).result(TIMEOUT) for i in range(20)] == [i * i for i in range(20)]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_many_threads_waiting_at_once(make_executor):
+    ex = make_executor(2)
+    futures = [ex.submit(sleep_then_return, 0.01 * (i % 5), i) for i in range(200)]
+    with concurrent.futures.ThreadPoolExecutor(8) as waiters:
+        assert list(waiters.map(lambda f: f.result(TIMEOUT), futures)) == list(range(200))

@@ -18,6 +18,12 @@ are not thread-safe.  User threads hand it work through a deque and wake it
 with one byte on a pipe, written only when it is not already awake, so a
 burst of submits costs one wake-up and leaves as one batch.
 
+A caller that waits for a result (``result()``, ``exception()``) runs the loop
+itself meanwhile, while the I/O thread stands aside (``_IOLoop.lead``): the
+result then wakes the thread that wants it, not the I/O thread that would
+wake it in turn.  The I/O thread takes the loop back when no caller has run
+it for LINGER (done-callbacks, ``wait()``, ``as_completed()`` and idle time).
+
 With no ``address`` the executor starts an embedded broker, served by the
 I/O thread itself: client and broker call each other's message handlers
 directly (``_DirectLink``), with no socket, no thread switch and no frames
@@ -29,11 +35,13 @@ a private 0700 temporary directory are removed at shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
 import pickle
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -182,6 +190,20 @@ class CorralFuture(Future):
         self._cid = cid
         self._kill_requested = False
 
+    def result(self, timeout: float | None = None) -> Any:
+        return Future.result(self, self._wait(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return Future.exception(self, self._wait(timeout))
+
+    def _wait(self, timeout: float | None) -> float | None:
+        """Run the executor's loop while waiting for this future (see _IOLoop.lead); the timeout left."""
+        if self._state in _DONE:
+            return timeout
+        started = time.monotonic()
+        self._io.lead(self, timeout)
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+
     def cancel(self) -> bool:
         """Cancel the task if it has not started; False once it runs (as in the stdlib).
 
@@ -248,6 +270,15 @@ class _IOLoop:
         self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
         self.store: shm.Store | None = None  # large buffers to and from an embedded broker's workers
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
+        # A caller waiting for a result runs the loop itself meanwhile (lead()): whoever runs
+        # it holds loop_lock, and the I/O thread stands aside while callers lead.
+        self.loop_lock = threading.RLock()  # a done-callback run by a leader may lead again
+        self.aside = threading.Condition(threading.Lock())
+        self.leaders = 0  # callers leading, or waiting to (under aside)
+        self.led_at = 0.0  # when the last one stopped
+        self.deferring = False  # a leader handles messages: outcomes wait in `later`
+        self.later: list = []
+        self.link: _SocketLink | _DirectLink | None = None
 
     # -- called from user threads ---------------------------------------------
 
@@ -323,38 +354,18 @@ class _IOLoop:
     def run(self) -> None:
         hello = {"role": "client", "retries": self.retries, "pid": os.getpid()}
         link = _SocketLink(self.ctx, self.address) if self.broker is None else _DirectLink(self.broker)
-        poller = link.poller
-        poller.register(self.wake_r, POLLIN)
-        last_heard = last_beat = last_turn = time.monotonic()
+        self.poller = link.poller
+        self.poller.register(self.wake_r, POLLIN)
+        self.last_heard = self.last_beat = self.last_turn = time.monotonic()
         try:
             link.post(Kind.HELLO, hello)
+            self.link = link
             while True:
-                timeout = self.heartbeat if self.broker is None else min(self.heartbeat, self.broker.poll_timeout())
-                events = dict(poller.poll(timeout * 1000))
-                if time.monotonic() - last_turn > 2 * self.heartbeat:
-                    # This thread did not run for a while (another thread held the GIL):
-                    # that silence is ours, not the broker's.
-                    last_heard = time.monotonic()
-                if self.wake_r in events:
-                    os.read(self.wake_r, 4096)
-                self.awake = False
-                self.send_pending(link)
-                for kind, body, frames in link.receive(events):
-                    last_heard = time.monotonic()
-                    self.on_message(kind, body, frames)
-                now = time.monotonic()
-                if now - last_beat >= self.heartbeat:
-                    link.post(Kind.HEARTBEAT)
-                    last_beat = now
-                if self.lost(now - last_heard):
-                    self.fail_all(BrokerLostError(
-                        f"the broker at {self.address} has not answered for {now - last_heard:.1f} s; "
-                        "its tasks are lost. Restart the broker and create a new Executor."
-                    ))
-                    break
-                if self.closing and not self.futures and not self.outq:
-                    break
-                last_turn = time.monotonic()
+                if self.broker is not None:
+                    self.stand_aside()
+                with self.loop_lock:
+                    if self.turn():
+                        break
             link.post(Kind.BYE)
         finally:
             link.close()
@@ -363,6 +374,98 @@ class _IOLoop:
             os.close(self.wake_w)
             self.cleanup()
             _live_loops.discard(self)
+
+    def turn(self, limit: float | None = None, guard: _SigintDeferred | None = None) -> bool:
+        """One turn of the loop: wait for messages (at most ``limit`` seconds), handle them,
+        send what waits.  True: the loop is over (closed, or the broker is lost)."""
+        link = self.link
+        timeout = self.heartbeat if self.broker is None else min(self.heartbeat, self.broker.poll_timeout())
+        events = dict(self.poller.poll((timeout if limit is None else max(0.0, min(timeout, limit))) * 1000))
+        with guard or _UNGUARDED:
+            if time.monotonic() - self.last_turn > 2 * self.heartbeat:
+                # This loop did not run for a while (another thread held the GIL):
+                # that silence is ours, not the broker's.
+                self.last_heard = time.monotonic()
+            if self.wake_r in events:
+                os.read(self.wake_r, 4096)
+            self.awake = False
+            self.send_pending(link)
+            for kind, body, frames in link.receive(events):
+                self.last_heard = time.monotonic()
+                self.on_message(kind, body, frames)
+            now = time.monotonic()
+            if now - self.last_beat >= self.heartbeat:
+                link.post(Kind.HEARTBEAT)
+                self.last_beat = now
+            self.last_turn = now
+            if self.lost(now - self.last_heard):
+                self.fail_all(BrokerLostError(
+                    f"the broker at {self.address} has not answered for {now - self.last_heard:.1f} s; "
+                    "its tasks are lost. Restart the broker and create a new Executor."
+                ))
+                return True
+            return self.closing and not self.futures and not self.outq
+
+    def stand_aside(self) -> None:
+        """The I/O thread waits while callers lead, and LINGER after the last one (the next
+        result() is usually that close behind), unless the executor is closing."""
+        with self.aside:
+            while not self.closing and (self.leaders or time.monotonic() - self.led_at < LINGER):
+                self.aside.wait(LINGER)
+
+    def lead(self, fut: CorralFuture, timeout: float | None) -> None:
+        """Run the loop in this thread until ``fut`` is done or ``timeout`` passes.
+
+        A caller that waits for its result would otherwise sleep while the I/O thread wakes
+        to read that result and then wakes it: two thread hand-offs per round trip.  The
+        embedded broker's loop only (it has no ZeroMQ socket that must stay in one thread).
+        In the main thread, Ctrl-C is held back while messages are handled, so that none is
+        half-handled, and the loop is left to the I/O thread while a Python handler of another
+        signal is installed (it could raise anywhere).  Outcomes are set once the messages
+        are handled, so that a done-callback may wait for another result (and lead again).
+        """
+        if self.link is None or self.broker is None or self.closing or threading.current_thread() is self.thread:
+            return
+        guard = None
+        if threading.current_thread() is threading.main_thread():
+            if not _main_thread_may_lead():
+                return
+            guard = _SigintDeferred()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.aside:
+            self.leaders += 1
+        try:
+            if guard is not None:
+                guard.install()
+            if not self.loop_lock.acquire(blocking=False):
+                self.wake()  # the I/O thread is in the loop: it stands aside after this turn
+                wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self.loop_lock.acquire(timeout=wait):
+                    return
+            try:
+                while fut._state not in _DONE and not self.closing:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return
+                    outer, self.deferring = self.deferring, True
+                    try:
+                        self.turn(left, guard)
+                    finally:
+                        self.deferring = outer
+                        self.resolve_later()
+            finally:
+                self.loop_lock.release()
+        finally:
+            if guard is not None:
+                guard.uninstall()
+            with self.aside:
+                self.leaders -= 1
+                self.led_at = time.monotonic()
+
+    def resolve_later(self) -> None:
+        """Set the outcomes a leader's turn read (unpickling and callbacks run user code)."""
+        while self.later:
+            self.resolve(*self.later.pop(0))
 
     def lost(self, silence: float) -> bool:
         """Is the broker gone?  Never an embedded one: it lives in this very thread."""
@@ -413,7 +516,11 @@ class _IOLoop:
         try:
             if kind == Kind.RESULT:
                 for entry, payload in protocol.split_entries(body, "results", frames, 4):
-                    self.resolve(entry, [f.buffer if isinstance(f, zmq.Frame) else f for f in payload])
+                    payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in payload]
+                    if self.deferring:
+                        self.later.append((entry, payload))
+                    else:
+                        self.resolve(entry, payload)
             elif kind == Kind.STARTED:
                 for cid in body.get("ids", ()):
                     fut = self.futures.get(cid)
@@ -537,6 +644,52 @@ class _DirectLink:
 
     def close(self) -> None:
         self.broker.close()
+
+
+_DONE = (FINISHED, CANCELLED_AND_NOTIFIED)
+LINGER = 0.002  # seconds the I/O thread leaves the loop to callers after the last one left it
+# Signals whose Python handlers could raise while the main thread handles the executor's
+# messages: with one installed, the main thread waits for results instead of leading.
+_WATCHED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1", "SIGUSR2",
+                                                            "SIGQUIT") if hasattr(signal, name))
+
+
+def _main_thread_may_lead() -> bool:
+    if signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN):
+        return False
+    return not any(callable(signal.getsignal(sig)) for sig in _WATCHED_SIGNALS)
+
+
+_UNGUARDED = contextlib.nullcontext()
+
+
+class _SigintDeferred:
+    """Ctrl-C while the main thread leads the loop: raised at once while it waits, and once
+    they are handled while it handles messages (inside ``with``)."""
+
+    def install(self) -> None:
+        self.held = self.noted = False
+        self.installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if self.installed:
+            signal.signal(signal.SIGINT, self.handler)
+
+    def uninstall(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if not self.held:
+            raise KeyboardInterrupt
+        self.noted = True
+
+    def __enter__(self) -> None:
+        self.held = True
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.held = False
+        if self.noted:
+            self.noted = False
+            raise KeyboardInterrupt
 
 
 def _cancel_now(fut: Future) -> bool:
