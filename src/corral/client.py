@@ -277,7 +277,7 @@ class _IOLoop:
         self.leaders = 0  # callers leading, or waiting to (under aside)
         self.led_at = 0.0  # when the last one stopped
         self.deferring = False  # a leader handles messages: outcomes wait in `later`
-        self.later: list = []
+        self.later: deque = deque()
         self.link: _SocketLink | _DirectLink | None = None
 
     # -- called from user threads ---------------------------------------------
@@ -422,7 +422,8 @@ class _IOLoop:
         In the main thread, Ctrl-C is held back while messages are handled, so that none is
         half-handled, and the loop is left to the I/O thread while a Python handler of another
         signal is installed (it could raise anywhere).  Outcomes are set once the messages
-        are handled, so that a done-callback may wait for another result (and lead again).
+        are handled, outside the part of the loop that must not be interrupted (unpickling
+        and done-callbacks run user code).
         """
         if self.link is None or self.broker is None or self.closing or threading.current_thread() is self.thread:
             return
@@ -465,7 +466,7 @@ class _IOLoop:
     def resolve_later(self) -> None:
         """Set the outcomes a leader's turn read (unpickling and callbacks run user code)."""
         while self.later:
-            self.resolve(*self.later.pop(0))
+            self.resolve(*self.later.popleft())
 
     def lost(self, silence: float) -> bool:
         """Is the broker gone?  Never an embedded one: it lives in this very thread."""
