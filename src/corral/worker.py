@@ -141,7 +141,7 @@ class Worker:
         self.epoch = 0  # of the task process on the lane: tasks for an earlier one are skipped
         self.page = runner.LanePage() if lane is not None else None
         self.lane_stop: tuple | None = None  # (task id, tasks begun then, signal, grace): stop it when it begins
-        self.kill_at: float | None = None  # when that SIGTERM turns into SIGKILL
+        self.lane_kill_at: float | None = None  # when that SIGTERM turns into SIGKILL
         self.fresh = fresh
         # None: hold as many tasks as CREDIT_HORIZON says, at least 2 (fresh: 2).
         self.adaptive = prefetch is None and not fresh
@@ -315,7 +315,8 @@ class Worker:
             return 0
         finally:
             if self.proc is not None:
-                if self.current is not None or self.lane is not None:  # a lane's reads no end of file of ours
+                # A task process on a lane reads the lane, not our socket: it would not see us close it.
+                if self.current is not None or self.lane is not None:
                     self.proc.signal(signal.SIGKILL)
                 self.proc.close()
             if self.template is not None and self.template.importing:
@@ -342,8 +343,8 @@ class Worker:
         timeout = self.heartbeat
         if self.lane_stop is not None:
             timeout = LANE_STOP_CHECK  # watch for its task to begin
-        if self.kill_at is not None:
-            timeout = min(timeout, max(0.0, self.kill_at - time.monotonic()))
+        if self.lane_kill_at is not None:
+            timeout = min(timeout, max(0.0, self.lane_kill_at - time.monotonic()))
         if self.template is not None and self.template.importing:
             timeout = min(timeout, max(0.0, self.template.import_started + IMPORT_PATIENCE - time.monotonic()))
         task = self.current
@@ -441,8 +442,8 @@ class Worker:
             return
         self.lane_stop = None
         self.proc.signal(sig)
-        if sig != signal.SIGKILL and self.kill_at is None:
-            self.kill_at = time.monotonic() + grace
+        if sig != signal.SIGKILL and self.lane_kill_at is None:
+            self.lane_kill_at = time.monotonic() + grace
 
     def lane_process_ended(self) -> None:
         """Report how the task process ended and which task it was running; start the next."""
@@ -453,7 +454,7 @@ class Worker:
         begun, _ = self.page.read()
         self.send(Kind.ENDED, {"lane": self.epoch, "pid": proc.pid, "how": exit_words(code), "begun": begun})
         self.epoch += 1
-        self.lane_stop, self.kill_at = None, None
+        self.lane_stop, self.lane_kill_at = None, None
         self.proc = self.start_process()
         self.wait_until_ready()
         if self.broken:
@@ -744,8 +745,8 @@ class Worker:
                 self.stop_lane_task(gid, sig, grace)
                 if self.lane_stop is not None:
                     self.lane_stop = None  # it ran and ended before we saw it
-        if self.kill_at is not None and now >= self.kill_at and self.proc is not None:
-            self.kill_at = None
+        if self.lane_kill_at is not None and now >= self.lane_kill_at and self.proc is not None:
+            self.lane_kill_at = None
             self.proc.signal(signal.SIGKILL)
         task = self.current
         if task is not None:
