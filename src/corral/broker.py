@@ -54,18 +54,7 @@ import zmq
 from . import protocol
 from .errors import ProtocolError
 from .pool import LocalPool, exit_words
-from .protocol import (
-    CREDIT_HORIZON,
-    PIPELINE_TASK_TIME,
-    PIPELINE_TASKS,
-    POLLIN,
-    POLLOUT,
-    STARTED_DELAY,
-    Kind,
-    Lane,
-    Status,
-    Stream,
-)
+from .protocol import POLLIN, POLLOUT, Kind, Lane, Status, Stream
 
 DEFAULT_RETRIES = 2
 SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
@@ -378,7 +367,7 @@ class Broker:
         task = self.tasks.get(next(iter(w.assigned), -1))
         if task is None or w.epoch is None:
             return None
-        due = None if w.head_reported else w.head_since + STARTED_DELAY
+        due = None if w.head_reported else w.head_since + protocol.STARTED_DELAY
         limit = task.options.get("timeout")
         if limit and not w.stopping:
             due = min(due or 1e300, w.head_since + limit)
@@ -389,7 +378,7 @@ class Broker:
             task = self.tasks.get(next(iter(w.assigned), -1))
             if task is None or w.epoch is None:
                 continue
-            if not w.head_reported and now - w.head_since >= STARTED_DELAY:
+            if not w.head_reported and now - w.head_since >= protocol.STARTED_DELAY:
                 w.head_reported = True
                 self.outbox(task.client).started.append(task.cid)
             limit = task.options.get("timeout")
@@ -974,9 +963,9 @@ def _seconds(value: Any) -> float:
 def _lane_window(w: WorkerState) -> int:
     """How many tasks to put on a lane at once: the one running, and while tasks are short
     (they can no longer be cancelled there), enough for CREDIT_HORIZON seconds of work."""
-    if w.task_time is None or w.task_time > PIPELINE_TASK_TIME:
+    if w.task_time is None or w.task_time > protocol.PIPELINE_TASK_TIME:
         return 1
-    return max(2, min(PIPELINE_TASKS, int(CREDIT_HORIZON / max(w.task_time, 1e-6))))
+    return max(2, min(protocol.PIPELINE_TASKS, int(protocol.CREDIT_HORIZON / max(w.task_time, 1e-6))))
 
 
 def _count(value: Any) -> int:
