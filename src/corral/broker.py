@@ -92,8 +92,7 @@ class WorkerState:
     errors: int = 0
     last_seen: float = 0.0
     alive: bool = True
-    # A worker whose task process reads its tasks from a lane (see Lane, and "Lanes" above).
-    laned: bool = False
+    # A worker whose task process reads its tasks from a lane (in Broker.lanes; see Lane):
     epoch: int | None = None  # the task process's, while it reads its lane (None: restarting)
     head_since: float = 0.0  # when the oldest task it holds began
     head_reported: bool = False  # STARTED sent for it
@@ -320,7 +319,7 @@ class Broker:
         for msg in messages:
             try:
                 kind, body = protocol.decode(msg[0])
-                if kind != Kind.RESULT or w is None or not w.laned:
+                if kind != Kind.RESULT or w is None or ident not in self.lanes:
                     raise ProtocolError(f"{kind.name} on a lane")
                 self.lane_result(w, body, protocol.unpack(body, msg[1:]))
             except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -345,7 +344,7 @@ class Broker:
     def next_head(self, w: WorkerState, now: float) -> None:
         """The oldest task a lane worker holds has begun (the one before it just ended)."""
         w.head_since, w.head_reported, w.stopping = now, False, 0
-        task = self.tasks.get(next(iter(w.assigned), -1))
+        task = self.lane_head(w)
         if task is None:
             return
         if not task.started:
@@ -362,9 +361,13 @@ class Broker:
         self.send(self.workers_sock, w.ident, Kind.KILL, {"lane": w.epoch, "id": task.gid, "signal": sig,
                                                           "grace": grace})
 
+    def lane_head(self, w: WorkerState) -> Task | None:
+        """The oldest task a lane worker holds: the one its task process runs (or begins now)."""
+        return self.tasks.get(next(iter(w.assigned), -1))
+
     def lane_due(self, w: WorkerState) -> float | None:
         """When the oldest task of a lane worker is due a STARTED or its timeout (None: nothing due)."""
-        task = self.tasks.get(next(iter(w.assigned), -1))
+        task = self.lane_head(w)
         if task is None or w.epoch is None:
             return None
         due = None if w.head_reported else w.head_since + protocol.STARTED_DELAY
@@ -375,7 +378,7 @@ class Broker:
 
     def lane_timers(self, now: float) -> None:
         for w in self.lanes.values():
-            task = self.tasks.get(next(iter(w.assigned), -1))
+            task = self.lane_head(w)
             if task is None or w.epoch is None:
                 continue
             if not w.head_reported and now - w.head_since >= protocol.STARTED_DELAY:
@@ -477,7 +480,7 @@ class Broker:
             return
         link = self.paired.get(ident)
         if link is not None and link.lane is not None and isinstance(body.get("lane"), int):
-            w.laned, w.epoch = True, body["lane"]
+            w.epoch = body["lane"]
             self.lanes[ident] = w
         self.workers[ident] = w
         self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
@@ -505,9 +508,9 @@ class Broker:
             self.worker_gone(w, None)
         elif kind == Kind.HEARTBEAT:
             pass
-        elif kind == Kind.ENDED and w.laned:
+        elif kind == Kind.ENDED and w.ident in self.lanes:
             self.lane_ended(w, body)
-        elif kind == Kind.LANE and w.laned:
+        elif kind == Kind.LANE and w.ident in self.lanes:
             if body.get("broken"):
                 self.break_pool(f"the initializer failed in worker {w.name}:\n{body['broken']}")
             else:

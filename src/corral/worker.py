@@ -132,11 +132,8 @@ class Worker:
         self.address = address or "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
         # A lane (runner.py): the task process takes tasks from the broker and answers them
-        # there; we watch it.  Only where we would not look at each task anyway.
-        if lane is not None and (fd is None or fresh or spawn or max_tasks or max_memory or idle_timeout
-                                 or prefetch is not None):
-            os.close(lane)
-            lane = None
+        # there; we watch it.  The pool gives one only where we need not look at each task
+        # (LocalPool.lanes).
         self.lane = lane
         self.epoch = 0  # of the task process on the lane: tasks for an earlier one are skipped
         self.page = runner.LanePage() if lane is not None else None
