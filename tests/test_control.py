@@ -192,6 +192,7 @@ def test_max_memory_replaces_a_bloated_task_process(make_executor):
 @pytest.mark.parametrize("bad", [
     {"task_timeout": 0}, {"task_timeout": -1}, {"task_timeout": "soon"}, {"max_memory": "lots"},
     {"max_memory": -5}, {"idle_timeout": 0}, {"heartbeat": 0}, {"liveness": 0}, {"kill_grace": -1},
+    {"spin": -1e-6}, {"spin": 5}, {"spin": float("nan")}, {"spin": "fast"}, {"spin": True},
 ])
 def test_absurd_constructor_options_are_refused(bad):
     with pytest.raises((ValueError, TypeError)):

@@ -157,3 +157,29 @@ def test_messages_larger_than_a_record_cross_the_lane(make_executor):
     ex = make_executor(1)
     big = b"x" * (5 * LANE_RECORD + 123)  # bytes pickle in-band: one large frame, several records
     assert ex.submit(sleep_then, 0, big).result(TIMEOUT) == big
+
+
+def cpu_seconds(pids) -> float:
+    import psutil
+
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+
+
+@pytest.mark.parametrize("spin", [None, 0])
+def test_spinning_stops_when_the_work_does(spin):
+    """A caller and a task process poll for a while before they sleep (protocol.Spin), but only
+    while their waits are short: after a burst of round trips, an idle executor uses no CPU."""
+    import psutil
+
+    kwargs = {} if spin is None else {"spin": spin}
+    with corral.Executor(2, **kwargs) as ex:
+        for _ in range(500):
+            assert ex.submit(noop).result(TIMEOUT) is None
+        pids = [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)]
+        before = cpu_seconds(pids)
+        time.sleep(1.0)
+        idle = cpu_seconds(pids) - before
+        assert ex.submit(sleep_then, 0.3, 7).result(TIMEOUT) == 7  # a long wait: polls 200 us, then sleeps
+        waited = cpu_seconds(pids) - before - idle
+    assert idle < 0.1, f"an idle executor used {idle:.2f} s of CPU in 1 s"
+    assert waited < 0.15, f"waiting 0.3 s for one task used {waited:.2f} s of CPU"

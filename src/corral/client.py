@@ -35,6 +35,7 @@ a private 0700 temporary directory are removed at shutdown.
 
 from __future__ import annotations
 
+import _signal
 import contextlib
 import functools
 import itertools
@@ -278,6 +279,7 @@ class _IOLoop:
         self.led_at = 0.0  # when the last one stopped
         self.deferring = False  # a leader handles messages: outcomes wait in `later`
         self.later: deque = deque()
+        self.spin = protocol.Spin()  # leaders poll for a while before they sleep (Executor's spin)
         self.link: _SocketLink | _DirectLink | None = None
 
     # -- called from user threads ---------------------------------------------
@@ -375,12 +377,20 @@ class _IOLoop:
             self.cleanup()
             _live_loops.discard(self)
 
-    def turn(self, limit: float | None = None, guard: _SigintDeferred | None = None) -> bool:
-        """One turn of the loop: wait for messages (at most ``limit`` seconds), handle them,
-        send what waits.  True: the loop is over (closed, or the broker is lost)."""
+    def turn(self, limit: float | None = None, guard: _SigintDeferred | None = None,
+             spin: protocol.Spin | None = None) -> bool:
+        """One turn of the loop: wait for messages (at most ``limit`` seconds; polling for
+        a while first with ``spin``), handle them, send what waits.  True: the loop is over
+        (closed, or the broker is lost)."""
         link = self.link
         timeout = self.heartbeat if self.broker is None else min(self.heartbeat, self.broker.poll_timeout())
-        events = dict(self.poller.poll((timeout if limit is None else max(0.0, min(timeout, limit))) * 1000))
+        timeout = (timeout if limit is None else max(0.0, min(timeout, limit))) * 1000
+        if spin is None:
+            events = dict(self.poller.poll(timeout))
+        else:
+            waiting = time.perf_counter()
+            events = dict(self.poller.poll(timeout, spin.budget()))
+            spin.waited(time.perf_counter() - waiting)
         with guard or _UNGUARDED:
             if time.monotonic() - self.last_turn > 2 * self.heartbeat:
                 # This loop did not run for a while (another thread held the GIL):
@@ -450,7 +460,7 @@ class _IOLoop:
                         return
                     outer, self.deferring = self.deferring, True
                     try:
-                        self.turn(left, guard)
+                        self.turn(left, guard, self.spin)
                     finally:
                         self.deferring = outer
                         self.resolve_later()
@@ -648,17 +658,22 @@ class _DirectLink:
 
 
 _DONE = (FINISHED, CANCELLED_AND_NOTIFIED)
+MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
 LINGER = 0.002  # seconds the I/O thread leaves the loop to callers after the last one left it
 # Signals whose Python handlers could raise while the main thread handles the executor's
 # messages: with one installed, the main thread waits for results instead of leading.
-_WATCHED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1", "SIGUSR2",
-                                                            "SIGQUIT") if hasattr(signal, name))
+_WATCHED_SIGNALS = tuple(int(getattr(signal, name)) for name in ("SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1",
+                                                                 "SIGUSR2", "SIGQUIT") if hasattr(signal, name))
+# _signal, signal's C half, is called directly: signal.signal() and signal.getsignal() convert
+# their arguments and results to and from enums at every call, ~3 us each, and a result() made
+# nine such calls.
+_SIGINT = int(signal.SIGINT)
 
 
 def _main_thread_may_lead() -> bool:
-    if signal.getsignal(signal.SIGINT) not in (signal.default_int_handler, signal.SIG_DFL, signal.SIG_IGN):
+    if _signal.getsignal(_SIGINT) not in (_signal.default_int_handler, 0, 1):  # or SIG_DFL, SIG_IGN
         return False
-    return not any(callable(signal.getsignal(sig)) for sig in _WATCHED_SIGNALS)
+    return not any(callable(_signal.getsignal(sig)) for sig in _WATCHED_SIGNALS)
 
 
 _UNGUARDED = contextlib.nullcontext()
@@ -670,13 +685,13 @@ class _SigintDeferred:
 
     def install(self) -> None:
         self.held = self.noted = False
-        self.installed = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        self.installed = _signal.getsignal(_SIGINT) is _signal.default_int_handler
         if self.installed:
-            signal.signal(signal.SIGINT, self.handler)
+            _signal.signal(_SIGINT, self.handler)
 
     def uninstall(self) -> None:
         if self.installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _signal.signal(_SIGINT, _signal.default_int_handler)
 
     def handler(self, signum: int, frame: Any) -> None:
         if not self.held:
@@ -768,6 +783,12 @@ class Executor(_StdExecutor):
         heartbeat, liveness: seconds between heartbeats, and how many may be
             missed before a peer counts as lost (default 1.0 and 3).
         kill_grace: seconds between SIGTERM and SIGKILL for ``Future.kill()``.
+        spin: seconds a caller waiting in ``result()`` and a local worker's
+            task process waiting for its next task poll before they sleep,
+            while their recent waits were that short (default 200e-6; 0:
+            sleep at once).  Waking a sleeping process costs tens of
+            microseconds, most of a short task's round trip; the polling
+            yields the CPU to any other process that wants it.
     """
 
     def __init__(
@@ -788,6 +809,7 @@ class Executor(_StdExecutor):
         heartbeat: float = 1.0,
         liveness: int = 3,
         kill_grace: float = 2.0,
+        spin: float = protocol.SPIN,
     ):
         if max_workers is None:
             max_workers = _usable_cpus()
@@ -812,6 +834,8 @@ class Executor(_StdExecutor):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
                                       or (name != "kill_grace" and value == 0)):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= MAX_SPIN:
+            raise ValueError(f"spin must be a number of seconds from 0 to {MAX_SPIN:g}, not {spin!r}")
         if not isinstance(liveness, int) or isinstance(liveness, bool) or liveness < 1:
             raise ValueError(f"liveness must be an integer >= 1, not {liveness!r}")
         self._defaults = check_task_options({"timeout": task_timeout}) if task_timeout is not None else {}
@@ -840,17 +864,18 @@ class Executor(_StdExecutor):
         self._spawn = mp_context is not None and mp_context.get_start_method() == "spawn"
         if address is None:
             address = self._start_embedded(initializer, initargs, prefetch, idle_timeout, max_memory, heartbeat,
-                                           liveness)
+                                           liveness, float(spin))
         self._address = address
         self._io = _IOLoop(self._ctx, address, retries, self._cleanup, heartbeat, liveness, kill_grace)
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
+        self._io.spin = protocol.Spin(float(spin))
         _live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
 
     def _start_embedded(self, initializer, initargs, prefetch: int | None, idle_timeout: float | None,
-                        max_memory: int | None, heartbeat: float, liveness: int) -> str:
+                        max_memory: int | None, heartbeat: float, liveness: int, spin: float) -> str:
         init = None
         if initializer is not None:  # before mkdtemp, so that a pickling error leaves no directory behind
             init = serialization.dumps((initializer, tuple(initargs)), "the initializer")[0]
@@ -865,7 +890,7 @@ class Executor(_StdExecutor):
             None, self._max_workers, fresh=self._fresh, max_tasks=max_tasks,
             prefetch=None if prefetch is None else prefetch + 1,
             bootstrap=bootstrap, spawn=self._spawn, idle_timeout=idle_timeout, max_memory=max_memory,
-            shm=self._shm_dir,
+            shm=self._shm_dir, spin=spin,
         )
         self._broker = Broker(None, context=self._ctx, pool=pool, embedded=True,
                               heartbeat=heartbeat, liveness=liveness)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .protocol import STREAM_BUFFER, size_buffers
+from .protocol import SPIN, STREAM_BUFFER, size_buffers
 
 
 @dataclass
@@ -58,6 +58,7 @@ class LocalPool:
         max_memory: int | None = None,
         reconnect: bool = False,
         shm: str | None = None,
+        spin: float = SPIN,
     ):
         self.address = address
         self.size = size
@@ -70,6 +71,7 @@ class LocalPool:
         self.max_memory = max_memory
         self.reconnect = reconnect
         self.shm = shm
+        self.spin = spin  # seconds a lane's task process polls before it sleeps (protocol.Spin)
         self.connect: Callable[..., None] | None = None  # set by the broker when address is None
         # A persistent worker's task process takes tasks from the broker directly, on a lane
         # (runner.py), where its supervisor need not see each task: not to count them
@@ -116,7 +118,7 @@ class LocalPool:
             for sock in (lane_ours, lane_theirs):
                 size_buffers(sock, STREAM_BUFFER)
             fds.append(lane_theirs.fileno())
-            cmd += ["--lane", str(lane_theirs.fileno())]
+            cmd += ["--lane", str(lane_theirs.fileno()), "--spin", repr(self.spin)]
         try:
             proc = subprocess.Popen(cmd, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL, pass_fds=fds)
         except BaseException:

@@ -22,6 +22,7 @@ the following payload frames belong to it, in order.
 from __future__ import annotations
 
 import json
+import os
 import select
 import socket
 import struct
@@ -101,6 +102,32 @@ MAX_CREDIT = 512
 # only for long ones.  At most PIPELINE_TASKS of them.
 PIPELINE_TASK_TIME = 0.002
 PIPELINE_TASKS = 256
+
+
+class Spin:
+    """How long a waiter polls before it sleeps: SPIN seconds while its waits are short.
+
+    Waking a process that sleeps in poll(2) or recv(2) costs the waker a system call
+    that must interrupt another CPU, and the sleeper the time to be scheduled again:
+    tens of microseconds each on a virtual machine, most of a no-op round trip.  A
+    waiter whose recent waits (a moving average) were shorter than SPIN polls without
+    sleeping for up to SPIN seconds, yielding its CPU to any other runnable process at
+    each poll; one whose waits are longer (long tasks, an idle pool) sleeps at once.
+    """
+
+    def __init__(self, limit: float | None = None):
+        self.limit = SPIN if limit is None else limit
+        self.typical = self.limit  # nothing is spent on spinning until waits prove short
+
+    def budget(self) -> float:
+        """Seconds to poll before sleeping, for the next wait."""
+        return self.limit if self.typical < self.limit else 0.0
+
+    def waited(self, seconds: float) -> None:
+        self.typical = 0.8 * self.typical + 0.2 * seconds
+
+
+SPIN = 200e-6
 
 # Per-task options a SUBMIT entry may carry, reserved for the task-control
 # features; the broker keeps the ones it does not act on yet.
@@ -563,15 +590,28 @@ class Lane(_Endpoint):
                 messages.append(message)
         return messages
 
-    def recv_message(self) -> list:
-        """The next whole message (blocking); EOFError when the other end is closed."""
+    def recv_message(self, spin: float = 0.0) -> list:
+        """The next whole message (blocking, after polling for ``spin`` seconds: see Spin);
+        EOFError when the other end is closed."""
         while True:
-            record = self.sock.recv(LANE_RECORD + 1)
+            record = self._spin(spin) if spin else None
+            if record is None:
+                record = self.sock.recv(LANE_RECORD + 1)
             if not record:
                 raise EOFError("the lane was closed")
             message = self._take(record)
             if message is not None:
                 return message
+
+    def _spin(self, seconds: float) -> bytes | None:
+        deadline = time.perf_counter() + seconds
+        while True:
+            try:
+                return self.sock.recv(LANE_RECORD + 1, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if time.perf_counter() >= deadline:
+                    return None
+                os.sched_yield()
 
     def _take(self, record: bytes) -> list | None:
         flags = record[0]
@@ -621,12 +661,21 @@ class FdPoller:
     def unregister(self, obj) -> None:
         self.poll_object.unregister(obj if isinstance(obj, int) else obj.fileno())
 
-    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
-        """Ready descriptors as (fd, flags); ``timeout`` in milliseconds, None: forever."""
+    def poll(self, timeout: float | None = None, spin: float = 0.0) -> list[tuple[int, int]]:
+        """Ready descriptors as (fd, flags); ``timeout`` in milliseconds, None: forever;
+        polling without sleeping for the first ``spin`` seconds of it (see Spin)."""
         readable = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
+        happened = self.poll_object.poll(0) if spin and timeout != 0 else None
+        if spin and not happened:
+            deadline = time.perf_counter() + min(spin, 1e300 if timeout is None else timeout / 1000)
+            while not happened and time.perf_counter() < deadline:
+                os.sched_yield()
+                happened = self.poll_object.poll(0)
+        if not happened:
+            happened = self.poll_object.poll(timeout)
         return [
-            (fd, (POLLIN if happened & readable else 0) | (POLLOUT if happened & select.POLLOUT else 0))
-            for fd, happened in self.poll_object.poll(timeout)
+            (fd, (POLLIN if flags & readable else 0) | (POLLOUT if flags & select.POLLOUT else 0))
+            for fd, flags in happened
         ]
 
 

@@ -357,13 +357,16 @@ RESULT_BATCH_TIME = 0.001
 RESULT_BATCH_BYTES = 64 << 10
 
 
-def _serve_lane(fd: int, epoch: int, page: LanePage, shm_dir: str | None) -> int:
+def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None) -> int:
     """Take tasks from the lane and answer them there as they end, until the broker is gone."""
     link = protocol.Lane(socket.socket(fileno=fd), blocking=True)
     task_time = 1.0  # moving average; nothing waits until tasks prove short
+    spin = protocol.Spin(spin_limit)
     while True:
         try:
-            frames = link.recv_message()
+            waiting = time.perf_counter()
+            frames = link.recv_message(spin.budget())
+            spin.waited(time.perf_counter() - waiting)
         except (EOFError, OSError):
             return 0
         try:

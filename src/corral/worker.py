@@ -118,6 +118,7 @@ class Worker:
         *,
         fd: int | None = None,
         lane: int | None = None,
+        spin: float = 0.0,
         fresh: bool = False,
         prefetch: int | None = None,
         max_tasks: int | None = None,
@@ -135,6 +136,7 @@ class Worker:
         # there; we watch it.  The pool gives one only where we need not look at each task
         # (LocalPool.lanes).
         self.lane = lane
+        self.spin = spin  # seconds its task process polls the lane before it sleeps (protocol.Spin)
         self.epoch = 0  # of the task process on the lane: tasks for an earlier one are skipped
         self.page = runner.LanePage() if lane is not None else None
         self.lane_stop: tuple | None = None  # (task id, tasks begun then, signal, grace): stop it when it begins
@@ -467,7 +469,7 @@ class Worker:
         if self.template is None:
             if self.page is not None:
                 self.page.clear()
-                return runner.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page))
+                return runner.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page, self.spin))
             return runner.start(self.setup, self.fresh, self.spawn)
         if self.template.check():
             try:
@@ -862,6 +864,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
     p.add_argument("--fd", type=int, default=None, help="a socket pair to the broker, inherited (instead of address)")
     p.add_argument("--lane", type=int, default=None, help="with --fd: a second socket pair, for tasks and results")
+    p.add_argument("--spin", type=float, default=0.0, help="with --lane: seconds to poll it before sleeping")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--prefetch", type=int, default=None)
     p.add_argument("--max-tasks", type=int, default=None)
@@ -892,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
         args.address,
         fd=args.fd,
         lane=args.lane,
+        spin=args.spin,
         fresh=args.fresh,
         prefetch=args.prefetch,
         max_tasks=args.max_tasks,
