@@ -9,7 +9,9 @@
    ``ProcessPoolExecutor(fork)``'s round trip, measured in the same run, and
    beside the same chain without the I/O thread, without the relay, and
    without both: what each hop costs on this machine.  Whatever corral takes
-   above the full chain is its own work per message.
+   above the full chain is its own work per message.  Last, the shortest chain
+   with both ends polling instead of sleeping (``protocol.Spin``): what waking
+   a sleeping process costs.
 2. ``os.fork()`` of a process that has imported what a fresh worker's template
    imports, whose child exits at once: the CPU every fresh task process costs
    before it does anything, beside the same for a bare interpreter.
@@ -32,11 +34,20 @@ WARMUP = 200
 FORKS = 300
 
 
-def _echo(sock: socket.socket) -> None:
-    """The task process: answer every message."""
-    while data := sock.recv(64):
+def _echo(sock: socket.socket, spin: bool = False) -> None:
+    """The task process: answer every message (``spin``: polling for it, never sleeping)."""
+    while data := (_polled(sock) if spin else sock.recv(64)):
         sock.send(data)
     os._exit(0)
+
+
+def _polled(sock: socket.socket) -> bytes:
+    """The next message, polled for with sched_yield() between polls, as protocol.Spin does."""
+    while True:
+        try:
+            return sock.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            os.sched_yield()
 
 
 def _relay(up: socket.socket) -> None:
@@ -61,12 +72,13 @@ def _relay(up: socket.socket) -> None:
                 up.send(ours.recv(64))
 
 
-def chain_p50(thread: bool, relay: bool) -> float:
+def chain_p50(thread: bool, relay: bool, spin: bool = False) -> float:
     """Median microseconds of a bare round trip: caller [-> I/O thread] [-> relay] -> task process and back.
 
     ``thread``: the caller hands each message to an I/O thread (a pipe), which
     completes a ``Future`` the caller waits on, as corral's client does.
     ``relay``: a supervisor process stands between, as corral's worker does.
+    ``spin``: (alone) both ends poll instead of sleeping.
     """
     from concurrent.futures import Future
 
@@ -74,7 +86,7 @@ def chain_p50(thread: bool, relay: bool) -> float:
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _relay(theirs) if relay else _echo(theirs)
+        _relay(theirs) if relay else _echo(theirs, spin)
     theirs.close()
     samples = []
     if thread:
@@ -112,7 +124,7 @@ def chain_p50(thread: bool, relay: bool) -> float:
         for _ in range(WARMUP + ROUND_TRIPS):
             t0 = time.perf_counter()
             ours.send(b"t")
-            ours.recv(64)
+            _polled(ours) if spin else ours.recv(64)
             samples.append(time.perf_counter() - t0)
     ours.shutdown(socket.SHUT_RDWR)  # the supervisor and its task process see EOF and exit
     if thread:
@@ -180,13 +192,14 @@ def main() -> None:
         "caller -> I/O thread -> task process": (True, False),
         "caller -> relay process -> task process": (False, True),
         "caller -> I/O thread -> relay process -> task process (corral's hops)": (True, True),
+        "caller -> task process, both polling": (False, False, True),
     }
     print("no-op round trip p50, us (ratio to ProcessPoolExecutor(fork) in the same round):", flush=True)
     for _ in range(3):
         ppe = ppe_p50()
         cells = [f"PPE fork {ppe:.0f}"]
-        for name, (thread, relay) in chains.items():
-            p50 = chain_p50(thread, relay)
+        for name, chain in chains.items():
+            p50 = chain_p50(*chain)
             cells.append(f"{name}: {p50:.0f} ({p50 / ppe:.2f}x)")
         print("  " + "; ".join(cells), flush=True)
 
