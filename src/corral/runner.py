@@ -296,19 +296,27 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
         return _serve_lane(*lane, shm_dir or None)
     while True:
         try:
-            header, frames = conn.recv()
+            answer(conn, shm_dir or None)
         except (EOFError, OSError):
             return 0  # the supervisor closed our socket: time to go
-        pos = 0
-        for gid, count, offloaded in header[1]:  # a batch: run in order, answer each as it ends
-            status, out, meta = execute(frames[pos : pos + count], shm_dir or None, offloaded)
-            pos += count
-            flush_stdio()  # what the task printed is out before its future completes
-            conn.send((DONE, gid, int(status), meta), out)
         if once:
             # Leave at once: unwinding these frames would only write to pages that
             # the kernel then copies from the template (stdio is flushed already).
             os._exit(0)
+
+
+def answer(conn: Channel, shm_dir: str | None) -> None:
+    """Read one TASK message, run its tasks in order and answer each as it ends (DONE).
+
+    EOFError or OSError when the supervisor has closed the socket.
+    """
+    header, frames = conn.recv()
+    pos = 0
+    for gid, count, offloaded in header[1]:
+        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded)
+        pos += count
+        flush_stdio()  # what the task printed is out before its future completes
+        conn.send((DONE, gid, int(status), meta), out)
 
 
 class LanePage:
