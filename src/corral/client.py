@@ -249,7 +249,7 @@ class _IOLoop:
     """Owns the client socket; runs in its own thread until the executor closes."""
 
     def __init__(self, ctx: zmq.Context, address: str, retries: int, cleanup: Callable[[], None],
-                 heartbeat: float, liveness: int, kill_grace: float):
+                 heartbeat: float, liveness: int, kill_grace: float, spin: float):
         self.ctx = ctx
         self.address = address
         self.retries = retries
@@ -279,7 +279,7 @@ class _IOLoop:
         self.led_at = 0.0  # when the last one stopped
         self.deferring = False  # a leader handles messages: outcomes wait in `later`
         self.later: deque = deque()
-        self.spin = protocol.Spin()  # leaders poll for a while before they sleep (Executor's spin)
+        self.spin = protocol.Spin(spin)  # leaders poll for a while before they sleep
         self.link: _SocketLink | _DirectLink | None = None
 
     # -- called from user threads ---------------------------------------------
@@ -836,6 +836,7 @@ class Executor(_StdExecutor):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
         if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= MAX_SPIN:
             raise ValueError(f"spin must be a number of seconds from 0 to {MAX_SPIN:g}, not {spin!r}")
+        spin = float(spin)
         if not isinstance(liveness, int) or isinstance(liveness, bool) or liveness < 1:
             raise ValueError(f"liveness must be an integer >= 1, not {liveness!r}")
         self._defaults = check_task_options({"timeout": task_timeout}) if task_timeout is not None else {}
@@ -864,12 +865,11 @@ class Executor(_StdExecutor):
         self._spawn = mp_context is not None and mp_context.get_start_method() == "spawn"
         if address is None:
             address = self._start_embedded(initializer, initargs, prefetch, idle_timeout, max_memory, heartbeat,
-                                           liveness, float(spin))
+                                           liveness, spin)
         self._address = address
-        self._io = _IOLoop(self._ctx, address, retries, self._cleanup, heartbeat, liveness, kill_grace)
+        self._io = _IOLoop(self._ctx, address, retries, self._cleanup, heartbeat, liveness, kill_grace, spin)
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
-        self._io.spin = protocol.Spin(float(spin))
         _live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)

@@ -103,16 +103,20 @@ MAX_CREDIT = 512
 PIPELINE_TASK_TIME = 0.002
 PIPELINE_TASKS = 256
 
+# A waiting caller and a lane's task process poll for up to SPIN seconds before they sleep.
+SPIN = 200e-6
+
 
 class Spin:
-    """How long a waiter polls before it sleeps: SPIN seconds while its waits are short.
+    """How long a waiter polls before it sleeps: its limit (SPIN) while its waits are short.
 
-    Waking a process that sleeps in poll(2) or recv(2) costs the waker a system call
-    that must interrupt another CPU, and the sleeper the time to be scheduled again:
-    tens of microseconds each on a virtual machine, most of a no-op round trip.  A
-    waiter whose recent waits (a moving average) were shorter than SPIN polls without
-    sleeping for up to SPIN seconds, yielding its CPU to any other runnable process at
-    each poll; one whose waits are longer (long tasks, an idle pool) sleeps at once.
+    A process that sleeps in poll(2) or recv(2) lets its CPU go idle, and an idle CPU
+    sleeps too: waking the process then costs the waker an interrupt to that CPU and
+    the sleeper the time for it to come back, tens of microseconds on a virtual
+    machine, most of a no-op round trip.  A waiter whose recent waits (a moving
+    average) were shorter than its limit polls without sleeping for up to that long,
+    yielding its CPU to any other runnable process at each poll; one whose waits are
+    longer (long tasks, an idle pool) sleeps at once.
     """
 
     def __init__(self, limit: float | None = None):
@@ -125,9 +129,6 @@ class Spin:
 
     def waited(self, seconds: float) -> None:
         self.typical = 0.8 * self.typical + 0.2 * seconds
-
-
-SPIN = 200e-6
 
 # Per-task options a SUBMIT entry may carry, reserved for the task-control
 # features; the broker keeps the ones it does not act on yet.
@@ -665,12 +666,11 @@ class FdPoller:
         """Ready descriptors as (fd, flags); ``timeout`` in milliseconds, None: forever;
         polling without sleeping for the first ``spin`` seconds of it (see Spin)."""
         readable = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
-        happened = self.poll_object.poll(0) if spin and timeout != 0 else None
-        if spin and not happened:
-            deadline = time.perf_counter() + min(spin, 1e300 if timeout is None else timeout / 1000)
-            while not happened and time.perf_counter() < deadline:
+        happened = []
+        if spin and timeout != 0:
+            deadline = time.perf_counter() + (spin if timeout is None else min(spin, timeout / 1000))
+            while not (happened := self.poll_object.poll(0)) and time.perf_counter() < deadline:
                 os.sched_yield()
-                happened = self.poll_object.poll(0)
         if not happened:
             happened = self.poll_object.poll(timeout)
         return [
