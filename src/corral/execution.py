@@ -93,8 +93,7 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
     except BaseException as exc:  # noqa: BLE001 - the stdlib also reports SystemExit etc.
         return _raised(exc)
     try:
-        name = getattr(fn, "__qualname__", repr(fn))
-        out = serialization.dumps(value, f"the result of {name}()")
+        out = serialization.dumps(value, lambda: f"the result of {getattr(fn, '__qualname__', None) or repr(fn)}()")
         if shm_dir is None or len(out) == 1:  # only an out-of-band buffer can be large enough to offload
             return protocol.Status.OK, out, {}
         out, indices, _ = shm.Store(shm_dir).offload(out, 1)

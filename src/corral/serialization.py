@@ -24,6 +24,7 @@ from __future__ import annotations
 import pickle
 import types
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -36,13 +37,18 @@ PROTOCOL = 5
 # as a frame of their own.
 OOB_THRESHOLD = 64 * 1024
 _MAX_DEPTH = 6
+# The modules someone asked cloudpickle to pickle by value (register_pickle_by_value),
+# a set cloudpickle fills in place: looked at before every pickle.
+_BY_VALUE = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", frozenset())
 
 
-def dumps(obj: Any, what: str = "object", culprit: Any = None, out_of_band: bool = True) -> list:
+def dumps(obj: Any, what: str | Callable[[], str] = "object", culprit: Any = None,
+          out_of_band: bool = True) -> list:
     """Pickle ``obj`` into [stream, *buffers]; SerializationError on failure.
 
     On failure the error names the part that failed, searched for from
-    ``culprit`` (default: ``obj``) and called ``what``.
+    ``culprit`` (default: ``obj``) and called ``what`` (or what it returns, if a
+    callable: a name worth building only for an error).
     """
     buffers: list = []
 
@@ -54,8 +60,7 @@ def dumps(obj: Any, what: str = "object", culprit: Any = None, out_of_band: bool
         return False
 
     stream = None
-    # Has someone asked cloudpickle to pickle a module's contents by value?
-    if not getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", None):
+    if not _BY_VALUE:  # else cloudpickle must pickle those modules' contents by value
         try:
             stream = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
         except Exception:  # noqa: BLE001 - cloudpickle gets its turn, and the blame if it fails too
@@ -67,7 +72,7 @@ def dumps(obj: Any, what: str = "object", culprit: Any = None, out_of_band: bool
         try:
             stream = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
         except Exception as exc:
-            path, reason = _find_culprit(obj if culprit is None else culprit, what)
+            path, reason = _find_culprit(obj if culprit is None else culprit, what() if callable(what) else what)
             raise SerializationError(f"cannot pickle {path}: {reason}") from exc
     return [stream, *buffers]
 
