@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import _random
 import ctypes
+import functools
 import gc
 import os
 import select
@@ -67,7 +68,6 @@ import sys
 import threading
 import time
 import warnings
-from typing import NoReturn
 
 from . import execution, protocol, runner, serialization
 
@@ -262,20 +262,9 @@ def _libc_fork():
         return None
 
 
-def _task_process(ctl: socket.socket, fd: int, setup: tuple) -> NoReturn:
-    """A fresh task process's life, on the socket the supervisor passed us for it.
-
-    As ``runner.run_child``, but for a child of the template alone: it closes only
-    the template's socket (it has no other), and calls no more functions than it
-    must (each one is a page the kernel copies for it).
-    """
-    code = 70
-    try:
-        os.close(ctl.fileno())
-        code = runner.serve(runner.Channel(fd), setup, True, prepared=True)
-    finally:
-        runner.flush_stdio()
-        os._exit(code)
+def _task_process(fd: int, setup: tuple) -> int:
+    """A fresh task process's life, on the socket the supervisor passed us for it."""
+    return runner.serve(runner.Channel(fd), setup, True, prepared=True)
 
 
 WARM_UP_ROUNDS = 32
@@ -345,7 +334,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             except OSError:
                 child = -1  # out of processes or memory: the supervisor raises
             if child == 0:
-                _task_process(ctl, fd, setup)
+                runner.run_child(functools.partial(_task_process, fd, setup), [ctl])
             os.close(fd)
             ctl.sendall(_REPLY.pack(FORK, child))
         elif op == COLLECT:
