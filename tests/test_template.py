@@ -187,3 +187,59 @@ def test_a_thread_started_by_a_module_imported_ahead_is_not_in_the_task_processe
     warm = [threads for imported_ahead, threads in results if imported_ahead]
     assert warm, "the template never imported the module"
     assert set(warm) == {1}, "task processes believe the template's thread is theirs"
+
+
+needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux-only")
+
+
+@needs_affinity
+@pytest.mark.parametrize("cpus", ["all", "fewer"])
+def test_task_processes_and_imports_ahead_see_the_cpus_the_client_has(make_executor, module_factory, cpus):
+    """The template holds itself on one CPU while it forks (template._Pin): neither a task nor a
+    module it imports ahead may see another set of CPUs than the executor's process had."""
+    mine = os.sched_getaffinity(0)
+    if cpus == "fewer":
+        if len(mine) < 2:
+            pytest.skip("needs 2 CPUs")
+        given = set(sorted(mine)[: max(2, len(mine) - 1)] if len(mine) > 2 else sorted(mine)[:1])
+        os.sched_setaffinity(0, given)
+    else:
+        given = mine
+    try:
+        mod = module_factory("""
+            import os
+            AT_IMPORT = sorted(os.sched_getaffinity(0))
+
+            def cpus():
+                return os.getpid(), AT_IMPORT, sorted(os.sched_getaffinity(0))
+        """)
+        ex = make_executor(2, fresh=True)
+        results = [ex.submit(mod.cpus).result(TIMEOUT) for _ in range(8)]
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert len({pid for pid, _, _ in results}) == 8
+    assert all(now == sorted(given) for _, _, now in results), results
+    assert all(at_import == sorted(given) for _, at_import, _ in results), results
+
+
+def test_finished_task_processes_are_collected(make_executor):
+    """A finished task process's pid rides on the next FORK request: the template reaps them in
+    batches while tasks keep coming, and all of them once the worker is idle."""
+    import psutil
+
+    from corral import template
+
+    ex = make_executor(1, fresh=True)
+    assert list(ex.map(abs, range(-60, 0), timeout=TIMEOUT)) == list(range(60, 0, -1))
+    (supervisor,) = psutil.Process().children()
+    (tpl,) = supervisor.children()
+
+    def zombies() -> int:
+        return sum(1 for p in tpl.children() if p.status() == psutil.STATUS_ZOMBIE)
+
+    assert zombies() <= template.COLLECT_BATCH + 2
+    deadline = time.monotonic() + 10
+    while zombies() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert zombies() == 0, "exited task processes were never collected"
+    assert len(tpl.children()) == 1, "not one spare task process waiting for the next task"

@@ -273,13 +273,15 @@ def _descriptors() -> list[int]:
     return []
 
 
-def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane: tuple | None = None) -> int:
+def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane: tuple | None = None,
+          unpin: Callable[[], None] | None = None) -> int:
     """The task process's life: initialize, then run tasks until told to stop.
 
     ``prepared``: forked from a template, which set the signal dispositions and
     ``sys.path`` already (every page a fresh process writes is a page the kernel
     copies: doing less here makes fresh tasks faster).  ``lane``: take the
-    tasks from that lane (``start``).
+    tasks from that lane (``start``).  ``unpin``: called before any user code
+    runs (the template forked us held on one CPU, ``template._Pin``).
     """
     if not prepared:
         set_signals()
@@ -287,6 +289,9 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
     die_with_parent(signal.SIGKILL)  # a parent-death signal is not inherited
     _, initializer, shm_dir = setup
     if initializer is not None or not once:  # a fresh process with nothing to report stays silent
+        if unpin is not None:
+            unpin()
+            unpin = None
         broken = run_initializer(initializer)
         if broken is not None:
             conn.send((BROKEN, broken))
@@ -296,7 +301,7 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
         return _serve_lane(*lane, shm_dir or None)
     while True:
         try:
-            answer(conn, shm_dir or None)
+            answer(conn, shm_dir or None, unpin)
         except (EOFError, OSError):
             return 0  # the supervisor closed our socket: time to go
         if once:
@@ -305,12 +310,15 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
             os._exit(0)
 
 
-def answer(conn: Channel, shm_dir: str | None) -> None:
-    """Read one TASK message, run its tasks in order and answer each as it ends (DONE).
+def answer(conn: Channel, shm_dir: str | None, unpin: Callable[[], None] | None = None) -> None:
+    """Read one TASK message, run its tasks in order and answer each as it ends (DONE);
+    ``unpin`` first, if given (``serve``).
 
     EOFError or OSError when the supervisor has closed the socket.
     """
     header, frames = conn.recv()
+    if unpin is not None:
+        unpin()
     pos = 0
     for gid, count, offloaded in header[1]:
         status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded)

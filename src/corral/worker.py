@@ -303,6 +303,8 @@ class Worker:
                 self.feed()
                 self.flush()
                 self.prepare_spare()
+                if self.template is not None:
+                    self.template.flush()  # what the spare's FORK did not take along
                 if not self.housekeeping():
                     poller.unregister(link)
                     if not self.reconnect():
