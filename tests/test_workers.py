@@ -81,6 +81,27 @@ def test_fresh_tasks_are_isolated(make_executor, kwargs):
     assert os.getpid() not in pids
 
 
+def leave_a_thread_running():
+    import threading
+
+    threading.Thread(target=time.sleep, args=(60,)).start()  # not a daemon: a normal exit would wait for it
+    return os.getpid()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"mp_context": multiprocessing.get_context("spawn")}], ids=["forked", "spawned"]
+)
+def test_a_fresh_task_process_leaves_without_waiting_for_its_threads(make_executor, kwargs):
+    """A fresh task process ends as soon as its task is answered, as os._exit() would: no atexit
+    handlers, no joining the threads its task left running."""
+    ex = make_executor(1, fresh=True, **kwargs)
+    pids = [ex.submit(leave_a_thread_running).result(TIMEOUT) for _ in range(2)]
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
+        assert time.monotonic() < deadline, "a task process waited for the thread its task started"
+        time.sleep(0.02)
+
+
 def test_persistent_worker_keeps_state(make_executor):
     """The contrast case, showing the isolation test above can fail."""
     ex = make_executor(1)

@@ -305,9 +305,7 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
         except (EOFError, OSError):
             return 0  # the supervisor closed our socket: time to go
         if once:
-            # Leave at once: unwinding these frames would only write to pages that
-            # the kernel then copies from the template (stdio is flushed already).
-            os._exit(0)
+            return 0  # the caller leaves with os._exit (run_child, main)
 
 
 def answer(conn: Channel, shm_dir: str | None, unpin: Callable[[], None] | None = None) -> None:
@@ -475,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     except (EOFError, OSError):
         return 0  # the supervisor went away before we started
     _, setup, once = header
-    return serve(conn, setup, once)
+    code = serve(conn, setup, once)
+    if once:  # leave as a forked fresh task process does (run_child): no atexit, no waiting for threads
+        flush_stdio()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":
