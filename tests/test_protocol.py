@@ -340,6 +340,62 @@ def test_broker_survives_garbage(tmp_path):
     assert not thread.is_alive()
 
 
+def _receive_tasks(sock: zmq.Socket, count: int) -> list[int]:
+    """The broker's ids of the next ``count`` tasks sent to this worker (one TASKS or several)."""
+    gids: list[int] = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(gids) < count:
+        assert sock.poll(max(0.0, deadline - time.monotonic()) * 1000), "no TASKS"
+        msg = sock.recv_multipart()
+        kind, body = protocol.decode(msg[0])
+        if kind == Kind.TASKS:
+            gids += [entry[0] for entry in body["tasks"]]
+    return gids
+
+
+def test_a_result_says_which_task_began_as_it_ended(tmp_path):
+    """A worker names, in a RESULT, the task that began as the one it reports ended: the client
+    hears STARTED for it without a STARTED message from the worker. A RESULT whose ``started`` is
+    not a list of ids is dropped whole, its outcome included."""
+    ctx = zmq.Context()
+    address = f"ipc://{tmp_path}/broker"
+    logs: list[str] = []
+    broker = Broker(address, context=ctx, log=logs.append)
+    thread = threading.Thread(target=broker.serve, name="test-broker", daemon=True)
+    thread.start()
+    worker, client = _dealer(ctx, address), _dealer(ctx, address)
+    try:
+        worker.send(protocol.encode(Kind.HELLO, {"role": "worker", "name": "w", "pid": 1}))
+        _receive(worker, Kind.WELCOME)
+        worker.send(protocol.encode(Kind.READY, {"credit": 2}))
+        client.send(protocol.encode(Kind.HELLO, {"role": "client", "retries": 0}))
+        _receive(client, Kind.WELCOME)
+        client.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": [[1, 1, {}], [2, 1, {}]]}), b"one", b"two"])
+        first, second = _receive_tasks(worker, 2)
+
+        def result(gid: int, started) -> list:
+            return [protocol.encode(Kind.RESULT, {"results": [[gid, 0, 1, {}]], "started": started}), b"out"]
+
+        worker.send_multipart(result(first, [second]))
+        assert _receive(client, Kind.STARTED)["ids"] == [2]
+        assert [entry[0] for entry in _receive(client, Kind.RESULT)["results"]] == [1]
+
+        worker.send_multipart(result(second, "all of them"))
+        worker.send_multipart(result(second, [[second]]))
+        client.send(protocol.encode(Kind.STATUS))
+        assert _receive(client, Kind.STATUS_REPLY)["running"] == 1, "a malformed RESULT was half-applied"
+        assert sum("dropped malformed message" in line for line in logs) == 2
+        worker.send_multipart(result(second, []))
+        assert [entry[0] for entry in _receive(client, Kind.RESULT)["results"]] == [2]
+    finally:
+        broker.running = False
+        thread.join(TIMEOUT)
+        worker.close(linger=0)
+        client.close(linger=0)
+        ctx.term()
+    assert not thread.is_alive()
+
+
 def test_id_lists_are_cut_to_fit_a_header():
     ids = list(range(10**15, 10**15 + 250_000))  # 16 digits each: 4.3 MB of JSON in one list
     chunks = list(protocol.id_chunks(ids))

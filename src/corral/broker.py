@@ -489,17 +489,16 @@ class Broker:
         if kind == Kind.READY:
             w.credit += _count(body.get("credit", 0))
         elif kind == Kind.STARTED:
-            for gid in body.get("ids", ()):
-                task = self.tasks.get(gid)
-                if task is not None and task.worker == w.ident:
-                    task.started = True
-                    task.attempts += 1
-                    self.outbox(task.client).started.append(task.cid)
+            self.began(w, body.get("ids", ()))
         elif kind == Kind.RESULT:
+            started = body.get("started", [])
+            if not isinstance(started, list) or not all(type(gid) is int for gid in started):
+                raise ProtocolError("a RESULT's started is not a list of task ids")
             w.credit += _count(body.get("credit", 0))
             w.busy += _seconds(body.get("busy", 0.0))
             for entry, payload in protocol.split_entries(body, "results", frames, 4):
                 self.task_done(w, entry, payload)
+            self.began(w, started)
         elif kind == Kind.CANCELLED:
             self.cancel_verdict(w, body)
         elif kind == Kind.BYE:
@@ -517,6 +516,15 @@ class Broker:
                 w.epoch, w.answered = int(body["lane"]), 0
         else:
             raise ProtocolError(f"workers do not send {kind.name}")
+
+    def began(self, w: WorkerState, gids) -> None:
+        """Worker ``w`` has begun these tasks (STARTED, or a RESULT's ``started``)."""
+        for gid in gids:
+            task = self.tasks.get(gid)
+            if task is not None and task.worker == w.ident and not task.started:
+                task.started = True
+                task.attempts += 1
+                self.outbox(task.client).started.append(task.cid)
 
     def task_done(self, w: WorkerState, entry: list, payload: list) -> None:
         gid, status, _, meta = entry

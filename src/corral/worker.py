@@ -259,8 +259,12 @@ class Worker:
         self.granted += credit
         if self.results:
             busy = round(self.busy, 6)
+            started = self.begun_unreported()
             for chunk, frames in protocol.batches(self.results, self.result_frames, 2):
-                self.send(Kind.RESULT, {"results": chunk, "credit": credit, "busy": busy}, frames)
+                body = {"results": chunk, "credit": credit, "busy": busy}
+                if started:
+                    body["started"], started = started, None
+                self.send(Kind.RESULT, body, frames)
                 credit = busy = 0
             self.results, self.result_frames, self.busy = [], [], 0.0
         elif credit:
@@ -299,7 +303,10 @@ class Worker:
                     self.drain()
                 if fd is not None and fd in events and self.proc is not None:
                     self.read_task_process()
-                self.flush()  # results first: the next task's fork must not delay them
+                # A task that can begin without a fork begins before the results go, so that
+                # their RESULT says it began (no STARTED of its own); no fork delays them.
+                self.feed(fork=False)
+                self.flush()
                 self.feed()
                 self.flush()
                 self.prepare_spare()
@@ -560,24 +567,29 @@ class Worker:
             return
         self.broken = f"{READY_TRIES} task processes in a row died before they were ready ({how})"
 
-    def feed(self) -> None:
-        """Hand queued tasks to the task process: one if fresh, else a pipeline of them."""
+    def feed(self, fork: bool = True) -> None:
+        """Hand queued tasks to the task process: one if fresh, else a pipeline of them.
+
+        ``fork=False``: only to a process that is there already (a fresh worker's spare).
+        """
         if not self.pending or self.stopping:
             return
         if self.fresh:
             if not self.inflight and not self.warming_up():
-                task = self.pending.popleft()
                 spare, self.spare = self.spare, None
                 if spare is not None and spare.template is not None and not spare.template.check():
                     spare.retire()  # it died with its template
                     spare = None
+                if spare is None and not fork:
+                    return
+                task = self.pending.popleft()
                 proc = spare or self.start_process()
                 try:
                     proc.conn.send(_task_header([task]), task.frames)
                 except OSError:  # it died before it got the task
                     self.retire(proc)
                     self.pending.appendleft(task)
-                    if spare is not None:
+                    if spare is not None and fork:
                         self.feed()  # the spare died while it waited: a new process, at once
                     return
                 self.proc = proc
@@ -585,6 +597,8 @@ class Worker:
                 self.next_head()
             return
         if self.proc is None:
+            if not fork:
+                return
             self.proc = self.start_process()
             self.wait_until_ready()
             if self.broken:
@@ -625,6 +639,14 @@ class Worker:
         if self.max_tasks and self.proc.tasks + len(self.inflight) >= self.max_tasks:
             return False
         return len(self.inflight) < PIPELINE_TASKS and self.pipe_bytes + task.size <= PIPELINE_BYTES
+
+    def begun_unreported(self) -> list[int]:
+        """The running task, if it has begun and the broker has not been told: a RESULT takes it along."""
+        task = self.current
+        if task is None or not task.started or task.reported:
+            return []
+        task.reported = True
+        return [task.gid]
 
     def next_head(self) -> None:
         """The oldest task in the pipeline has begun (the one before it just ended)."""
