@@ -396,21 +396,28 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
     gc.freeze()
     _trim()
     fork = _Forker()
-    # Every page this loop writes while a task process lives is copied for it: it reads
-    # each request with one recvmsg, and looks for exited task processes to collect only
-    # every COLLECT_BATCH of them, or after COLLECT_EVERY seconds without a request.
+    # Every page this loop writes while a task process lives is copied for it (in the
+    # template: a fork shares them all again), so it touches as few objects as it can:
+    # requests are read into one buffer, the methods it calls are looked up once, and
+    # exited task processes are collected every COLLECT_BATCH of them, or after
+    # COLLECT_EVERY seconds without a request.
+    poller = select.poll()
+    poller.register(ctl, select.POLLIN)
+    request = bytearray(_REQUEST.size)
+    into = [request]
+    recvmsg_into, sendall, unpack_from, pack = ctl.recvmsg_into, ctl.sendall, _REQUEST.unpack_from, _REPLY.pack
     exited: list[int] = []  # pids to reap once they exit
     while True:
-        if exited and not select.select([ctl], [], [], COLLECT_EVERY)[0]:
+        if exited and not poller.poll(COLLECT_EVERY * 1000):
             exited = _collect(exited)
             continue
         try:
-            data, ancillary, _, _ = ctl.recvmsg(_REQUEST.size, _FD_SPACE, socket.MSG_WAITALL)
+            got, ancillary, _, _ = recvmsg_into(into, _FD_SPACE, socket.MSG_WAITALL)
         except OSError:
             break
-        if len(data) < _REQUEST.size:
+        if got < _REQUEST.size:
             break  # the supervisor closed our socket: time to go
-        op, pid = _REQUEST.unpack(data)
+        op, pid = unpack_from(request)
         if op == FORK:
             fd = int.from_bytes(ancillary[0][2][:4], sys.byteorder, signed=True)
             if pid:
@@ -422,7 +429,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             if child == 0:
                 runner.run_child(functools.partial(_task_process, fd, setup, fork.pin if fork.pinned else None), [ctl])
             os.close(fd)
-            ctl.sendall(_REPLY.pack(FORK, child))
+            sendall(pack(FORK, child))
             if len(exited) >= COLLECT_BATCH:
                 exited = _collect(exited)
         elif op == COLLECT:
@@ -432,7 +439,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
         elif op == WAIT:
             if pid in exited:
                 exited.remove(pid)
-            ctl.sendall(_REPLY.pack(WAIT, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
+            sendall(pack(WAIT, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])))
         elif op == IMPORT:
             pickled = ctl.recv(pid, socket.MSG_WAITALL)
             started = time.perf_counter()
@@ -443,7 +450,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             fork.imported()
             gc.freeze()  # what the import made is shared by every task process: keep their GC off it
             _trim()
-            ctl.sendall(_REPLY.pack(IMPORT, min(int((time.perf_counter() - started) * 1e6), 2**31 - 1)))
+            sendall(pack(IMPORT, min(int((time.perf_counter() - started) * 1e6), 2**31 - 1)))
     for pid in exited:
         os.waitpid(pid, 0)
     return 0
