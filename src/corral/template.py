@@ -430,12 +430,8 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
                 runner.run_child(functools.partial(_task_process, fd, setup, fork.pin if fork.pinned else None), [ctl])
             os.close(fd)
             sendall(pack(FORK, child))
-            if len(exited) >= COLLECT_BATCH:
-                exited = _collect(exited)
         elif op == COLLECT:
             exited.append(pid)
-            if len(exited) >= COLLECT_BATCH:
-                exited = _collect(exited)
         elif op == WAIT:
             if pid in exited:
                 exited.remove(pid)
@@ -451,6 +447,8 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             gc.freeze()  # what the import made is shared by every task process: keep their GC off it
             _trim()
             sendall(pack(IMPORT, min(int((time.perf_counter() - started) * 1e6), 2**31 - 1)))
+        if len(exited) >= COLLECT_BATCH:
+            exited = _collect(exited)
     for pid in exited:
         os.waitpid(pid, 0)
     return 0
