@@ -243,3 +243,51 @@ def test_finished_task_processes_are_collected(make_executor):
         time.sleep(0.02)
     assert zombies() == 0, "exited task processes were never collected"
     assert len(tpl.children()) == 1, "not one spare task process waiting for the next task"
+
+
+def _collapse_works() -> bool:
+    """Can this kernel back memory with transparent huge pages on request (MADV_COLLAPSE)?"""
+    import ctypes
+    import mmap
+
+    from corral import template
+
+    size = template._huge_page_size()
+    if not size or not sys.platform.startswith("linux"):
+        return False
+    region = mmap.mmap(-1, 2 * size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region.write(b"x" * (2 * size))
+        start = -(-ctypes.addressof(ctypes.c_char.from_buffer(region)) // size) * size
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        return libc.madvise(start, size, template.MADV_COLLAPSE) == 0
+    finally:
+        region.close()
+
+
+def test_the_template_backs_its_heap_with_huge_pages_and_tasks_still_copy_on_write(make_executor, module_factory):
+    """The template collapses what it can of its memory into huge pages (template._HugePages),
+    after an import ahead too; a task process that writes to it changes its own copy only."""
+    import psutil
+
+    if not _collapse_works():
+        pytest.skip("this kernel cannot collapse memory into transparent huge pages")
+    mod = module_factory("""
+        import os
+        BALLAST = bytearray(b"x") * (8 << 20)  # in the template: three or more whole huge pages
+
+        def scribble(i):
+            before = BALLAST[i << 12]
+            BALLAST[i << 12] = 0x79
+            return os.getpid(), before
+    """)
+    ex = make_executor(1, fresh=True)
+    results = [ex.submit(mod.scribble, i).result(TIMEOUT) for i in range(12)]
+    assert len({pid for pid, _ in results}) == 12
+    assert all(before == ord("x") for _, before in results), "a task saw another task's write"
+    (supervisor,) = psutil.Process().children()
+    (tpl,) = supervisor.children()
+    with open(f"/proc/{tpl.pid}/smaps_rollup") as f:
+        huge_kib = int(f.read().split("AnonHugePages:")[1].split()[0])
+    assert huge_kib >= 4096, f"the template has {huge_kib} KiB in huge pages"

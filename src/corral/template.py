@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import _random
 import ctypes
+import errno
 import functools
 import gc
 import os
@@ -377,6 +378,83 @@ def _trim() -> None:
         pass
 
 
+MADV_COLLAPSE = 25  # Linux 6.1: back a range with transparent huge pages, now
+HUGE_PAGE_FILL = 0.75  # ... if this much of it is in memory already (the rest costs memory)
+
+
+def _huge_page_size() -> int:
+    """The size of a transparent huge page (2 MiB on x86-64), or 0 where there are none."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            size = int(f.read())
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return 0 if "[never]" in f.read() else size
+    except (OSError, ValueError):
+        return 0
+
+
+class _HugePages:
+    """Backs the template's heap with transparent huge pages where it can.
+
+    A fork copies one page table entry per 4 KiB page the template has in memory, and the
+    task process's exit clears them all again: for a no-op task, the bulk of the kernel's
+    work.  A 2 MiB huge page is one entry in both (a task process that writes to it gets
+    its own 4 KiB copy, as ever).  The template's anonymous mappings are collapsed
+    (``madvise(MADV_COLLAPSE)``) in every 2 MiB-aligned range that lies wholly inside one
+    and is at least ``HUGE_PAGE_FILL`` in memory, so that at most a quarter of each is
+    memory the template did not use.  CPython's own allocator maps 1 MiB arenas wherever
+    the kernel puts them, so only some ranges qualify (on the 2-core test VM, 4 of the
+    template's 11 MB: 4-5% more fresh tasks per second, A/B in one run).  Nothing happens
+    where the kernel has no ``MADV_COLLAPSE`` or transparent huge pages are off.
+    """
+
+    def __init__(self, size: int, libc):
+        self.size = size
+        self.madvise = libc.madvise
+        self.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        self.mincore = libc.mincore
+        self.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+        self.pages = size // os.sysconf("SC_PAGE_SIZE")
+        self.resident = ctypes.create_string_buffer(self.pages)
+
+    @classmethod
+    def here(cls) -> _HugePages | None:
+        size = _huge_page_size() if sys.platform.startswith("linux") else 0
+        if not size:
+            return None
+        try:
+            return cls(size, ctypes.CDLL(None, use_errno=True))
+        except (OSError, AttributeError):
+            return None
+
+    def collapse(self) -> None:
+        """Collapse the ranges that qualify."""
+        for start in self._ranges():
+            if self.mincore(start, self.size, self.resident) != 0:
+                continue
+            if sum(b & 1 for b in self.resident.raw) < HUGE_PAGE_FILL * self.pages:
+                continue
+            if self.madvise(start, self.size, MADV_COLLAPSE) != 0 and ctypes.get_errno() == errno.EINVAL:
+                break  # no MADV_COLLAPSE on this kernel: nothing else will work either
+
+    def _ranges(self):
+        """The huge-page-aligned ranges inside the anonymous private mappings (the heap's)."""
+        try:
+            with open("/proc/self/maps") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            fields = line.split()
+            if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
+                continue  # a file's, the stack, or not writable
+            low, high = (int(x, 16) for x in fields[0].split("-"))
+            start = -(-low // self.size) * self.size
+            while start + self.size <= high:
+                yield start
+                start += self.size
+
+
 def _collect(pids: list[int]) -> list[int]:
     """Reap those of ``pids`` that have exited; the rest are still running."""
     return [pid for pid in pids if not os.waitpid(pid, os.WNOHANG)[0]]
@@ -395,6 +473,9 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
     # task process does not touch (and copy) the pages that hold them.
     gc.freeze()
     _trim()
+    huge = _HugePages.here()
+    if huge is not None:
+        huge.collapse()
     fork = _Forker()
     # Every page this loop writes while a task process lives is copied for it (in the
     # template: a fork shares them all again), so it touches as few objects as it can:
@@ -446,6 +527,8 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             fork.imported()
             gc.freeze()  # what the import made is shared by every task process: keep their GC off it
             _trim()
+            if huge is not None:
+                huge.collapse()
             sendall(pack(IMPORT, min(int((time.perf_counter() - started) * 1e6), 2**31 - 1)))
         if len(exited) >= COLLECT_BATCH:
             exited = _collect(exited)
