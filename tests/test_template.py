@@ -291,3 +291,27 @@ def test_the_template_backs_its_heap_with_huge_pages_and_tasks_still_copy_on_wri
     with open(f"/proc/{tpl.pid}/smaps_rollup") as f:
         huge_kib = int(f.read().split("AnonHugePages:")[1].split()[0])
     assert huge_kib >= 4096, f"the template has {huge_kib} KiB in huge pages"
+
+
+def test_a_task_process_leaves_through_libc_exit_with_its_code():
+    """Fresh task processes leave with libc's _exit() looked up in the template
+    (template._libc_exit), not os._exit(): the code and what was printed still get out."""
+    from corral import runner, template
+
+    leave = template._libc_exit()
+    if leave is None:
+        pytest.skip("os._exit() is used here")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        sys.stdout = open(write, "w")  # block-buffered: only run_child's flush gets it out
+        runner.run_child(lambda: print("bye", end="") or 7, [], leave=leave)
+    os.close(write)
+    try:
+        _, status = os.waitpid(pid, 0)
+        said = os.read(read, 100)
+    finally:
+        os.close(read)
+    assert os.waitstatus_to_exitcode(status) == 7
+    assert said == b"bye", "what the task process printed was lost"

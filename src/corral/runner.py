@@ -235,9 +235,11 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None) -> T
     return TaskProcess(pid, Channel(ours))
 
 
-def run_child(run: Callable[[], int], sockets: list, keep: list[int] | None = None) -> NoReturn:
+def run_child(run: Callable[[], int], sockets: list, keep: list[int] | None = None,
+              leave: Callable[[int], object] = os._exit) -> NoReturn:
     """The rest of a forked child's life: close the parent's ``sockets``, ``run``, and
-    leave with its code, never returning into the parent's frames.
+    leave with its code (``leave``: ``os._exit`` or the like), never returning into the
+    parent's frames.
 
     With ``keep`` (descriptors of a child of a supervisor), every other descriptor but
     stdio is closed too: the supervisor's connection to its broker (a socket pair, or a ZeroMQ socket's
@@ -260,7 +262,8 @@ def run_child(run: Callable[[], int], sockets: list, keep: list[int] | None = No
         code = run()
     finally:
         flush_stdio()
-        os._exit(code)
+        leave(code)
+        os._exit(code)  # should ``leave`` return
 
 
 def _descriptors() -> list[int]:
