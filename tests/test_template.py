@@ -252,16 +252,14 @@ def _collapse_works() -> bool:
 
     from corral import template
 
-    size = template._huge_page_size()
-    if not size or not sys.platform.startswith("linux"):
+    huge = template._HugePages.here()
+    if huge is None:
         return False
-    region = mmap.mmap(-1, 2 * size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region = mmap.mmap(-1, 2 * huge.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
-        region.write(b"x" * (2 * size))
-        start = -(-ctypes.addressof(ctypes.c_char.from_buffer(region)) // size) * size
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        return libc.madvise(start, size, template.MADV_COLLAPSE) == 0
+        region.write(b"x" * (2 * huge.size))
+        start = -(-ctypes.addressof(ctypes.c_char.from_buffer(region)) // huge.size) * huge.size
+        return huge.madvise(start, huge.size, template.MADV_COLLAPSE) == 0
     finally:
         region.close()
 

@@ -263,7 +263,6 @@ def run_child(run: Callable[[], int], sockets: list, keep: list[int] | None = No
     finally:
         flush_stdio()
         leave(code)
-        os._exit(code)  # should ``leave`` return
 
 
 def _descriptors() -> list[int]:

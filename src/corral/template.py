@@ -345,10 +345,9 @@ def _libc_exit():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        leave = ctypes.PyDLL(None)._exit
+        return ctypes.PyDLL(None)._exit
     except (OSError, AttributeError):
         return None
-    return leave
 
 
 def _task_process(fd: int, setup: tuple, pin: _Pin | None) -> int:
@@ -438,7 +437,7 @@ class _HugePages:
 
     @classmethod
     def here(cls) -> _HugePages | None:
-        size = _huge_page_size() if sys.platform.startswith("linux") else 0
+        size = _huge_page_size()
         if not size:
             return None
         try:
@@ -474,6 +473,16 @@ class _HugePages:
                 start += self.size
 
 
+def _settle(huge: _HugePages | None) -> None:
+    """Make what the template holds now cheap for the task processes it forks to share."""
+    # Objects that exist now are never collected, so the garbage collector of a
+    # task process does not touch (and copy) the pages that hold them.
+    gc.freeze()
+    _trim()
+    if huge is not None:
+        huge.collapse()
+
+
 def _collect(pids: list[int]) -> list[int]:
     """Reap those of ``pids`` that have exited; the rest are still running."""
     return [pid for pid in pids if not os.waitpid(pid, os.WNOHANG)[0]]
@@ -488,13 +497,8 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
     if os.getppid() != parent:
         return 0  # the supervisor died before the parent-death signal was set
     _warm_up(setup)
-    # Objects that exist now are never collected, so the garbage collector of a
-    # task process does not touch (and copy) the pages that hold them.
-    gc.freeze()
-    _trim()
     huge = _HugePages.here()
-    if huge is not None:
-        huge.collapse()
+    _settle(huge)
     fork = _Forker()
     leave = _libc_exit() or os._exit
     # Every page this loop writes while a task process lives is copied for it (in the
@@ -546,10 +550,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             except Exception:  # noqa: BLE001 - the task process will unpickle it and report why it fails
                 pass
             fork.imported()
-            gc.freeze()  # what the import made is shared by every task process: keep their GC off it
-            _trim()
-            if huge is not None:
-                huge.collapse()
+            _settle(huge)  # what the import made is shared by every task process
             sendall(pack(IMPORT, min(int((time.perf_counter() - started) * 1e6), 2**31 - 1)))
         if len(exited) >= COLLECT_BATCH:
             exited = _collect(exited)
