@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import containment
 from .protocol import SPIN, STREAM_BUFFER, size_buffers
 
 
@@ -147,6 +148,7 @@ class LocalPool:
             code = proc.poll()
             if code is not None:
                 del self.procs[pid]
+                containment.after_worker(pid)  # what it could not stop itself, if it was killed
                 gone.append(Exited(pid, code))
         return gone
 
@@ -161,6 +163,7 @@ class LocalPool:
                 proc.kill()
         for proc in self.procs.values():
             proc.wait()
+            containment.after_worker(proc.pid)
         self.procs.clear()
 
     def signal_all(self, sig: int) -> None:

@@ -51,7 +51,7 @@ import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import protocol, serialization
+from . import containment, protocol, serialization
 from .errors import ProtocolError
 from .execution import execute
 
@@ -114,6 +114,10 @@ class Channel:
         """Did a read bring in more than has been taken (the start of another message)?"""
         return self.pos < len(self.buffer)
 
+    def set_blocking(self, blocking: bool) -> None:
+        """Non-blocking, a ``recv`` of a message not there whole raises BlockingIOError (an OSError)."""
+        os.set_blocking(self.fd, blocking)
+
     def poll(self, timeout: float = 0.0) -> bool:
         """Is there something to read (perhaps the start of a message still being written)?"""
         if self.buffered():
@@ -159,7 +163,12 @@ class Channel:
 
 
 class TaskProcess:
-    """The supervisor's handle on one task process."""
+    """The supervisor's handle on one task process.
+
+    Its end is learned from the process itself (a pidfd, where the system has
+    them), never only from its socket: a process the task forked may hold that
+    socket open long after the task process died (``containment``).
+    """
 
     def __init__(self, pid: int, conn: Channel, popen: subprocess.Popen | None = None, template=None):
         self.pid = pid
@@ -169,16 +178,21 @@ class TaskProcess:
         self.ready = False
         self.tasks = 0  # tasks it has finished
         self.returncode: int | None = None
+        self.pidfd = _pidfd(pid)  # readable once the process has ended
 
     def fileno(self) -> int:
         return self.conn.fileno()
 
     def signal(self, sig: int) -> None:
+        """Signal the process and its process group (what its task started: ``containment``)."""
         if self.returncode is None and (self.template is None or self.template.alive):
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+            containment.signal_tree(self.pid, sig)
+
+    def exited(self) -> bool:
+        """Has the process ended?  (Without a pidfd: only a child of ours can tell.)"""
+        if self.pidfd is not None:
+            return bool(select.select([self.pidfd], [], [], 0)[0])
+        return self.template is None and self.reap(block=False) is not None
 
     def reap(self, block: bool = True) -> int | None:
         """Collect the exit status: a Popen-style return code (-N: killed by signal N)."""
@@ -192,7 +206,15 @@ class TaskProcess:
                 pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
                 if pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
+        if self.returncode is not None:
+            self._forget_pidfd()
         return self.returncode
+
+    def end(self) -> int:
+        """Stop it now, with everything in its process group, and collect it."""
+        self.signal(signal.SIGKILL)
+        self.conn.close()
+        return self.reap()
 
     def close(self) -> None:
         """Ask it to exit (it sees end-of-file) and collect it."""
@@ -203,25 +225,43 @@ class TaskProcess:
         """Ask it to exit, without waiting; False if it must still be reaped later."""
         self.conn.close()
         if self.template is not None:
+            self._forget_pidfd()
             self.template.collect(self.pid)  # never signalled again: the template may reap it
             return True
         return self.reap(block=False) is not None
 
+    def _forget_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
-def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None) -> TaskProcess:
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` ends (Linux 5.3); None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None,
+          family: containment.Family | None = None) -> TaskProcess:
     """Start a task process; ``setup`` is (sys.path, pickled initializer or None, shm directory or None).
 
     With ``once`` it runs the one task it is sent and exits (a fresh
     worker's); otherwise it runs the tasks it is sent until its socket closes.
     With ``lane`` (descriptor, epoch, LanePage), a persistent one takes its
     tasks from that lane instead.  It keeps none of the supervisor's
-    descriptors but stdio (and the lane).
+    descriptors but stdio (and the lane).  It leads a process group of its
+    own and joins ``family``'s cgroup (``containment``) before any user code runs.
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
         cmd = [sys.executable, "-m", "corral.runner", str(theirs.fileno())]
         popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
+        if family is not None:
+            family.adopt(popen.pid)  # before it has even imported corral: nothing of the task runs yet
         conn = Channel(ours)
         conn.send(("setup", setup, once))
         return TaskProcess(popen.pid, conn, popen)
@@ -230,7 +270,14 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None) -> T
         pid = os.fork()
     if pid == 0:
         keep = [theirs.fileno()] + ([lane[0]] if lane else [])
-        run_child(lambda: serve(Channel(theirs), setup, once, lane=lane), [ours], keep=keep)
+
+        def run() -> int:
+            containment.enter_task_process(once)
+            if family is not None:
+                family.join()
+            return serve(Channel(theirs), setup, once, lane=lane)
+
+        run_child(run, [ours], keep=keep)
     theirs.close()
     return TaskProcess(pid, Channel(ours))
 
@@ -447,23 +494,9 @@ def run_initializer(payload: bytes | None) -> str | None:
     return None
 
 
-_prctl = None  # libc's prctl, looked up once: a forked task process inherits it ready to call
-
-
 def die_with_parent(sig: int) -> None:
     """Ask Linux to send us ``sig`` when our parent dies (a parent-death signal)."""
-    global _prctl
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        if _prctl is None:
-            import ctypes
-
-            _prctl = ctypes.CDLL(None, use_errno=True).prctl  # about 0.4 ms: not in every fresh process
-        PR_SET_PDEATHSIG = 1
-        _prctl(PR_SET_PDEATHSIG, sig)
-    except Exception:  # noqa: BLE001 - best effort; the supervisor's socket closing remains
-        pass
+    containment.prctl(containment.PR_SET_PDEATHSIG, sig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EOFError, OSError):
         return 0  # the supervisor went away before we started
     _, setup, once = header
+    containment.enter_task_process(once)
     code = serve(conn, setup, once)
     if once:  # leave as a forked fresh task process does (run_child): no atexit, no waiting for threads
         flush_stdio()

@@ -73,7 +73,7 @@ import threading
 import time
 import warnings
 
-from . import execution, protocol, runner, serialization
+from . import containment, execution, protocol, runner, serialization
 
 FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
 _REQUEST = struct.Struct("!ci")  # operation, pid (FORK: one to collect, or 0; IMPORT: the pickle's length)
@@ -355,6 +355,13 @@ def _task_process(fd: int, setup: tuple, pin: _Pin | None) -> int:
     return runner.serve(runner.Channel(fd), setup, True, prepared=True, unpin=pin and pin.release)
 
 
+def _forked_task_process(fd: int, setup: tuple, pin: _Pin | None) -> int:
+    """The same, in a process forked for it: first contained (``containment``); not in
+    the warm-up, which runs ``_task_process`` in the template itself."""
+    containment.enter_task_process(True)
+    return _task_process(fd, setup, pin)
+
+
 WARM_UP_ROUNDS = 32
 
 
@@ -532,8 +539,8 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             except OSError:
                 child = -1  # out of processes or memory: the supervisor raises
             if child == 0:
-                runner.run_child(functools.partial(_task_process, fd, setup, fork.pin if fork.pinned else None), [ctl],
-                                 leave=leave)
+                pin = fork.pin if fork.pinned else None
+                runner.run_child(functools.partial(_forked_task_process, fd, setup, pin), [ctl], leave=leave)
             os.close(fd)
             sendall(pack(FORK, child))
         elif op == COLLECT:

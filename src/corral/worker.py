@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import signal
 import socket
 import sys
@@ -59,7 +60,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import protocol, runner
+from . import containment, protocol, runner
 from .pool import exit_words
 from .protocol import (
     CREDIT_HORIZON,
@@ -172,9 +173,14 @@ class Worker:
         self.said_hello = False
         self.idle_since = time.monotonic()
         self.parent_checked = 0.0
+        # What a task starts ends with its task process (containment.py): we adopt the
+        # orphans of our task processes, and keep them in a cgroup where we may.
+        self.family = containment.Family()
+        self.last_sweep = time.monotonic()
+        self.on_terminated: Callable[[], None] | None = None  # called by on_sigterm before we exit
         # A fresh worker forks its task processes from a template, itself forked
         # now, before ZeroMQ starts its threads (template.py says why).
-        self.template = Template(self.setup) if fresh and not spawn and hasattr(os, "fork") else None
+        self.template = self.new_template() if fresh and not spawn and hasattr(os, "fork") else None
         # Send the template each new function to import ahead; not with an initializer,
         # which runs in each task process and may set up what those imports read.
         self.warming = self.template is not None and self.setup[1] is None
@@ -286,12 +292,17 @@ class Worker:
                 fd = self.proc.fileno() if self.proc is not None else None
                 if fd is not None:
                     poller.register(fd, POLLIN)
+                    ended = self.proc.pidfd  # its end, seen even while a process it forked holds fd open
+                    if ended is not None:
+                        poller.register(ended, POLLIN)
                 importing = self.template is not None and self.template.importing > 0
                 if importing:
                     poller.register(self.template, POLLIN)
                 events = dict(poller.poll(self.poll_timeout() * 1000))
                 if fd is not None:
                     poller.unregister(fd)
+                    if ended is not None:
+                        poller.unregister(ended)
                 if importing:
                     poller.unregister(self.template)
                     if self.template.fileno() in events:
@@ -303,6 +314,9 @@ class Worker:
                     self.drain()
                 if fd is not None and fd in events and self.proc is not None:
                     self.read_task_process()
+                if fd is not None and ended is not None and ended in events and self.proc is not None \
+                        and self.proc.pidfd == ended:
+                    self.task_process_exited()
                 # A task that can begin without a fork begins before the results go, so that
                 # their RESULT says it began (no STARTED of its own); no fork delays them.
                 self.feed(fork=False)
@@ -322,30 +336,37 @@ class Worker:
             self.send(Kind.BYE, {"requeue": [t.gid for t in unstarted]})
             return 0
         finally:
-            if self.proc is not None:
-                # A task process on a lane reads the lane, not our socket: it would not see us close it.
-                if self.current is not None or self.lane is not None:
-                    self.proc.signal(signal.SIGKILL)
-                self.proc.close()
+            # Task processes go with whatever their tasks started (containment.py); stdout and
+            # stderr were flushed after each task, and they run no atexit handlers anyway.
+            for proc in (self.proc, self.spare):
+                if proc is not None:
+                    proc.end()
             if self.template is not None and self.template.importing:
                 self.template.kill()  # no waiting behind an import to collect the processes below
-            if self.spare is not None:
-                self.spare.close()
             for proc in self.zombies:
                 proc.reap()
             if self.template is not None:
                 self.template.close()
+            self.family.close()
             self.link.drain_output(2.0)
             self.link.close()
             if self.ctx is not None:
                 self.ctx.term()
 
     def on_sigterm(self, signum, frame) -> None:
-        """Terminated (``terminate_workers()``, a batch system): take the task processes along."""
+        """Terminated (``terminate_workers()``, a batch system): take the task processes along,
+        with what their tasks started."""
+        self.leave_now()
+        if self.on_terminated is not None:
+            self.on_terminated()
+        os._exit(128 + signum)
+
+    def leave_now(self) -> None:
+        """Stop every process below us, at once: we are about to exit (a signal)."""
         for proc in (self.proc, self.spare):
             if proc is not None:
                 proc.signal(signal.SIGTERM)
-        os._exit(128 + signum)
+        self.family.close()  # SIGKILLs what is left: the template and its task processes die with us anyway
 
     def poll_timeout(self) -> float:
         timeout = self.heartbeat
@@ -456,9 +477,7 @@ class Worker:
     def lane_process_ended(self) -> None:
         """Report how the task process ended and which task it was running; start the next."""
         proc = self.proc
-        proc.signal(signal.SIGKILL)  # in case it only closed its end
-        proc.conn.close()
-        code = proc.reap()
+        code = self.end_process(proc)  # in case it only closed its end
         begun, _ = self.page.read()
         self.send(Kind.ENDED, {"lane": self.epoch, "pid": proc.pid, "how": exit_words(code), "begun": begun})
         self.epoch += 1
@@ -478,17 +497,37 @@ class Worker:
         if self.template is None:
             if self.page is not None:
                 self.page.clear()
-                return runner.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page, self.spin))
-            return runner.start(self.setup, self.fresh, self.spawn)
+                return runner.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page, self.spin),
+                                    family=self.family)
+            return runner.start(self.setup, self.fresh, self.spawn, family=self.family)
         if self.template.check():
             try:
                 return self.template.fork()
             except TemplateGone:
                 pass
         self.template.close()  # killed (from outside, or stuck importing): its task processes died with it
-        self.template = Template(self.setup)
+        self.template = self.new_template()
         self.warming = False  # in case an import killed it
         return self.template.fork()
+
+    def new_template(self) -> Template:
+        """A template in our cgroup: its task processes, and what they start, are born there."""
+        template = Template(self.setup)
+        self.family.adopt(template.pid)
+        return template
+
+    def end_process(self, proc: runner.TaskProcess) -> int:
+        """Stop a task process with everything its tasks started; its return code."""
+        code = proc.end()
+        self.family.sweep(self.own_processes(), stop=True)  # what left its group came to us when it died
+        return code
+
+    def own_processes(self) -> list[int]:
+        """The processes we started ourselves and keep: everything else below us is a stray."""
+        own = [p.pid for p in (self.proc, self.spare, *self.zombies) if p is not None and p.template is None]
+        if self.template is not None:
+            own.append(self.template.pid)
+        return own
 
     def prepare_spare(self) -> None:
         """A fresh worker forks the next task process while it waits for the next task.
@@ -543,17 +582,11 @@ class Worker:
         another, a few times.
         """
         for _ in range(READY_TRIES):
-            while not self.proc.conn.poll(self.heartbeat):
-                if self.parent_gone():
-                    self.stopping = True
+            header = self.first_word()
+            if header is None:
+                if self.stopping:
                     return
-                if self.said_hello:
-                    self.send(Kind.HEARTBEAT)
-            try:
-                header, _ = self.proc.conn.recv()
-            except (EOFError, OSError):
-                self.proc.conn.close()
-                how = exit_words(self.proc.reap())
+                how = exit_words(self.end_process(self.proc))
                 if self.setup[1] is not None:
                     self.broken = f"the task process {how} while running the initializer"
                     return
@@ -561,11 +594,33 @@ class Worker:
                 continue
             if header[0] == runner.BROKEN:
                 self.broken = header[1]
-                self.proc.reap()
+                self.end_process(self.proc)
             else:
                 self.proc.ready = True
             return
         self.broken = f"{READY_TRIES} task processes in a row died before they were ready ({how})"
+
+    def first_word(self) -> tuple | None:
+        """The task process's READY or BROKEN; None if it died first (or our parent did: stopping)."""
+        proc = self.proc
+        watched = [proc.conn] + ([proc.pidfd] if proc.pidfd is not None else [])
+        while True:
+            readable = select.select(watched, [], [], self.heartbeat)[0]
+            if proc.conn in readable:
+                break
+            if readable or (proc.pidfd is None and proc.exited()):
+                return None  # ended, though a process its initializer forked may hold its socket
+            if self.parent_gone():
+                self.stopping = True
+                return None
+            if self.said_hello:
+                self.send(Kind.HEARTBEAT)
+        if proc.pidfd is not None and proc.exited():
+            proc.conn.set_blocking(False)  # it ended: take what it wrote whole, never wait for the rest
+        try:
+            return proc.conn.recv()[0]
+        except (EOFError, OSError):
+            return None
 
     def feed(self, fork: bool = True) -> None:
         """Hand queued tasks to the task process: one if fresh, else a pipeline of them.
@@ -667,6 +722,18 @@ class Worker:
             if self.proc is None or not self.proc.conn.buffered():  # more, later, wakes the poll
                 return
 
+    def task_process_exited(self) -> None:
+        """The task process has ended (its pidfd said so): take the messages it wrote whole,
+        then report it, without waiting for an end of file that a process it forked may
+        keep from coming."""
+        proc = self.proc
+        if self.lane is not None:
+            self.lane_process_ended()
+            return
+        proc.conn.set_blocking(False)
+        while self.proc is proc:
+            self.read_one()  # ends it at the first message not there whole (BlockingIOError)
+
     def read_one(self) -> None:
         proc, task = self.proc, self.current
         try:
@@ -694,11 +761,15 @@ class Worker:
         self.report(task, Status(status), frames, meta)
         self.next_head()
         if self.fresh:
+            # Its task is over, and so is what the task started in its process group (what
+            # left the group comes to us as an orphan once the process is gone: swept).
+            proc.signal(signal.SIGKILL)
             self.retire(proc)
             self.proc = None
+            self.family.sweep(self.own_processes(), stop=True)  # the previous tasks' strays, by now
         elif not self.inflight and self.recycle_reason(proc):
-            proc.close()
             self.proc = None
+            self.end_process(proc)
 
     def recycle_reason(self, proc: runner.TaskProcess) -> str | None:
         if self.max_tasks and proc.tasks >= self.max_tasks:
@@ -719,11 +790,8 @@ class Worker:
         The tasks behind it in the pipeline never started: they wait for the next
         task process.
         """
-        proc = self.proc
-        proc.signal(signal.SIGKILL)
-        proc.conn.close()
-        code = proc.reap()
-        self.proc = None
+        proc, self.proc = self.proc, None
+        code = self.end_process(proc)
         task = task or self.current
         if self.inflight and self.inflight[0] is task:
             self.inflight.popleft()
@@ -762,6 +830,11 @@ class Worker:
         now = time.monotonic()
         if self.zombies:
             self.reap_zombies()
+        if now - self.last_sweep >= self.heartbeat:
+            # Orphans of what tasks started come to us: reap those that exited; a fresh worker's
+            # belong to tasks that are over (a running task's stay below its process), so stop them.
+            self.last_sweep = now
+            self.family.sweep(self.own_processes(), stop=self.fresh)
         if self.lane_stop is not None and self.proc is not None:
             gid, begun, sig, grace = self.lane_stop
             if self.page.read()[0] > begun:  # the next task has begun: it, or another if that one ended
@@ -856,28 +929,82 @@ def _stopped(task: Held, reason: str, how: str) -> tuple[Status, list, dict]:
     return Status.FAILED, [], protocol.stopped(reason, task.options.get("timeout"), how)
 
 
-def _follow_parent(parent: int, dirs: list[str]) -> Callable[[], None]:
+class _ClientFiles:
+    """The private directories of the client that started us (its bootstrap file, its shared
+    memory), which a client that died without cleaning up leaves to its workers to remove."""
+
+    def __init__(self, parent: int, dirs: list[str]):
+        self.parent = parent
+        self.dirs = dirs
+
+    def remove(self) -> None:
+        import shutil
+
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove_if_client_dies(self, patience: float) -> None:
+        """Remove them if the client is gone, or goes within ``patience`` seconds."""
+        deadline = time.monotonic() + patience
+        while os.getppid() == self.parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.getppid() != self.parent:
+            self.remove()
+
+    def after_sigterm(self) -> None:
+        """We were sent SIGTERM.  If our client was too (the whole process group: ``timeout``,
+        a batch system, a shell's kill of a job), it dies without removing its files: we do.
+        If only we were (``terminate_workers()``), the client lives and removes them itself."""
+        hold_on = time.monotonic() + TERM_SPREAD  # the signal may reach the client a moment after us
+        while not _dying(self.parent):
+            if time.monotonic() >= hold_on:
+                return
+            time.sleep(0.002)
+        self.remove_if_client_dies(2.0)
+
+
+TERM_SPREAD = 0.02  # seconds a signal sent to a process group may take to reach all of it
+# Signals whose default action ends a process: one of these pending means it is dying.
+_FATAL = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _dying(pid: int) -> bool:
+    """Has ``pid`` ended, is it exiting, or has it a fatal signal pending (Linux's /proc)?"""
+    if os.getppid() != pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return True
+    if fields.get("State", "").split()[:1] in (["Z"], ["X"]):
+        return True
+    pending = 0
+    for key in ("SigPnd", "ShdPnd"):
+        try:
+            pending |= int(fields.get(key, "0").strip(), 16)
+        except ValueError:
+            pass
+    return any(pending & (1 << (int(sig) - 1)) for sig in _FATAL)
+
+
+def _follow_parent(files: _ClientFiles, worker: list) -> None:
     """Exit when the process that started us dies, even by SIGKILL.
 
     The parent-death signal is SIGHUP, used for nothing else, so that we
-    first remove the client's private directories, which a SIGKILLed client
-    could not.  Returns that removal, for a worker that learns of the death
-    otherwise (its broker's socket pair closes) and may finish first.
+    first stop our task processes with what their tasks started (``worker``
+    holds the Worker once there is one) and remove the client's private
+    directories, which a SIGKILLed client could not.
     """
 
-    def remove_dirs() -> None:
-        import shutil
-
-        for path in dirs:
-            shutil.rmtree(path, ignore_errors=True)
-
     def on_parent_death(signum, frame):
-        remove_dirs()
+        if worker:
+            worker[0].leave_now()
+        files.remove()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGHUP, on_parent_death)
     runner.die_with_parent(signal.SIGHUP)
-    return remove_dirs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -902,11 +1029,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.address is None) == (args.fd is None):
         p.error("give either the broker's address or --fd")
-    remove_dirs = None
+    files = None
+    made: list[Worker] = []  # the worker, once made: the parent-death handler stops its processes
     if args.parent:
-        remove_dirs = _follow_parent(
-            args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap), args.shm) if d]
-        )
+        files = _ClientFiles(args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap),
+                                                       args.shm) if d])
+        _follow_parent(files, made)
         if os.getppid() != args.parent:
             return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
@@ -930,16 +1058,15 @@ def main(argv: list[str] | None = None) -> int:
         max_memory=args.max_memory,
         reconnect=args.reconnect,
     )
+    made.append(worker)
+    if files is not None:
+        worker.on_terminated = files.after_sigterm
     code = worker.run()
-    if remove_dirs is not None and worker.link.eof:
+    if files is not None and worker.link.eof:
         # Our broker's socket pair closed: the client died.  Its files are ours to remove; the
         # parent-death signal that would do it may come after we are gone.  The kernel closes a
         # dying process's sockets before it reparents its children, so wait for that.
-        deadline = time.monotonic() + 2.0
-        while os.getppid() == args.parent and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if os.getppid() != args.parent:
-            remove_dirs()
+        files.remove_if_client_dies(2.0)
     return code
 
 
