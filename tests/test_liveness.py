@@ -17,6 +17,7 @@ import pytest
 
 import corral
 from helpers import (
+    corral_cmd,
     free_port,
     gone,
     kill_client_and_check_family,
@@ -103,17 +104,52 @@ def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker
             fut.result(TIMEOUT)
         assert time.monotonic() - killed_at < 5  # within the liveness (3 x 0.2 s) plus a margin
         assert isinstance(fut.exception(), corral.BrokerLostError)
-        with pytest.raises(corral.BrokerLostError):
-            ex.submit(abs, -1)
-        ex.shutdown()
         # The worker drops the orphaned task and dials until a broker answers again.
         wait_for(lambda: gone(task_pid), 10, "the orphaned task's process to be stopped")
         broker = start_broker(address, "--heartbeat", "0.2")
+        # The executor carries on: its later tasks go to the broker that answers now.
+        assert ex.submit(abs, -1).result(TIMEOUT) == 1
+        ex.shutdown()
         with corral.Executor(address=address) as again:
             assert again.submit(abs, -7).result(TIMEOUT) == 7
     finally:
         stop(worker)
         stop(broker)
+
+
+@pytest.mark.parametrize("pause", [0.0, 1.5])
+def test_a_broker_restarted_at_once_is_rejoined_by_clients_and_workers(tmp_path, pause):
+    """Breaks: the standalone broker is killed and started again within its liveness (what
+    ``systemctl restart`` does).  The new broker does not know the client or the worker: the
+    client's running task fails at once with BrokerLostError (it was lost with the old broker),
+    both say HELLO again, and the same executor, the same worker and new clients carry on."""
+    log = tmp_path / "runs"
+    address = f"tcp://127.0.0.1:{free_port()}"
+    broker = start_broker(address)
+    worker = subprocess.Popen(corral_cmd("worker", address, "--processes", "1"), stderr=subprocess.PIPE, text=True)
+    try:
+        with corral.Executor(address=address) as ex:
+            fut = ex.submit(by_value_record_then_sleep, str(log), 60)
+            [task_pid] = wait_for(lambda: runs(log), what="the task to start")
+            broker.kill()
+            broker.wait(10)
+            time.sleep(pause)
+            broker = start_broker(address)
+            restarted_at = time.monotonic()
+            with pytest.raises(corral.BrokerLostError, match="no longer knows|has not answered"):
+                fut.result(TIMEOUT)
+            assert time.monotonic() - restarted_at < 5
+            wait_for(lambda: gone(task_pid), 10, "the orphaned task's process to be stopped")
+            assert ex.submit(abs, -2).result(TIMEOUT) == 2  # through the new broker, on the same worker
+            assert [w["pid"] for w in ex.summary() if w["alive"]] != []
+        with corral.Executor(address=address) as again:
+            assert again.submit(abs, -7).result(TIMEOUT) == 7
+    finally:
+        stop(worker)
+        stop(broker)
+    said = worker.stderr.read()
+    assert "say HELLO first" not in said
+    assert said.count("joined the broker") == 2, said
 
 
 def test_a_standalone_broker_stops_the_tasks_of_a_client_that_died(tmp_path, broker_address):
@@ -168,3 +204,32 @@ def test_the_embedded_broker_and_workers_go_when_their_client_is_killed_mid_task
         if client.poll() is None:
             client.kill()
             client.wait(10)
+
+
+def test_a_worker_with_no_broker_says_it_is_waiting_and_then_that_it_joined():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    worker = subprocess.Popen(corral_cmd("worker", address, "--processes", "1"), stderr=subprocess.PIPE, text=True)
+    broker = None
+    try:
+        lines = []
+        deadline = time.monotonic() + 20
+        while not any("waiting for the broker" in line and "s so far" in line for line in lines):
+            assert time.monotonic() < deadline, lines
+            lines.append(worker.stderr.readline())
+        broker = start_broker(address)
+        while not any("joined the broker" in line for line in lines):
+            assert time.monotonic() < deadline + 20, lines
+            lines.append(worker.stderr.readline())
+    finally:
+        stop(worker)
+        if broker is not None:
+            stop(broker)
+
+
+def test_a_client_whose_broker_never_answered_says_so():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with corral.Executor(address=address, heartbeat=0.2) as ex:
+        with pytest.raises(TimeoutError, match="did not answer a status request within 0.3 s .*not answered"):
+            ex.summary(timeout=0.3)
+        with pytest.raises(corral.BrokerLostError, match="no broker answered at .*is `corral broker` running"):
+            ex.submit(abs, 1).result(TIMEOUT)

@@ -40,6 +40,7 @@ task completes twice.
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import socket
 import sys
@@ -55,12 +56,16 @@ from . import protocol
 from .errors import ProtocolError
 from .pool import LocalPool, exit_words
 from .protocol import POLLIN, POLLOUT, Kind, Lane, Status, Stream
+from .throttle import Throttle
 
 DEFAULT_RETRIES = 2
 SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
 INTERNED = 1024  # distinct first frames (pickled functions) stored once
 _NO_OPTIONS: dict = {}  # shared by every task without options; never modified
 _STATUSES = frozenset(int(s) for s in Status)
+MAX_PEERS = 10_000  # clients and workers at once: HELLOs beyond are refused (each costs memory)
+MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most recent)
+STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
 
 
 @dataclass(slots=True)
@@ -92,6 +97,8 @@ class WorkerState:
     errors: int = 0
     last_seen: float = 0.0
     alive: bool = True
+    paired: bool = False  # one of our own pool's workers, on a socket pair
+    progress_at: float = 0.0  # when it last began or ended a task, or said it was preparing to
     # A worker whose task process reads its tasks from a lane (in Broker.lanes; see Lane):
     epoch: int | None = None  # the task process's, while it reads its lane (None: restarting)
     head_since: float = 0.0  # when the oldest task it holds began
@@ -183,10 +190,13 @@ class Broker:
         self.liveness = liveness
         self.embedded = embedded
         self.log = log or (lambda msg: print(f"corral broker: {msg}", file=sys.stderr))
+        self.complain = Throttle(self.log)  # for what peers send wrong: never a flood of lines
+        self.told_unknown: dict[bytes, float] = {}  # unknown peers answered ERROR, and when (one a heartbeat)
         self.tasks: dict[int, Task] = {}
         self.queue: deque[int] = deque()
         self.workers: dict[bytes, WorkerState] = {}
-        self.departed: list[WorkerState] = []
+        self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)
+        self.departures = 0
         self.clients: dict[bytes, ClientState] = {}
         self.outboxes: dict[bytes, Outbox] = {}
         self.next_gid = 1
@@ -198,6 +208,7 @@ class Broker:
         self.last_reap = 0.0
 
     def _router(self, address: str) -> zmq.Socket:
+        _raise_descriptor_limit()
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -287,8 +298,8 @@ class Broker:
         for msg in messages:
             try:
                 self.receive(None, ident, msg[0], msg[1:])
-            except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                self.log(f"dropped malformed message from worker process {link.pid}: {type(exc).__name__}: {exc}")
+            except _MALFORMED as exc:
+                self.complain(f"dropped malformed message from worker process {link.pid}: {type(exc).__name__}: {exc}")
         if link.stream.eof:
             self.disconnect(ident)
 
@@ -314,7 +325,7 @@ class Broker:
         messages = link.lane.receive()
         w = self.workers.get(ident)
         if link.lane.dropped:
-            self.log(f"dropped {link.lane.dropped} malformed message(s) on the lane of worker process {link.pid}")
+            self.complain(f"dropped {link.lane.dropped} malformed message(s) on the lane of worker process {link.pid}")
             link.lane.dropped = 0
         for msg in messages:
             try:
@@ -322,9 +333,9 @@ class Broker:
                 if kind != Kind.RESULT or w is None or ident not in self.lanes:
                     raise ProtocolError(f"{kind.name} on a lane")
                 self.lane_result(w, body, protocol.unpack(body, msg[1:]))
-            except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                self.log(f"dropped a malformed message on the lane of worker process {link.pid}: "
-                         f"{type(exc).__name__}: {exc}")
+            except _MALFORMED as exc:
+                self.complain(f"dropped a malformed message on the lane of worker process {link.pid}: "
+                              f"{type(exc).__name__}: {exc}")
 
     def lane_result(self, w: WorkerState, body: dict, frames: list) -> None:
         """Outcomes from a task process, in the order it ran its tasks: the oldest one each."""
@@ -332,7 +343,7 @@ class Broker:
         for entry, payload in protocol.split_entries(body, "results", frames, 4):
             gid, now = entry[0], time.monotonic()
             if gid != next(iter(w.assigned), None):
-                self.log(f"dropped a result from worker {w.name} for a task it is not running")
+                self.complain(f"dropped a result from worker {w.name} for a task it is not running")
                 continue
             w.answered += 1
             if entry[1] != Status.FAILED:
@@ -428,10 +439,8 @@ class Broker:
                 return
             try:
                 self.handle(sock, msg)
-            except ProtocolError as exc:
-                self.log(f"dropped malformed message from {msg[0].bytes!r}: {exc}")
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                self.log(f"dropped malformed message from {msg[0].bytes!r}: {type(exc).__name__}: {exc}")
+            except _MALFORMED as exc:
+                self.complain(f"dropped malformed message from {msg[0].bytes!r}: {type(exc).__name__}: {exc}")
 
     def handle(self, sock: zmq.Socket, msg: list) -> None:
         if len(msg) < 2:
@@ -442,6 +451,9 @@ class Broker:
         """One message from ``ident``, which came on ``sock`` (None: on its socket pair)."""
         kind, body = protocol.decode(header)
         now = time.monotonic()
+        if kind == Kind.HELLO:
+            self.hello(sock, ident, body, now)
+            return
         worker = self.workers.get(ident)
         if worker is not None:
             worker.last_seen = now
@@ -452,31 +464,57 @@ class Broker:
             client.last_seen = now
             self.handle_client(client, kind, body, protocol.unpack(body, frames))
             return
-        if kind != Kind.HELLO:
-            if kind != Kind.BYE:
-                self.send(sock, ident, Kind.ERROR, {"message": "say HELLO first"})
+        if kind != Kind.BYE and now - self.told_unknown.get(ident, -1e9) >= self.heartbeat:
+            # A peer we do not know (we restarted, or dropped it as silent) must say HELLO again:
+            # told once a heartbeat at most, whatever it sends.
+            self.told_unknown[ident] = now
+            self.send(sock, ident, Kind.ERROR, {"code": protocol.UNKNOWN_PEER,
+                                                "message": "unknown peer: say HELLO first (the broker may have "
+                                                           "restarted, or dropped you as silent)"})
+
+    def hello(self, sock: zmq.Socket | None, ident: bytes, body: dict, now: float) -> None:
+        """A peer introduces itself; one that was known already starts over (it forgot what it had)."""
+        role = body.get("role")
+        if role not in ("worker", "client") or (role == "client" and sock is None):
+            raise ProtocolError(f"HELLO with unknown role {protocol.text(role, 40)!r}")
+        retries = _retries(body) if role == "client" else 0
+        old = self.workers.get(ident)
+        if old is not None:
+            self.worker_gone(old, f"worker {old.name} (pid {old.pid} on {old.host}) said HELLO again")
+        old_client = self.clients.get(ident)
+        if old_client is not None:
+            self.client_gone(old_client)
+        if len(self.workers) + len(self.clients) >= MAX_PEERS:
+            self.complain(f"refused a {role}: {MAX_PEERS} peers are connected already")
+            self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED,
+                                                "message": f"the broker serves {MAX_PEERS} peers already"})
             return
-        if body.get("role") == "worker":
+        self.told_unknown.pop(ident, None)
+        if role == "worker":
             self.add_worker(sock, ident, body, now)
-        elif body.get("role") == "client" and sock is not None:
-            self.clients[ident] = ClientState(ident, _retries(body), now)
-            self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
         else:
-            raise ProtocolError(f"HELLO with unknown role {body.get('role')!r}")
+            self.clients[ident] = ClientState(ident, retries, now)
+            self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
 
     # -- workers ---------------------------------------------------------------
 
     def add_worker(self, sock: zmq.Socket, ident: bytes, body: dict, now: float) -> None:
+        pid = body.get("pid", 0)
         w = WorkerState(
             ident,
-            name=str(body.get("name", "?")),
-            host=str(body.get("host", "?")),
-            pid=int(body.get("pid", 0)),
-            fresh=bool(body.get("fresh", False)),
+            name=protocol.text(body.get("name", "?"), protocol.MAX_NAME),
+            host=protocol.text(body.get("host", "?"), protocol.MAX_NAME),
+            pid=pid if type(pid) is int and 0 <= pid < 1 << 32 else 0,
+            fresh=body.get("fresh") is True,
             last_seen=now,
+            paired=ident in self.paired,
+            progress_at=now,
         )
         if body.get("broken"):
-            self.break_pool(f"the initializer failed in worker {w.name}:\n{body['broken']}")
+            if self.trusts(w):
+                self.break_pool(f"the initializer failed in worker {w.name}:\n{protocol.text(body['broken'])}")
+            else:
+                self.refuse(sock, ident, w, "it says its initializer failed (a worker of another executor's)")
             return
         link = self.paired.get(ident)
         if link is not None and link.lane is not None and isinstance(body.get("lane"), int):
@@ -485,37 +523,54 @@ class Broker:
         self.workers[ident] = w
         self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
 
+    def trusts(self, w: WorkerState) -> bool:
+        """May this worker's word break the executor?  Only our own pool's, in an embedded broker:
+        a peer's claim affects only that peer's own tasks."""
+        return w.paired and self.embedded
+
+    def refuse(self, sock: zmq.Socket | None, ident: bytes, w: WorkerState, why: str) -> None:
+        """Serve a worker no more: tell it so and that it should stop."""
+        self.complain(f"refused worker {w.name} (pid {w.pid} on {w.host}): {why}")
+        self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED, "message": f"refused: {why}"})
+        self.send(sock, ident, Kind.SHUTDOWN)
+
     def handle_worker(self, w: WorkerState, kind: Kind, body: dict, frames: list) -> None:
         if kind == Kind.READY:
-            w.credit += _count(body.get("credit", 0))
+            self.grant(w, body)
         elif kind == Kind.STARTED:
-            self.began(w, body.get("ids", ()))
+            self.began(w, protocol.ids(body))
         elif kind == Kind.RESULT:
-            started = body.get("started", [])
-            if not isinstance(started, list) or not all(type(gid) is int for gid in started):
-                raise ProtocolError("a RESULT's started is not a list of task ids")
-            w.credit += _count(body.get("credit", 0))
+            started = protocol.ids(body, "started")
+            entries = protocol.split_entries(body, "results", frames, 4)
+            self.grant(w, body)
             w.busy += _seconds(body.get("busy", 0.0))
-            for entry, payload in protocol.split_entries(body, "results", frames, 4):
+            for entry, payload in entries:
                 self.task_done(w, entry, payload)
             self.began(w, started)
         elif kind == Kind.CANCELLED:
             self.cancel_verdict(w, body)
         elif kind == Kind.BYE:
-            for gid in body.get("requeue", ()):
+            for gid in protocol.ids(body, "requeue"):
                 self.unassign(w, gid, count_attempt=False)
             self.worker_gone(w, None)
         elif kind == Kind.HEARTBEAT:
-            pass
+            if body.get("preparing") is True:  # starting a task process, or importing ahead: making progress
+                w.progress_at = time.monotonic()
         elif kind == Kind.ENDED and w.ident in self.lanes:
             self.lane_ended(w, body)
         elif kind == Kind.LANE and w.ident in self.lanes:
             if body.get("broken"):
-                self.break_pool(f"the initializer failed in worker {w.name}:\n{body['broken']}")
+                self.break_pool(f"the initializer failed in worker {w.name}:\n{protocol.text(body['broken'])}")
+            elif type(body.get("lane")) is int:
+                w.epoch, w.answered = body["lane"], 0
             else:
-                w.epoch, w.answered = int(body["lane"]), 0
+                raise ProtocolError("LANE without an epoch")
         else:
             raise ProtocolError(f"workers do not send {kind.name}")
+
+    def grant(self, w: WorkerState, body: dict) -> None:
+        """A worker's credit: more tasks it can take (never more than any worker holds)."""
+        w.credit = min(w.credit + _count(body.get("credit", 0)), protocol.MAX_CREDIT)
 
     def began(self, w: WorkerState, gids) -> None:
         """Worker ``w`` has begun these tasks (STARTED, or a RESULT's ``started``)."""
@@ -524,6 +579,7 @@ class Broker:
             if task is not None and task.worker == w.ident and not task.started:
                 task.started = True
                 task.attempts += 1
+                w.progress_at = time.monotonic()
                 self.outbox(task.client).started.append(task.cid)
 
     def task_done(self, w: WorkerState, entry: list, payload: list) -> None:
@@ -531,17 +587,30 @@ class Broker:
         task = self.tasks.get(gid)
         if task is None or task.worker != w.ident:
             return  # late or duplicate: that task was reassigned or finished already
+        if status not in _STATUSES:
+            raise ProtocolError(f"unknown status {status!r:.20}")
         if not task.started:  # a short task: its RESULT is also its STARTED
             task.started = True
             task.attempts += 1
         w.assigned.pop(gid, None)
         w.tasks += 1
-        if status not in _STATUSES:
-            raise ProtocolError(f"unknown status {status!r:.20}")
+        w.progress_at = time.monotonic()
         error = meta.get("error") if status == Status.FAILED else None
         if error == protocol.ERR_BROKEN:
-            self.break_pool(f"the initializer failed in worker {w.name}:\n{meta.get('message')}")
+            if self.trusts(w):
+                self.break_pool(f"the initializer failed in worker {w.name}:\n{protocol.text(meta.get('message'))}")
+                return
+            # Another executor's worker cannot break ours: its task goes elsewhere, and it goes.
+            message = f"worker {w.name} said its initializer failed"
+            self.settle(w, task, Status.FAILED, [], {"error": protocol.ERR_WORKER_LOST, "message": message})
+            self.refuse(self.workers_sock, w.ident, w, "it says its initializer failed")
+            self.worker_gone(w, None)
             return
+        self.settle(w, task, status, payload, meta)
+
+    def settle(self, w: WorkerState, task: Task, status: Status, payload: list, meta: dict) -> None:
+        """A task's outcome from its worker: retried if its process died (within ``retries``), else final."""
+        error = meta.get("error") if status == Status.FAILED else None
         retry = error == protocol.ERR_WORKER_LOST or (
             error == protocol.ERR_TIMEOUT and task.options.get("retry_on_timeout")
         )
@@ -550,7 +619,7 @@ class Broker:
             # for retries): the same as losing a worker.
             task.worker, task.started = None, False
             w.errors += 1
-            self.retry_or_fail(task, f"{meta.get('message')} (on {w.host})", meta.get("error"))
+            self.retry_or_fail(task, f"{protocol.text(meta.get('message'))} (on {w.host})", error)
             return
         if status != Status.OK:
             w.errors += 1
@@ -602,6 +671,7 @@ class Broker:
         self.workers.pop(w.ident, None)
         self.lanes.pop(w.ident, None)
         self.departed.append(w)
+        self.departures += 1
         oldest = self.tasks.get(next(iter(w.assigned), None))
         if why is not None and oldest is not None and not oldest.started:
             # A task shorter than the worker's STARTED delay is reported by its RESULT alone,
@@ -637,22 +707,30 @@ class Broker:
                 self.send(None, c.ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
             else:
                 self.handle_client(c, kind, body, frames)
-        except (ProtocolError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            self.log(f"dropped malformed message from the embedded client: {type(exc).__name__}: {exc}")
+        except _MALFORMED as exc:
+            self.complain(f"dropped malformed message from the embedded client: {type(exc).__name__}: {exc}")
 
     def handle_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
         if kind == Kind.SUBMIT:
-            for entry, payload in protocol.split_entries(body, "tasks", frames, 3):
-                self.submit(c, entry[0], payload, entry[2] if isinstance(entry[2], dict) else {})
+            entries = protocol.split_entries(body, "tasks", frames, 3)
+            for entry, payload in entries:  # all of them checked first: a malformed SUBMIT queues nothing
+                _check_task(c, entry, payload)
+            if len({entry[0] for entry, _ in entries}) != len(entries):
+                raise ProtocolError("a SUBMIT names a task id twice")
+            for entry, payload in entries:
+                self.submit(c, entry[0], payload, entry[2])
         elif kind == Kind.CANCEL:
-            self.cancel(c, body.get("ids", ()))
+            self.cancel(c, protocol.ids(body))
         elif kind == Kind.KILL:
-            if body.get("all"):
-                self.terminate(c, body.get("signal") == "SIGKILL")
+            sig = body.get("signal", "SIGTERM")
+            if sig not in ("SIGTERM", "SIGKILL"):
+                raise ProtocolError(f"KILL with signal {protocol.text(sig, 20)!r}")
+            if body.get("all") is True:
+                self.terminate(c, sig == "SIGKILL")
             else:
-                self.kill(c, body.get("ids", ()), _seconds(body.get("grace", 0.0)))
+                self.kill(c, protocol.ids(body), protocol.seconds(body.get("grace", 0.0), "grace", 1e6))
         elif kind == Kind.STATUS:
-            self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, self.status())
+            self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, *self.status())
         elif kind == Kind.HEARTBEAT:
             pass
         elif kind == Kind.BYE:
@@ -663,19 +741,14 @@ class Broker:
             raise ProtocolError(f"clients do not send {kind.name}")
 
     def submit(self, c: ClientState, cid: int, frames: list, options: dict) -> None:
-        """Queue a task.  Its small frames are kept as bytes, not as ZeroMQ frames (a
-        fraction of the memory), and a function frame repeated task after task
-        (a map) is stored once."""
+        """Queue a task (checked already: ``_check_task``).  Its small frames are kept as
+        bytes, not as ZeroMQ frames (a fraction of the memory), and a function frame
+        repeated task after task (a map) is stored once."""
         if self.broken:
             self.outbox(c.ident).result(
                 cid, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken}
             )
             return
-        retries = options.get("retries", 0)
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ProtocolError(f"bad retries option {retries!r}")
-        if "timeout" in options and (_seconds(options["timeout"]) <= 0):
-            raise ProtocolError(f"bad timeout option {options['timeout']!r}")
         gid = self.next_gid
         self.next_gid += 1
         self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
@@ -721,8 +794,10 @@ class Broker:
 
     def cancel_verdict(self, w: WorkerState, body: dict) -> None:
         """A worker's answer to CANCEL: which tasks it dropped, which had started."""
-        w.credit += _count(body.get("credit", 0))
-        for gid, dropped in [(g, True) for g in body.get("ids", ())] + [(g, False) for g in body.get("running", ())]:
+        self.grant(w, body)
+        w.progress_at = time.monotonic()
+        verdicts = [(g, True) for g in protocol.ids(body)] + [(g, False) for g in protocol.ids(body, "running")]
+        for gid, dropped in verdicts:
             task = self.tasks.get(gid)
             if task is None or task.worker != w.ident or not task.cancelling:
                 continue  # finished meanwhile: its verdict went out with its result
@@ -827,6 +902,10 @@ class Broker:
         share = max(1, (len(self.queue) + held) // workers)
         ready = [w for w in ready if len(w.assigned) < share]
         batches: dict[bytes, tuple[list, list]] = {}
+        now = time.monotonic()
+        for w in ready:
+            if not w.assigned:  # it holds nothing yet: its clock for starting what it gets begins now
+                w.progress_at = now
         while ready and self.queue:
             for w in list(ready):
                 task = None
@@ -846,7 +925,6 @@ class Broker:
                     ready.remove(w)
         for ident, (entries, frames) in batches.items():
             self.send(self.workers_sock, ident, Kind.TASKS, {"tasks": entries}, frames)
-        now = time.monotonic()
         for w in idle_lanes:
             if w.assigned:  # its task process begins the first of them now
                 self.next_head(w, now)
@@ -921,6 +999,20 @@ class Broker:
                 self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) went silent for {limit:g} s")
                 if self.pool and w.pid in self.pool.procs:
                     self.pool.kill(w.pid)  # hung or stopped: make room for a replacement
+            elif self.stalled(w, now):
+                stall = self.heartbeat * STALL_BEATS
+                self.refuse(self.workers_sock, w.ident, w, f"it held {len(w.assigned)} task(s) for {stall:g} s "
+                                                           "without starting any; they go to other workers")
+                self.worker_gone(w, None)  # its tasks never started: back to the queue, no attempt counted
+        self.told_unknown = {ident: t for ident, t in self.told_unknown.items() if now - t < self.heartbeat}
+        self.complain.tick()
+
+    def stalled(self, w: WorkerState, now: float) -> bool:
+        """Does a remote worker sit on tasks it received, none of them begun, while it reports
+        no progress (a worker busy with a long task has begun it; one preparing says so)?"""
+        if w.paired or not w.assigned or now - w.progress_at <= self.heartbeat * STALL_BEATS:
+            return False
+        return not any(self.tasks[gid].started for gid in w.assigned if gid in self.tasks)
 
     def reap_pool(self) -> None:
         for exited in self.pool.reap():
@@ -933,10 +1025,15 @@ class Broker:
         if self.queue:
             self.pool.fill()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> tuple[dict[str, Any], list]:
+        """STATUS_REPLY's header and payload: counts, then one JSON frame of worker records
+        (every connected worker, and the most recent of those that left), which no header
+        limit bounds."""
         workers = [w.summary() for w in (*self.departed, *self.workers.values())]
         running = sum(1 for t in self.tasks.values() if t.started)
-        return {"workers": workers, "queued": len(self.tasks) - running, "running": running}
+        counts = {"queued": len(self.tasks) - running, "running": running, "connected": len(self.workers),
+                  "departed": self.departures}
+        return counts, [json.dumps(workers, separators=(",", ":")).encode()]
 
     def close(self) -> None:
         for w in list(self.workers.values()):
@@ -958,17 +1055,50 @@ class Broker:
             sock.close()
 
 
+def _raise_descriptor_limit() -> None:
+    """A listening broker holds a descriptor per connected peer: let it have as many as the
+    system allows this user (the soft limit, often 1,024, is raised to the hard one), so
+    that peers which connect and idle do not lock real clients out so soon."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        if soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+_MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError)
+
+
+def _check_task(c: ClientState, entry: list, frames: list) -> None:
+    """A SUBMIT entry as the protocol says it must be; ProtocolError if not."""
+    cid, _, options = entry
+    if cid < 0 or cid in c.tasks:
+        raise ProtocolError(f"task id {cid} is {'negative' if cid < 0 else 'in use already'}")
+    if len(frames) < 2:
+        raise ProtocolError(f"task {cid} has {len(frames)} payload frames (a function and its arguments: 2 or more)")
+    if options:
+        retries = options.get("retries", 0)
+        if type(retries) is not int or not 0 <= retries <= protocol.MAX_RETRIES:
+            raise ProtocolError(f"bad retries option {retries!r:.40}")
+        if "timeout" in options and not protocol.seconds(options["timeout"], "timeout option") > 0:
+            raise ProtocolError(f"bad timeout option {options['timeout']!r:.40}")
+        if "shm" in options and not (isinstance(options["shm"], list) and len(options["shm"]) <= len(frames)):
+            raise ProtocolError("bad shm option")
+
+
 def _retries(body: dict) -> int:
     retries = body.get("retries", DEFAULT_RETRIES)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ProtocolError(f"bad retries {retries!r}")
+    if type(retries) is not int or not 0 <= retries <= protocol.MAX_RETRIES:
+        raise ProtocolError(f"bad retries {retries!r:.40}")
     return retries
 
 
 def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ProtocolError(f"bad number of seconds {value!r}")
-    return float(value)
+    return protocol.seconds(value, "number of seconds")
 
 
 def _lane_window(w: WorkerState) -> int:
@@ -980,6 +1110,6 @@ def _lane_window(w: WorkerState) -> int:
 
 
 def _count(value: Any) -> int:
-    if not isinstance(value, int) or value < 0 or value > 1_000_000:
-        raise ProtocolError(f"bad credit {value!r}")
+    if type(value) is not int or value < 0 or value > 1_000_000:
+        raise ProtocolError(f"bad count {value!r:.40}")
     return value

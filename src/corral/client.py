@@ -39,6 +39,7 @@ import _signal
 import contextlib
 import functools
 import itertools
+import json
 import os
 import pickle
 import shutil
@@ -67,6 +68,7 @@ from .options import check_task_options, parse_size
 from .pool import LocalPool
 from .protocol import POLLIN, Kind, Status
 from .summary import Summary
+from .throttle import Throttle
 
 # I/O loops still running, including those of executors shut down with wait=False.
 _live_loops: set = set()
@@ -268,6 +270,8 @@ class _IOLoop:
         self.broken: BaseException | None = None
         self.heartbeat = heartbeat
         self.liveness = liveness
+        self.welcomed = False  # the broker answered our last HELLO
+        self.complain = Throttle(lambda line: print(line, file=sys.stderr))
         self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
         self.store: shm.Store | None = None  # large buffers to and from an embedded broker's workers
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
@@ -354,13 +358,13 @@ class _IOLoop:
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
-        hello = {"role": "client", "retries": self.retries, "pid": os.getpid()}
-        link = _SocketLink(self.ctx, self.address) if self.broker is None else _DirectLink(self.broker)
-        self.poller = link.poller
-        self.poller.register(self.wake_r, POLLIN)
         self.last_heard = self.last_beat = self.last_turn = time.monotonic()
+        link = None
         try:
-            link.post(Kind.HELLO, hello)
+            link = _SocketLink(self.ctx, self.address) if self.broker is None else _DirectLink(self.broker)
+            self.poller = link.poller
+            self.poller.register(self.wake_r, POLLIN)
+            self.hello(link)
             self.link = link
             while True:
                 if self.broker is not None:
@@ -369,8 +373,17 @@ class _IOLoop:
                     if self.turn():
                         break
             link.post(Kind.BYE)
+        except BaseException as exc:  # noqa: BLE001 - a bug, or the embedded broker could not go on
+            # Nothing may be left waiting on a loop that is gone: every future fails, and so
+            # does every later submit, saying why.
+            self.broken = BrokenProcessPool(f"corral's I/O thread stopped: {type(exc).__name__}: {exc}")
+            self.broken.__cause__ = exc
+            self.fail_all(self.broken)
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            link.close()
+            if link is not None:
+                link.close()
             self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
             os.close(self.wake_r)
             os.close(self.wake_w)
@@ -401,20 +414,35 @@ class _IOLoop:
             self.awake = False
             self.send_pending(link)
             for kind, body, frames in link.receive(events):
-                self.last_heard = time.monotonic()
+                if kind != Kind.ERROR:  # a broker that does not know us is no sign that ours lives
+                    self.last_heard = time.monotonic()
                 self.on_message(kind, body, frames)
             now = time.monotonic()
             if now - self.last_beat >= self.heartbeat:
                 link.post(Kind.HEARTBEAT)
                 self.last_beat = now
             self.last_turn = now
-            if self.lost(now - self.last_heard):
-                self.fail_all(BrokerLostError(
-                    f"the broker at {self.address} has not answered for {now - self.last_heard:.1f} s; "
-                    "its tasks are lost. Restart the broker and create a new Executor."
-                ))
-                return True
+            silence = now - self.last_heard
+            if self.lost(silence):
+                if self.welcomed:
+                    why = (f"the broker at {self.address} has not answered for {silence:.1f} s; the tasks it "
+                           "held are lost.")
+                else:
+                    why = (f"no broker answered at {self.address} within {silence:.1f} s (is `corral broker` "
+                           "running there, and reachable from here?).")
+                self.start_over(BrokerLostError(f"{why} Later tasks go to the broker once it answers."))
             return self.closing and not self.futures and not self.outq
+
+    def hello(self, link: _SocketLink | _DirectLink) -> None:
+        link.post(Kind.HELLO, {"role": "client", "retries": self.retries, "pid": os.getpid()})
+
+    def start_over(self, exc: BaseException) -> None:
+        """The broker lost our tasks (it went silent, or restarted and does not know us): fail
+        them all, and say HELLO again, so that later tasks go to whichever broker answers there."""
+        self.welcomed = False
+        self.fail_all(exc)
+        self.last_heard = time.monotonic()  # later tasks get a whole liveness period of their own
+        self.hello(self.link)
 
     def stand_aside(self) -> None:
         """The I/O thread waits while callers lead, and LINGER after the last one (the next
@@ -545,15 +573,30 @@ class _IOLoop:
                 for cid in body.get("running", ()):
                     self.answer_cancel(cid, False)
             elif kind == Kind.WELCOME:
-                self.heartbeat = float(body.get("heartbeat", self.heartbeat))
-                self.liveness = int(body.get("liveness", self.liveness))
+                self.heartbeat, self.liveness = protocol.timing(body, self.heartbeat, self.liveness)
+                self.welcomed = True
             elif kind == Kind.STATUS_REPLY:
                 if self.status_waiters:
-                    self.status_waiters.popleft().set_result(body)
+                    workers = json.loads(bytes(frames[0])) if frames else []
+                    self.status_waiters.popleft().set_result((workers, body))
             elif kind == Kind.ERROR:
-                raise protocol.ProtocolError(f"broker refused a request: {body.get('message')}")
-        except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
-            print(f"corral client: dropped a malformed message: {type(exc).__name__}: {exc}", file=sys.stderr)
+                self.refused(body)
+        except (protocol.ProtocolError, KeyError, TypeError, ValueError, IndexError) as exc:
+            self.complain(f"corral client: dropped a malformed message: {type(exc).__name__}: {exc}")
+
+    def refused(self, body: dict) -> None:
+        """The broker refused a message: it does not know us (it restarted), or will not serve us."""
+        message = protocol.text(body.get("message"), 500)
+        if body.get("code") == protocol.UNKNOWN_PEER:
+            # Only a broker that welcomed our last HELLO can have lost us; until one does, the
+            # refusals are of what we sent before that HELLO (whose tasks failed already).
+            if self.welcomed:
+                self.welcomed = False
+                self.start_over(BrokerLostError(
+                    f"the broker at {self.address} no longer knows this client (it restarted, or lost "
+                    "touch with it): the tasks it held are lost. Later tasks go to it as usual."))
+            return
+        self.complain(f"corral client: the broker at {self.address} refused a request: {message}")
 
     def resolve(self, entry: list, frames: list) -> None:
         cid, status, _, meta = entry
@@ -588,7 +631,6 @@ class _IOLoop:
             verdict.set_result(dropped)
 
     def fail_all(self, exc: BaseException) -> None:
-        self.broken = exc
         for cid in list(self.cancel_verdicts):
             self.answer_cancel(cid, False)
         for fut in list(self.futures.values()):
@@ -1039,8 +1081,13 @@ class Executor(_StdExecutor):
         """Per-worker statistics from the broker: one dict per worker."""
         if self._shutdown and not self._io.thread.is_alive():
             raise RuntimeError("summary() needs a running executor; call it before shutdown()")
-        reply = self._io.request_status().result(timeout)
-        return Summary(reply["workers"], queued=reply.get("queued", 0), running=reply.get("running", 0))
+        try:
+            workers, counts = self._io.request_status().result(timeout)
+        except FuturesTimeout:
+            never = "" if self._io.welcomed else " (it has not answered this executor at all: is it running there?)"
+            raise TimeoutError(f"the broker at {self._address} did not answer a status request within "
+                               f"{timeout:g} s{never}") from None
+        return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0))
 
 
 class TaskOptions:

@@ -55,7 +55,7 @@ class Kind(IntEnum):
     STATUS = 11  # C->B: asks for the broker's view (workers, queue)
     STATUS_REPLY = 12  # B->C: answer to STATUS
     SHUTDOWN = 13  # B->W: finish the current task, then exit
-    ERROR = 14  # B->C, B->W: a request was refused (bad version, unknown client...)
+    ERROR = 14  # B->C, B->W: a request was refused; ``code`` says why (UNKNOWN_PEER: say HELLO again)
     KILL = 15  # C->B, B->W: stop these running tasks' processes (or all of a client's)
     CANCELLED = 16  # W->B, B->C: verdicts on CANCEL: ids dropped before they ran, ids already running
     LANE = 17  # W->B: the worker's task process reads its lane now, taking tasks of this epoch
@@ -78,6 +78,10 @@ ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
 ERR_CANCELLED = "cancelled"
 ERR_TIMEOUT = "timeout"  # the task outran its timeout; its process was killed
 ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went away
+
+# Codes of ERROR messages.
+UNKNOWN_PEER = "unknown_peer"  # the broker does not know the sender (it restarted, or dropped it): HELLO again
+REFUSED = "refused"  # the broker refuses this peer (too many peers, a claim it may not make): it is not served
 
 def stopped(reason: str, timeout: Any, how: str) -> dict[str, Any]:
     """The FAILED meta of a task whose process was stopped: ``reason`` "timeout" or "killed"."""
@@ -130,9 +134,9 @@ class Spin:
     def waited(self, seconds: float) -> None:
         self.typical = 0.8 * self.typical + 0.2 * seconds
 
-# Per-task options a SUBMIT entry may carry, reserved for the task-control
-# features; the broker keeps the ones it does not act on yet.
-TASK_OPTIONS = ("retries", "timeout", "priority", "depends", "tags")
+MAX_RETRIES = 1000  # a task's retries option: more is a mistake (or an attack on the workers)
+MAX_NAME = 200  # characters of a peer's name or host kept from its HELLO
+MAX_TEXT = 64 << 10  # characters of a traceback or message kept from a peer
 
 
 # Made once: json.dumps with options builds a new encoder at every call.
@@ -178,15 +182,18 @@ def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> l
     entries = body.get(key)
     if not isinstance(entries, list):
         raise ProtocolError(f"missing list {key!r}")
+    if len(entries) > MAX_BATCH:
+        raise ProtocolError(f"{len(entries)} {key} entries in one message (at most {MAX_BATCH})")
     count_at = 2 if key == "results" else 1
     out, pos = [], 0
     for entry in entries:
         if (
             not isinstance(entry, list)
             or len(entry) != width
-            or not isinstance(entry[0], int)
-            or not isinstance(entry[count_at], int)
+            or type(entry[0]) is not int
+            or type(entry[count_at]) is not int
             or entry[count_at] < 0
+            or not isinstance(entry[-1], dict)
         ):
             raise ProtocolError(f"malformed {key} entry {entry!r:.80}")
         n = entry[count_at]
@@ -201,6 +208,35 @@ MAX_BATCH = 2000  # entries per batched message: keeps every header far below MA
 
 
 MAX_IDS = 20_000  # task ids per CANCEL, CANCELLED, STARTED or KILL: at most ~420 KB of JSON
+
+
+def ids(body: dict[str, Any], key: str = "ids") -> list[int]:
+    """A list of task ids from a header (none if absent); ProtocolError if it is anything else."""
+    value = body.get(key, ())
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_IDS or any(type(i) is not int for i in value):
+        raise ProtocolError(f"{key!r} is not a list of at most {MAX_IDS} task ids")
+    return list(value)
+
+
+def seconds(value: Any, what: str, most: float = 1e9) -> float:
+    """A finite number of seconds from 0 to ``most``; ProtocolError if it is anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
+        raise ProtocolError(f"bad {what} {value!r:.40}")
+    return float(value)
+
+
+def timing(body: dict[str, Any], heartbeat: float, liveness: int) -> tuple[float, int]:
+    """A WELCOME's heartbeat interval and liveness (the current ones where it names none)."""
+    beat = seconds(body.get("heartbeat", heartbeat), "heartbeat", 3600.0)
+    count = body.get("liveness", liveness)
+    if beat <= 0 or type(count) is not int or not 1 <= count <= 1000:
+        raise ProtocolError(f"bad heartbeat {beat!r} or liveness {count!r:.20}")
+    return beat, count
+
+
+def text(value: Any, limit: int = MAX_TEXT) -> str:
+    """A peer's string, at most ``limit`` characters (anything else is shown as its repr)."""
+    return (value if isinstance(value, str) else repr(value))[:limit]
 
 
 def id_chunks(ids: list) -> Iterator[list]:

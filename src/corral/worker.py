@@ -74,11 +74,14 @@ from .protocol import (
     Status,
 )
 from .template import Template, TemplateGone
+from .throttle import Throttle
 
 if TYPE_CHECKING:
     import zmq
 
 HEARTBEAT_INTERVAL = 1.0
+WAIT_NOTE = 5.0  # a standalone worker with no broker after this many seconds says so; then at doubling intervals
+WAIT_NOTE_MAX = 60.0  # ... at least once a minute
 # Payload bytes queued in a task process's socket behind the running task: far
 # below the socket buffer, so the supervisor never blocks writing to it.
 PIPELINE_BYTES = 64 << 10
@@ -171,6 +174,9 @@ class Worker:
         self.broken: str | None = None
         self.stopping = False
         self.said_hello = False
+        self.welcomed = False  # the broker answered our last HELLO
+        self.waiting_since, self.wait_note = time.monotonic(), WAIT_NOTE  # for note_waiting()
+        self.complain = Throttle(self.say)  # what the broker sends wrong: never a flood of lines
         self.idle_since = time.monotonic()
         self.parent_checked = 0.0
         # What a task starts ends with its task process (containment.py): we adopt the
@@ -222,11 +228,8 @@ class Worker:
 
     def reconnect(self) -> bool:
         """The broker went silent: drop its tasks and dial again until it answers."""
-        if self.current is not None:
-            self.stop_task(self.current, "orphaned", signal.SIGKILL, 0.0)
-            self.task_process_ended()  # collects it; its report goes nowhere, the broker is gone
-        self.pending.clear()
-        self.results, self.result_frames, self.busy = [], [], 0.0
+        self.forget_tasks()
+        self.waiting_since, self.wait_note = time.monotonic(), WAIT_NOTE
         backoff = self.heartbeat
         while not self.stopping:
             self.link.close(linger=0)
@@ -235,8 +238,27 @@ class Worker:
             if self.link.sock.poll(backoff * 1000):
                 self.last_heard = time.monotonic()
                 return True
+            self.note_waiting()
             backoff = min(backoff * 2, MAX_BACKOFF)
         return False
+
+    def forget_tasks(self) -> None:
+        """Our broker no longer knows our tasks: stop the running one, drop the rest."""
+        if self.current is not None:
+            self.stop_task(self.current, "orphaned", signal.SIGKILL, 0.0)
+            self.task_process_ended()  # collects it; its report goes nowhere, the broker is gone
+        self.pending.clear()
+        self.results, self.result_frames, self.busy = [], [], 0.0
+
+    def note_waiting(self) -> None:
+        """A standalone worker that has no broker yet says so, and for how long (at growing intervals)."""
+        waited = time.monotonic() - self.waiting_since
+        if self.reconnect_on_silence and not self.welcomed and waited >= self.wait_note:
+            self.wait_note = min(self.wait_note * 2, waited + WAIT_NOTE_MAX)
+            self.say(f"waiting for the broker at {self.address} ({waited:.0f} s so far)")
+
+    def say(self, line: str) -> None:
+        print(f"corral worker {self.name}: {line}", file=sys.stderr, flush=True)
 
     @property
     def current(self) -> Held | None:
@@ -395,37 +417,63 @@ class Worker:
         try:
             messages = self.link.receive()
         except protocol.ProtocolError as exc:  # our broker's socket pair is broken: nothing more can be trusted
-            print(f"corral worker: the broker's socket pair is corrupt ({exc}); exiting", file=sys.stderr)
+            self.say(f"the broker's socket pair is corrupt ({exc}); exiting")
             messages, self.stopping = [], True
         if self.link.eof:
             self.stopping = True  # the broker closed its socket pair: its process is gone
         for msg in messages:
             try:
                 self.handle(msg)
-            except (protocol.ProtocolError, KeyError, TypeError, ValueError) as exc:
-                print(f"corral worker: dropped malformed message: {exc}", file=sys.stderr)
+            except (protocol.ProtocolError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+                    OverflowError) as exc:
+                self.complain(f"dropped a malformed message: {type(exc).__name__}: {exc}")
 
     def handle(self, msg: list) -> None:
         """One message from the broker, its frames as buffers (memoryviews)."""
         kind, body = protocol.decode(msg[0])
         if kind == Kind.TASKS:
             for entry, frames in protocol.split_entries(body, "tasks", protocol.unpack(body, msg[1:]), 3):
-                options = entry[2] if isinstance(entry[2], dict) else {}
-                self.pending.append(Held(entry[0], frames, options, size=sum(f.nbytes for f in frames)))
                 self.granted = max(0, self.granted - 1)
+                task = Held(entry[0], frames, entry[2], size=sum(f.nbytes for f in frames))
+                problem = _malformed_task(task)
+                if problem:  # never queued: a task we cannot run must not reach the task process
+                    self.report(task, Status.FAILED, [], {"error": protocol.ERR_DESERIALIZATION,
+                                                          "message": f"the worker got a malformed task: {problem}"})
+                else:
+                    self.pending.append(task)
         elif kind == Kind.CANCEL:
-            self.cancel(set(body.get("ids", ())))
+            self.cancel(set(protocol.ids(body)))
         elif kind == Kind.KILL and "lane" in body:
             if body["lane"] == self.epoch and self.proc is not None:
+                gid = body.get("id")
+                if type(gid) is not int:
+                    raise protocol.ProtocolError("a lane's KILL without a task id")
                 sig = signal.SIGKILL if body.get("signal") == "SIGKILL" else signal.SIGTERM
-                self.stop_lane_task(int(body["id"]), sig, float(body.get("grace", 0.0)))
+                self.stop_lane_task(gid, sig, protocol.seconds(body.get("grace", 0.0), "grace"))
         elif kind == Kind.KILL:
-            self.kill(set(body.get("ids", ())), body)
+            self.kill(set(protocol.ids(body)), body)
         elif kind == Kind.SHUTDOWN:
             self.stopping = True
         elif kind == Kind.WELCOME:
-            self.heartbeat = float(body.get("heartbeat", self.heartbeat))
-            self.liveness = int(body.get("liveness", self.liveness))
+            self.heartbeat, self.liveness = protocol.timing(body, self.heartbeat, self.liveness)
+            if not self.welcomed and self.reconnect_on_silence:
+                self.say(f"joined the broker at {self.address}")
+            self.welcomed = True
+        elif kind == Kind.ERROR:
+            self.refused(body)
+
+    def refused(self, body: dict) -> None:
+        """The broker refused what we sent: it does not know us (it restarted), or will not serve us."""
+        if body.get("code") == protocol.UNKNOWN_PEER:
+            # Only a broker that welcomed our last HELLO can have lost us; until one does, the
+            # refusals are of what we sent before that HELLO.
+            if self.welcomed:
+                self.say(f"the broker at {self.address} no longer knows this worker (it restarted?); joining again")
+                self.welcomed = False
+                self.forget_tasks()
+                self.hello()
+            return
+        self.say(f"the broker at {self.address} refused this worker: {protocol.text(body.get('message'), 500)}")
 
     def cancel(self, ids: set) -> None:
         """Drop the named tasks still queued here; tell the broker which ones those were.
@@ -614,7 +662,7 @@ class Worker:
                 self.stopping = True
                 return None
             if self.said_hello:
-                self.send(Kind.HEARTBEAT)
+                self.send(Kind.HEARTBEAT, {"preparing": True})
         if proc.pidfd is not None and proc.exited():
             proc.conn.set_blocking(False)  # it ended: take what it wrote whole, never wait for the rest
         try:
@@ -862,14 +910,25 @@ class Worker:
             self.stopping = True
             return True
         if now - self.last_sent >= self.heartbeat:
-            self.send(Kind.HEARTBEAT)
+            self.heartbeat_now()
+        if not self.welcomed:
+            self.note_waiting()
         if now - self.last_heard > self.heartbeat * self.liveness:
             if not self.reconnect_on_silence:  # started by a client's pool: the client and its broker are gone
                 self.stopping = True
                 return True
-            print(f"corral worker: the broker at {self.address} went silent; reconnecting", file=sys.stderr)
+            if self.welcomed:
+                self.say(f"the broker at {self.address} went silent; reconnecting")
+                self.welcomed = False
             return False
         return True
+
+    def heartbeat_now(self) -> None:
+        """A HEARTBEAT; it says we are preparing (a task process's start, an import ahead) while we
+        hold tasks none of which has begun, so that the broker does not take them back as stalled."""
+        preparing = self.pending and self.current is None and (
+            self.proc is None or not self.proc.ready or (self.template is not None and self.template.importing))
+        self.send(Kind.HEARTBEAT, {"preparing": True} if preparing else None)
 
     def parent_gone(self) -> bool:
         """Has the process that started us died?  Asked at most every PARENT_CHECK seconds."""
@@ -918,6 +977,22 @@ def _zmq():
     import zmq
 
     return zmq
+
+
+def _malformed_task(task: Held) -> str | None:
+    """What is wrong with a task the broker sent us, if anything (a broker that lies must not
+    make us crash, or make the task process run garbage)."""
+    if len(task.frames) < 2:
+        return f"{len(task.frames)} payload frames (a function and its arguments: 2 or more)"
+    timeout = task.options.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not 0 < timeout <= 1e9):
+        return f"a timeout of {timeout!r:.40}"
+    shm = task.options.get("shm")
+    if shm is not None and not (isinstance(shm, list) and all(type(i) is int and 2 <= i < len(task.frames)
+                                                               for i in shm)):
+        return "bad shared-memory frames"
+    return None
 
 
 def _task_header(tasks: list[Held]) -> tuple:
