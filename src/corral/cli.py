@@ -8,29 +8,25 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import signal
 import sys
 import time
 import warnings
-from urllib.parse import urlsplit
 
-from . import __version__
+from . import __version__, addresses
+from .argtypes import connect_address, listen_address
 from .errors import InsecureAddressError
 from .options import parse_size
 
 
 def check_listen_address(address: str, insecure: bool) -> None:
-    """Refuse a TCP listener that other machines can reach unless --insecure was given."""
-    if not address.startswith("tcp://"):
-        return
-    host = urlsplit(address).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    """Refuse a listener that other machines can reach unless --insecure was given.
+
+    Loopback means what addresses.is_loopback says: an ipc:// path, or a host whose
+    every address is a loopback one (``localhost``, ``127.1``, ``[::1]``).
+    """
+    if addresses.is_loopback(address):
         return
     if not insecure:
         raise InsecureAddressError(
@@ -113,14 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     broker = sub.add_parser("broker", help="run a standalone broker")
-    broker.add_argument("--listen", default="tcp://127.0.0.1:7700", help="address to bind (default %(default)s)")
+    broker.add_argument("--listen", type=listen_address, default="tcp://127.0.0.1:7700",
+                        help="address to bind (default %(default)s)")
     broker.add_argument("--insecure", action="store_true", help="allow a non-loopback TCP address without encryption")
     broker.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)")
     broker.add_argument("--liveness", type=int, default=3, help="heartbeats missed before a peer is lost (default 3)")
     broker.set_defaults(func=cmd_broker)
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")
-    worker.add_argument("address", help="the broker's address, e.g. tcp://127.0.0.1:7700")
+    worker.add_argument("address", type=connect_address, help="the broker's address, e.g. tcp://127.0.0.1:7700")
     worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
     worker.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
     worker.add_argument("--prefetch", type=int, default=None,

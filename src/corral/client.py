@@ -59,7 +59,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialization, shm
+from . import addresses, protocol, serialization, shm
 from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from .execution import Call, pack, restore_builtin_state
@@ -605,6 +605,7 @@ class _SocketLink:
     def __init__(self, ctx: zmq.Context, address: str):
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.IPV6, addresses.needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
         self.sock.connect(address)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, POLLIN)
@@ -769,7 +770,8 @@ class Executor(_StdExecutor):
     Extra keyword arguments (see docs/options.md):
         fresh: run every task in a brand-new process forked from a clean
             template (also implied by ``max_tasks_per_child=1``).
-        address: a broker to use instead of the embedded one.
+        address: a broker to use instead of the embedded one: "tcp://HOST:PORT"
+            or "ipc://PATH"; anything else raises AddressError.
         retries: how often a task whose worker died is run again (default 2).
         task_timeout: default per-task time limit in seconds; a task that
             runs longer has its process killed and raises TaskTimeoutError.
@@ -811,6 +813,8 @@ class Executor(_StdExecutor):
         kill_grace: float = 2.0,
         spin: float = protocol.SPIN,
     ):
+        if address is not None:
+            addresses.check(address)  # AddressError now, not a ZMQError in the I/O thread and futures that hang
         if max_workers is None:
             max_workers = _usable_cpus()
         elif not isinstance(max_workers, int) or isinstance(max_workers, bool):

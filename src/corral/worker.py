@@ -816,9 +816,12 @@ class _DealerLink:
     eof = False  # a broker that went away is found by its silence
 
     def __init__(self, ctx: zmq.Context, address: str):
+        from .addresses import needs_ipv6  # standalone workers only: local ones talk over socket pairs
+
         zmq = _zmq()
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
         self.sock.connect(address)
         self.poll_key = self.sock
 

@@ -1,0 +1,31 @@
+"""argparse ``type=`` functions shared by ``corral`` and ``python -m corral.worker``.
+
+Each turns one command-line string into a value or raises ``ArgumentTypeError``
+saying what it expected, so that argparse answers a bad value the way it answers
+any bad argument: the usage line, ``error: argument --x: ...`` and exit code 2,
+never a traceback.  The rules themselves live with the library's own checks
+(addresses.py, options.py), so the command line and the Python API agree.
+"""
+
+from __future__ import annotations
+
+from argparse import ArgumentTypeError
+
+from . import addresses
+from .errors import AddressError
+
+
+def connect_address(text: str) -> str:
+    """A broker's address to connect to: ``tcp://HOST:PORT`` or ``ipc://PATH``."""
+    try:
+        return addresses.check(text)
+    except AddressError as exc:
+        raise ArgumentTypeError(str(exc)) from None
+
+
+def listen_address(text: str) -> str:
+    """An address to bind: as ``connect_address``, and ``*`` for every interface."""
+    try:
+        return addresses.check(text, listen=True)
+    except AddressError as exc:
+        raise ArgumentTypeError(str(exc)) from None
