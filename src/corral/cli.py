@@ -15,9 +15,8 @@ import time
 import warnings
 
 from . import __version__, addresses
-from .argtypes import connect_address, listen_address
+from .argtypes import connect_address, integer, listen_address, seconds, size
 from .errors import InsecureAddressError
-from .options import parse_size
 
 
 def check_listen_address(address: str, insecure: bool) -> None:
@@ -44,8 +43,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from .broker import Broker
 
     check_listen_address(args.listen, args.insecure)
-    if args.heartbeat <= 0 or args.liveness < 1:
-        raise SystemExit("corral broker: --heartbeat must be > 0 and --liveness >= 1")
     broker = Broker(args.listen, heartbeat=args.heartbeat, liveness=args.liveness)
     print(f"corral broker listening on {args.listen}", file=sys.stderr, flush=True)
 
@@ -61,11 +58,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .pool import LocalPool
 
-    if args.processes < 1:
-        raise SystemExit("corral worker: --processes must be >= 1")
     pool = LocalPool(
         args.address, args.processes, fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,
-        idle_timeout=args.idle_timeout, max_memory=parse_size(args.max_memory), reconnect=True,
+        idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True,
     )
     stopping = False
 
@@ -103,28 +98,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="estimate pi by Monte Carlo on local workers")
-    demo.add_argument("--tasks", type=int, default=200, help="number of tasks (default 200)")
-    demo.add_argument("--samples", type=int, default=20000, help="random points per task (default 20000)")
-    demo.add_argument("--workers", type=int, default=None, help="worker processes (default: usable CPUs)")
+    demo.add_argument("--tasks", type=integer(1), default=200, help="number of tasks (default 200)")
+    demo.add_argument("--samples", type=integer(1), default=20000, help="random points per task (default 20000)")
+    demo.add_argument("--workers", type=integer(1), default=None, help="worker processes (default: usable CPUs)")
     demo.set_defaults(func=cmd_demo)
 
     broker = sub.add_parser("broker", help="run a standalone broker")
     broker.add_argument("--listen", type=listen_address, default="tcp://127.0.0.1:7700",
                         help="address to bind (default %(default)s)")
     broker.add_argument("--insecure", action="store_true", help="allow a non-loopback TCP address without encryption")
-    broker.add_argument("--heartbeat", type=float, default=1.0, help="heartbeat interval in seconds (default 1)")
-    broker.add_argument("--liveness", type=int, default=3, help="heartbeats missed before a peer is lost (default 3)")
+    broker.add_argument("--heartbeat", type=seconds(), default=1.0, help="heartbeat interval in seconds (default 1)")
+    broker.add_argument("--liveness", type=integer(1), default=3,
+                        help="heartbeats missed before a peer is lost (default 3)")
     broker.set_defaults(func=cmd_broker)
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")
     worker.add_argument("address", type=connect_address, help="the broker's address, e.g. tcp://127.0.0.1:7700")
     worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
-    worker.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPUs)")
-    worker.add_argument("--prefetch", type=int, default=None,
+    worker.add_argument("--processes", type=integer(1), default=os.cpu_count() or 1,
+                        help="worker processes (default: CPUs)")
+    worker.add_argument("--prefetch", type=integer(0), default=None,
                         help="tasks each process holds (default: about 10 ms of work, at least 2)")
-    worker.add_argument("--max-tasks-per-child", type=int, default=None, help="replace a task process after N tasks")
-    worker.add_argument("--idle-timeout", type=float, default=None, help="a process idle this long exits (seconds)")
-    worker.add_argument("--max-memory", default=None, help="replace a task process above this RSS, e.g. 2GB")
+    worker.add_argument("--max-tasks-per-child", type=integer(1), default=None,
+                        help="replace a task process after N tasks")
+    worker.add_argument("--idle-timeout", type=seconds(), default=None, help="a process idle this long exits (seconds)")
+    worker.add_argument("--max-memory", type=size, default=None, help="replace a task process above this RSS, e.g. 2GB")
     worker.set_defaults(func=cmd_worker)
     return p
 
