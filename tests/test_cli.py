@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 import corral
-from corral.cli import build_parser, check_listen_address
+from corral.cli import MAX_RESTART_DELAY_S, QUICK_EXIT_S, Restarts, build_parser, check_listen_address
 from corral.protocol import Kind
-from helpers import corral_cmd, held_descriptors, pid_of_task, start_worker, stop
+from helpers import corral_cmd, free_port, held_descriptors, pid_of_task, start_worker, stop
 
 
 def test_version_and_help():
@@ -171,3 +172,46 @@ def test_the_worker_process_parser_checks_its_values_too(argv):
     out = subprocess.run([sys.executable, "-m", "corral.worker", "tcp://127.0.0.1:7700", *argv],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2 and f"error: argument {argv[0]}: expected " in out.stderr, out.stderr
+
+
+def test_a_worker_process_that_keeps_failing_is_restarted_with_backoff(tmp_path):
+    """Before, `corral worker` started a new interpreter every 0.2 s forever, and said nothing."""
+    starts = tmp_path / "starts"
+    # Every worker process (not the `corral worker` command itself) exits with code 3 as it starts.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os\n"
+        "if b'corral.worker' in open('/proc/self/cmdline', 'rb').read():\n"
+        f"    open({str(starts)!r}, 'a').write('start\\n')\n"
+        "    os._exit(3)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(corral_cmd("worker", address, "--processes", "1"), env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4.0)
+    finally:
+        stop(proc)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert f"1 persistent process(es) waiting for the broker at {address}" in err
+    assert "exited with code 3" in err and "3 times in a row" in err, err
+    # Starts at about 0, 0.5, 1.5 and 3.5 s (each after its predecessor failed), not 15 or more.
+    assert 3 <= len(starts.read_text().split()) <= 5, err
+
+
+def test_restarts_back_off_and_recover():
+    r = Restarts()
+    r.note_started([1], now=0.0)
+    assert "once" in r.ended(1, 1, now=0.2) and not r.due(0.3) and r.due(0.7)
+    r.note_started([2], now=0.7)
+    assert "2 times in a row" in r.ended(2, -9, now=0.9) and "killed by SIGKILL" in r.ended(3, -9, now=1.0)
+    assert r.failures == 3 and not r.due(2.9) and r.due(3.0)  # 0.5, 1, 2 s
+    for n in range(4, 12):
+        r.ended(n, 1, now=10.0 + n)
+    assert r.not_before - 21.0 == MAX_RESTART_DELAY_S
+    r.note_started([20], now=60.0)
+    assert r.due(60.0 + QUICK_EXIT_S) and r.failures == 0  # one lived: the next failure waits 0.5 s again
+    assert r.ended(20, 0, now=100.0) is None  # a clean exit (idle_timeout) is no failure
+    r.note_started([21], now=100.0)
+    assert "after 50 s; starting another" in r.ended(21, 1, now=150.0) and r.due(150.0)
