@@ -63,7 +63,7 @@ from . import addresses, protocol, serialization, shm
 from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from .execution import Call, pack, restore_builtin_state
-from .options import check_task_options, parse_size
+from .options import check_seconds, check_task_options, parse_size
 from .pool import LocalPool
 from .protocol import POLLIN, Kind, Status
 from .summary import Summary
@@ -221,15 +221,18 @@ class CorralFuture(Future):
         (default: the executor's ``kill_grace``); the future then ends
         cancelled (``result()`` raises ``CancelledError``).  A persistent
         worker replaces the killed process.  Returns False if the future is
-        already done.
+        already done.  ``grace`` must be a finite number of seconds >= 0:
+        anything else raises ValueError, and nothing is sent.
         """
+        if grace is not None:
+            grace = check_seconds("grace", grace, zero=True)  # the broker would drop the KILL
         with self._condition:
             if self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED):
                 return False
             if self._kill_requested:
                 return True
             self._kill_requested = True
-        self._io.request_kill(self._cid, self._io.kill_grace if grace is None else float(grace))
+        self._io.request_kill(self._cid, self._io.kill_grace if grace is None else grace)
         _cancel_now(self)  # a task still pending here ends now; a running one when its process is gone
         return True
 
@@ -834,10 +837,10 @@ class Executor(_StdExecutor):
             raise ValueError("retries must be an integer >= 0")
         if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
             raise ValueError("prefetch must be an integer >= 0")
-        for name, value in (("idle_timeout", idle_timeout), ("heartbeat", heartbeat), ("kill_grace", kill_grace)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-                                      or (name != "kill_grace" and value == 0)):
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if idle_timeout is not None:
+            check_seconds("idle_timeout", idle_timeout)
+        check_seconds("heartbeat", heartbeat)
+        kill_grace = check_seconds("kill_grace", kill_grace, zero=True)
         if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= MAX_SPIN:
             raise ValueError(f"spin must be a number of seconds from 0 to {MAX_SPIN:g}, not {spin!r}")
         spin = float(spin)
