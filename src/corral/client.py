@@ -663,6 +663,10 @@ class _DirectLink:
 
 _DONE = (FINISHED, CANCELLED_AND_NOTIFIED)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
+# map's default read-ahead grows with max_workers up to these, so that it stays lazy however many
+# workers are claimed (max_workers=1_000_000 with address= would otherwise read 32 million items).
+MAP_WINDOW = 4096  # tasks
+MAP_CHUNK_WINDOW = 1024  # chunks
 LINGER = 0.002  # seconds the I/O thread leaves the loop to callers after the last one left it
 # Signals whose Python handlers could raise while the main thread handles the executor's
 # messages: with one installed, the main thread waits for results instead of leading.
@@ -968,8 +972,9 @@ class Executor(_StdExecutor):
         """Like ``Executor.map``, but reads its input lazily through a bounded window.
 
         At most ``buffersize`` tasks (chunks) are in flight at once (default:
-        256 tasks or 32 per worker, 64 chunks or 16 per worker, whichever is
-        more); when half of them have been
+        32 tasks per worker, at least 256 and at most 4,096; with a
+        ``chunksize`` above 1, 16 chunks per worker, at least 64 and at most
+        1,024); when half of them have been
         consumed, the next half are submitted together, so an endless
         generator works.  Work still queued is cancelled if the consumer stops
         early.
@@ -982,7 +987,10 @@ class Executor(_StdExecutor):
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError("buffersize must be None or > 0")
         if buffersize is None:  # chunks are larger units: fewer keep the workers busy
-            buffersize = max(256, 32 * self._max_workers) if chunksize == 1 else max(64, 16 * self._max_workers)
+            if chunksize == 1:
+                buffersize = min(MAP_WINDOW, max(256, 32 * self._max_workers))
+            else:
+                buffersize = min(MAP_CHUNK_WINDOW, max(64, 16 * self._max_workers))
         window = buffersize
         deadline = None if timeout is None else time.monotonic() + timeout
         argtuples = zip(*iterables)
