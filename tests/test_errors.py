@@ -13,6 +13,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 import corral
+from helpers import HelperError, raise_helper_error, raise_helper_error_from_numpy
 
 TIMEOUT = 30
 
@@ -90,6 +91,27 @@ def test_task_exception_keeps_type_args_and_worker_traceback(make_executor):
     assert "raise_value_error" in text
     assert "raise ValueError(a, b)" in text
     assert isinstance(fut.exception(0), ValueError)
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
+def test_exception_classes_imported_in_the_worker_keep_its_traceback(make_executor, fresh):
+    """tblib's install() at import time covered only the classes that existed then: an exception
+    of a module the task imported (numpy's LinAlgError, a class of helpers.py) came back without
+    a single frame from the worker."""
+    numpy = pytest.importorskip("numpy")
+    ex = make_executor(2, fresh=fresh)
+    with pytest.raises(numpy.linalg.LinAlgError) as info:
+        ex.submit(numpy.linalg.inv, numpy.zeros((2, 2))).result(TIMEOUT)
+    assert ", in inv\n" in "".join(traceback.format_exception(info.value))
+    with pytest.raises(HelperError) as info:
+        ex.submit(raise_helper_error, "boom").result(TIMEOUT)
+    assert info.value.args == ("boom",)
+    assert ", in raise_helper_error\n" in "".join(traceback.format_exception(info.value))
+    with pytest.raises(HelperError) as info:
+        ex.submit(raise_helper_error_from_numpy).result(TIMEOUT)
+    assert isinstance(info.value.__cause__, numpy.linalg.LinAlgError)
+    text = "".join(traceback.format_exception(info.value))
+    assert ", in raise_helper_error_from_numpy\n" in text and ", in inv\n" in text
 
 
 def test_custom_exception_class_and_map(make_executor):

@@ -8,6 +8,7 @@ happens becomes a (status, frames, meta) triple ready for a RESULT entry.
 
 from __future__ import annotations
 
+import builtins
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from tblib import pickling_support
 from . import errors, protocol, serialization, shm
 from .errors import SerializationError
 
-# Tracebacks become picklable, so the caller sees the worker's frames.
+# Tracebacks become picklable, so the caller sees the worker's frames.  This covers the
+# exception classes that exist now; _raised() adds those of modules imported since (numpy's
+# LinAlgError, a class of the task's own module) before it pickles an exception.
 pickling_support.install()
 
 
@@ -104,6 +107,7 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
         return _raised(exc)
 
 
+_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+
 MAX_TRACEBACK_FRAMES = 100  # a RecursionError's thousand frames nest too deep to pickle
 
 
@@ -112,6 +116,7 @@ def _raised(exc: BaseException) -> Outcome:
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next  # the worker's own frames: the caller's traceback starts in their function
     exc.__traceback__ = tb
+    _install_pickling(exc)
     try:
         return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
     except SerializationError as perr:
@@ -126,6 +131,27 @@ def _raised(exc: BaseException) -> Outcome:
             f"the task raised {type(exc).__name__}, which cannot be pickled ({perr}); "
             f"its traceback in the worker was:\n{text}",
         )
+
+
+def _install_pickling(exc: BaseException) -> None:
+    """Let tblib pickle every exception in ``exc``'s chain with its traceback.
+
+    A class that tblib has not been told about pickles without its traceback, cause and
+    context, and at import time it was told only of the classes that existed then.  The
+    chain is walked here (cause, context, an ExceptionGroup's members) rather than by
+    tblib, which walks ``__context__`` only from version 3: pyproject allows 1.7.
+    """
+    classes, seen, todo = set(), set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        classes.add(type(e))
+        todo += [e.__cause__, e.__context__]
+        if isinstance(e, _GROUPS):
+            todo += e.exceptions
+    pickling_support.install(*classes)
 
 
 def _trim_traceback(exc: BaseException) -> bool:
