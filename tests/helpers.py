@@ -39,8 +39,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def start_worker(address: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(corral_cmd("worker", address, *extra), stderr=subprocess.DEVNULL)
+def start_worker(address: str, *extra: str, cwd: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(corral_cmd("worker", address, *extra), stderr=subprocess.DEVNULL, cwd=cwd, env=env)
 
 
 # Standalone workers do not share the test's sys.path: send the function by value.

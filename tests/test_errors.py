@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -13,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 import corral
-from helpers import HelperError, raise_helper_error, raise_helper_error_from_numpy
+from helpers import HelperError, raise_helper_error, raise_helper_error_from_numpy, start_worker, stop
 
 TIMEOUT = 30
 
@@ -175,6 +177,32 @@ def test_result_that_fails_to_unpickle_in_the_client(make_executor):
     assert isinstance(info.value.__cause__, RuntimeError)
     assert "refuses to be unpickled" in str(info.value)
     assert ex.submit(identity, 8).result(TIMEOUT) == 8
+
+
+def test_a_module_only_the_client_has_is_named_with_the_fix(broker_address, tmp_path, monkeypatch):
+    """A standalone worker that lacks the task's module says which module and what to do."""
+    import cloudpickle
+
+    (tmp_path / "client_only_tasks.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("client_only_tasks")
+    monkeypatch.setitem(sys.modules, "client_only_tasks", module)  # removed again after the test
+    worker = start_worker(broker_address, "--processes", "1")  # its cwd and sys.path lack tmp_path
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            with pytest.raises(corral.DeserializationError) as info:
+                ex.submit(module.double, 21).result(TIMEOUT)
+            message = str(info.value)
+            assert "No module named 'client_only_tasks'" in message
+            assert "install it where the workers run" in message
+            assert "cloudpickle.register_pickle_by_value(client_only_tasks)` before submitting" in message
+            cloudpickle.register_pickle_by_value(module)  # the advice works, in the same executor too
+            try:
+                assert ex.submit(module.double, 21).result(TIMEOUT) == 42
+            finally:
+                cloudpickle.unregister_pickle_by_value(module)
+    finally:
+        stop(worker)
 
 
 def test_unpicklable_initializer_fails_cleanly():

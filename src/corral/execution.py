@@ -54,14 +54,26 @@ def unpack(frames: list) -> tuple[Callable, tuple, dict | None, list | None]:
     what = "the task in the worker"
     if len(frames) < 2:
         raise SerializationError(f"cannot unpickle {what}: it has {len(frames)} payload frames, not 2 or more")
-    fn = _functions.loads(frames[0], what)
     try:
+        fn = _functions.loads(frames[0], what)
         args, kwargs, chunk = serialization.loads(frames[1:], what)
     except (TypeError, ValueError) as exc:
         raise errors.DeserializationError(
             f"cannot unpickle {what}: its arguments are not (args, kwargs, chunk)"
         ) from exc
+    except errors.DeserializationError as exc:
+        missing = exc.__cause__
+        if isinstance(missing, ModuleNotFoundError) and missing.name:
+            raise errors.DeserializationError(f"{exc}. {_missing_module_advice(missing.name)}") from missing
+        raise
     return fn, args, kwargs, chunk
+
+
+def _missing_module_advice(name: str) -> str:
+    """What to do when the client pickled something by reference to a module the worker lacks."""
+    return (f"The worker cannot import {name!r}, which the client could: install it where the workers run "
+            f"(or put it on their PYTHONPATH), or have the client send its code: "
+            f"`import cloudpickle, {name}; cloudpickle.register_pickle_by_value({name})` before submitting")
 
 
 Outcome = tuple[protocol.Status, list, dict]
