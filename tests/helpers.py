@@ -39,8 +39,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def start_worker(address: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(corral_cmd("worker", address, *extra), stderr=subprocess.DEVNULL)
+def start_worker(address: str, *extra: str, cwd: str | None = None, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(corral_cmd("worker", address, *extra), stderr=subprocess.DEVNULL, cwd=cwd, env=env)
 
 
 # Standalone workers do not share the test's sys.path: send the function by value.
@@ -130,3 +130,21 @@ def kill_client_and_check_family(client: subprocess.Popen, family: list) -> None
     client.wait(10)
     _, alive = psutil.wait_procs(family, timeout=5)
     assert not alive, f"still running 5 s after the client died: {alive}"
+
+
+class HelperError(Exception):
+    """An exception class that a worker imports by reference, long after corral's own modules."""
+
+
+def raise_helper_error(message: str):
+    raise HelperError(message)
+
+
+def raise_helper_error_from_numpy():
+    """HelperError caused by numpy's LinAlgError: two late-imported classes in one chain."""
+    import numpy
+
+    try:
+        numpy.linalg.inv(numpy.zeros((2, 2)))
+    except numpy.linalg.LinAlgError as exc:
+        raise HelperError("inverting failed") from exc

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 
 import pytest
 
 import corral
-from corral.cli import check_listen_address
+from corral.cli import MAX_RESTART_DELAY_S, QUICK_EXIT_S, Restarts, build_parser, check_listen_address
 from corral.protocol import Kind
-from helpers import corral_cmd, held_descriptors, pid_of_task, start_worker, stop
+from helpers import corral_cmd, free_port, held_descriptors, pid_of_task, start_worker, stop
 
 
 def test_version_and_help():
@@ -112,3 +114,104 @@ def test_each_summary_asks_a_standalone_broker_once(broker_address):
             assert len(summaries) == 5 and len(answers) == 5
     finally:
         stop(worker)
+
+
+BAD_VALUES = [
+    (["demo", "--tasks", "-5"], "--tasks", "integer >= 1"),
+    (["demo", "--tasks", "0"], "--tasks", "integer >= 1"),
+    (["demo", "--tasks", "many"], "--tasks", "integer >= 1"),
+    (["demo", "--samples", "0"], "--samples", "integer >= 1"),
+    (["demo", "--workers", "0"], "--workers", "integer >= 1"),
+    (["broker", "--heartbeat", "0"], "--heartbeat", "seconds > 0"),
+    (["broker", "--heartbeat", "nan"], "--heartbeat", "seconds > 0"),
+    (["broker", "--heartbeat", "inf"], "--heartbeat", "seconds > 0"),
+    (["broker", "--liveness", "0"], "--liveness", "integer >= 1"),
+    (["worker", "tcp://127.0.0.1:7700", "--processes", "0"], "--processes", "integer >= 1"),
+    (["worker", "tcp://127.0.0.1:7700", "--prefetch", "-1"], "--prefetch", "integer >= 0"),
+    (["worker", "tcp://127.0.0.1:7700", "--max-tasks-per-child", "0"], "--max-tasks-per-child", "integer >= 1"),
+    (["worker", "tcp://127.0.0.1:7700", "--idle-timeout", "-1"], "--idle-timeout", "seconds > 0"),
+    (["worker", "tcp://127.0.0.1:7700", "--idle-timeout", "inf"], "--idle-timeout", "seconds > 0"),
+    (["worker", "tcp://127.0.0.1:7700", "--max-memory", "lots"], "--max-memory", "512MB"),
+    (["worker", "tcp://127.0.0.1:7700", "--max-memory", "inf"], "--max-memory", "512MB"),
+    (["worker", "tcp://127.0.0.1:7700", "--max-memory", "0"], "--max-memory", "512MB"),
+]
+
+
+@pytest.mark.parametrize("argv, option, expected", BAD_VALUES, ids=[" ".join(a[0::2]) for a, _, _ in BAD_VALUES])
+def test_a_bad_numeric_option_is_a_usage_error(capsys, argv, option, expected):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: corral ")
+    assert f"error: argument {option}: expected " in err and expected in err and repr(argv[-1]) in err
+
+
+def test_good_numeric_options_parse():
+    args = build_parser().parse_args(["worker", "tcp://127.0.0.1:7700", "--processes", "3", "--prefetch", "0",
+                                      "--idle-timeout", "2.5", "--max-memory", "2GB", "--max-tasks-per-child", "1"])
+    assert (args.processes, args.prefetch, args.idle_timeout, args.max_memory) == (3, 0, 2.5, 2 * 10**9)
+    args = build_parser().parse_args(["broker", "--heartbeat", "0.5", "--liveness", "1"])
+    assert (args.heartbeat, args.liveness) == (0.5, 1)
+
+
+def test_a_bad_value_exits_2_without_a_traceback():
+    """Before, `corral demo --tasks 0` died with ZeroDivisionError and `--max-memory lots` with ValueError."""
+    for argv in (["demo", "--tasks", "0"], ["worker", "tcp://127.0.0.1:7700", "--max-memory", "lots"]):
+        out = subprocess.run(corral_cmd(*argv), capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.startswith("usage: corral ") and "error: argument " in out.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["--idle-timeout", "-1"], ["--idle-timeout", "nan"], ["--max-memory", "lots"], ["--prefetch", "-1"],
+    ["--max-tasks", "0"], ["--spin", "-1"], ["--spin", "inf"],
+])
+def test_the_worker_process_parser_checks_its_values_too(argv):
+    # A subprocess: a worker's main() that accepted the value would go on to serve.
+    out = subprocess.run([sys.executable, "-m", "corral.worker", "tcp://127.0.0.1:7700", *argv],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and f"error: argument {argv[0]}: expected " in out.stderr, out.stderr
+
+
+def test_a_worker_process_that_keeps_failing_is_restarted_with_backoff(tmp_path):
+    """Before, `corral worker` started a new interpreter every 0.2 s forever, and said nothing."""
+    starts = tmp_path / "starts"
+    # Every worker process (not the `corral worker` command itself) exits with code 3 as it starts.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os\n"
+        "if b'corral.worker' in open('/proc/self/cmdline', 'rb').read():\n"
+        f"    open({str(starts)!r}, 'a').write('start\\n')\n"
+        "    os._exit(3)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    address = f"tcp://127.0.0.1:{free_port()}"
+    proc = subprocess.Popen(corral_cmd("worker", address, "--processes", "1"), env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4.0)
+    finally:
+        stop(proc)
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert f"1 persistent process(es) waiting for the broker at {address}" in err
+    assert "exited with code 3" in err and "3 times in a row" in err, err
+    # Starts at about 0, 0.5, 1.5 and 3.5 s (each after its predecessor failed), not 15 or more.
+    assert 3 <= len(starts.read_text().split()) <= 5, err
+
+
+def test_restarts_back_off_and_recover():
+    r = Restarts()
+    r.note_started([1], now=0.0)
+    assert "once" in r.ended(1, 1, now=0.2) and not r.due(0.3) and r.due(0.7)
+    r.note_started([2], now=0.7)
+    assert "2 times in a row" in r.ended(2, -9, now=0.9) and "killed by SIGKILL" in r.ended(3, -9, now=1.0)
+    assert r.failures == 3 and not r.due(2.9) and r.due(3.0)  # 0.5, 1, 2 s
+    for n in range(4, 12):
+        r.ended(n, 1, now=10.0 + n)
+    assert r.not_before - 21.0 == MAX_RESTART_DELAY_S
+    r.note_started([20], now=60.0)
+    assert r.due(60.0 + QUICK_EXIT_S) and r.failures == 0  # one lived: the next failure waits 0.5 s again
+    assert r.ended(20, 0, now=100.0) is None  # a clean exit (idle_timeout) is no failure
+    r.note_started([21], now=100.0)
+    assert "after 50 s; starting another" in r.ended(21, 1, now=150.0) and r.due(150.0)

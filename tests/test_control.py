@@ -101,6 +101,21 @@ def test_kill_escalates_to_sigkill_after_the_grace_period(make_executor, tmp_pat
     wait_for(lambda: gone(pid), 10, "the task process to end")
 
 
+def test_kill_refuses_a_bad_grace_before_doing_anything(make_executor, tmp_path):
+    """Before, kill(grace=-5) returned True, the broker dropped the KILL, and the task ran on."""
+    log = tmp_path / "runs"
+    ex = make_executor(1)
+    fut = ex.submit(record_then_sleep, str(log), 60)
+    wait_for(lambda: runs(log), what="the task to start")
+    for bad in (-5, float("nan"), float("inf"), True, "1", [1]):
+        with pytest.raises(ValueError, match="grace must be a finite number of seconds >= 0"):
+            fut.kill(grace=bad)
+    assert not fut.done()
+    assert fut.kill(grace=0) is True  # the refused calls left nothing behind
+    with pytest.raises(cf.CancelledError):
+        fut.result(TIMEOUT)
+
+
 def test_kill_of_a_queued_task_and_of_a_finished_one(make_executor, tmp_path):
     log = tmp_path / "runs"
     ex = make_executor(1, prefetch=0)
@@ -192,6 +207,8 @@ def test_max_memory_replaces_a_bloated_task_process(make_executor):
 @pytest.mark.parametrize("bad", [
     {"task_timeout": 0}, {"task_timeout": -1}, {"task_timeout": "soon"}, {"max_memory": "lots"},
     {"max_memory": -5}, {"idle_timeout": 0}, {"heartbeat": 0}, {"liveness": 0}, {"kill_grace": -1},
+    {"kill_grace": float("nan")}, {"kill_grace": float("inf")}, {"kill_grace": True}, {"kill_grace": "2"},
+    {"heartbeat": float("nan")}, {"heartbeat": float("inf")}, {"idle_timeout": float("nan")},
     {"spin": -1e-6}, {"spin": 5}, {"spin": float("nan")}, {"spin": "fast"}, {"spin": True},
 ])
 def test_absurd_constructor_options_are_refused(bad):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -13,6 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 import corral
+from helpers import HelperError, raise_helper_error, raise_helper_error_from_numpy, start_worker, stop
 
 TIMEOUT = 30
 
@@ -92,6 +95,27 @@ def test_task_exception_keeps_type_args_and_worker_traceback(make_executor):
     assert isinstance(fut.exception(0), ValueError)
 
 
+@pytest.mark.parametrize("fresh", [False, True], ids=["persistent", "fresh"])
+def test_exception_classes_imported_in_the_worker_keep_its_traceback(make_executor, fresh):
+    """tblib's install() at import time covered only the classes that existed then: an exception
+    of a module the task imported (numpy's LinAlgError, a class of helpers.py) came back without
+    a single frame from the worker."""
+    numpy = pytest.importorskip("numpy")
+    ex = make_executor(2, fresh=fresh)
+    with pytest.raises(numpy.linalg.LinAlgError) as info:
+        ex.submit(numpy.linalg.inv, numpy.zeros((2, 2))).result(TIMEOUT)
+    assert ", in inv\n" in "".join(traceback.format_exception(info.value))
+    with pytest.raises(HelperError) as info:
+        ex.submit(raise_helper_error, "boom").result(TIMEOUT)
+    assert info.value.args == ("boom",)
+    assert ", in raise_helper_error\n" in "".join(traceback.format_exception(info.value))
+    with pytest.raises(HelperError) as info:
+        ex.submit(raise_helper_error_from_numpy).result(TIMEOUT)
+    assert isinstance(info.value.__cause__, numpy.linalg.LinAlgError)
+    text = "".join(traceback.format_exception(info.value))
+    assert ", in raise_helper_error_from_numpy\n" in text and ", in inv\n" in text
+
+
 def test_custom_exception_class_and_map(make_executor):
     ex = make_executor(2)
     with pytest.raises(CustomError) as info:
@@ -153,6 +177,32 @@ def test_result_that_fails_to_unpickle_in_the_client(make_executor):
     assert isinstance(info.value.__cause__, RuntimeError)
     assert "refuses to be unpickled" in str(info.value)
     assert ex.submit(identity, 8).result(TIMEOUT) == 8
+
+
+def test_a_module_only_the_client_has_is_named_with_the_fix(broker_address, tmp_path, monkeypatch):
+    """A standalone worker that lacks the task's module says which module and what to do."""
+    import cloudpickle
+
+    (tmp_path / "client_only_tasks.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("client_only_tasks")
+    monkeypatch.setitem(sys.modules, "client_only_tasks", module)  # removed again after the test
+    worker = start_worker(broker_address, "--processes", "1")  # its cwd and sys.path lack tmp_path
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            with pytest.raises(corral.DeserializationError) as info:
+                ex.submit(module.double, 21).result(TIMEOUT)
+            message = str(info.value)
+            assert "No module named 'client_only_tasks'" in message
+            assert "install it where the workers run" in message
+            assert "cloudpickle.register_pickle_by_value(client_only_tasks)` before submitting" in message
+            cloudpickle.register_pickle_by_value(module)  # the advice works, in the same executor too
+            try:
+                assert ex.submit(module.double, 21).result(TIMEOUT) == 42
+            finally:
+                cloudpickle.unregister_pickle_by_value(module)
+    finally:
+        stop(worker)
 
 
 def test_unpicklable_initializer_fails_cleanly():

@@ -212,6 +212,28 @@ def test_map_over_endless_generator(make_executor):
     assert list(ex.map(square, range(5), timeout=TIMEOUT)) == [0, 1, 4, 9, 16]
 
 
+@pytest.mark.parametrize("chunksize, cap", [(1, 4096), (3, 1024)], ids=["tasks", "chunks"])
+def test_map_read_ahead_is_capped_whatever_max_workers(broker_address, chunksize, cap):
+    """max_workers=1_000_000 with address= made map read 32 million items ahead: the whole input."""
+    read = 0
+
+    def endless():
+        nonlocal read
+        for read in itertools.count(1):
+            assert read <= 2 * cap * chunksize, "map read far beyond its window"
+            yield read
+
+    ex = corral.Executor(address=broker_address, max_workers=1_000_000)  # a broker with no workers
+    try:
+        ex.map(abs, endless(), chunksize=chunksize)
+        assert read == cap * chunksize  # the first window is submitted at once; nothing runs it
+    finally:
+        # Cancels the queued tasks (shutdown(cancel_futures=True) would leave the oldest
+        # max_workers of them, that is all, waiting for a worker).
+        ex.terminate_workers()
+        ex.shutdown()
+
+
 def test_map_early_stop_cancels_queued_work(make_executor):
     ex = make_executor(1)
     results = ex.map(time.sleep, [0.2] * 100)

@@ -6,6 +6,7 @@
 
 from . import errors
 from .errors import (
+    AddressError,
     CorralError,
     InsecureAddressError,
     ProtocolError,
@@ -33,6 +34,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 __all__ = [
+    "AddressError",
     "BrokerLostError",
     "CorralError",
     "DeserializationError",

@@ -53,6 +53,7 @@ from typing import Any
 import zmq
 
 from . import protocol
+from .addresses import needs_ipv6
 from .errors import ProtocolError
 from .pool import LocalPool, exit_words
 from .protocol import POLLIN, POLLOUT, Kind, Lane, Status, Stream
@@ -212,6 +213,7 @@ class Broker:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot bind an IPv6 address
         sock.bind(address)
         return sock
 

@@ -60,11 +60,11 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialization, shm
+from . import addresses, protocol, serialization, shm
 from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from .execution import Call, pack, restore_builtin_state
-from .options import check_task_options, parse_size
+from .options import check_seconds, check_task_options, parse_size
 from .pool import LocalPool
 from .protocol import POLLIN, Kind, Status
 from .summary import Summary
@@ -223,15 +223,18 @@ class CorralFuture(Future):
         (default: the executor's ``kill_grace``); the future then ends
         cancelled (``result()`` raises ``CancelledError``).  A persistent
         worker replaces the killed process.  Returns False if the future is
-        already done.
+        already done.  ``grace`` must be a finite number of seconds >= 0:
+        anything else raises ValueError, and nothing is sent.
         """
+        if grace is not None:
+            grace = check_seconds("grace", grace, zero=True)  # the broker would drop the KILL
         with self._condition:
             if self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED):
                 return False
             if self._kill_requested:
                 return True
             self._kill_requested = True
-        self._io.request_kill(self._cid, self._io.kill_grace if grace is None else float(grace))
+        self._io.request_kill(self._cid, self._io.kill_grace if grace is None else grace)
         _cancel_now(self)  # a task still pending here ends now; a running one when its process is gone
         return True
 
@@ -647,6 +650,7 @@ class _SocketLink:
     def __init__(self, ctx: zmq.Context, address: str):
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.setsockopt(zmq.IPV6, addresses.needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
         self.sock.connect(address)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, POLLIN)
@@ -701,6 +705,10 @@ class _DirectLink:
 
 _DONE = (FINISHED, CANCELLED_AND_NOTIFIED)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
+# map's default read-ahead grows with max_workers up to these, so that it stays lazy however many
+# workers are claimed (max_workers=1_000_000 with address= would otherwise read 32 million items).
+MAP_WINDOW = 4096  # tasks
+MAP_CHUNK_WINDOW = 1024  # chunks
 LINGER = 0.002  # seconds the I/O thread leaves the loop to callers after the last one left it
 # Signals whose Python handlers could raise while the main thread handles the executor's
 # messages: with one installed, the main thread waits for results instead of leading.
@@ -811,7 +819,8 @@ class Executor(_StdExecutor):
     Extra keyword arguments (see docs/options.md):
         fresh: run every task in a brand-new process forked from a clean
             template (also implied by ``max_tasks_per_child=1``).
-        address: a broker to use instead of the embedded one.
+        address: a broker to use instead of the embedded one: "tcp://HOST:PORT"
+            or "ipc://PATH"; anything else raises AddressError.
         retries: how often a task whose worker died is run again (default 2).
         task_timeout: default per-task time limit in seconds; a task that
             runs longer has its process killed and raises TaskTimeoutError.
@@ -853,6 +862,8 @@ class Executor(_StdExecutor):
         kill_grace: float = 2.0,
         spin: float = protocol.SPIN,
     ):
+        if address is not None:
+            addresses.check(address)  # AddressError now, not a ZMQError in the I/O thread and futures that hang
         if max_workers is None:
             max_workers = _usable_cpus()
         elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
@@ -872,10 +883,10 @@ class Executor(_StdExecutor):
             raise ValueError("retries must be an integer >= 0")
         if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
             raise ValueError("prefetch must be an integer >= 0")
-        for name, value in (("idle_timeout", idle_timeout), ("heartbeat", heartbeat), ("kill_grace", kill_grace)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-                                      or (name != "kill_grace" and value == 0)):
-                raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+        if idle_timeout is not None:
+            check_seconds("idle_timeout", idle_timeout)
+        check_seconds("heartbeat", heartbeat)
+        kill_grace = check_seconds("kill_grace", kill_grace, zero=True)
         if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= MAX_SPIN:
             raise ValueError(f"spin must be a number of seconds from 0 to {MAX_SPIN:g}, not {spin!r}")
         spin = float(spin)
@@ -1003,8 +1014,9 @@ class Executor(_StdExecutor):
         """Like ``Executor.map``, but reads its input lazily through a bounded window.
 
         At most ``buffersize`` tasks (chunks) are in flight at once (default:
-        256 tasks or 32 per worker, 64 chunks or 16 per worker, whichever is
-        more); when half of them have been
+        32 tasks per worker, at least 256 and at most 4,096; with a
+        ``chunksize`` above 1, 16 chunks per worker, at least 64 and at most
+        1,024); when half of them have been
         consumed, the next half are submitted together, so an endless
         generator works.  Work still queued is cancelled if the consumer stops
         early.
@@ -1017,7 +1029,10 @@ class Executor(_StdExecutor):
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
             raise ValueError("buffersize must be None or > 0")
         if buffersize is None:  # chunks are larger units: fewer keep the workers busy
-            buffersize = max(256, 32 * self._max_workers) if chunksize == 1 else max(64, 16 * self._max_workers)
+            if chunksize == 1:
+                buffersize = min(MAP_WINDOW, max(256, 32 * self._max_workers))
+            else:
+                buffersize = min(MAP_CHUNK_WINDOW, max(64, 16 * self._max_workers))
         window = buffersize
         deadline = None if timeout is None else time.monotonic() + timeout
         argtuples = zip(*iterables)

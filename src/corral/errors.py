@@ -33,6 +33,15 @@ class ProtocolError(CorralError):
     """A message on the wire does not follow docs/protocol.md."""
 
 
+class AddressError(CorralError, ValueError):
+    """An address is not one corral can use (``tcp://HOST:PORT`` or ``ipc://PATH``).
+
+    Raised where the address is given (``Executor(address=)``, the command
+    line), not later by a ZeroMQ socket; the message names the address and
+    shows one that works.  A ``ValueError`` too, as a bad argument value.
+    """
+
+
 class InsecureAddressError(CorralError):
     """A TCP listener was asked for on a non-loopback address without --insecure."""
 

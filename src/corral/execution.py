@@ -8,6 +8,7 @@ happens becomes a (status, frames, meta) triple ready for a RESULT entry.
 
 from __future__ import annotations
 
+import builtins
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from tblib import pickling_support
 from . import errors, protocol, serialization, shm
 from .errors import SerializationError
 
-# Tracebacks become picklable, so the caller sees the worker's frames.
+# Tracebacks become picklable, so the caller sees the worker's frames.  This covers the
+# exception classes that exist now; _raised() adds those of modules imported since (numpy's
+# LinAlgError, a class of the task's own module) before it pickles an exception.
 pickling_support.install()
 
 
@@ -51,14 +54,26 @@ def unpack(frames: list) -> tuple[Callable, tuple, dict | None, list | None]:
     what = "the task in the worker"
     if len(frames) < 2:
         raise SerializationError(f"cannot unpickle {what}: it has {len(frames)} payload frames, not 2 or more")
-    fn = _functions.loads(frames[0], what)
     try:
+        fn = _functions.loads(frames[0], what)
         args, kwargs, chunk = serialization.loads(frames[1:], what)
     except (TypeError, ValueError) as exc:
         raise errors.DeserializationError(
             f"cannot unpickle {what}: its arguments are not (args, kwargs, chunk)"
         ) from exc
+    except errors.DeserializationError as exc:
+        missing = exc.__cause__
+        if isinstance(missing, ModuleNotFoundError) and missing.name:
+            raise errors.DeserializationError(f"{exc}. {_missing_module_advice(missing.name)}") from missing
+        raise
     return fn, args, kwargs, chunk
+
+
+def _missing_module_advice(name: str) -> str:
+    """What to do when the client pickled something by reference to a module the worker lacks."""
+    return (f"The worker cannot import {name!r}, which the client could: install it where the workers run "
+            f"(or put it on their PYTHONPATH), or have the client send its code: "
+            f"`import cloudpickle, {name}; cloudpickle.register_pickle_by_value({name})` before submitting")
 
 
 Outcome = tuple[protocol.Status, list, dict]
@@ -104,6 +119,7 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
         return _raised(exc)
 
 
+_GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+
 MAX_TRACEBACK_FRAMES = 100  # a RecursionError's thousand frames nest too deep to pickle
 
 
@@ -112,6 +128,7 @@ def _raised(exc: BaseException) -> Outcome:
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next  # the worker's own frames: the caller's traceback starts in their function
     exc.__traceback__ = tb
+    _install_pickling(exc)
     try:
         return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
     except SerializationError as perr:
@@ -126,6 +143,27 @@ def _raised(exc: BaseException) -> Outcome:
             f"the task raised {type(exc).__name__}, which cannot be pickled ({perr}); "
             f"its traceback in the worker was:\n{text}",
         )
+
+
+def _install_pickling(exc: BaseException) -> None:
+    """Let tblib pickle every exception in ``exc``'s chain with its traceback.
+
+    A class that tblib has not been told about pickles without its traceback, cause and
+    context, and at import time it was told only of the classes that existed then.  The
+    chain is walked here (cause, context, an ExceptionGroup's members) rather than by
+    tblib, which walks ``__context__`` only from version 3: pyproject allows 1.7.
+    """
+    classes, seen, todo = set(), set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        classes.add(type(e))
+        todo += [e.__cause__, e.__context__]
+        if isinstance(e, _GROUPS):
+            todo += e.exceptions
+    pickling_support.install(*classes)
 
 
 def _trim_traceback(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""Options: per-task options for ``Executor.options(...)`` and size strings.
+"""Options: per-task options for ``Executor.options(...)``, seconds and size strings.
 
 Task options travel in each task's SUBMIT entry (docs/protocol.md); the
 client checks them here so that a mistake raises at the call that made it.
@@ -6,6 +6,8 @@ Every option is documented in docs/options.md.
 """
 
 from __future__ import annotations
+
+import math
 
 VALID_OPTIONS = ("retries", "timeout", "retry_on_timeout")
 
@@ -41,8 +43,25 @@ def parse_size(value: int | str | None) -> int | None:
         unit = text[len(number):]
         try:
             value = int(float(number) * _UNITS[unit])
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, OverflowError):  # OverflowError: "inf"
             raise ValueError(f"max_memory {value!r} is not a size; use bytes or a string like '512MB' or '2GiB'")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, not {value!r}")
     return value
+
+
+def seconds_rule(zero: bool = False) -> str:
+    """What ``check_seconds`` asks for, in words, for the messages that refuse a value."""
+    return f"a finite number of seconds {'>= 0' if zero else '> 0'}"
+
+
+def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as float if it is a finite number of seconds > 0 (>= 0 with ``zero``); else ValueError.
+
+    NaN and infinity are refused too: a NaN compares false with everything, so it would
+    slip past ``< 0`` and make a timer that never fires.
+    """
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not zero)):
+        raise ValueError(f"{name} must be {seconds_rule(zero)}, not {value!r}")
+    return float(value)

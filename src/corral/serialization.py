@@ -89,8 +89,12 @@ class FunctionPickles:
 
     def __init__(self) -> None:
         self.cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.by_value: frozenset = frozenset(_BY_VALUE)
 
     def dumps(self, fn: Any, what: str) -> bytes:
+        if self.by_value != _BY_VALUE:  # register_pickle_by_value() since: pickle functions anew
+            self.cache.clear()
+            self.by_value = frozenset(_BY_VALUE)
         cacheable = type(fn) is types.FunctionType and fn.__closure__ is None
         if cacheable:
             stream = self.cache.get(fn)

@@ -948,9 +948,12 @@ class _DealerLink:
     eof = False  # a broker that went away is found by its silence
 
     def __init__(self, ctx: zmq.Context, address: str):
+        from .addresses import needs_ipv6  # standalone workers only: local ones talk over socket pairs
+
         zmq = _zmq()
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
         self.sock.connect(address)
         self.poll_key = self.sock
 
@@ -1086,19 +1089,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of a worker process started by a pool: ``python -m corral.worker``."""
     import argparse
 
+    from .argtypes import integer, seconds, size
+
     p = argparse.ArgumentParser(prog="corral-worker-process")
     p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
     p.add_argument("--fd", type=int, default=None, help="a socket pair to the broker, inherited (instead of address)")
     p.add_argument("--lane", type=int, default=None, help="with --fd: a second socket pair, for tasks and results")
-    p.add_argument("--spin", type=float, default=0.0, help="with --lane: seconds to poll it before sleeping")
+    p.add_argument("--spin", type=seconds(zero=True), default=0.0,
+                   help="with --lane: seconds to poll it before sleeping")
     p.add_argument("--fresh", action="store_true")
-    p.add_argument("--prefetch", type=int, default=None)
-    p.add_argument("--max-tasks", type=int, default=None)
+    p.add_argument("--prefetch", type=integer(0), default=None)
+    p.add_argument("--max-tasks", type=integer(1), default=None)
     p.add_argument("--bootstrap", default=None, help="file with the pickled sys.path and initializer")
     p.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
     p.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
-    p.add_argument("--idle-timeout", type=float, default=None)
-    p.add_argument("--max-memory", type=int, default=None)
+    p.add_argument("--idle-timeout", type=seconds(), default=None)
+    p.add_argument("--max-memory", type=size, default=None)
     p.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again (standalone)")
     p.add_argument("--shm", default=None, help="the client's directory for large buffers (shm.py)")
     args = p.parse_args(argv)
