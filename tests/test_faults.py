@@ -151,3 +151,68 @@ def test_an_idle_task_process_killed_between_tasks_costs_nothing(victim):
         results = [f.result(timeout=30) for f in [ex.submit(slow_pid, i) for i in range(1, 4)]]
         assert [x for x, _ in results] == [1, 2, 3]
         assert all(pid not in {p.pid for p in idle} for _, pid in results)
+
+
+def test_absurd_max_workers_is_refused_before_anything_starts():
+    """max_workers=10**6 would fork until the system refuses: refused at construction instead,
+    saying how many this system allows; nothing is started, nothing left on disk."""
+    with pytest.raises(ValueError, match=r"max_workers=1,000,000 would start about .* ask for fewer workers"):
+        corral.Executor(max_workers=10**6)
+    with pytest.raises(ValueError, match="ask for fewer workers"):
+        corral.Executor(max_workers=10**6, fresh=True)
+
+
+CLIENT_WITHOUT_ROOM = """
+import corral
+ex = corral.Executor(4)
+try:
+    ex.submit(abs, -1).result(30)
+except Exception as exc:
+    print(type(exc).__name__, exc, flush=True)
+try:
+    ex.submit(abs, -1)
+except Exception as exc:
+    print(type(exc).__name__, exc, flush=True)
+ex.shutdown()
+print("done", flush=True)
+"""
+
+
+def _pids_cgroup_root() -> str | None:
+    """Where a cgroup v1 pids controller is mounted, if we may make cgroups in it."""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                device, where, kind, options = line.split()[:4]
+                if kind == "cgroup" and "pids" in options.split(",") and os.access(where, os.W_OK):
+                    return where
+    except OSError:
+        pass
+    return None
+
+
+def test_workers_the_system_refuses_break_the_executor_cleanly(tmp_path):
+    """When not one worker process can start (the system refuses a new process: here a pids
+    cgroup that allows the client's own two threads and nothing more), every future fails saying
+    why, later submits raise, shutdown returns, and nothing is left on disk or running."""
+    root = _pids_cgroup_root()
+    if root is None:
+        pytest.skip("no writable cgroup v1 pids controller to make the system refuse processes")
+    group = os.path.join(root, f"corral-test-{os.getpid()}")
+    os.mkdir(group)
+    try:
+        with open(os.path.join(group, "pids.max"), "w") as f:
+            f.write("2")
+
+        def confined():
+            with open(os.path.join(group, "cgroup.procs"), "w") as f:
+                f.write("0")
+
+        out = subprocess.run([sys.executable, "-c", CLIENT_WITHOUT_ROOM], capture_output=True, text=True,
+                             timeout=60, preexec_fn=confined)
+    finally:
+        os.rmdir(group)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and lines and lines[-1] == "done", (out.stdout, out.stderr)
+    assert lines[0].startswith("BrokenProcessPool") and "could not start a worker process" in lines[0], lines
+    assert lines[1].startswith("BrokenProcessPool"), lines

@@ -107,8 +107,14 @@ class Restarts:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .pool import LocalPool
+    from .pool import LocalPool, WorkerStartError, process_room
 
+    per_worker = 4 if args.fresh else 2  # supervisor and task process; fresh: also the template and a spare
+    room = process_room()
+    if room is not None and args.processes * per_worker > room:
+        print(f"corral worker: --processes {args.processes:,} would start about {args.processes * per_worker:,} "
+              f"processes, but this system lets this user start about {room:,} more", file=sys.stderr)
+        return 2
     pool = LocalPool(
         args.address, args.processes, fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,
         idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True,
@@ -136,7 +142,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 if line and not stopping:
                     print(line, file=sys.stderr, flush=True)
             if not stopping and restarts.due(now):
-                pool.fill()  # replace processes that ended (crash, recycling, idle_timeout)
+                try:
+                    pool.fill()  # replace processes that ended (crash, recycling, idle_timeout)
+                except WorkerStartError as exc:  # none left, and the system refuses more: try again later
+                    print(f"corral worker: {exc}; trying again", file=sys.stderr, flush=True)
                 restarts.note_started(pool.procs, now)
     finally:
         for proc in pool.procs.values():
@@ -194,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     except InsecureAddressError as exc:
         print(f"corral: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the system refused: no worker process could start, an address in use...
+        print(f"corral {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

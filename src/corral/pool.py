@@ -27,6 +27,41 @@ from dataclasses import dataclass
 from . import containment
 from .protocol import SPIN, STREAM_BUFFER, size_buffers
 
+START_RETRY = 5.0  # seconds between tries to start workers the system refused
+
+
+class WorkerStartError(OSError):
+    """No worker process could be started (the system refused: out of processes or memory)."""
+
+
+def process_room() -> int | None:
+    """About how many more processes this system lets us start (None: no way to tell).
+
+    The kernel's limits on processes (``pid_max``, ``threads-max``) less those running,
+    and this user's ``RLIMIT_NPROC`` less this user's processes.
+    """
+    try:
+        running = sum(1 for name in os.listdir("/proc") if name.isdigit())
+        limits = []
+        for path in ("/proc/sys/kernel/pid_max", "/proc/sys/kernel/threads-max"):
+            with open(path) as f:
+                limits.append(int(f.read()) - running)
+    except (OSError, ValueError):
+        return None
+    try:
+        import resource
+
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        if nproc != resource.RLIM_INFINITY and os.getuid() != 0:
+            import psutil
+
+            mine = sum(p.info["num_threads"] or 1 for p in psutil.process_iter(["uids", "num_threads"])
+                       if p.info["uids"] and p.info["uids"].real == os.getuid())
+            limits.append(nproc - mine)
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(0, min(limits))
+
 
 @dataclass
 class Exited:
@@ -81,6 +116,8 @@ class LocalPool:
         self.lanes = not (fresh or spawn or max_tasks or max_memory or idle_timeout) and prefetch is None
         self.procs: dict[int, subprocess.Popen] = {}
         self.accepting = True  # False once broken or stopping: no restarts
+        self.retry_at = 0.0  # after the system refused a process: no new one before this
+        self.short = False  # running with fewer workers than asked (said once)
 
     def command(self, fd: int | None = None) -> list[str]:
         where = [self.address] if fd is None else ["--fd", str(fd)]
@@ -137,9 +174,28 @@ class LocalPool:
         return proc.pid
 
     def fill(self) -> None:
-        """Start workers until ``size`` are alive."""
+        """Start workers until ``size`` are alive.
+
+        If the system refuses a new process (out of processes or memory), the workers
+        started so far serve on and the rest are tried again after a while; with none
+        at all, WorkerStartError says why.
+        """
+        now = time.monotonic()
+        if now < self.retry_at:
+            return
         while self.accepting and len(self.procs) < self.size:
-            self.start_one()
+            try:
+                self.start_one()
+            except OSError as exc:
+                self.retry_at = now + START_RETRY
+                if not self.procs:
+                    raise WorkerStartError(f"could not start a worker process: {exc}") from exc
+                if not self.short:
+                    print(f"corral: started {len(self.procs)} of {self.size} worker processes; the system "
+                          f"refused more ({exc}); trying again every {START_RETRY:g} s", file=sys.stderr)
+                self.short = True
+                return
+        self.short = False
 
     def reap(self) -> list[Exited]:
         """Forget workers that have ended and say how they ended."""

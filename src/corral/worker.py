@@ -444,7 +444,7 @@ class Worker:
         elif kind == Kind.CANCEL:
             self.cancel(set(protocol.ids(body)))
         elif kind == Kind.KILL and "lane" in body:
-            if body["lane"] == self.epoch and self.proc is not None:
+            if self.lane is not None and body["lane"] == self.epoch and self.proc is not None:
                 gid = body.get("id")
                 if type(gid) is not int:
                     raise protocol.ProtocolError("a lane's KILL without a task id")
@@ -468,12 +468,13 @@ class Worker:
             # Only a broker that welcomed our last HELLO can have lost us; until one does, the
             # refusals are of what we sent before that HELLO.
             if self.welcomed:
-                self.say(f"the broker at {self.address} no longer knows this worker (it restarted?); joining again")
+                self.complain(f"the broker at {self.address} no longer knows this worker (it restarted?); "
+                              "joining again")
                 self.welcomed = False
                 self.forget_tasks()
                 self.hello()
             return
-        self.say(f"the broker at {self.address} refused this worker: {protocol.text(body.get('message'), 500)}")
+        self.complain(f"the broker at {self.address} refused this worker: {protocol.text(body.get('message'), 500)}")
 
     def cancel(self, ids: set) -> None:
         """Drop the named tasks still queued here; tell the broker which ones those were.
