@@ -1,9 +1,9 @@
 """Shared fixtures: every test must clean up after itself.
 
 The autouse ``no_leaks`` fixture fails a test that leaves a child process or
-a ``corral-*`` temporary directory behind (after giving them a few seconds
-to go away), then removes the leftovers so that one leak does not make the
-following tests fail too.
+a ``corral-*`` temporary directory behind (of those it created itself: see
+``pytest_configure``), after giving them a few seconds to go away, then removes
+the leftovers so that one leak does not make the following tests fail too.
 
 Executors are never shared between tests: ``make_executor`` creates them per
 test and shuts them down at its end.
@@ -21,6 +21,7 @@ import psutil
 import pytest
 
 import corral
+from corral import shm as shm_root
 from helpers import free_port, start_broker, stop
 
 LEAK_GRACE_S = 5.0
@@ -28,36 +29,42 @@ _saved_tmp: tuple = ()
 
 
 def pytest_configure(config):
-    """Give this test session a private temporary directory.
+    """Give this test session a private temporary directory, and a private one for shared memory.
 
-    The leak check looks for ``corral-*`` directories in
-    ``tempfile.gettempdir()``; other programs on the machine using corral
-    must not be mistaken for our leaks.  Worker processes inherit ``TMPDIR``.
+    The leak check looks for ``corral-*`` directories in these two only: what other
+    programs (another user's corral, another test session) make in ``/tmp`` or
+    ``/dev/shm`` is not ours to flag, let alone remove.  Worker processes, and the
+    clients that tests start, inherit ``TMPDIR`` and ``CORRAL_SHM_DIR``.
     """
     global _saved_tmp
     private = tempfile.mkdtemp(prefix="ctest-")
-    _saved_tmp = (tempfile.tempdir, os.environ.get("TMPDIR"), private)
+    shm = tempfile.mkdtemp(prefix="ctest-", dir="/dev/shm") if os.access("/dev/shm", os.W_OK) else ""
+    _saved_tmp = (tempfile.tempdir, os.environ.get("TMPDIR"), os.environ.get(shm_root.ROOT_VARIABLE), private, shm)
     os.environ["TMPDIR"] = private
+    os.environ[shm_root.ROOT_VARIABLE] = shm
     tempfile.tempdir = private
 
 
 def pytest_unconfigure(config):
     if not _saved_tmp:
         return
-    tempdir, env, private = _saved_tmp
+    tempdir, env, shm_env, private, shm = _saved_tmp
     tempfile.tempdir = tempdir
-    if env is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = env
-    shutil.rmtree(private, ignore_errors=True)
+    for name, value in (("TMPDIR", env), (shm_root.ROOT_VARIABLE, shm_env)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    for path in (private, shm):
+        if path:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _corral_dirs() -> set[str]:
-    """corral's private directories: in our temporary directory, and its shared-memory ones."""
+    """corral's private directories: in this session's temporary directory and its shared-memory one."""
     found = set()
-    for tmp in (tempfile.gettempdir(), "/dev/shm"):
-        if os.path.isdir(tmp):
+    for tmp in (tempfile.gettempdir(), os.environ.get(shm_root.ROOT_VARIABLE)):
+        if tmp and os.path.isdir(tmp):
             found |= {os.path.join(tmp, name) for name in os.listdir(tmp) if name.startswith("corral-")}
     return found
 

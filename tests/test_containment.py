@@ -181,7 +181,7 @@ def test_nothing_of_a_worker_is_left_in_its_cgroup(make_executor):
     paths = [containment.Cgroup.path_for(pid) for pid in workers]
     if paths[0] is None:
         pytest.skip("no writable cgroup v2 here")
-    assert all(os.path.isdir(p) for p in paths)
+    wait_for(lambda: all(os.path.isdir(p) for p in paths), 10, "each worker's cgroup")
     os.kill(workers[0], signal.SIGKILL)
     wait_for(lambda: not os.path.isdir(paths[0]), 5, "the killed worker's cgroup to be removed")
     ex.shutdown(wait=True)

@@ -107,3 +107,21 @@ def test_address_executors_send_frames(broker_address):
             assert np.array_equal(ex.submit(by_value, a).result(TIMEOUT), a * 2)
     finally:
         stop(worker)
+
+
+def test_corral_shm_dir_says_where_buffers_go(make_executor, tmp_path, monkeypatch):
+    """CORRAL_SHM_DIR: where an executor makes its private directory for large buffers
+    (the default /dev/shm may be small, or shared); empty: no shared memory at all."""
+    root = tmp_path / "buffers"
+    root.mkdir()
+    monkeypatch.setenv("CORRAL_SHM_DIR", str(root))
+    ex = make_executor(1)
+    assert os.path.dirname(ex._shm_dir) == str(root)
+    a = np.arange(N, dtype=np.float64)
+    assert np.array_equal(ex.submit(double_in_place, a).result(TIMEOUT), a * 2)
+    ex.shutdown()
+    assert os.listdir(root) == []
+    monkeypatch.setenv("CORRAL_SHM_DIR", "")
+    ex = make_executor(1)
+    assert ex._shm_dir is None
+    assert np.array_equal(ex.submit(double_in_place, a).result(TIMEOUT), a * 2)

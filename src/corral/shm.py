@@ -28,12 +28,14 @@ import tempfile
 
 MIN_BYTES = 1 << 20
 _SHM_ROOT = "/dev/shm"
+ROOT_VARIABLE = "CORRAL_SHM_DIR"  # where to make the directories instead (a tmpfs); empty: no shared memory
 
 
 def make_dir(name: str) -> str | None:
-    """A private (0700) directory for this executor's buffers, on tmpfs if there is one."""
-    root = _SHM_ROOT if os.path.isdir(_SHM_ROOT) and os.access(_SHM_ROOT, os.W_OK) else None
-    if root is None:
+    """A private (0700) directory for this executor's buffers, on tmpfs if there is one
+    (``/dev/shm``, or the directory ``$CORRAL_SHM_DIR`` names)."""
+    root = os.environ.get(ROOT_VARIABLE, _SHM_ROOT)
+    if not root or not (os.path.isdir(root) and os.access(root, os.W_OK)):
         return None
     try:
         return tempfile.mkdtemp(prefix=f"{name}-", dir=root)

@@ -311,20 +311,22 @@ class Worker:
             while not self.stopping:
                 link = self.link.poll_key  # writable matters only while output waits
                 poller.register(link, POLLIN | (POLLOUT if self.link.pending else 0))
-                fd = self.proc.fileno() if self.proc is not None else None
-                if fd is not None:
-                    poller.register(fd, POLLIN)
-                    ended = self.proc.pidfd  # its end, seen even while a process it forked holds fd open
-                    if ended is not None:
-                        poller.register(ended, POLLIN)
+                # The task process's socket, and its end (a pidfd): seen even while a process it
+                # forked holds that socket open.  Looked at only while it is still the one we watched:
+                # its successor may get the same descriptor numbers.
+                watched = self.proc
+                fd = watched.fileno() if watched is not None else None
+                ended = watched.pidfd if watched is not None else None
+                for each in (fd, ended):
+                    if each is not None:
+                        poller.register(each, POLLIN)
                 importing = self.template is not None and self.template.importing > 0
                 if importing:
                     poller.register(self.template, POLLIN)
                 events = dict(poller.poll(self.poll_timeout() * 1000))
-                if fd is not None:
-                    poller.unregister(fd)
-                    if ended is not None:
-                        poller.unregister(ended)
+                for each in (fd, ended):
+                    if each is not None:
+                        poller.unregister(each)
                 if importing:
                     poller.unregister(self.template)
                     if self.template.fileno() in events:
@@ -334,10 +336,9 @@ class Worker:
                 if events.get(link, 0) & POLLIN:
                     self.last_heard = time.monotonic()
                     self.drain()
-                if fd is not None and fd in events and self.proc is not None:
+                if fd in events and self.proc is watched is not None:
                     self.read_task_process()
-                if fd is not None and ended is not None and ended in events and self.proc is not None \
-                        and self.proc.pidfd == ended:
+                if ended in events and self.proc is watched is not None:
                     self.task_process_exited()
                 # A task that can begin without a fork begins before the results go, so that
                 # their RESULT says it began (no STARTED of its own); no fork delays them.
