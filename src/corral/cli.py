@@ -107,13 +107,11 @@ class Restarts:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .pool import LocalPool, WorkerStartError, process_room
+    from .pool import LocalPool, WorkerStartError, refusal
 
-    per_worker = 4 if args.fresh else 2  # supervisor and task process; fresh: also the template and a spare
-    room = process_room()
-    if room is not None and args.processes * per_worker > room:
-        print(f"corral worker: --processes {args.processes:,} would start about {args.processes * per_worker:,} "
-              f"processes, but this system lets this user start about {room:,} more", file=sys.stderr)
+    problem = refusal(args.processes, args.fresh)
+    if problem:
+        print(f"corral worker: --processes {args.processes:,}: {problem}", file=sys.stderr)
         return 2
     pool = LocalPool(
         args.address, args.processes, fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,

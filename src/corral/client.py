@@ -65,7 +65,7 @@ from .broker import DEFAULT_RETRIES, Broker
 from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from .execution import Call, pack, restore_builtin_state
 from .options import check_seconds, check_task_options, parse_size
-from .pool import LocalPool, process_room
+from .pool import LocalPool, refusal
 from .protocol import POLLIN, Kind, Status
 from .summary import Summary
 from .throttle import Throttle
@@ -89,18 +89,6 @@ threading._register_atexit(_python_exit)
 
 
 MANY_WORKERS = 256  # local workers beyond this are checked against what the system lets us start
-
-
-def _check_room(max_workers: int, fresh: bool) -> None:
-    """Refuse, before starting anything, a pool that this system would refuse to start."""
-    per_worker = 4 if fresh else 2  # supervisor and task process; fresh: also the template and a spare
-    room = process_room()
-    if room is not None and max_workers * per_worker > room:
-        raise ValueError(
-            f"max_workers={max_workers:,} would start about {max_workers * per_worker:,} processes "
-            f"({per_worker} per {'fresh ' if fresh else ''}worker), but this system lets this user start "
-            f"about {room:,} more; ask for fewer workers (at most about {room // per_worker:,})"
-        )
 
 
 def _usable_cpus() -> int:
@@ -923,8 +911,10 @@ class Executor(_StdExecutor):
         self._mp_context = mp_context
         self._max_tasks_per_child = max_tasks_per_child
         self._fresh = fresh or max_tasks_per_child == 1
-        if address is None and max_workers > MANY_WORKERS:
-            _check_room(max_workers, self._fresh)
+        if address is None and max_workers > MANY_WORKERS:  # refused before anything starts
+            problem = refusal(max_workers, self._fresh)
+            if problem:
+                raise ValueError(f"max_workers={max_workers:,}: {problem}; ask for fewer workers")
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._functions = serialization.FunctionPickles()

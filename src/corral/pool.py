@@ -63,6 +63,18 @@ def process_room() -> int | None:
     return max(0, min(limits))
 
 
+def refusal(workers: int, fresh: bool) -> str | None:
+    """Why this system would refuse to start ``workers`` local workers; None if it would not
+    (as far as ``process_room`` can tell)."""
+    per_worker = 4 if fresh else 2  # supervisor and task process; fresh: also the template and a spare
+    room = process_room()
+    if room is None or workers * per_worker <= room:
+        return None
+    return (f"{workers:,} {'fresh ' if fresh else ''}workers would start about {workers * per_worker:,} processes "
+            f"({per_worker} each), but this system lets this user start about {room:,} more (enough for about "
+            f"{room // per_worker:,} workers)")
+
+
 @dataclass
 class Exited:
     pid: int
