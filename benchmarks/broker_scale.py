@@ -56,7 +56,7 @@ def serve_broker(conn) -> None:
     raise_fd_limit()
     import zmq
 
-    from corral.broker import Broker
+    from corral.broker.broker import Broker
 
     broker = Broker("tcp://127.0.0.1:*")
     signal.signal(signal.SIGTERM, lambda signum, frame: setattr(broker, "running", False))
@@ -101,8 +101,8 @@ def simulate_workers(address: str, count: int, first: int) -> None:
     raise_fd_limit()
     import zmq
 
-    from corral import protocol
-    from corral.protocol import Kind, Status
+    from corral.wire import protocol
+    from corral.wire.protocol import Kind, Status
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = zmq.Context()
@@ -228,9 +228,9 @@ def payload_bytes(fn) -> int | None:
     """Bytes of one task's payload as the client sends it (corral internals; None if they moved)."""
     try:
         from corral import serialization
-        from corral.execution import Call, pack
+        from corral.serialization import Call, call_frames
 
-        return sum(len(f) for f in pack(Call(fn, ()), serialization.FunctionPickles()))
+        return sum(len(f) for f in call_frames(Call(fn, ()), serialization.FunctionPickles()))
     except Exception:  # noqa: BLE001 - informative only
         return None
 

@@ -10,7 +10,7 @@
    beside the same chain without the I/O thread, without the relay, and
    without both: what each hop costs on this machine.  Whatever corral takes
    above the full chain is its own work per message.  Last, the shortest chain
-   with both ends polling instead of sleeping (``protocol.Spin``): what waking
+   with both ends polling instead of sleeping (``poller.Spin``): what waking
    a sleeping process costs.
 2. ``os.fork()`` of a process that has imported what a fresh worker's template
    imports, whose child exits at once: the CPU every fresh task process costs
@@ -42,7 +42,7 @@ def _echo(sock: socket.socket, spin: bool = False) -> None:
 
 
 def _polled(sock: socket.socket) -> bytes:
-    """The next message, polled for with sched_yield() between polls, as protocol.Spin does."""
+    """The next message, polled for with sched_yield() between polls, as poller.Spin does."""
     while True:
         try:
             return sock.recv(64, socket.MSG_DONTWAIT)

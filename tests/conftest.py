@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 import corral
-from corral import shm as shm_root
+from corral.local import shm as shm_root
 from helpers import free_port, start_broker, stop
 
 LEAK_GRACE_S = 5.0

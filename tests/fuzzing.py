@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import random
 
-from corral import protocol
-from corral.protocol import Kind
+from corral.wire import protocol
+from corral.wire.protocol import Kind
 
 FAR = 10**12  # task ids from here up are never given out in a test
 

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from corral import runner, serialization
+from corral import serialization
+from corral.worker import task_process as runner
 
 TIMEOUT = 30
 

@@ -11,7 +11,7 @@ import pytest
 
 import corral
 from corral.cli import MAX_RESTART_DELAY_S, QUICK_EXIT_S, Restarts, build_parser, check_listen_address
-from corral.protocol import Kind
+from corral.wire.protocol import Kind
 from helpers import corral_cmd, free_port, held_descriptors, pid_of_task, start_worker, stop
 
 

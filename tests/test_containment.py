@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import corral
-from corral import containment
+from corral.worker import containment
 from helpers import gone, wait_for
 
 MODES = {

@@ -545,7 +545,7 @@ def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(make_exec
 
 
 def test_ctrl_c_while_a_leader_handles_messages_is_raised_after_them():
-    from corral.client import _SigintDeferred
+    from corral.client.executor import _SigintDeferred
 
     guard = _SigintDeferred()
     guard.install()

@@ -702,7 +702,7 @@ SLOW_START = """
 import os, time
 try:
     with open(f"/proc/{os.getpid()}/cmdline", "rb") as f:
-        is_task_process = b"corral.runner" in f.read()
+        is_task_process = b"corral.worker.task_process" in f.read()
 except OSError:
     is_task_process = False
 deadline = time.monotonic() + 20
@@ -725,7 +725,7 @@ def test_task_process_killed_before_it_is_ready_is_a_lost_worker(make_executor, 
         assert time.monotonic() < deadline, "no task process started"
         for proc in psutil.Process().children(recursive=True):
             try:
-                if proc.ppid() != os.getpid() and "corral.runner" in " ".join(proc.cmdline()):
+                if proc.ppid() != os.getpid() and "corral.worker.task_process" in " ".join(proc.cmdline()):
                     victim = proc
             except psutil.Error:
                 continue

@@ -15,8 +15,9 @@ import pytest
 import zmq
 
 import corral
-from corral import execution, protocol, serialization
-from corral.protocol import Kind
+from corral import serialization
+from corral.wire import protocol
+from corral.wire.protocol import Kind
 from fuzzing import messages
 from helpers import free_port, start_broker, start_worker, stop
 
@@ -111,7 +112,7 @@ def test_a_live_broker_survives_a_storm_of_mutated_messages():
 
 
 def _task_message(gid: int, fn, *args) -> list:
-    frames = execution.pack(execution.Call(fn, args), serialization.FunctionPickles())
+    frames = serialization.call_frames(serialization.Call(fn, args), serialization.FunctionPickles())
     return protocol.message(Kind.TASKS, {"tasks": [protocol.task_entry(gid, len(frames))]}, frames)
 
 

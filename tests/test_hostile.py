@@ -16,10 +16,10 @@ import pytest
 import zmq
 
 import corral
-from corral import protocol
-from corral.broker import MAX_DEPARTED, Broker
-from corral.protocol import Kind
+from corral.broker.broker import MAX_DEPARTED, Broker
 from corral.throttle import Throttle
+from corral.wire import protocol
+from corral.wire.protocol import Kind
 from helpers import corral_cmd, free_port, start_worker, stop, wait_for
 
 TIMEOUT = 30

@@ -1,5 +1,5 @@
 """Lanes: a persistent local worker's task process takes its tasks from the broker and answers
-them there itself (protocol.Lane); its supervisor watches from aside.  These tests break the
+them there itself (lane.Lane); its supervisor watches from aside.  These tests break the
 things a lane must survive: a task process dying with tasks queued behind it on the lane, a
 kill or a timeout for a task that has not begun yet, garbage and forged results written to
 the lane by user code, messages larger than one record."""
@@ -57,13 +57,14 @@ def lane_descriptor() -> int:
 def scribble_on_the_lane(value):
     """Write what a buggy or hostile task might: a record that is not a message, the start of a
     message that never ends, a forged result for a task this worker does not run."""
-    from corral import protocol
+    from corral.wire import protocol
+    from corral.wire.lane import Lane
 
     fd = lane_descriptor()
     sock = socket.socket(fileno=os.dup(fd))
     sock.sendmsg([b"\x03", b"not a message"])
     sock.sendmsg([b"\x01", b"the start of a message that never ends"])
-    forged = protocol.Lane(sock, blocking=True)
+    forged = Lane(sock, blocking=True)
     forged.send(protocol.message(protocol.Kind.RESULT, {"results": [[10**9, 0, 1, {}]]}, [pickle.dumps("forged")]))
     sock.close()
     return value
@@ -152,7 +153,7 @@ def test_garbage_and_forged_results_on_the_lane_are_dropped(make_executor):
 
 
 def test_messages_larger_than_a_record_cross_the_lane(make_executor):
-    from corral.protocol import LANE_RECORD
+    from corral.wire.lane import LANE_RECORD
 
     ex = make_executor(1)
     big = b"x" * (5 * LANE_RECORD + 123)  # bytes pickle in-band: one large frame, several records
@@ -167,7 +168,7 @@ def cpu_seconds(pids) -> float:
 
 @pytest.mark.parametrize("spin", [None, 0])
 def test_spinning_stops_when_the_work_does(spin):
-    """A caller and a task process poll for a while before they sleep (protocol.Spin), but only
+    """A caller and a task process poll for a while before they sleep (poller.Spin), but only
     while their waits are short: after a burst of round trips, an idle executor uses no CPU."""
     import psutil
 

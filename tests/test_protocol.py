@@ -12,9 +12,9 @@ import pytest
 import zmq
 
 import corral
-from corral import protocol
-from corral.broker import Broker
-from corral.protocol import Kind
+from corral.broker.broker import Broker
+from corral.wire import protocol, stream
+from corral.wire.protocol import Kind
 
 TIMEOUT = 10
 
@@ -133,10 +133,10 @@ def test_unpack_rejects_sizes_that_do_not_match(sizes, frames):
         protocol.unpack({"packed": sizes}, frames)
 
 
-# -- the local transport: protocol.Stream over a socket pair ------------------------------
+# -- the local transport: stream.Stream over a socket pair ------------------------------
 
 
-def _receive_all(stream: protocol.Stream, count: int, timeout: float = TIMEOUT, sender=None) -> list:
+def _receive_all(stream: stream.Stream, count: int, timeout: float = TIMEOUT, sender=None) -> list:
     """``count`` messages from ``stream`` (flushing ``sender``'s queue meanwhile); bounded."""
     got: list = []
     deadline = time.monotonic() + timeout
@@ -152,7 +152,7 @@ def _receive_all(stream: protocol.Stream, count: int, timeout: float = TIMEOUT, 
 @pytest.fixture
 def stream_pair():
     a, b = socket.socketpair()
-    sender, receiver = protocol.Stream(a), protocol.Stream(b)
+    sender, receiver = stream.Stream(a), stream.Stream(b)
     yield sender, receiver
     sender.close()
     receiver.close()
@@ -186,7 +186,7 @@ def test_stream_send_never_blocks_and_queues_what_the_socket_does_not_take(strea
 
 def test_stream_reports_the_peer_closing():
     a, b = socket.socketpair()
-    sender, receiver = protocol.Stream(a), protocol.Stream(b)
+    sender, receiver = stream.Stream(a), stream.Stream(b)
     sender.send([b"last words"])
     sender.close()
     assert [bytes(f) for f in _receive_all(receiver, 1)[0]] == [b"last words"]
@@ -200,14 +200,14 @@ def test_stream_reports_the_peer_closing():
     "garbage",
     [
         struct.pack("!I", 0),  # a message of no frames
-        struct.pack("!I", protocol.MAX_FRAMES + 1),
-        struct.pack("!IQ", 1, protocol.MAX_MESSAGE + 1),
+        struct.pack("!I", stream.MAX_FRAMES + 1),
+        struct.pack("!IQ", 1, stream.MAX_MESSAGE + 1),
     ],
     ids=["no_frames", "too_many_frames", "too_large"],
 )
 def test_stream_rejects_garbage_framing(garbage):
     a, b = socket.socketpair()
-    receiver = protocol.Stream(b)
+    receiver = stream.Stream(b)
     try:
         a.sendall(garbage)
         deadline = time.monotonic() + TIMEOUT
@@ -225,7 +225,7 @@ def test_broker_stops_a_pool_worker_that_sends_garbage():
     broker = Broker(None, log=logs.append)
     ours, theirs = socket.socketpair()
     broker.adopt(4242, ours)
-    worker = protocol.Stream(theirs)
+    worker = stream.Stream(theirs)
     try:
         worker.send([b"\x01"])  # a malformed header: dropped, the stream stays usable
         worker.send([protocol.encode(Kind.HELLO, {"role": "worker", "name": "w", "pid": 4242})])
@@ -387,6 +387,10 @@ def test_a_result_says_which_task_began_as_it_ended(tmp_path):
         worker.send_multipart(result(second, [[second]]))
         client.send(protocol.encode(Kind.STATUS))
         assert _receive(client, Kind.STATUS_REPLY)["running"] == 1, "a malformed RESULT was half-applied"
+        # The worker's messages and the client's come on different connections: in either order.
+        deadline = time.monotonic() + TIMEOUT
+        while sum("dropped malformed message" in line for line in logs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert sum("dropped malformed message" in line for line in logs) == 2
         worker.send_multipart(result(second, []))
         assert [entry[0] for entry in _receive(client, Kind.RESULT)["results"]] == [2]

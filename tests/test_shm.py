@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import corral
-from corral import shm
+from corral.local import shm
 
 TIMEOUT = 60
 N = (4 << 20) // 8  # a 4 MiB float64 array: above shm.MIN_BYTES

@@ -227,7 +227,7 @@ def test_finished_task_processes_are_collected(make_executor):
     batches while tasks keep coming, and all of them once the worker is idle."""
     import psutil
 
-    from corral import template
+    from corral.worker import template
 
     ex = make_executor(1, fresh=True)
     assert list(ex.map(abs, range(-60, 0), timeout=TIMEOUT)) == list(range(60, 0, -1))
@@ -250,7 +250,7 @@ def _collapse_works() -> bool:
     import ctypes
     import mmap
 
-    from corral import template
+    from corral.worker import template
 
     huge = template._HugePages.here()
     if huge is None:
@@ -294,7 +294,8 @@ def test_the_template_backs_its_heap_with_huge_pages_and_tasks_still_copy_on_wri
 def test_a_task_process_leaves_through_libc_exit_with_its_code():
     """Fresh task processes leave with libc's _exit() looked up in the template
     (template._libc_exit), not os._exit(): the code and what was printed still get out."""
-    from corral import runner, template
+    from corral.worker import task_process as runner
+    from corral.worker import template
 
     leave = template._libc_exit()
     if leave is None:

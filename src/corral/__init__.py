@@ -22,7 +22,7 @@ def __getattr__(name: str):
     # imports this package too, and every process it forks is smaller without the client
     # (or the stdlib exceptions that some of the errors subclass, see errors.py).
     if name in ("Executor", "CorralFuture"):
-        from . import client
+        from .client import executor as client
 
         return getattr(client, name)
     if name in errors._LAZY:

@@ -25,6 +25,7 @@ import pickle
 import types
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -192,3 +193,43 @@ def _find_culprit(obj: Any, path: str) -> tuple[str, str]:
         else:
             break
     return path, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class Call:
+    """What a task message carries: ``fn(*args, **kwargs)``, or ``fn`` mapped over ``chunk``."""
+
+    fn: Callable
+    args: tuple = ()
+    kwargs: dict | None = None
+    chunk: list | None = None
+
+
+def call_frames(call: Call, functions: FunctionPickles) -> list:
+    """A call's payload frames; SerializationError names what could not be pickled."""
+    fn = functions.dumps(call.fn, "task.fn")
+    return [fn, *dumps((call.args, call.kwargs, call.chunk), "task", culprit=call)]
+
+
+def restore_builtin_state(exc: BaseException) -> BaseException:
+    """Give unpickled builtin exceptions back what their ``__init__`` sets.
+
+    tblib rebuilds exceptions without calling ``__init__``, so attributes a
+    builtin exception derives from its args (``SystemExit.code``,
+    ``StopIteration.value``, ``UnicodeError``'s fields) would be missing.
+    Builtin ``__init__`` methods take exactly the args they produced.
+    """
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if type(e).__module__ == "builtins":
+            try:
+                type(e).__init__(e, *e.args)
+            except Exception:  # noqa: BLE001 - keep what we have
+                pass
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return exc

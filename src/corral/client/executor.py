@@ -60,15 +60,18 @@ from typing import Any
 
 import zmq
 
-from . import addresses, protocol, serialization, shm
-from .broker import DEFAULT_RETRIES, Broker
-from .errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
-from .execution import Call, pack, restore_builtin_state
-from .options import check_seconds, check_task_options, parse_size
-from .pool import LocalPool, refusal
-from .protocol import POLLIN, Kind, Status
-from .summary import Summary
-from .throttle import Throttle
+from .. import addresses, serialization, tuning
+from ..broker.broker import DEFAULT_RETRIES, Broker
+from ..errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
+from ..local import shm
+from ..local.pool import LocalPool, refusal
+from ..options import check_seconds, check_task_options, parse_size
+from ..serialization import Call, call_frames, restore_builtin_state
+from ..status import Summary
+from ..throttle import Throttle
+from ..wire import poller, protocol, sockets
+from ..wire.poller import POLLIN
+from ..wire.protocol import Kind, Status
 
 # I/O loops still running, including those of executors shut down with wait=False.
 _live_loops: set = set()
@@ -289,7 +292,7 @@ class _IOLoop:
         self.led_at = 0.0  # when the last one stopped
         self.deferring = False  # a leader handles messages: outcomes wait in `later`
         self.later: deque = deque()
-        self.spin = protocol.Spin(spin)  # leaders poll for a while before they sleep
+        self.spin = poller.Spin(spin)  # leaders poll for a while before they sleep
         self.link: _SocketLink | _DirectLink | None = None
 
     # -- called from user threads ---------------------------------------------
@@ -397,7 +400,7 @@ class _IOLoop:
             _live_loops.discard(self)
 
     def turn(self, limit: float | None = None, guard: _SigintDeferred | None = None,
-             spin: protocol.Spin | None = None) -> bool:
+             spin: poller.Spin | None = None) -> bool:
         """One turn of the loop: wait for messages (at most ``limit`` seconds; polling for
         a while first with ``spin``), handle them, send what waits.  True: the loop is over
         (closed, or the broker is lost)."""
@@ -651,10 +654,7 @@ class _SocketLink:
     """The I/O loop's connection to a broker elsewhere: a ZeroMQ DEALER socket."""
 
     def __init__(self, ctx: zmq.Context, address: str):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.setsockopt(zmq.IPV6, addresses.needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
-        self.sock.connect(address)
+        self.sock = sockets.dealer(ctx, address, linger=1000)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, POLLIN)
 
@@ -664,7 +664,7 @@ class _SocketLink:
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
         if self.sock not in events:
             return
-        for msg in protocol.waiting(self.sock):
+        for msg in sockets.waiting(self.sock):
             try:
                 kind, body = protocol.decode(msg[0].bytes)
                 frames = protocol.unpack(body, msg[1:])
@@ -863,7 +863,7 @@ class Executor(_StdExecutor):
         heartbeat: float = 1.0,
         liveness: int = 3,
         kill_grace: float = 2.0,
-        spin: float = protocol.SPIN,
+        spin: float = tuning.SPIN,
     ):
         if address is not None:
             addresses.check(address)  # AddressError now, not a ZMQError in the I/O thread and futures that hang
@@ -994,7 +994,7 @@ class Executor(_StdExecutor):
         with self._shutdown_lock:
             self._check_open()
             try:
-                frames = pack(call, self._functions)
+                frames = call_frames(call, self._functions)
             except SerializationError as exc:
                 fut: Future = Future()  # only this future fails; the executor stays usable
                 fut.set_exception(exc)

@@ -1,7 +1,6 @@
 """Running one task inside a worker process and packaging its outcome.
 
-A task's payload is a ``Call``: a function with its arguments, or a chunk
-of argument tuples for ``map``, packed as the function's pickle, then the
+A task's payload is a ``serialization.Call``: the function's pickle, then the
 arguments' pickle and its out-of-band buffers.  ``execute`` never raises: whatever
 happens becomes a (status, frames, meta) triple ready for a RESULT entry.
 """
@@ -11,33 +10,18 @@ from __future__ import annotations
 import builtins
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from tblib import pickling_support
 
-from . import errors, protocol, serialization, shm
-from .errors import SerializationError
+from .. import errors, serialization
+from ..errors import SerializationError
+from ..local import shm
+from ..wire import protocol
 
 # Tracebacks become picklable, so the caller sees the worker's frames.  This covers the
 # exception classes that exist now; _raised() adds those of modules imported since (numpy's
 # LinAlgError, a class of the task's own module) before it pickles an exception.
 pickling_support.install()
-
-
-@dataclass
-class Call:
-    """What a task message carries: ``fn(*args, **kwargs)``, or ``fn`` mapped over ``chunk``."""
-
-    fn: Callable
-    args: tuple = ()
-    kwargs: dict | None = None
-    chunk: list | None = None
-
-
-def pack(call: Call, functions: serialization.FunctionPickles) -> list:
-    """A call's payload frames; SerializationError names what could not be pickled."""
-    fn = functions.dumps(call.fn, "task.fn")
-    return [fn, *serialization.dumps((call.args, call.kwargs, call.chunk), "task", culprit=call)]
 
 
 # Functions this task process has unpickled, so each is unpickled once, not once per task.
@@ -49,7 +33,7 @@ def import_ahead(pickled_function: bytes) -> None:
     _functions.loads(pickled_function, "a function imported ahead")
 
 
-def unpack(frames: list) -> tuple[Callable, tuple, dict | None, list | None]:
+def unpack_call(frames: list) -> tuple[Callable, tuple, dict | None, list | None]:
     """A task's function, args, kwargs and chunk, from its payload frames."""
     what = "the task in the worker"
     if len(frames) < 2:
@@ -98,7 +82,7 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
             frames = shm.Store(shm_dir).resolve(frames, offloaded, unlink=False)
         # The call is made here, not through a Call object's method: in a fresh task
         # process every function that runs writes to pages the kernel must copy.
-        fn, args, kwargs, chunk = unpack(frames)
+        fn, args, kwargs, chunk = unpack_call(frames)
     except (ValueError, OSError) as exc:
         return failed(protocol.ERR_DESERIALIZATION, f"cannot unpickle the task in the worker: {exc}")
     except SerializationError as exc:
@@ -180,27 +164,3 @@ def _trim_traceback(exc: BaseException) -> bool:
     if hasattr(exc, "add_note"):
         exc.add_note(f"({len(frames) - 2 * half} traceback frames omitted by corral)")
     return True
-
-
-def restore_builtin_state(exc: BaseException) -> BaseException:
-    """Give unpickled builtin exceptions back what their ``__init__`` sets.
-
-    tblib rebuilds exceptions without calling ``__init__``, so attributes a
-    builtin exception derives from its args (``SystemExit.code``,
-    ``StopIteration.value``, ``UnicodeError``'s fields) would be missing.
-    Builtin ``__init__`` methods take exactly the args they produced.
-    """
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if type(e).__module__ == "builtins":
-            try:
-                type(e).__init__(e, *e.args)
-            except Exception:  # noqa: BLE001 - keep what we have
-                pass
-        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
-    return exc

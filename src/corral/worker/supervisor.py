@@ -32,10 +32,10 @@ the pipeline runs, as a call already handed to a ProcessPoolExecutor's
 process does.  Results that arrive together leave in one RESULT batch.
 
 A worker started by an embedded broker's pool talks to it over an inherited
-socket pair (``--fd``, ``protocol.Stream``) instead of a ZeroMQ socket.  A
+socket pair (``--fd``, ``stream.Stream``) instead of a ZeroMQ socket.  A
 persistent one whose supervisor need not look at each task (no max_tasks,
 max_memory, idle_timeout, fixed prefetch or spawn) also inherits a lane
-(``--lane``, ``protocol.Lane``): its task process takes its tasks from the
+(``--lane``, ``lane.Lane``): its task process takes its tasks from the
 broker and answers them there, and the supervisor only watches.  It stops
 the process when the broker asks (for a task it finds running in the page
 the process writes, ``runner.LanePage``), and when the process ends it says
@@ -49,7 +49,6 @@ backoff and joins the broker again when it is back.
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
 import socket
@@ -60,21 +59,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import containment, protocol, runner
-from .pool import exit_words
-from .protocol import (
-    CREDIT_HORIZON,
-    MAX_CREDIT,
-    PIPELINE_TASK_TIME,
-    PIPELINE_TASKS,
-    POLLIN,
-    POLLOUT,
-    STARTED_DELAY,
-    Kind,
-    Status,
-)
+from ..local.pool import exit_words
+from ..throttle import Throttle
+from ..tuning import CREDIT_HORIZON, PIPELINE_TASK_TIME, PIPELINE_TASKS, STARTED_DELAY
+from ..wire import poller, protocol, stream
+from ..wire.poller import POLLIN, POLLOUT
+from ..wire.protocol import MAX_CREDIT, Kind, Status
+from . import containment
+from . import task_process as runner
 from .template import Template, TemplateGone
-from .throttle import Throttle
 
 if TYPE_CHECKING:
     import zmq
@@ -140,7 +133,7 @@ class Worker:
         # there; we watch it.  The pool gives one only where we need not look at each task
         # (LocalPool.lanes).
         self.lane = lane
-        self.spin = spin  # seconds its task process polls the lane before it sleeps (protocol.Spin)
+        self.spin = spin  # seconds its task process polls the lane before it sleeps (poller.Spin)
         self.epoch = 0  # of the task process on the lane: tasks for an earlier one are skipped
         self.page = runner.LanePage() if lane is not None else None
         self.lane_stop: tuple | None = None  # (task id, tasks begun then, signal, grace): stop it when it begins
@@ -192,14 +185,14 @@ class Worker:
         self.warming = self.template is not None and self.setup[1] is None
         self.warmed: set[bytes] = set()  # pickled functions sent to it
         self.ctx = _zmq().Context() if fd is None else None
-        self.link: protocol.Stream | _DealerLink
+        self.link: stream.Stream | _DealerLink
         self.connect()
 
     # -- the broker connection --------------------------------------------------
 
     def connect(self) -> None:
         if self.fd is not None:
-            self.link = protocol.Stream(socket.socket(fileno=self.fd))
+            self.link = stream.Stream(socket.socket(fileno=self.fd))
         else:
             self.link = _DealerLink(self.ctx, self.address)
         self.last_heard = self.last_sent = time.monotonic()
@@ -307,10 +300,10 @@ class Worker:
             if self.broken:
                 return 3
             signal.signal(signal.SIGTERM, self.on_sigterm)
-            poller = _zmq().Poller() if self.fd is None else protocol.FdPoller()
+            waits = _zmq().Poller() if self.fd is None else poller.FdPoller()
             while not self.stopping:
                 link = self.link.poll_key  # writable matters only while output waits
-                poller.register(link, POLLIN | (POLLOUT if self.link.pending else 0))
+                waits.register(link, POLLIN | (POLLOUT if self.link.pending else 0))
                 # The task process's socket, and its end (a pidfd): seen even while a process it
                 # forked holds that socket open.  Looked at only while it is still the one we watched:
                 # its successor may get the same descriptor numbers.
@@ -319,16 +312,16 @@ class Worker:
                 ended = watched.pidfd if watched is not None else None
                 for each in (fd, ended):
                     if each is not None:
-                        poller.register(each, POLLIN)
+                        waits.register(each, POLLIN)
                 importing = self.template is not None and self.template.importing > 0
                 if importing:
-                    poller.register(self.template, POLLIN)
-                events = dict(poller.poll(self.poll_timeout() * 1000))
+                    waits.register(self.template, POLLIN)
+                events = dict(waits.poll(self.poll_timeout() * 1000))
                 for each in (fd, ended):
                     if each is not None:
-                        poller.unregister(each)
+                        waits.unregister(each)
                 if importing:
-                    poller.unregister(self.template)
+                    waits.unregister(self.template)
                     if self.template.fileno() in events:
                         self.template_answered()
                 if events.get(link, 0) & POLLOUT:
@@ -350,7 +343,7 @@ class Worker:
                 if self.template is not None:
                     self.template.flush()  # what the spare's FORK did not take along
                 if not self.housekeeping():
-                    poller.unregister(link)
+                    waits.unregister(link)
                     if not self.reconnect():
                         break
             self.flush()
@@ -944,19 +937,14 @@ class Worker:
 
 
 class _DealerLink:
-    """A worker's connection to a broker elsewhere: a ZeroMQ DEALER with a ``protocol.Stream``'s methods."""
+    """A worker's connection to a broker elsewhere: a ZeroMQ DEALER with a ``stream.Stream``'s methods."""
 
     pending = False  # ZeroMQ queues what we send
     eof = False  # a broker that went away is found by its silence
 
     def __init__(self, ctx: zmq.Context, address: str):
-        from .addresses import needs_ipv6  # standalone workers only: local ones talk over socket pairs
-
-        zmq = _zmq()
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 2000)
-        self.sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
-        self.sock.connect(address)
+        self.sockets = _sockets()
+        self.sock = self.sockets.dealer(ctx, address, linger=2000)
         self.poll_key = self.sock
 
     def send(self, frames: list) -> None:
@@ -964,7 +952,7 @@ class _DealerLink:
 
     def receive(self) -> list[list]:
         """The messages waiting, their frames as buffers."""
-        return [[f.buffer for f in msg] for msg in protocol.waiting(self.sock)]
+        return [[f.buffer for f in msg] for msg in self.sockets.waiting(self.sock)]
 
     def flush(self) -> None:
         pass
@@ -982,6 +970,13 @@ def _zmq():
     import zmq
 
     return zmq
+
+
+def _sockets():
+    """corral's ZeroMQ sockets (``wire.sockets``), imported as ZeroMQ is: only when a broker is dialled."""
+    from ..wire import sockets
+
+    return sockets
 
 
 def _malformed_task(task: Held) -> str | None:
@@ -1007,151 +1002,3 @@ def _task_header(tasks: list[Held]) -> tuple:
 
 def _stopped(task: Held, reason: str, how: str) -> tuple[Status, list, dict]:
     return Status.FAILED, [], protocol.stopped(reason, task.options.get("timeout"), how)
-
-
-class _ClientFiles:
-    """The private directories of the client that started us (its bootstrap file, its shared
-    memory), which a client that died without cleaning up leaves to its workers to remove."""
-
-    def __init__(self, parent: int, dirs: list[str]):
-        self.parent = parent
-        self.dirs = dirs
-
-    def remove(self) -> None:
-        import shutil
-
-        for path in self.dirs:
-            shutil.rmtree(path, ignore_errors=True)
-
-    def remove_if_client_dies(self, patience: float) -> None:
-        """Remove them if the client is gone, or goes within ``patience`` seconds."""
-        deadline = time.monotonic() + patience
-        while os.getppid() == self.parent and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if os.getppid() != self.parent:
-            self.remove()
-
-    def after_sigterm(self) -> None:
-        """We were sent SIGTERM.  If our client was too (the whole process group: ``timeout``,
-        a batch system, a shell's kill of a job), it dies without removing its files: we do.
-        If only we were (``terminate_workers()``), the client lives and removes them itself."""
-        hold_on = time.monotonic() + TERM_SPREAD  # the signal may reach the client a moment after us
-        while not _dying(self.parent):
-            if time.monotonic() >= hold_on:
-                return
-            time.sleep(0.002)
-        self.remove_if_client_dies(2.0)
-
-
-TERM_SPREAD = 0.02  # seconds a signal sent to a process group may take to reach all of it
-# Signals whose default action ends a process: one of these pending means it is dying.
-_FATAL = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-
-
-def _dying(pid: int) -> bool:
-    """Has ``pid`` ended, is it exiting, or has it a fatal signal pending (Linux's /proc)?"""
-    if os.getppid() != pid:
-        return True
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return True
-    if fields.get("State", "").split()[:1] in (["Z"], ["X"]):
-        return True
-    pending = 0
-    for key in ("SigPnd", "ShdPnd"):
-        try:
-            pending |= int(fields.get(key, "0").strip(), 16)
-        except ValueError:
-            pass
-    return any(pending & (1 << (int(sig) - 1)) for sig in _FATAL)
-
-
-def _follow_parent(files: _ClientFiles, worker: list) -> None:
-    """Exit when the process that started us dies, even by SIGKILL.
-
-    The parent-death signal is SIGHUP, used for nothing else, so that we
-    first stop our task processes with what their tasks started (``worker``
-    holds the Worker once there is one) and remove the client's private
-    directories, which a SIGKILLed client could not.
-    """
-
-    def on_parent_death(signum, frame):
-        if worker:
-            worker[0].leave_now()
-        files.remove()
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGHUP, on_parent_death)
-    runner.die_with_parent(signal.SIGHUP)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of a worker process started by a pool: ``python -m corral.worker``."""
-    import argparse
-
-    from .argtypes import integer, seconds, size
-
-    p = argparse.ArgumentParser(prog="corral-worker-process")
-    p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
-    p.add_argument("--fd", type=int, default=None, help="a socket pair to the broker, inherited (instead of address)")
-    p.add_argument("--lane", type=int, default=None, help="with --fd: a second socket pair, for tasks and results")
-    p.add_argument("--spin", type=seconds(zero=True), default=0.0,
-                   help="with --lane: seconds to poll it before sleeping")
-    p.add_argument("--fresh", action="store_true")
-    p.add_argument("--prefetch", type=integer(0), default=None)
-    p.add_argument("--max-tasks", type=integer(1), default=None)
-    p.add_argument("--bootstrap", default=None, help="file with the pickled sys.path and initializer")
-    p.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
-    p.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
-    p.add_argument("--idle-timeout", type=seconds(), default=None)
-    p.add_argument("--max-memory", type=size, default=None)
-    p.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again (standalone)")
-    p.add_argument("--shm", default=None, help="the client's directory for large buffers (shm.py)")
-    args = p.parse_args(argv)
-    if (args.address is None) == (args.fd is None):
-        p.error("give either the broker's address or --fd")
-    files = None
-    made: list[Worker] = []  # the worker, once made: the parent-death handler stops its processes
-    if args.parent:
-        files = _ClientFiles(args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap),
-                                                       args.shm) if d])
-        _follow_parent(files, made)
-        if os.getppid() != args.parent:
-            return 0
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
-    setup: tuple = (None, None, args.shm)
-    if args.bootstrap:
-        with open(args.bootstrap, "rb") as f:
-            setup = (*pickle.load(f), args.shm)
-        sys.path[:] = setup[0]
-    worker = Worker(
-        args.address,
-        fd=args.fd,
-        lane=args.lane,
-        spin=args.spin,
-        fresh=args.fresh,
-        prefetch=args.prefetch,
-        max_tasks=args.max_tasks,
-        parent_pid=args.parent,
-        setup=setup,
-        spawn=args.spawn,
-        idle_timeout=args.idle_timeout,
-        max_memory=args.max_memory,
-        reconnect=args.reconnect,
-    )
-    made.append(worker)
-    if files is not None:
-        worker.on_terminated = files.after_sigterm
-    code = worker.run()
-    if files is not None and worker.link.eof:
-        # Our broker's socket pair closed: the client died.  Its files are ours to remove; the
-        # parent-death signal that would do it may come after we are gone.  The kernel closes a
-        # dying process's sockets before it reparents its children, so wait for that.
-        files.remove_if_client_dies(2.0)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -73,7 +73,10 @@ import threading
 import time
 import warnings
 
-from . import containment, execution, protocol, runner, serialization
+from .. import serialization
+from ..wire.stream import size_buffers
+from . import containment, execution
+from . import task_process as runner
 
 FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
 _REQUEST = struct.Struct("!ci")  # operation, pid (FORK: one to collect, or 0; IMPORT: the pickle's length)
@@ -112,7 +115,7 @@ class Template:
     def fork(self) -> runner.TaskProcess:
         """A new task process, connected to us by a socket pair."""
         ours, theirs = socket.socketpair()
-        protocol.size_buffers(theirs, runner.SOCKET_BUFFER)  # here, not in the task process
+        size_buffers(theirs, runner.SOCKET_BUFFER)  # here, not in the task process
         try:
             collect = self.to_collect.pop() if self.to_collect else 0
             self.flush()
@@ -380,7 +383,7 @@ def _warm_up(setup: tuple) -> None:
     """
     ours, theirs = socket.socketpair()
     supervisor = runner.Channel(ours.fileno())
-    task = execution.pack(execution.Call(len, ([],)), serialization.FunctionPickles())
+    task = serialization.call_frames(serialization.Call(len, ([],)), serialization.FunctionPickles())
     bare = (setup[0], None, None)  # the user's initializer runs in task processes only
     try:
         for gid in range(WARM_UP_ROUNDS):

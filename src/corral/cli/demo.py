@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 
-from .client import Executor
+from ..client.executor import Executor
 
 
 def count_inside(seed: int, samples: int) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from argparse import ArgumentTypeError
 from collections.abc import Callable
 
-from . import addresses
-from .errors import AddressError
-from .options import check_seconds, parse_size, seconds_rule
+from .. import addresses
+from ..errors import AddressError
+from ..options import check_seconds, parse_size, seconds_rule
 
 
 def connect_address(text: str) -> str:

@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import containment
-from .protocol import SPIN, STREAM_BUFFER, size_buffers
+from ..tuning import SPIN
+from ..wire.stream import STREAM_BUFFER, size_buffers
+from ..worker import containment
 
 START_RETRY = 5.0  # seconds between tries to start workers the system refused
 
@@ -119,7 +120,7 @@ class LocalPool:
         self.max_memory = max_memory
         self.reconnect = reconnect
         self.shm = shm
-        self.spin = spin  # seconds a lane's task process polls before it sleeps (protocol.Spin)
+        self.spin = spin  # seconds a lane's task process polls before it sleeps (poller.Spin)
         self.connect: Callable[..., None] | None = None  # set by the broker when address is None
         # A persistent worker's task process takes tasks from the broker directly, on a lane
         # (runner.py), where its supervisor need not see each task: not to count them

@@ -14,9 +14,9 @@ import sys
 import time
 import warnings
 
-from . import __version__, addresses
+from .. import __version__, addresses
+from ..errors import InsecureAddressError
 from .argtypes import connect_address, integer, listen_address, seconds, size
-from .errors import InsecureAddressError
 
 
 def check_listen_address(address: str, insecure: bool) -> None:
@@ -40,7 +40,7 @@ def check_listen_address(address: str, insecure: bool) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from .broker import Broker
+    from ..broker.broker import Broker
 
     check_listen_address(args.listen, args.insecure)
     broker = Broker(args.listen, heartbeat=args.heartbeat, liveness=args.liveness)
@@ -84,7 +84,7 @@ class Restarts:
 
     def ended(self, pid: int, returncode: int, now: float) -> str | None:
         """Account for a process that ended; the line to print, if it failed."""
-        from .pool import exit_words
+        from ..local.pool import exit_words
 
         lived = now - self.started.pop(pid, now)
         if returncode == 0:
@@ -107,7 +107,7 @@ class Restarts:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .pool import LocalPool, WorkerStartError, refusal
+    from ..local.pool import LocalPool, WorkerStartError, refusal
 
     problem = refusal(args.processes, args.fresh)
     if problem:
@@ -205,6 +205,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corral {args.command}: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,11 +15,11 @@ A persistent worker keeps one task process for many tasks (and replaces it
 after ``max_tasks``, a timeout, a kill, or too much memory); a fresh worker
 starts one per task, which exits after replying.  Task processes are forked
 from the supervisor, which has imported nothing of the user's, or spawned as
-new interpreters (``python -m corral.runner FD``) where fork is unavailable or
+new interpreters (``python -m corral.worker.task_process FD``) where fork is unavailable or
 the user asked for ``spawn``.
 
 A persistent worker started by an embedded broker's pool also has a lane
-(``protocol.Lane``): its task process then takes its tasks from the broker
+(``wire.lane.Lane``): its task process then takes its tasks from the broker
 and answers them there itself, and tells the supervisor nothing per task;
 it only notes, in a page of memory the two share, how many tasks it has
 begun and which one runs (``LanePage``), so that the supervisor can say,
@@ -51,8 +51,13 @@ import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
-from . import containment, protocol, serialization
-from .errors import ProtocolError
+from .. import serialization
+from ..errors import ProtocolError
+from ..wire import protocol
+from ..wire.lane import Lane
+from ..wire.poller import Spin
+from ..wire.stream import size_buffers
+from . import containment
 from .execution import execute
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
@@ -78,7 +83,7 @@ class Channel:
         self.buffer = b""  # the last read (and what was left of the one before); taken up to ``pos``
         self.pos = 0
         if self.sock is not None:
-            protocol.size_buffers(self.sock, SOCKET_BUFFER)
+            size_buffers(self.sock, SOCKET_BUFFER)
 
     def fileno(self) -> int:
         return self.fd
@@ -257,7 +262,7 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None,
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
-        cmd = [sys.executable, "-m", "corral.runner", str(theirs.fileno())]
+        cmd = [sys.executable, "-m", "corral.worker.task_process", str(theirs.fileno())]
         popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
         if family is not None:
@@ -422,9 +427,9 @@ RESULT_BATCH_BYTES = 64 << 10
 
 def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None) -> int:
     """Take tasks from the lane and answer them there as they end, until the broker is gone."""
-    link = protocol.Lane(socket.socket(fileno=fd), blocking=True)
+    link = Lane(socket.socket(fileno=fd), blocking=True)
     task_time = 1.0  # moving average; nothing waits until tasks prove short
-    spin = protocol.Spin(spin_limit)
+    spin = Spin(spin_limit)
     while True:
         try:
             waiting = time.perf_counter()
@@ -467,10 +472,10 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
 def flush_stdio() -> None:
     """Flush what user code printed: a task process leaves with ``os._exit``, which
     would drop it (stdout to a pipe or a file is block-buffered)."""
-    for stream in (sys.stdout, sys.stderr):
+    for out in (sys.stdout, sys.stderr):
         try:
-            if stream is not None:
-                stream.flush()
+            if out is not None:
+                out.flush()
         except Exception:  # noqa: BLE001 - closed, broken or replaced by the task: nothing to deliver
             pass
 
@@ -500,7 +505,7 @@ def die_with_parent(sig: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """A spawned task process: ``python -m corral.runner FD``."""
+    """A spawned task process: ``python -m corral.worker.task_process FD``."""
     argv = sys.argv[1:] if argv is None else argv
     conn = Channel(socket.socket(fileno=int(argv[0])))
     try:

@@ -17,11 +17,11 @@ per-client batches it accumulated, so a burst costs one send per peer.
 
 An embedded broker (one with a pool) has no ZeroMQ socket at all: its client
 calls it in the same thread, and each worker of its pool gets one end of a
-socket pair when it is started (``protocol.Stream``): nothing else can
+socket pair when it is started (``stream.Stream``): nothing else can
 connect, and a message costs one system call instead of two ZeroMQ I/O
 thread hand-offs.
 
-A persistent worker of its pool may have a lane (``protocol.Lane``): the
+A persistent worker of its pool may have a lane (``lane.Lane``): the
 broker then sends its TASKS to the worker's task process directly and reads
 the results from it, sizing the batches itself (``_lane_window``), marking
 the oldest task the lane holds as begun (its STARTED after 2 ms, its timeout),
@@ -52,12 +52,15 @@ from typing import Any
 
 import zmq
 
-from . import protocol
-from .addresses import needs_ipv6
-from .errors import ProtocolError
-from .pool import LocalPool, exit_words
-from .protocol import POLLIN, POLLOUT, Kind, Lane, Status, Stream
-from .throttle import Throttle
+from .. import tuning
+from ..errors import ProtocolError
+from ..local.pool import LocalPool, exit_words
+from ..throttle import Throttle
+from ..wire import poller, protocol, sockets
+from ..wire.lane import Lane
+from ..wire.poller import POLLIN, POLLOUT
+from ..wire.protocol import Kind, Status
+from ..wire.stream import Stream
 
 DEFAULT_RETRIES = 2
 SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
@@ -179,7 +182,7 @@ class Broker:
         if self.workers_sock is not None and self.workers_sock is not self.clients_sock:
             self.routers.append(self.workers_sock)
         # zmq_poll only where ZeroMQ sockets are: an embedded broker waits in one poll(2).
-        self.poller = zmq.Poller() if self.routers else protocol.FdPoller()
+        self.poller = zmq.Poller() if self.routers else poller.FdPoller()
         for sock in self.routers:
             self.poller.register(sock, POLLIN)
         self.paired: dict[bytes, Paired] = {}  # the pool's workers on socket pairs, by identity
@@ -210,12 +213,7 @@ class Broker:
 
     def _router(self, address: str) -> zmq.Socket:
         _raise_descriptor_limit()
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot bind an IPv6 address
-        sock.bind(address)
-        return sock
+        return sockets.router(self.ctx, address)
 
     # -- the loop ------------------------------------------------------------
 
@@ -383,7 +381,7 @@ class Broker:
         task = self.lane_head(w)
         if task is None or w.epoch is None:
             return None
-        due = None if w.head_reported else w.head_since + protocol.STARTED_DELAY
+        due = None if w.head_reported else w.head_since + tuning.STARTED_DELAY
         limit = task.options.get("timeout")
         if limit and not w.stopping:
             due = min(due or 1e300, w.head_since + limit)
@@ -394,7 +392,7 @@ class Broker:
             task = self.lane_head(w)
             if task is None or w.epoch is None:
                 continue
-            if not w.head_reported and now - w.head_since >= protocol.STARTED_DELAY:
+            if not w.head_reported and now - w.head_since >= tuning.STARTED_DELAY:
                 w.head_reported = True
                 self.outbox(task.client).started.append(task.cid)
             limit = task.options.get("timeout")
@@ -1106,9 +1104,9 @@ def _seconds(value: Any) -> float:
 def _lane_window(w: WorkerState) -> int:
     """How many tasks to put on a lane at once: the one running, and while tasks are short
     (they can no longer be cancelled there), enough for CREDIT_HORIZON seconds of work."""
-    if w.task_time is None or w.task_time > protocol.PIPELINE_TASK_TIME:
+    if w.task_time is None or w.task_time > tuning.PIPELINE_TASK_TIME:
         return 1
-    return max(2, min(protocol.PIPELINE_TASKS, int(protocol.CREDIT_HORIZON / max(w.task_time, 1e-6))))
+    return max(2, min(tuning.PIPELINE_TASKS, int(tuning.CREDIT_HORIZON / max(w.task_time, 1e-6))))
 
 
 def _count(value: Any) -> int:

@@ -1,0 +1,1 @@
+"""The broker role: the one place that knows where every task is (``broker.py``)."""

@@ -1,0 +1,81 @@
+"""Waiting for descriptors: poll, then sleep.
+
+``FdPoller`` is ``zmq.Poller``'s interface over ``select.poll`` for plain
+descriptors (one system call instead of two); ``Spin`` decides how long a
+waiter polls without sleeping first, and why that pays.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+from ..tuning import SPIN
+
+# ZeroMQ's poll flags as plain ints: pyzmq's are enum flags, and each operation on
+# one costs microseconds in a loop that runs for every message.
+POLLIN, POLLOUT = 1, 2
+
+
+
+
+class Spin:
+    """How long a waiter polls before it sleeps: its limit (SPIN) while its waits are short.
+
+    A process that sleeps in poll(2) or recv(2) lets its CPU go idle, and an idle CPU
+    sleeps too: waking the process then costs the waker an interrupt to that CPU and
+    the sleeper the time for it to come back, tens of microseconds on a virtual
+    machine, most of a no-op round trip.  A waiter whose recent waits (a moving
+    average) were shorter than its limit polls without sleeping for up to that long,
+    yielding its CPU to any other runnable process at each poll; one whose waits are
+    longer (long tasks, an idle pool) sleeps at once.
+    """
+
+    def __init__(self, limit: float | None = None):
+        self.limit = SPIN if limit is None else limit
+        self.typical = self.limit  # nothing is spent on spinning until waits prove short
+
+    def budget(self) -> float:
+        """Seconds to poll before sleeping, for the next wait."""
+        return self.limit if self.typical < self.limit else 0.0
+
+    def waited(self, seconds: float) -> None:
+        self.typical = 0.8 * self.typical + 0.2 * seconds
+
+
+class FdPoller:
+    """``zmq.Poller``'s interface over ``select.poll``, for plain file descriptors.
+
+    Where no ZeroMQ socket is involved (an embedded broker, a worker on a socket
+    pair) this is one poll(2) per call; ``zmq_poll`` makes two.  Flags are
+    ZeroMQ's (POLLIN 1, POLLOUT 2); a hang-up or an error reads as POLLIN, so
+    that the reader finds out.
+    """
+
+    def __init__(self) -> None:
+        self.poll_object = select.poll()
+
+    def register(self, obj, flags: int) -> None:
+        fd = obj if isinstance(obj, int) else obj.fileno()
+        wanted = (select.POLLIN if flags & POLLIN else 0) | (select.POLLOUT if flags & POLLOUT else 0)
+        self.poll_object.register(fd, wanted)
+
+    def unregister(self, obj) -> None:
+        self.poll_object.unregister(obj if isinstance(obj, int) else obj.fileno())
+
+    def poll(self, timeout: float | None = None, spin: float = 0.0) -> list[tuple[int, int]]:
+        """Ready descriptors as (fd, flags); ``timeout`` in milliseconds, None: forever;
+        polling without sleeping for the first ``spin`` seconds of it (see Spin)."""
+        readable = select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL
+        happened = []
+        if spin and timeout != 0:
+            deadline = time.perf_counter() + (spin if timeout is None else min(spin, timeout / 1000))
+            while not (happened := self.poll_object.poll(0)) and time.perf_counter() < deadline:
+                os.sched_yield()
+        if not happened:
+            happened = self.poll_object.poll(timeout)
+        return [
+            (fd, (POLLIN if flags & readable else 0) | (POLLOUT if flags & select.POLLOUT else 0))
+            for fd, flags in happened
+        ]

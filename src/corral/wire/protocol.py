@@ -1,0 +1,279 @@
+"""The corral wire protocol: every message kind, how it is framed and parsed.
+
+This module is the only place that builds or reads message headers; the
+client, broker and worker all go through it.  ``docs/protocol.md`` is the
+specification; keep the two in step.
+
+A message is a multipart message::
+
+    frame 0      header: 1 byte version, 1 byte kind, UTF-8 JSON object
+    frame 1..n   opaque payload frames (pickles and out-of-band buffers)
+
+It travels as a ZeroMQ multipart message (``sockets.py``), or, between an
+embedded broker and the workers it started, over a socket pair
+(``stream.py``) or a task process's lane (``lane.py``): the same frames,
+preceded by their count and sizes.
+
+The broker parses only frame 0, a small JSON object with a size limit, so a
+malicious payload can never run code in it.  Batched kinds (SUBMIT, TASKS,
+RESULT) carry a list of entries in the header; each entry says how many of
+the following payload frames belong to it, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from enum import IntEnum
+from typing import Any
+
+from ..errors import ProtocolError
+
+VERSION = 2
+MAX_HEADER_BYTES = 1 << 20
+
+
+class Kind(IntEnum):
+    """Message kinds.  Direction: C client, B broker, W worker."""
+
+    HELLO = 1  # C->B, W->B: first message, announces role and identity facts
+    WELCOME = 2  # B->C, B->W: accepts a HELLO; carries the heartbeat interval
+    SUBMIT = 3  # C->B: a batch of tasks, entries [task_id, nframes, options]
+    CANCEL = 4  # C->B, B->W: task ids to drop if not started yet
+    STARTED = 5  # W->B, B->C: task ids a worker has begun to run
+    RESULT = 6  # W->B, B->C: a batch of outcomes, entries [task_id, status, nframes, meta]
+    READY = 7  # W->B: grants the broker credit for N more tasks
+    TASKS = 8  # B->W: a batch of tasks, entries [task_id, nframes, options]
+    HEARTBEAT = 9  # any direction: "I am alive"; no body needed
+    BYE = 10  # C->B, W->B: orderly disconnect
+    STATUS = 11  # C->B: asks for the broker's view (workers, queue)
+    STATUS_REPLY = 12  # B->C: answer to STATUS
+    SHUTDOWN = 13  # B->W: finish the current task, then exit
+    ERROR = 14  # B->C, B->W: a request was refused; ``code`` says why (UNKNOWN_PEER: say HELLO again)
+    KILL = 15  # C->B, B->W: stop these running tasks' processes (or all of a client's)
+    CANCELLED = 16  # W->B, B->C: verdicts on CANCEL: ids dropped before they ran, ids already running
+    LANE = 17  # W->B: the worker's task process reads its lane now, taking tasks of this epoch
+    ENDED = 18  # W->B: the worker's task process on a lane ended: how, and the task it was running
+
+
+class Status(IntEnum):
+    """How a task ended, in RESULT entries."""
+
+    OK = 0  # payload frames: the pickled return value
+    RAISED = 1  # payload frames: the pickled exception raised by the task
+    FAILED = 2  # no payload; meta["error"] names the failure, meta["message"] explains
+
+
+# Names of FAILED errors, mapped to exception classes by the client.
+ERR_SERIALIZATION = "serialization"  # pickling failed
+ERR_DESERIALIZATION = "deserialization"  # unpickling failed
+ERR_WORKER_LOST = "worker_lost"
+ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
+ERR_CANCELLED = "cancelled"
+ERR_TIMEOUT = "timeout"  # the task outran its timeout; its process was killed
+ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went away
+
+# Codes of ERROR messages.
+UNKNOWN_PEER = "unknown_peer"  # the broker does not know the sender (it restarted, or dropped it): HELLO again
+REFUSED = "refused"  # the broker refuses this peer (too many peers, a claim it may not make): it is not served
+
+def stopped(reason: str, timeout: Any, how: str) -> dict[str, Any]:
+    """The FAILED meta of a task whose process was stopped: ``reason`` "timeout" or "killed"."""
+    if reason == "timeout":
+        return {"error": ERR_TIMEOUT, "message": f"the task ran longer than its timeout of {timeout} s and was "
+                                                 f"stopped: {how}"}
+    return {"error": ERR_KILLED, "message": f"the task was killed: {how}"}
+
+
+MAX_CREDIT = 512  # tasks a worker may hold at once (credit it may grant): more is a mistake
+MAX_RETRIES = 1000  # a task's retries option: more is a mistake (or an attack on the workers)
+MAX_NAME = 200  # characters of a peer's name or host kept from its HELLO
+MAX_TEXT = 64 << 10  # characters of a traceback or message kept from a peer
+
+
+# Made once: json.dumps with options builds a new encoder at every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_DECODER = json.JSONDecoder()
+
+
+def encode(kind: Kind, body: dict[str, Any] | None = None) -> bytes:
+    """Build header frame 0 for ``kind`` with an optional JSON ``body``."""
+    text = _ENCODER.encode(body).encode() if body else b""
+    return bytes((VERSION, kind)) + text
+
+
+def decode(frame: bytes) -> tuple[Kind, dict[str, Any]]:
+    """Parse header frame 0.  Raises ProtocolError for anything malformed."""
+    if len(frame) < 2:
+        raise ProtocolError(f"header too short ({len(frame)} bytes)")
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header too large ({len(frame)} bytes)")
+    if frame[0] != VERSION:
+        raise ProtocolError(f"unsupported protocol version {frame[0]} (this side speaks {VERSION})")
+    try:
+        kind = Kind(frame[1])
+    except ValueError:
+        raise ProtocolError(f"unknown message kind {frame[1]}") from None
+    if len(frame) == 2:
+        return kind, {}
+    try:
+        body = _DECODER.decode(bytes(frame[2:]).decode())
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
+        raise ProtocolError(f"header body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("header body is not a JSON object")
+    return kind, body
+
+
+def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> list[tuple[list, list]]:
+    """Pair each entry of a batched header with its payload frames.
+
+    ``width`` is the number of fields an entry must have; field 0 is the task
+    id (an int) and the field at index ``nframes_at(key)`` the frame count.
+    """
+    entries = body.get(key)
+    if not isinstance(entries, list):
+        raise ProtocolError(f"missing list {key!r}")
+    if len(entries) > MAX_BATCH:
+        raise ProtocolError(f"{len(entries)} {key} entries in one message (at most {MAX_BATCH})")
+    count_at = 2 if key == "results" else 1
+    out, pos = [], 0
+    for entry in entries:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != width
+            or type(entry[0]) is not int
+            or type(entry[count_at]) is not int
+            or entry[count_at] < 0
+            or not isinstance(entry[-1], dict)
+        ):
+            raise ProtocolError(f"malformed {key} entry {entry!r:.80}")
+        n = entry[count_at]
+        out.append((entry, frames[pos : pos + n]))
+        pos += n
+    if pos != len(frames):
+        raise ProtocolError(f"{key}: entries name {pos} frames, message has {len(frames)}")
+    return out
+
+
+MAX_BATCH = 2000  # entries per batched message: keeps every header far below MAX_HEADER_BYTES
+
+
+MAX_IDS = 20_000  # task ids per CANCEL, CANCELLED, STARTED or KILL: at most ~420 KB of JSON
+
+
+def ids(body: dict[str, Any], key: str = "ids") -> list[int]:
+    """A list of task ids from a header (none if absent); ProtocolError if it is anything else."""
+    value = body.get(key, ())
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_IDS or any(type(i) is not int for i in value):
+        raise ProtocolError(f"{key!r} is not a list of at most {MAX_IDS} task ids")
+    return list(value)
+
+
+def seconds(value: Any, what: str, most: float = 1e9) -> float:
+    """A finite number of seconds from 0 to ``most``; ProtocolError if it is anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
+        raise ProtocolError(f"bad {what} {value!r:.40}")
+    return float(value)
+
+
+def timing(body: dict[str, Any], heartbeat: float, liveness: int) -> tuple[float, int]:
+    """A WELCOME's heartbeat interval and liveness (the current ones where it names none)."""
+    beat = seconds(body.get("heartbeat", heartbeat), "heartbeat", 3600.0)
+    count = body.get("liveness", liveness)
+    if beat <= 0 or type(count) is not int or not 1 <= count <= 1000:
+        raise ProtocolError(f"bad heartbeat {beat!r} or liveness {count!r:.20}")
+    return beat, count
+
+
+def text(value: Any, limit: int = MAX_TEXT) -> str:
+    """A peer's string, at most ``limit`` characters (anything else is shown as its repr)."""
+    return (value if isinstance(value, str) else repr(value))[:limit]
+
+
+def id_chunks(ids: list) -> Iterator[list]:
+    """``ids`` in lists short enough for one header each (at least one list, maybe empty)."""
+    yield ids[:MAX_IDS]
+    for start in range(MAX_IDS, len(ids), MAX_IDS):
+        yield ids[start : start + MAX_IDS]
+
+
+def batches(entries: list, frames: list, count_at: int):
+    """Split a batch into messages of at most MAX_BATCH entries, each with its own frames."""
+    pos = 0
+    for start in range(0, len(entries), MAX_BATCH):
+        chunk = entries[start : start + MAX_BATCH]
+        n = sum(entry[count_at] for entry in chunk)
+        yield chunk, frames[pos : pos + n]
+        pos += n
+
+
+PACK_BELOW = 64 << 10  # payload frames smaller than this travel packed together in one frame
+
+
+def pack(body: dict[str, Any], frames: list) -> list:
+    """Pack a batch's small payload frames into one leading frame, to send.
+
+    A batch of a thousand no-ops is two frames instead of a thousand: each
+    ZeroMQ frame costs the sender and the receiver a few microseconds, a
+    packed one only its bytes.  ``body["packed"]`` gets every frame's size,
+    or -1 for a large frame, which follows the packed one on its own, never
+    copied.
+    """
+    if len(frames) < 2:
+        return frames
+    sizes, small, large = [], [], []
+    for frame in frames:
+        n = len(frame)
+        if n < PACK_BELOW:
+            sizes.append(n)
+            small.append(frame)
+        else:
+            sizes.append(-1)
+            large.append(frame)
+    body["packed"] = sizes
+    return [b"".join(small), *large]
+
+
+def message(kind: Kind, body: dict[str, Any] | None = None, frames: list = ()) -> list:
+    """A whole message to send: header frame 0, then the payload frames, packed."""
+    if not frames:
+        return [encode(kind, body)]
+    body = dict(body or {})
+    frames = pack(body, list(frames))
+    return [encode(kind, body), *frames]
+
+
+def unpack(body: dict[str, Any], frames: list) -> list:
+    """The payload frames of a received message, packed or not (see ``pack``)."""
+    sizes = body.get("packed")
+    if sizes is None:
+        return frames
+    if not isinstance(sizes, list) or not frames:
+        raise ProtocolError("malformed 'packed' list")
+    blob = frames[0].buffer if hasattr(frames[0], "buffer") else memoryview(frames[0])
+    out, pos, large = [], 0, iter(frames[1:])
+    for n in sizes:
+        if not isinstance(n, int) or isinstance(n, bool) or n < -1:
+            raise ProtocolError(f"bad packed frame size {n!r:.40}")
+        if n == -1:
+            frame = next(large, None)
+            if frame is None:
+                raise ProtocolError("'packed' names more large frames than the message has")
+            out.append(frame)
+        else:
+            out.append(blob[pos : pos + n])
+            pos += n
+    if pos != len(blob) or next(large, None) is not None:
+        raise ProtocolError("'packed' sizes do not match the message's frames")
+    return out
+
+
+def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None) -> list:
+    """An entry of SUBMIT or TASKS."""
+    return [task_id, nframes, options or {}]
+
+
+def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any] | None = None) -> list:
+    """An entry of RESULT."""
+    return [task_id, int(status), nframes, meta or {}]

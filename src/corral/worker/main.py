@@ -1,0 +1,164 @@
+"""A worker process's life, from its command line to its exit: ``python -m corral.worker``.
+
+A pool (the executor's own, or ``corral worker``'s) starts each worker as
+``python -m corral.worker ADDRESS | --fd N [options]``.  This module parses that
+command line, follows the parent that started it (a worker outlives neither
+its client nor, if the whole process group is signalled, the client's files),
+and runs the supervisor (``supervisor.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+
+from . import task_process as runner
+from .supervisor import Worker
+
+
+class _ClientFiles:
+    """The private directories of the client that started us (its bootstrap file, its shared
+    memory), which a client that died without cleaning up leaves to its workers to remove."""
+
+    def __init__(self, parent: int, dirs: list[str]):
+        self.parent = parent
+        self.dirs = dirs
+
+    def remove(self) -> None:
+        import shutil
+
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def remove_if_client_dies(self, patience: float) -> None:
+        """Remove them if the client is gone, or goes within ``patience`` seconds."""
+        deadline = time.monotonic() + patience
+        while os.getppid() == self.parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if os.getppid() != self.parent:
+            self.remove()
+
+    def after_sigterm(self) -> None:
+        """We were sent SIGTERM.  If our client was too (the whole process group: ``timeout``,
+        a batch system, a shell's kill of a job), it dies without removing its files: we do.
+        If only we were (``terminate_workers()``), the client lives and removes them itself."""
+        hold_on = time.monotonic() + TERM_SPREAD  # the signal may reach the client a moment after us
+        while not _dying(self.parent):
+            if time.monotonic() >= hold_on:
+                return
+            time.sleep(0.002)
+        self.remove_if_client_dies(2.0)
+
+
+TERM_SPREAD = 0.02  # seconds a signal sent to a process group may take to reach all of it
+# Signals whose default action ends a process: one of these pending means it is dying.
+_FATAL = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def _dying(pid: int) -> bool:
+    """Has ``pid`` ended, is it exiting, or has it a fatal signal pending (Linux's /proc)?"""
+    if os.getppid() != pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return True
+    if fields.get("State", "").split()[:1] in (["Z"], ["X"]):
+        return True
+    pending = 0
+    for key in ("SigPnd", "ShdPnd"):
+        try:
+            pending |= int(fields.get(key, "0").strip(), 16)
+        except ValueError:
+            pass
+    return any(pending & (1 << (int(sig) - 1)) for sig in _FATAL)
+
+
+def _follow_parent(files: _ClientFiles, worker: list) -> None:
+    """Exit when the process that started us dies, even by SIGKILL.
+
+    The parent-death signal is SIGHUP, used for nothing else, so that we
+    first stop our task processes with what their tasks started (``worker``
+    holds the Worker once there is one) and remove the client's private
+    directories, which a SIGKILLed client could not.
+    """
+
+    def on_parent_death(signum, frame):
+        if worker:
+            worker[0].leave_now()
+        files.remove()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGHUP, on_parent_death)
+    runner.die_with_parent(signal.SIGHUP)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a worker process started by a pool: ``python -m corral.worker``."""
+    import argparse
+
+    from ..cli.argtypes import integer, seconds, size
+
+    p = argparse.ArgumentParser(prog="corral-worker-process")
+    p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
+    p.add_argument("--fd", type=int, default=None, help="a socket pair to the broker, inherited (instead of address)")
+    p.add_argument("--lane", type=int, default=None, help="with --fd: a second socket pair, for tasks and results")
+    p.add_argument("--spin", type=seconds(zero=True), default=0.0,
+                   help="with --lane: seconds to poll it before sleeping")
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--prefetch", type=integer(0), default=None)
+    p.add_argument("--max-tasks", type=integer(1), default=None)
+    p.add_argument("--bootstrap", default=None, help="file with the pickled sys.path and initializer")
+    p.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
+    p.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
+    p.add_argument("--idle-timeout", type=seconds(), default=None)
+    p.add_argument("--max-memory", type=size, default=None)
+    p.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again (standalone)")
+    p.add_argument("--shm", default=None, help="the client's directory for large buffers (shm.py)")
+    args = p.parse_args(argv)
+    if (args.address is None) == (args.fd is None):
+        p.error("give either the broker's address or --fd")
+    files = None
+    made: list[Worker] = []  # the worker, once made: the parent-death handler stops its processes
+    if args.parent:
+        files = _ClientFiles(args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap),
+                                                       args.shm) if d])
+        _follow_parent(files, made)
+        if os.getppid() != args.parent:
+            return 0
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
+    setup: tuple = (None, None, args.shm)
+    if args.bootstrap:
+        with open(args.bootstrap, "rb") as f:
+            setup = (*pickle.load(f), args.shm)
+        sys.path[:] = setup[0]
+    worker = Worker(
+        args.address,
+        fd=args.fd,
+        lane=args.lane,
+        spin=args.spin,
+        fresh=args.fresh,
+        prefetch=args.prefetch,
+        max_tasks=args.max_tasks,
+        parent_pid=args.parent,
+        setup=setup,
+        spawn=args.spawn,
+        idle_timeout=args.idle_timeout,
+        max_memory=args.max_memory,
+        reconnect=args.reconnect,
+    )
+    made.append(worker)
+    if files is not None:
+        worker.on_terminated = files.after_sigterm
+    code = worker.run()
+    if files is not None and worker.link.eof:
+        # Our broker's socket pair closed: the client died.  Its files are ours to remove; the
+        # parent-death signal that would do it may come after we are gone.  The kernel closes a
+        # dying process's sockets before it reparents its children, so wait for that.
+        files.remove_if_client_dies(2.0)
+    return code
+
