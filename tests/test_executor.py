@@ -545,9 +545,9 @@ def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(make_exec
 
 
 def test_ctrl_c_while_a_leader_handles_messages_is_raised_after_them():
-    from corral.client.executor import _SigintDeferred
+    from corral.client.leading import SigintDeferred
 
-    guard = _SigintDeferred()
+    guard = SigintDeferred()
     guard.install()
     try:
         with pytest.raises(KeyboardInterrupt):

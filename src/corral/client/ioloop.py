@@ -1,0 +1,420 @@
+"""The executor's I/O loop: the one thread that talks to the broker.
+
+Data flow::
+
+    user threads                         I/O thread (owns the broker link)          broker
+    submit(fn, *args)                    IOLoop.run()
+      pickle Call in the caller's thread   |
+      futures[cid] = CorralFuture          |
+      outq.append(...) + wake pipe ------> SUBMIT batch  ---------------------->  queue
+                                           STARTED  <----------------------------  worker began
+                                             future.set_running_or_notify_cancel()
+                                           RESULT   <----------------------------  outcome
+                                             unpickle, set_result/set_exception
+
+Only this loop touches the link (ZeroMQ sockets are not thread-safe).  User
+threads hand it work through a deque and wake it with one byte on a pipe,
+written only when it is not already awake, so a burst of submits costs one
+wake-up and leaves as one batch.  A caller waiting for a result may run the loop
+itself meanwhile (``leading.py``).  With no address, the loop serves the
+embedded broker too (``links.DirectLink``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures._base import PENDING
+from concurrent.futures.process import BrokenProcessPool
+
+import zmq
+
+from .. import serialization
+from ..broker.broker import Broker
+from ..errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
+from ..local import shm
+from ..serialization import restore_builtin_state
+from ..throttle import Throttle
+from ..wire import protocol
+from ..wire.poller import POLLIN, Spin
+from ..wire.protocol import Kind, Status
+from .future import CorralFuture, cancel_now, settle
+from .leading import Leading, SigintDeferred
+from .links import DirectLink, Link, SocketLink
+
+_UNGUARDED = contextlib.nullcontext()  # a turn of the I/O thread: nothing to hold back
+
+# I/O loops still running, including those of executors shut down with wait=False.
+live_loops: set = set()
+interpreter_exiting = False
+
+
+def _python_exit() -> None:
+    """Before the interpreter joins threads: let every open executor finish its work."""
+    global interpreter_exiting
+    interpreter_exiting = True
+    for io in list(live_loops):
+        io.close_when_done()
+    for io in list(live_loops):
+        io.thread.join()
+
+
+threading._register_atexit(_python_exit)
+
+
+class IOLoop:
+    """Owns the executor's link to its broker; runs in its own thread until the executor closes
+    (or, while they wait for a result, in the threads of callers: ``leading.py``)."""
+
+    def __init__(self, ctx: zmq.Context, address: str, retries: int, cleanup: Callable[[], None],
+                 heartbeat: float, liveness: int, kill_grace: float, spin: float):
+        self.ctx = ctx
+        self.address = address
+        self.retries = retries
+        self.cleanup = cleanup
+        self.kill_grace = kill_grace
+        self.futures: dict[int, CorralFuture] = {}
+        self.outq: deque = deque()
+        self.cancels: deque = deque()
+        self.cancel_verdicts: dict[int, Future] = {}
+        self.status_asked: deque[Future] = deque()  # summary() calls whose STATUS is not sent yet
+        self.status_waiters: deque[Future] = deque()  # STATUS sent: the answers come in this order
+        self.ids = itertools.count(1)
+        self.wake_r, self.wake_w = os.pipe()
+        self.awake = False
+        self.closing = False
+        self.broken: BaseException | None = None
+        self.heartbeat = heartbeat
+        self.liveness = liveness
+        self.welcomed = False  # the broker answered our last HELLO
+        self.complain = Throttle(lambda line: print(line, file=sys.stderr))
+        self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
+        self.store: shm.Store | None = None  # large buffers to and from an embedded broker's workers
+        self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
+        self.leading = Leading(self, spin)  # callers waiting for a result run the loop meanwhile
+        self.holding_outcomes = False  # a leader handles messages: outcomes wait in held_outcomes
+        self.held_outcomes: deque = deque()
+        self.link: Link | None = None
+
+    # -- called from user threads ---------------------------------------------
+
+    def wake(self) -> None:
+        if not self.awake:
+            self.awake = True
+            try:
+                os.write(self.wake_w, b"x")
+            except OSError:
+                pass  # the loop has finished and closed the pipe
+
+    def submit_frames(self, frames: list, options: dict | None = None) -> CorralFuture:
+        cid = next(self.ids)
+        fut = CorralFuture(self, cid)
+        self.futures[cid] = fut
+        self.outq.append(protocol.task_entry(cid, len(frames), options) + [frames])
+        self.wake()
+        return fut
+
+    def cancel(self, futures: list[CorralFuture]) -> list[bool]:
+        """Cancel futures whose tasks have not started; one round trip for all of them."""
+        verdicts: list[bool | None] = []
+        asked = []
+        local = threading.current_thread() is self.thread or not self.thread.is_alive()
+        for fut in futures:
+            with fut._condition:
+                pending = fut._state == PENDING
+            if not pending:
+                verdicts.append(Future.cancel(fut))  # True if cancelled before, False if running or done
+            elif local:
+                # The I/O thread cannot wait for its own answer (a done-callback cancelling a
+                # future): cancel here and tell the broker. If a worker had begun the task after
+                # all, it runs to its end and its result is dropped.
+                verdicts.append(cancel_now(fut))
+                self.cancels.append((Kind.CANCEL, fut._cid, None))
+            else:
+                verdict: Future = Future()
+                self.cancel_verdicts[fut._cid] = verdict
+                self.cancels.append((Kind.CANCEL, fut._cid, verdict))
+                asked.append((len(verdicts), fut, verdict))
+                verdicts.append(None)
+        if asked or local:
+            self.wake()
+        deadline = time.monotonic() + self.heartbeat * (self.liveness + 1) + 5
+        for i, fut, verdict in asked:
+            try:
+                dropped = verdict.result(max(0.0, deadline - time.monotonic()))
+            except FuturesTimeout:
+                dropped = False  # no answer: the broker is gone, and the future fails with BrokerLostError
+            verdicts[i] = dropped and cancel_now(fut)
+        return verdicts  # type: ignore[return-value]
+
+    def request_kill(self, cid: int, grace: float) -> None:
+        self.cancels.append((Kind.KILL, cid, grace))
+        self.wake()
+
+    def request_terminate(self, hard: bool) -> None:
+        self.cancels.append((Kind.KILL, None, "SIGKILL" if hard else "SIGTERM"))
+        self.wake()
+
+    def request_status(self) -> Future:
+        fut: Future = Future()
+        self.status_asked.append(fut)
+        self.wake()
+        return fut
+
+    def close_when_done(self) -> None:
+        self.closing = True
+        self.wake()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> None:
+        self.last_heard = self.last_beat = self.last_turn = time.monotonic()
+        link = None
+        try:
+            link = SocketLink(self.ctx, self.address) if self.broker is None else DirectLink(self.broker)
+            self.poller = link.poller
+            self.poller.register(self.wake_r, POLLIN)
+            self.hello(link)
+            self.link = link
+            while True:
+                if self.broker is not None:
+                    self.leading.stand_aside()
+                with self.leading.loop_lock:
+                    if self.turn():
+                        break
+            link.post(Kind.BYE)
+        except BaseException as exc:  # noqa: BLE001 - a bug, or the embedded broker could not go on
+            # Nothing may be left waiting on a loop that is gone: every future fails, and so
+            # does every later submit, saying why.
+            self.broken = BrokenProcessPool(f"corral's I/O thread stopped: {type(exc).__name__}: {exc}")
+            self.broken.__cause__ = exc
+            self.fail_all(self.broken)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if link is not None:
+                link.close()
+            self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.cleanup()
+            live_loops.discard(self)
+
+    def turn(self, limit: float | None = None, guard: SigintDeferred | None = None,
+             spin: Spin | None = None) -> bool:
+        """One turn of the loop: wait for messages (at most ``limit`` seconds; polling for
+        a while first with ``spin``), handle them, send what waits.  True: the loop is over
+        (closed, or the broker is lost)."""
+        link = self.link
+        timeout = self.heartbeat if self.broker is None else min(self.heartbeat, self.broker.poll_timeout())
+        timeout = (timeout if limit is None else max(0.0, min(timeout, limit))) * 1000
+        if spin is None:
+            events = dict(self.poller.poll(timeout))
+        else:
+            waiting = time.perf_counter()
+            events = dict(self.poller.poll(timeout, spin.budget()))
+            spin.waited(time.perf_counter() - waiting)
+        with guard or _UNGUARDED:
+            if time.monotonic() - self.last_turn > 2 * self.heartbeat:
+                # This loop did not run for a while (another thread held the GIL):
+                # that silence is ours, not the broker's.
+                self.last_heard = time.monotonic()
+            if self.wake_r in events:
+                os.read(self.wake_r, 4096)
+            self.awake = False
+            self.send_pending(link)
+            for kind, body, frames in link.receive(events):
+                if kind != Kind.ERROR:  # a broker that does not know us is no sign that ours lives
+                    self.last_heard = time.monotonic()
+                self.on_message(kind, body, frames)
+            now = time.monotonic()
+            if now - self.last_beat >= self.heartbeat:
+                link.post(Kind.HEARTBEAT)
+                self.last_beat = now
+            self.last_turn = now
+            silence = now - self.last_heard
+            if self.lost(silence):
+                if self.welcomed:
+                    why = (f"the broker at {self.address} has not answered for {silence:.1f} s; the tasks it "
+                           "held are lost.")
+                else:
+                    why = (f"no broker answered at {self.address} within {silence:.1f} s (is `corral broker` "
+                           "running there, and reachable from here?).")
+                self.start_over(BrokerLostError(f"{why} Later tasks go to the broker once it answers."))
+            return self.closing and not self.futures and not self.outq
+
+    def hello(self, link: Link) -> None:
+        link.post(Kind.HELLO, {"role": "client", "retries": self.retries, "pid": os.getpid()})
+
+    def start_over(self, exc: BaseException) -> None:
+        """The broker lost our tasks (it went silent, or restarted and does not know us): fail
+        them all, and say HELLO again, so that later tasks go to whichever broker answers there."""
+        self.welcomed = False
+        self.fail_all(exc)
+        self.last_heard = time.monotonic()  # later tasks get a whole liveness period of their own
+        self.hello(self.link)
+
+    def settle_held_outcomes(self) -> None:
+        """Set the outcomes a leader's turn read (unpickling and callbacks run user code)."""
+        while self.held_outcomes:
+            self.resolve(*self.held_outcomes.popleft())
+
+    def lost(self, silence: float) -> bool:
+        """Is the broker gone?  Never an embedded one: it lives in this very thread."""
+        if not (self.futures or self.status_asked or self.status_waiters) or self.broker is not None:
+            return False
+        return silence > self.heartbeat * self.liveness
+
+    def send_pending(self, link: Link) -> None:
+        # Take the cancels before the submits: a task cancelled by now was put in
+        # outq before that, so its SUBMIT leaves below, ahead of its CANCEL. (Taken
+        # after, a task submitted and cancelled meanwhile would be cancelled at the
+        # broker before it arrived there, and then run.)
+        requests = []
+        while self.cancels:
+            requests.append(self.cancels.popleft())
+        if self.outq:
+            entries, frames = [], []
+            while self.outq:
+                *entry, task_frames = self.outq.popleft()
+                entries.append(entry)
+                frames.extend(task_frames)
+            for chunk, chunk_frames in protocol.batches(entries, frames, 1):
+                link.post(Kind.SUBMIT, {"tasks": chunk}, chunk_frames)
+        cancels, kills = [], {}
+        for kind, cid, extra in requests:
+            if kind == Kind.CANCEL:
+                cancels.append(cid)
+                if extra is None:  # cancelled already, no verdict awaited
+                    self.futures.pop(cid, None)
+            elif cid is None:  # terminate_workers() / kill_workers()
+                link.post(Kind.KILL, {"all": True, "signal": extra})
+            else:
+                kills.setdefault(extra, []).append(cid)
+                fut = self.futures.get(cid)
+                if fut is not None and fut.cancelled():  # killed before it ran: nothing to wait for
+                    self.futures.pop(cid)
+        if cancels:
+            for chunk in protocol.id_chunks(cancels):
+                link.post(Kind.CANCEL, {"ids": chunk})
+        for grace, cids in kills.items():
+            for chunk in protocol.id_chunks(cids):
+                link.post(Kind.KILL, {"ids": chunk, "grace": grace})
+        while self.status_asked:  # one STATUS per call, so that each call gets its own answer
+            self.status_waiters.append(self.status_asked.popleft())
+            link.post(Kind.STATUS)
+
+    def on_message(self, kind: Kind, body: dict, frames: list) -> None:
+        try:
+            if kind == Kind.RESULT:
+                for entry, payload in protocol.split_entries(body, "results", frames, 4):
+                    payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in payload]
+                    if self.holding_outcomes:
+                        self.held_outcomes.append((entry, payload))
+                    else:
+                        self.resolve(entry, payload)
+            elif kind == Kind.STARTED:
+                for cid in body.get("ids", ()):
+                    fut = self.futures.get(cid)
+                    # A retried task starts again: only the first start counts.
+                    if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
+                        self.futures.pop(cid, None)
+            elif kind == Kind.CANCELLED:
+                for cid in body.get("ids", ()):
+                    self.futures.pop(cid, None)  # dropped: no RESULT will come
+                    self.answer_cancel(cid, True)
+                for cid in body.get("running", ()):
+                    self.answer_cancel(cid, False)
+            elif kind == Kind.WELCOME:
+                self.heartbeat, self.liveness = protocol.timing(body, self.heartbeat, self.liveness)
+                self.welcomed = True
+            elif kind == Kind.STATUS_REPLY:
+                if self.status_waiters:
+                    workers = json.loads(bytes(frames[0])) if frames else []
+                    self.status_waiters.popleft().set_result((workers, body))
+            elif kind == Kind.ERROR:
+                self.refused(body)
+        except (protocol.ProtocolError, KeyError, TypeError, ValueError, IndexError) as exc:
+            self.complain(f"corral client: dropped a malformed message: {type(exc).__name__}: {exc}")
+
+    def refused(self, body: dict) -> None:
+        """The broker refused a message: it does not know us (it restarted), or will not serve us."""
+        message = protocol.text(body.get("message"), 500)
+        if body.get("code") == protocol.UNKNOWN_PEER:
+            # Only a broker that welcomed our last HELLO can have lost us; until one does, the
+            # refusals are of what we sent before that HELLO (whose tasks failed already).
+            if self.welcomed:
+                self.welcomed = False
+                self.start_over(BrokerLostError(
+                    f"the broker at {self.address} no longer knows this client (it restarted, or lost "
+                    "touch with it): the tasks it held are lost. Later tasks go to it as usual."))
+            return
+        self.complain(f"corral client: the broker at {self.address} refused a request: {message}")
+
+    def resolve(self, entry: list, frames: list) -> None:
+        cid, status, _, meta = entry
+        if isinstance(meta, dict) and meta.get("shm") and self.store is not None:
+            try:  # the result's large buffers, in files: map them, and remove the files at once
+                frames = self.store.resolve(frames, meta["shm"], unlink=True)
+            except (ValueError, OSError) as exc:
+                status, frames, meta = Status.FAILED, [], {"error": protocol.ERR_DESERIALIZATION,
+                                                           "message": f"cannot read the result: {exc}"}
+        fut = self.futures.pop(cid, None)
+        if fut is None or fut.cancelled():
+            return
+        if fut._kill_requested or (status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED):
+            fut._set_killed()  # after kill(), whatever finished first, the future ends cancelled
+            return
+        try:
+            if status == Status.OK:
+                settle(fut, serialization.loads(frames, "the result"), None)
+            elif status == Status.RAISED:
+                exc = serialization.loads(frames, "the exception raised by the task")
+                settle(fut, None, restore_builtin_state(exc) if isinstance(exc, BaseException) else exc)
+            else:
+                if meta.get("error") == protocol.ERR_BROKEN and self.broken is None:
+                    self.broken = _failure(meta)  # later submits raise, as ProcessPoolExecutor's do
+                settle(fut, None, _failure(meta))
+        except SerializationError as exc:
+            settle(fut, None, exc)
+
+    def answer_cancel(self, cid: int, dropped: bool) -> None:
+        verdict = self.cancel_verdicts.pop(cid, None)
+        if verdict is not None:
+            verdict.set_result(dropped)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for cid in list(self.cancel_verdicts):
+            self.answer_cancel(cid, False)
+        for fut in list(self.futures.values()):
+            settle(fut, None, exc)
+        self.futures.clear()
+        for waiters in (self.status_waiters, self.status_asked):
+            while waiters:
+                waiters.popleft().set_exception(exc)
+
+
+def _failure(meta: dict) -> BaseException:
+    error, message = meta.get("error"), str(meta.get("message", ""))
+    if error == protocol.ERR_SERIALIZATION:
+        return SerializationError(message)
+    if error == protocol.ERR_DESERIALIZATION:
+        return DeserializationError(message)
+    if error == protocol.ERR_WORKER_LOST:
+        return WorkerLostError(message)
+    if error == protocol.ERR_TIMEOUT:
+        return TaskTimeoutError(message)
+    if error == protocol.ERR_BROKEN:
+        return BrokenProcessPool(
+            f"A worker's initializer failed; the executor is broken and takes no more work.\n{message}"
+        )
+    return RuntimeError(f"task failed: {error}: {message}")

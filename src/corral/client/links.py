@@ -1,0 +1,91 @@
+"""The I/O loop's link to its broker: a ZeroMQ DEALER to a broker elsewhere (``SocketLink``),
+or method calls to the embedded broker that the loop's own thread serves (``DirectLink``).
+
+Both take protocol messages as (kind, body, frames) and give back those that have arrived;
+``Link`` is what the loop needs of either.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from collections.abc import Iterator
+from typing import Protocol
+
+import zmq
+
+from ..broker.broker import Broker
+from ..wire import protocol, sockets
+from ..wire.poller import POLLIN
+from ..wire.protocol import Kind
+
+
+class Link(Protocol):
+    """What the I/O loop needs of its link to a broker."""
+
+    poller: object  # waits for the link (and the loop's wake-up pipe)
+
+    def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        """Send one message to the broker."""
+
+    def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
+        """The messages that have arrived, given what the poller reported."""
+
+    def close(self) -> None:
+        """Close the link (an embedded broker stops with it)."""
+
+
+class SocketLink:
+    """The I/O loop's connection to a broker elsewhere: a ZeroMQ DEALER socket."""
+
+    def __init__(self, ctx: zmq.Context, address: str):
+        self.sock = sockets.dealer(ctx, address, linger=1000)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, POLLIN)
+
+    def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
+
+    def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
+        if self.sock not in events:
+            return
+        for msg in sockets.waiting(self.sock):
+            try:
+                kind, body = protocol.decode(msg[0].bytes)
+                frames = protocol.unpack(body, msg[1:])
+            except protocol.ProtocolError as exc:
+                print(f"corral client: dropped a malformed message: {exc}", file=sys.stderr)
+                continue
+            yield kind, body, frames
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class DirectLink:
+    """The I/O loop's connection to the embedded broker, which this same thread serves.
+
+    Messages are method calls both ways: no socket, no frames to build or
+    parse, no copy.  The broker's answers wait in ``inbox`` until its turn ends.
+    """
+
+    def __init__(self, broker: Broker):
+        self.broker = broker
+        self.inbox: deque = deque()
+        self.client = broker.attach(self.deliver)
+        self.poller = broker.poller  # the loop waits on the broker's sockets, and its own wake pipe
+        broker.start()
+
+    def deliver(self, kind: Kind, body: dict | None, frames: list) -> None:
+        self.inbox.append((kind, body or {}, frames))
+
+    def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        self.broker.from_client(self.client, kind, body or {}, list(frames))
+
+    def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
+        self.broker.step(events)
+        while self.inbox:
+            yield self.inbox.popleft()
+
+    def close(self) -> None:
+        self.broker.close()
