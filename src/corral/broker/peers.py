@@ -1,0 +1,241 @@
+"""Peers: who says what to the broker, and what each may say (``Peers``, a part of ``Broker``).
+
+Clients and workers introduce themselves with HELLO; a peer the broker does not
+know is told so (ERROR ``unknown_peer``), at most once a heartbeat.  Every message
+is checked where it enters (docs/protocol.md): a peer's word affects only its own
+tasks, so a worker of another executor cannot break ours, and a SUBMIT that breaks
+the rules queues nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..errors import ProtocolError
+from ..wire import protocol
+from ..wire.protocol import Kind
+from .records import DEFAULT_RETRIES, ClientState, WorkerState
+
+MAX_PEERS = 10_000  # clients and workers at once: HELLOs beyond are refused (each costs memory)
+# What a malformed message raises somewhere in its handling: it is dropped, and logged.
+MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError)
+
+
+class Peers:
+    """The peer half of ``Broker``: HELLO, and each message a client or a worker sends."""
+
+    def receive(self, sock: zmq.Socket | None, ident: bytes, header, frames: list) -> None:
+        """One message from ``ident``, which came on ``sock`` (None: on its socket pair)."""
+        kind, body = protocol.decode(header)
+        now = time.monotonic()
+        if kind == Kind.HELLO:
+            self.hello(sock, ident, body, now)
+            return
+        worker = self.workers.get(ident)
+        if worker is not None:
+            worker.last_seen = now
+            self.handle_worker(worker, kind, body, protocol.unpack(body, frames))
+            return
+        client = self.clients.get(ident)
+        if client is not None:
+            client.last_seen = now
+            self.handle_client(client, kind, body, protocol.unpack(body, frames))
+            return
+        if kind != Kind.BYE and now - self.told_unknown.get(ident, -1e9) >= self.heartbeat:
+            # A peer we do not know (we restarted, or dropped it as silent) must say HELLO again:
+            # told once a heartbeat at most, whatever it sends.
+            self.told_unknown[ident] = now
+            self.send(sock, ident, Kind.ERROR, {"code": protocol.UNKNOWN_PEER,
+                                                "message": "unknown peer: say HELLO first (the broker may have "
+                                                           "restarted, or dropped you as silent)"})
+
+    def hello(self, sock: zmq.Socket | None, ident: bytes, body: dict, now: float) -> None:
+        """A peer introduces itself; one that was known already starts over (it forgot what it had)."""
+        role = body.get("role")
+        if role not in ("worker", "client") or (role == "client" and sock is None):
+            raise ProtocolError(f"HELLO with unknown role {protocol.text(role, 40)!r}")
+        retries = retries_of(body) if role == "client" else 0
+        old = self.workers.get(ident)
+        if old is not None:
+            self.worker_gone(old, f"worker {old.name} (pid {old.pid} on {old.host}) said HELLO again")
+        old_client = self.clients.get(ident)
+        if old_client is not None:
+            self.client_gone(old_client)
+        if len(self.workers) + len(self.clients) >= MAX_PEERS:
+            self.complain(f"refused a {role}: {MAX_PEERS} peers are connected already")
+            self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED,
+                                                "message": f"the broker serves {MAX_PEERS} peers already"})
+            return
+        self.told_unknown.pop(ident, None)
+        if role == "worker":
+            self.add_worker(sock, ident, body, now)
+        else:
+            self.clients[ident] = ClientState(ident, retries, now)
+            self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+
+    def add_worker(self, sock: zmq.Socket, ident: bytes, body: dict, now: float) -> None:
+        pid = body.get("pid", 0)
+        w = WorkerState(
+            ident,
+            name=protocol.text(body.get("name", "?"), protocol.MAX_NAME),
+            host=protocol.text(body.get("host", "?"), protocol.MAX_NAME),
+            pid=pid if type(pid) is int and 0 <= pid < 1 << 32 else 0,
+            fresh=body.get("fresh") is True,
+            last_seen=now,
+            paired=ident in self.paired,
+            progress_at=now,
+        )
+        if body.get("broken"):
+            if self.trusts(w):
+                self.break_pool(f"the initializer failed in worker {w.name}:\n{protocol.text(body['broken'])}")
+            else:
+                self.refuse(sock, ident, w, "it says its initializer failed (a worker of another executor's)")
+            return
+        link = self.paired.get(ident)
+        if link is not None and link.lane is not None and isinstance(body.get("lane"), int):
+            w.epoch = body["lane"]
+            self.lanes[ident] = w
+        self.workers[ident] = w
+        self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+
+    def trusts(self, w: WorkerState) -> bool:
+        """May this worker's word break the executor?  Only our own pool's, in an embedded broker:
+        a peer's claim affects only that peer's own tasks."""
+        return w.paired and self.embedded
+
+    def refuse(self, sock: zmq.Socket | None, ident: bytes, w: WorkerState, why: str) -> None:
+        """Serve a worker no more: tell it so and that it should stop."""
+        self.complain(f"refused worker {w.name} (pid {w.pid} on {w.host}): {why}")
+        self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED, "message": f"refused: {why}"})
+        self.send(sock, ident, Kind.SHUTDOWN)
+
+    def handle_worker(self, w: WorkerState, kind: Kind, body: dict, frames: list) -> None:
+        if kind == Kind.READY:
+            self.grant(w, body)
+        elif kind == Kind.STARTED:
+            self.began(w, protocol.ids(body))
+        elif kind == Kind.RESULT:
+            started = protocol.ids(body, "started")
+            entries = protocol.split_entries(body, "results", frames, 4)
+            self.grant(w, body)
+            w.busy += seconds(body.get("busy", 0.0))
+            for entry, payload in entries:
+                self.task_done(w, entry, payload)
+            self.began(w, started)
+        elif kind == Kind.CANCELLED:
+            self.cancel_verdict(w, body)
+        elif kind == Kind.BYE:
+            for gid in protocol.ids(body, "requeue"):
+                self.unassign(w, gid, count_attempt=False)
+            self.worker_gone(w, None)
+        elif kind == Kind.HEARTBEAT:
+            if body.get("preparing") is True:  # starting a task process, or importing ahead: making progress
+                w.progress_at = time.monotonic()
+        elif kind == Kind.ENDED and w.ident in self.lanes:
+            self.lane_ended(w, body)
+        elif kind == Kind.LANE and w.ident in self.lanes:
+            if body.get("broken"):
+                self.break_pool(f"the initializer failed in worker {w.name}:\n{protocol.text(body['broken'])}")
+            elif type(body.get("lane")) is int:
+                w.epoch, w.answered = body["lane"], 0
+            else:
+                raise ProtocolError("LANE without an epoch")
+        else:
+            raise ProtocolError(f"workers do not send {kind.name}")
+
+    def grant(self, w: WorkerState, body: dict) -> None:
+        """A worker's credit: more tasks it can take (never more than any worker holds)."""
+        w.credit = min(w.credit + count(body.get("credit", 0)), protocol.MAX_CREDIT)
+
+    def attach(self, deliver: Callable[[Kind, dict | None, list], None]) -> ClientState:
+        """Connect a client in this thread (an Executor's embedded broker): no socket.
+
+        The client hands messages to ``from_client``; the broker's messages to it
+        go to ``deliver(kind, body, frames)``.
+        """
+        # ZeroMQ's own peer identities are a zero byte and four more: this cannot clash.
+        ident = b"\0local-%d" % len(self.local)
+        self.local[ident] = deliver
+        c = self.clients[ident] = ClientState(ident, DEFAULT_RETRIES, time.monotonic())
+        return c
+
+    def from_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
+        """A message from an attached client."""
+        c.last_seen = time.monotonic()
+        try:
+            if kind == Kind.HELLO:
+                c.retries = retries_of(body)
+                self.send(None, c.ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+            else:
+                self.handle_client(c, kind, body, frames)
+        except MALFORMED as exc:
+            self.complain(f"dropped malformed message from the embedded client: {type(exc).__name__}: {exc}")
+
+    def handle_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
+        if kind == Kind.SUBMIT:
+            entries = protocol.split_entries(body, "tasks", frames, 3)
+            for entry, payload in entries:  # all of them checked first: a malformed SUBMIT queues nothing
+                check_task(c, entry, payload)
+            if len({entry[0] for entry, _ in entries}) != len(entries):
+                raise ProtocolError("a SUBMIT names a task id twice")
+            for entry, payload in entries:
+                self.submit(c, entry[0], payload, entry[2])
+        elif kind == Kind.CANCEL:
+            self.cancel(c, protocol.ids(body))
+        elif kind == Kind.KILL:
+            sig = body.get("signal", "SIGTERM")
+            if sig not in ("SIGTERM", "SIGKILL"):
+                raise ProtocolError(f"KILL with signal {protocol.text(sig, 20)!r}")
+            if body.get("all") is True:
+                self.terminate(c, sig == "SIGKILL")
+            else:
+                self.kill(c, protocol.ids(body), protocol.seconds(body.get("grace", 0.0), "grace", 1e6))
+        elif kind == Kind.STATUS:
+            self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, *self.status())
+        elif kind == Kind.HEARTBEAT:
+            pass
+        elif kind == Kind.BYE:
+            self.client_gone(c)
+            if self.embedded:
+                self.running = False
+        else:
+            raise ProtocolError(f"clients do not send {kind.name}")
+
+
+def check_task(c: ClientState, entry: list, frames: list) -> None:
+    """A SUBMIT entry as the protocol says it must be; ProtocolError if not."""
+    cid, _, options = entry
+    if cid < 0 or cid in c.tasks:
+        raise ProtocolError(f"task id {cid} is {'negative' if cid < 0 else 'in use already'}")
+    if len(frames) < 2:
+        raise ProtocolError(f"task {cid} has {len(frames)} payload frames (a function and its arguments: 2 or more)")
+    if options:
+        retries = options.get("retries", 0)
+        if type(retries) is not int or not 0 <= retries <= protocol.MAX_RETRIES:
+            raise ProtocolError(f"bad retries option {retries!r:.40}")
+        if "timeout" in options and not protocol.seconds(options["timeout"], "timeout option") > 0:
+            raise ProtocolError(f"bad timeout option {options['timeout']!r:.40}")
+        if "shm" in options and not (isinstance(options["shm"], list) and len(options["shm"]) <= len(frames)):
+            raise ProtocolError("bad shm option")
+
+
+def retries_of(body: dict) -> int:
+    """A client's default retries, from its HELLO."""
+    retries = body.get("retries", DEFAULT_RETRIES)
+    if type(retries) is not int or not 0 <= retries <= protocol.MAX_RETRIES:
+        raise ProtocolError(f"bad retries {retries!r:.40}")
+    return retries
+
+
+def seconds(value: Any) -> float:
+    return protocol.seconds(value, "number of seconds")
+
+
+def count(value: Any) -> int:
+    if type(value) is not int or value < 0 or value > 1_000_000:
+        raise ProtocolError(f"bad count {value!r:.40}")
+    return value

@@ -1,0 +1,110 @@
+"""What the broker keeps: a record per task, per worker, per client, and what each client is owed this turn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..wire import protocol
+from ..wire.lane import Lane
+from ..wire.poller import POLLIN
+from ..wire.protocol import Status
+from ..wire.stream import Stream
+
+DEFAULT_RETRIES = 2
+
+
+@dataclass(slots=True)
+class Task:
+    """A task the broker holds, from SUBMIT to its one outcome: where it is, and how often it ran."""
+
+    gid: int
+    client: bytes
+    cid: int
+    frames: tuple
+    options: dict
+    attempts: int = 0
+    worker: bytes | None = None
+    started: bool = False
+    killed: bool = False  # a kill was asked for: never retried
+    kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
+    cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
+
+
+@dataclass
+class WorkerState:
+    """A connected worker: what it holds and may take, how it has done, and, on a lane, where its
+    task process is."""
+
+    ident: bytes
+    name: str = "?"
+    host: str = "?"
+    pid: int = 0
+    fresh: bool = False
+    credit: int = 0
+    assigned: dict = field(default_factory=dict)  # gid -> None, in the order dispatched
+    tasks: int = 0
+    busy: float = 0.0
+    errors: int = 0
+    last_seen: float = 0.0
+    alive: bool = True
+    paired: bool = False  # one of our own pool's workers, on a socket pair
+    progress_at: float = 0.0  # when it last began or ended a task, or said it was preparing to
+    # A worker whose task process reads its tasks from a lane (in Broker.lanes; see Lane):
+    epoch: int | None = None  # the task process's, while it reads its lane (None: restarting)
+    head_since: float = 0.0  # when the oldest task it holds began
+    head_reported: bool = False  # STARTED sent for it
+    answered: int = 0  # results its task process sent (its tasks begun, less those running or unsent)
+    stopping: int = 0  # the task whose process we asked the worker to stop
+    stop_reason: str = ""  # why: "timeout" or "killed"
+    task_time: float | None = None  # moving average of how long its tasks take
+
+    def summary(self) -> dict[str, Any]:
+        """Its record in a STATUS_REPLY."""
+        return {
+            "worker": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "fresh": self.fresh,
+            "tasks": self.tasks,
+            "busy_s": round(self.busy, 6),
+            "errors": self.errors,
+            "alive": self.alive,
+        }
+
+
+@dataclass(slots=True)
+class PoolLink:
+    """A worker the pool started, connected to us by a socket pair (and, persistent, a lane)."""
+
+    pid: int
+    stream: Stream
+    flags: int = POLLIN  # what the poller watches it for
+    lane: Lane | None = None
+    lane_flags: int = POLLIN
+
+
+@dataclass
+class ClientState:
+    """A connected client: its tasks by its own ids, and how often they may be retried."""
+
+    ident: bytes
+    retries: int = DEFAULT_RETRIES
+    last_seen: float = 0.0
+    tasks: dict = field(default_factory=dict)  # cid -> gid
+
+
+class Outbox:
+    """Messages to one client, accumulated during a loop turn and sent as one batch each."""
+
+    def __init__(self) -> None:
+        self.results: list = []
+        self.frames: list = []
+        self.started: list = []
+        self.dropped: list = []  # cancel verdicts: dropped before they ran
+        self.too_late: list = []  # cancel verdicts: too late, they ran (or run)
+
+    def result(self, cid: int, status: Status, frames: list, meta: dict) -> None:
+        """A task's outcome, for this turn's RESULT to the client."""
+        self.results.append(protocol.result_entry(cid, status, len(frames), meta))
+        self.frames.extend(frames)

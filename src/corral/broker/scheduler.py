@@ -1,0 +1,52 @@
+"""Which worker gets which queued task: today, fair share (``assign``).
+
+Priorities, dependencies and resources plug in here: ``assign`` sees the queue,
+the tasks and the workers with room, and hands out tasks without sending anything,
+so it can be tested in process.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from .records import Task, WorkerState
+
+
+def assign(queue: deque[int], tasks: dict[int, Task], workers: Iterable[WorkerState], pool_size: int,
+           now: float) -> list[tuple[WorkerState, list[Task]]]:
+    """Take tasks off the front of ``queue`` for the workers with credit; what each one got, in order.
+
+    One task per worker per round, least loaded first, so that N tasks start on N idle
+    workers instead of waiting in the prefetch of the first one.  And no worker holds
+    more than its fair share of the work there is: one that ran short tasks asks for
+    many, and must not take a burst of long ones that the others could run (a pool's
+    workers count even before they connect).  A queue entry whose task has gone
+    (cancelled, or assigned already) is skipped.  Each task given is marked as the
+    worker's (``task.worker``, ``worker.assigned``), and uses one credit.
+    """
+    workers = list(workers)
+    ready = sorted((w for w in workers if w.credit > 0), key=lambda w: len(w.assigned))
+    held = sum(len(w.assigned) for w in workers)
+    share = max(1, (len(queue) + held) // max(len(workers), pool_size, 1))
+    ready = [w for w in ready if len(w.assigned) < share]
+    for w in ready:
+        if not w.assigned:  # it holds nothing yet: its clock for starting what it gets begins now
+            w.progress_at = now
+    given: dict[bytes, tuple[WorkerState, list[Task]]] = {}
+    while ready and queue:
+        for w in list(ready):
+            task = None
+            while task is None and queue:
+                task = tasks.get(queue.popleft())
+                if task is not None and task.worker is not None:
+                    task = None  # cancelled while queued
+            if task is None:
+                break
+            task.worker = w.ident
+            w.assigned[task.gid] = None
+            w.credit -= 1
+            given.setdefault(w.ident, (w, []))[1].append(task)
+            if w.credit <= 0 or len(w.assigned) >= share:
+                ready.remove(w)
+    return list(given.values())
