@@ -49,6 +49,7 @@ from typing import Any
 
 import zmq
 
+from ..config import HEARTBEAT, LIVENESS
 from ..errors import ProtocolError
 from ..local.pool import LocalPool, exit_words
 from ..throttle import Throttle
@@ -80,8 +81,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         *,
         context: zmq.Context | None = None,
         pool: LocalPool | None = None,
-        heartbeat: float = 1.0,
-        liveness: int = 3,
+        heartbeat: float = HEARTBEAT,
+        liveness: int = LIVENESS,
         embedded: bool = False,
         log=None,
     ):

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import RETRIES as DEFAULT_RETRIES  # a client that says nothing of them
 from ..wire import protocol
 from ..wire.lane import Lane
 from ..wire.poller import POLLIN
 from ..wire.protocol import Status
 from ..wire.stream import Stream
-
-DEFAULT_RETRIES = 2
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import time
 import warnings
 
 from .. import __version__, addresses
+from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..errors import InsecureAddressError
 from .argtypes import connect_address, integer, listen_address, seconds, size
 
@@ -113,10 +114,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if problem:
         print(f"corral worker: --processes {args.processes:,}: {problem}", file=sys.stderr)
         return 2
-    pool = LocalPool(
-        args.address, args.processes, fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,
-        idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True,
-    )
+    config = WorkerConfig(fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,
+                          idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True)
+    pool = LocalPool(args.address, args.processes, config)
     restarts = Restarts()
     stopping = False
 
@@ -174,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--listen", type=listen_address, default="tcp://127.0.0.1:7700",
                         help="address to bind (default %(default)s)")
     broker.add_argument("--insecure", action="store_true", help="allow a non-loopback TCP address without encryption")
-    broker.add_argument("--heartbeat", type=seconds(), default=1.0, help="heartbeat interval in seconds (default 1)")
-    broker.add_argument("--liveness", type=integer(1), default=3,
-                        help="heartbeats missed before a peer is lost (default 3)")
+    broker.add_argument("--heartbeat", type=seconds(), default=HEARTBEAT,
+                        help="heartbeat interval in seconds (default %(default)s)")
+    broker.add_argument("--liveness", type=integer(1), default=LIVENESS,
+                        help="heartbeats missed before a peer is lost (default %(default)s)")
     broker.set_defaults(func=cmd_broker)
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")

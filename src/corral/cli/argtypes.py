@@ -13,8 +13,8 @@ from argparse import ArgumentTypeError
 from collections.abc import Callable
 
 from .. import addresses
+from ..config import check_seconds, parse_size, seconds_rule
 from ..errors import AddressError
-from ..options import check_seconds, parse_size, seconds_rule
 
 
 def connect_address(text: str) -> str:

@@ -30,12 +30,12 @@ from typing import Any
 
 import zmq
 
-from .. import addresses, serialization, tuning
-from ..broker.broker import DEFAULT_RETRIES, Broker
+from .. import serialization, tuning
+from ..broker.broker import Broker
+from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
 from ..errors import SerializationError
 from ..local import shm
 from ..local.pool import LocalPool, refusal
-from ..options import check_seconds, check_task_options, parse_size
 from ..serialization import Call, call_frames
 from ..status import Summary
 from . import ioloop
@@ -45,15 +45,6 @@ from .ioloop import IOLoop
 MANY_WORKERS = 256  # local workers beyond this are checked against what the system lets us start
 
 
-def _usable_cpus() -> int:
-    if hasattr(os, "process_cpu_count"):
-        return os.process_cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
-MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
 # map's default read-ahead grows with max_workers up to these, so that it stays lazy however many
 # workers are claimed (max_workers=1_000_000 with address= would otherwise read 32 million items).
 MAP_WINDOW = 4096  # tasks
@@ -108,66 +99,30 @@ class Executor(_StdExecutor):
         max_tasks_per_child: int | None = None,
         fresh: bool = False,
         address: str | None = None,
-        retries: int = DEFAULT_RETRIES,
+        retries: int = RETRIES,
         task_timeout: float | None = None,
         prefetch: int | None = None,
         idle_timeout: float | None = None,
         max_memory: int | str | None = None,
-        heartbeat: float = 1.0,
-        liveness: int = 3,
-        kill_grace: float = 2.0,
+        heartbeat: float = HEARTBEAT,
+        liveness: int = LIVENESS,
+        kill_grace: float = KILL_GRACE,
         spin: float = tuning.SPIN,
     ):
-        if address is not None:
-            addresses.check(address)  # AddressError now, not a ZMQError in the I/O thread and futures that hang
-        if max_workers is None:
-            max_workers = _usable_cpus()
-        elif not isinstance(max_workers, int) or isinstance(max_workers, bool):
-            raise TypeError("max_workers must be an integer")
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
-        if mp_context is not None and not hasattr(mp_context, "get_start_method"):
-            raise TypeError("mp_context must be a multiprocessing context or None")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError("retries must be an integer >= 0")
-        if prefetch is not None and (not isinstance(prefetch, int) or prefetch < 0):
-            raise ValueError("prefetch must be an integer >= 0")
-        if idle_timeout is not None:
-            check_seconds("idle_timeout", idle_timeout)
-        check_seconds("heartbeat", heartbeat)
-        kill_grace = check_seconds("kill_grace", kill_grace, zero=True)
-        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 <= spin <= MAX_SPIN:
-            raise ValueError(f"spin must be a number of seconds from 0 to {MAX_SPIN:g}, not {spin!r}")
-        spin = float(spin)
-        if not isinstance(liveness, int) or isinstance(liveness, bool) or liveness < 1:
-            raise ValueError(f"liveness must be an integer >= 1, not {liveness!r}")
-        self._defaults = check_task_options({"timeout": task_timeout}) if task_timeout is not None else {}
-        max_memory = parse_size(max_memory)
-        if address is not None and (idle_timeout or max_memory or prefetch is not None):
-            raise ValueError(
-                "idle_timeout, max_memory and prefetch configure the workers an Executor starts itself; "
-                "with address= give them to `corral worker` instead."
-            )
-        if address is not None and initializer is not None:
-            raise ValueError(
-                "initializer runs in the workers an Executor starts itself; with address= the "
-                "workers belong to the broker. Run your setup inside the task instead."
-            )
-        self._max_workers = max_workers
+        config = ExecutorConfig(
+            max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
+            prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin,
+        )
+        self._config = config
+        self._max_workers = config.max_workers
         self._mp_context = mp_context
         self._max_tasks_per_child = max_tasks_per_child
-        self._fresh = fresh or max_tasks_per_child == 1
-        if address is None and max_workers > MANY_WORKERS:  # refused before anything starts
-            problem = refusal(max_workers, self._fresh)
+        self._fresh = config.fresh
+        self._defaults = {"timeout": task_timeout} if task_timeout is not None else {}
+        if address is None and config.max_workers > MANY_WORKERS:  # refused before anything starts
+            problem = refusal(config.max_workers, config.fresh)
             if problem:
-                raise ValueError(f"max_workers={max_workers:,}: {problem}; ask for fewer workers")
+                raise ValueError(f"max_workers={config.max_workers:,}: {problem}; ask for fewer workers")
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._functions = serialization.FunctionPickles()
@@ -175,38 +130,32 @@ class Executor(_StdExecutor):
         self._tmpdir: str | None = None
         self._shm_dir: str | None = None  # large buffers to and from our own workers (shm.py)
         self._broker: Broker | None = None
-        self._spawn = mp_context is not None and mp_context.get_start_method() == "spawn"
         if address is None:
-            address = self._start_embedded(initializer, initargs, prefetch, idle_timeout, max_memory, heartbeat,
-                                           liveness, spin)
+            address = self._start_embedded(config)
         self._address = address
-        self._io = IOLoop(self._ctx, address, retries, self._cleanup, heartbeat, liveness, kill_grace, spin)
+        self._io = IOLoop(self._ctx, address, config.retries, self._cleanup, config.heartbeat, config.liveness,
+                          config.kill_grace, config.spin)
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
         ioloop.live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
 
-    def _start_embedded(self, initializer, initargs, prefetch: int | None, idle_timeout: float | None,
-                        max_memory: int | None, heartbeat: float, liveness: int, spin: float) -> str:
+    def _start_embedded(self, config: ExecutorConfig) -> str:
+        """The embedded broker and its pool of local workers; their private directories."""
         init = None
-        if initializer is not None:  # before mkdtemp, so that a pickling error leaves no directory behind
-            init = serialization.dumps((initializer, tuple(initargs)), "the initializer")[0]
+        if config.initializer is not None:  # before mkdtemp, so that a pickling error leaves no directory behind
+            init = serialization.dumps((config.initializer, tuple(config.initargs)), "the initializer")[0]
         # mkdtemp makes the directory 0700: only this user can reach the sockets.
         self._tmpdir = tempfile.mkdtemp(prefix="corral-")
         self._shm_dir = shm.make_dir(os.path.basename(self._tmpdir))
         bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
         with open(bootstrap, "wb") as f:
             pickle.dump((list(sys.path), init), f)
-        max_tasks = None if self._fresh else self._max_tasks_per_child
-        pool = LocalPool(
-            None, self._max_workers, fresh=self._fresh, max_tasks=max_tasks,
-            prefetch=None if prefetch is None else prefetch + 1,
-            bootstrap=bootstrap, spawn=self._spawn, idle_timeout=idle_timeout, max_memory=max_memory,
-            shm=self._shm_dir, spin=spin,
-        )
+        pool = LocalPool(None, config.max_workers, config.worker_config(), bootstrap=bootstrap, shm=self._shm_dir,
+                         spin=config.spin)
         self._broker = Broker(None, context=self._ctx, pool=pool, embedded=True,
-                              heartbeat=heartbeat, liveness=liveness)
+                              heartbeat=config.heartbeat, liveness=config.liveness)
         return "embedded"
 
     def _cleanup(self) -> None:

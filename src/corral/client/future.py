@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import TYPE_CHECKING, Any
 
-from ..options import check_seconds
+from ..config import check_seconds
 
 if TYPE_CHECKING:
     from .ioloop import IOLoop

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..config import WorkerConfig
 from ..tuning import SPIN
 from ..wire.stream import STREAM_BUFFER, size_buffers
 from ..worker import containment
@@ -97,36 +98,22 @@ class LocalPool:
         self,
         address: str | None,
         size: int,
+        worker: WorkerConfig,
         *,
-        fresh: bool = False,
-        prefetch: int | None = None,
-        max_tasks: int | None = None,
         bootstrap: str | None = None,
-        spawn: bool = False,
-        idle_timeout: float | None = None,
-        max_memory: int | None = None,
-        reconnect: bool = False,
         shm: str | None = None,
         spin: float = SPIN,
     ):
         self.address = address
         self.size = size
-        self.fresh = fresh
-        self.prefetch = prefetch
-        self.max_tasks = max_tasks
+        self.worker = worker  # what each worker is (its command line: worker.argv())
         self.bootstrap = bootstrap
-        self.spawn = spawn
-        self.idle_timeout = idle_timeout
-        self.max_memory = max_memory
-        self.reconnect = reconnect
         self.shm = shm
         self.spin = spin  # seconds a lane's task process polls before it sleeps (poller.Spin)
         self.connect: Callable[..., None] | None = None  # set by the broker when address is None
-        # A persistent worker's task process takes tasks from the broker directly, on a lane
-        # (runner.py), where its supervisor need not see each task: not to count them
-        # (max_tasks), weigh the process after each (max_memory), time its idleness, or
-        # hold a fixed number (prefetch: the broker sizes a lane's batches itself).
-        self.lanes = not (fresh or spawn or max_tasks or max_memory or idle_timeout) and prefetch is None
+        # A persistent worker's task process takes tasks from the broker directly, on a lane,
+        # where its supervisor need not see each task (WorkerConfig.laned).
+        self.lanes = worker.laned
         self.procs: dict[int, subprocess.Popen] = {}
         self.accepting = True  # False once broken or stopping: no restarts
         self.retry_at = 0.0  # after the system refused a process: no new one before this
@@ -134,23 +121,9 @@ class LocalPool:
 
     def command(self, fd: int | None = None) -> list[str]:
         where = [self.address] if fd is None else ["--fd", str(fd)]
-        cmd = [sys.executable, "-m", "corral.worker", *where, "--parent", str(os.getpid())]
-        if self.prefetch is not None:
-            cmd += ["--prefetch", str(self.prefetch)]
-        if self.fresh:
-            cmd.append("--fresh")
-        if self.max_tasks:
-            cmd += ["--max-tasks", str(self.max_tasks)]
+        cmd = [sys.executable, "-m", "corral.worker", *where, "--parent", str(os.getpid()), *self.worker.argv()]
         if self.bootstrap:
             cmd += ["--bootstrap", self.bootstrap]
-        if self.spawn:
-            cmd.append("--spawn")
-        if self.idle_timeout:
-            cmd += ["--idle-timeout", repr(self.idle_timeout)]
-        if self.max_memory:
-            cmd += ["--max-memory", str(self.max_memory)]
-        if self.reconnect:
-            cmd.append("--reconnect")
         if self.shm:
             cmd += ["--shm", self.shm]
         return cmd

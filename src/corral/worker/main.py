@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 
+from ..config import WorkerConfig
 from . import task_process as runner
 from .supervisor import Worker
 
@@ -101,23 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of a worker process started by a pool: ``python -m corral.worker``."""
     import argparse
 
-    from ..cli.argtypes import integer, seconds, size
+    from ..cli.argtypes import seconds
 
     p = argparse.ArgumentParser(prog="corral-worker-process")
     p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
+    WorkerConfig.add_arguments(p)
+    # How this process was started (a pool's plumbing, not what the worker is):
     p.add_argument("--fd", type=int, default=None, help="a socket pair to the broker, inherited (instead of address)")
     p.add_argument("--lane", type=int, default=None, help="with --fd: a second socket pair, for tasks and results")
     p.add_argument("--spin", type=seconds(zero=True), default=0.0,
                    help="with --lane: seconds to poll it before sleeping")
-    p.add_argument("--fresh", action="store_true")
-    p.add_argument("--prefetch", type=integer(0), default=None)
-    p.add_argument("--max-tasks", type=integer(1), default=None)
     p.add_argument("--bootstrap", default=None, help="file with the pickled sys.path and initializer")
     p.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
-    p.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
-    p.add_argument("--idle-timeout", type=seconds(), default=None)
-    p.add_argument("--max-memory", type=size, default=None)
-    p.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again (standalone)")
     p.add_argument("--shm", default=None, help="the client's directory for large buffers (shm.py)")
     args = p.parse_args(argv)
     if (args.address is None) == (args.fd is None):
@@ -136,21 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.bootstrap, "rb") as f:
             setup = (*pickle.load(f), args.shm)
         sys.path[:] = setup[0]
-    worker = Worker(
-        args.address,
-        fd=args.fd,
-        lane=args.lane,
-        spin=args.spin,
-        fresh=args.fresh,
-        prefetch=args.prefetch,
-        max_tasks=args.max_tasks,
-        parent_pid=args.parent,
-        setup=setup,
-        spawn=args.spawn,
-        idle_timeout=args.idle_timeout,
-        max_memory=args.max_memory,
-        reconnect=args.reconnect,
-    )
+    worker = Worker(args.address, WorkerConfig.from_args(args), fd=args.fd, lane=args.lane, spin=args.spin,
+                    parent_pid=args.parent, setup=setup)
     made.append(worker)
     if files is not None:
         worker.on_terminated = files.after_sigterm

@@ -59,6 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..local.pool import exit_words
 from ..throttle import Throttle
 from ..tuning import CREDIT_HORIZON, PIPELINE_TASK_TIME, PIPELINE_TASKS, STARTED_DELAY
@@ -72,7 +73,6 @@ from .template import Template, TemplateGone
 if TYPE_CHECKING:
     import zmq
 
-HEARTBEAT_INTERVAL = 1.0
 WAIT_NOTE = 5.0  # a standalone worker with no broker after this many seconds says so; then at doubling intervals
 WAIT_NOTE_MAX = 60.0  # ... at least once a minute
 # Payload bytes queued in a task process's socket behind the running task: far
@@ -88,7 +88,6 @@ SLOW_IMPORT = 0.001
 LANE_STOP_CHECK = 0.001  # seconds between looks at a lane's page for a task to stop when it begins
 PARENT_CHECK = 0.1  # seconds between checks that our parent lives (it also sends a signal when it dies)
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
-LIVENESS = 3
 MAX_BACKOFF = 10.0
 
 
@@ -109,24 +108,30 @@ class Held:
 
 
 class Worker:
+    """A worker's supervisor: its link to the broker, the tasks it holds, and its task processes.
+
+    ``config`` says what the worker is (``config.WorkerConfig``); the rest is how it
+    was started: a ZeroMQ ``address``, or an inherited socket pair ``fd`` (and a
+    ``lane``, whose task processes poll it ``spin`` seconds before they sleep), the
+    ``parent_pid`` it dies with, and ``setup``: (sys.path, pickled initializer or
+    None, shared-memory directory or None).
+    """
+
     def __init__(
         self,
         address: str | None,
+        config: WorkerConfig | None = None,
         *,
         fd: int | None = None,
         lane: int | None = None,
         spin: float = 0.0,
-        fresh: bool = False,
-        prefetch: int | None = None,
-        max_tasks: int | None = None,
         parent_pid: int | None = None,
         name: str | None = None,
         setup: tuple = (None, None, None),
-        spawn: bool = False,
-        idle_timeout: float | None = None,
-        max_memory: int | None = None,
-        reconnect: bool = False,
     ):
+        config = config or WorkerConfig()
+        fresh, prefetch, max_tasks = config.fresh, config.prefetch, config.max_tasks
+        self.config = config
         self.address = address or "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
         # A lane (runner.py): the task process takes tasks from the broker and answers them
@@ -149,11 +154,11 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         # (sys.path, pickled initializer or None, directory for large buffers or None)
         self.setup = (setup[0] if setup[0] is not None else list(sys.path), setup[1], setup[2])
-        self.spawn = spawn
-        self.idle_timeout = idle_timeout
-        self.max_memory = max_memory
-        self.reconnect_on_silence = (reconnect or not parent_pid) and fd is None
-        self.heartbeat = HEARTBEAT_INTERVAL
+        self.spawn = config.spawn
+        self.idle_timeout = config.idle_timeout
+        self.max_memory = config.max_memory
+        self.reconnect_on_silence = (config.reconnect or not parent_pid) and fd is None
+        self.heartbeat = HEARTBEAT  # until the broker's WELCOME says otherwise
         self.liveness = LIVENESS
         self.pending: deque[Held] = deque()  # received, not handed to the task process yet
         self.inflight: deque[Held] = deque()  # handed to the task process, in order; [0] runs
@@ -179,7 +184,7 @@ class Worker:
         self.on_terminated: Callable[[], None] | None = None  # called by on_sigterm before we exit
         # A fresh worker forks its task processes from a template, itself forked
         # now, before ZeroMQ starts its threads (template.py says why).
-        self.template = self.new_template() if fresh and not spawn and hasattr(os, "fork") else None
+        self.template = self.new_template() if fresh and not config.spawn and hasattr(os, "fork") else None
         # Send the template each new function to import ahead; not with an initializer,
         # which runs in each task process and may set up what those imports read.
         self.warming = self.template is not None and self.setup[1] is None

@@ -1,0 +1,264 @@
+"""corral's settings: their defaults, and the rules that check them, once.
+
+Every setting a user gives (an ``Executor`` argument, a task option, a command-line
+value) is checked here, by the same rule whichever way it comes in, with an error
+that names it and says what it may be.  ``WorkerConfig`` is what a worker is told
+to be: it turns into the command line of the process that runs it (``argv``) and
+back (``from_args``), so that the executor's pool, ``corral worker`` and anything
+else that starts workers say it the same way.  ``ExecutorConfig`` checks an
+``Executor``'s arguments as ``ProcessPoolExecutor`` does its own, and the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .tuning import SPIN
+from .wire.protocol import MAX_RETRIES
+
+HEARTBEAT = 1.0  # seconds between heartbeats (the broker's; clients and workers adopt it)
+LIVENESS = 3  # heartbeats a peer may miss before it counts as lost
+RETRIES = 2  # how often a task whose process died runs again
+KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
+MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
+TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout")
+
+
+def seconds_rule(zero: bool = False) -> str:
+    """What ``check_seconds`` asks for, in words, for the messages that refuse a value."""
+    return f"a finite number of seconds {'>= 0' if zero else '> 0'}"
+
+
+def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """``value`` as float if it is a finite number of seconds > 0 (>= 0 with ``zero``); else ValueError.
+
+    NaN and infinity are refused too: a NaN compares false with everything, so it would
+    slip past ``< 0`` and make a timer that never fires.
+    """
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not zero)):
+        raise ValueError(f"{name} must be {seconds_rule(zero)}, not {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool) from ``minimum`` to ``maximum``; else ValueError."""
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        most = "" if maximum is None else f" and <= {maximum:,}"
+        raise ValueError(f"{name} must be an integer >= {minimum}{most}, not {value!r}")
+    return value
+
+
+def check_retries(value: object) -> int:
+    """A number of retries: an integer from 0 to MAX_RETRIES (True is not 1)."""
+    return check_count("retries", value, 0, MAX_RETRIES)
+
+
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
+          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1000**4, "TB": 1000**4, "TIB": 1024**4}
+
+
+def parse_size(value: int | str | None) -> int | None:
+    """``max_memory``: an int of bytes, or a string such as "512MB" or "2GiB"."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTIB")
+        unit = text[len(number):]
+        try:
+            value = int(float(number) * _UNITS[unit])
+        except (ValueError, KeyError, OverflowError):  # OverflowError: "inf"
+            raise ValueError(f"max_memory {value!r} is not a size; use bytes or a string like '512MB' or '2GiB'")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, not {value!r}")
+    return value
+
+
+def check_task_options(options: dict) -> dict:
+    """``Executor.options(...)``: known names, valid values; the ones that are not None."""
+    unknown = sorted(set(options) - set(TASK_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(TASK_OPTIONS)}")
+    if options.get("retries") is not None:
+        check_retries(options["retries"])
+    if options.get("timeout") is not None:
+        check_seconds("timeout", options["timeout"])
+    flag = options.get("retry_on_timeout")
+    if flag is not None and not isinstance(flag, bool):
+        raise ValueError(f"retry_on_timeout must be True or False, not {flag!r}")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker is told to be; checked when made, and carried on its command line.
+
+    ``prefetch``: tasks it holds (running and waiting), None: as many as about
+    10 ms of work (CREDIT_HORIZON); ``max_tasks``: tasks a task process runs
+    before a new one replaces it; ``idle_timeout``: seconds with nothing to do
+    before the worker leaves; ``max_memory``: bytes of resident memory after a
+    task above which its task process is replaced; ``spawn``: task processes are
+    new interpreters, not forks; ``reconnect``: a worker whose broker goes silent
+    dials again (standalone) instead of leaving (its executor's, whose client is gone).
+    """
+
+    fresh: bool = False
+    prefetch: int | None = None
+    max_tasks: int | None = None
+    idle_timeout: float | None = None
+    max_memory: int | None = None
+    spawn: bool = False
+    reconnect: bool = False
+
+    def __post_init__(self) -> None:
+        if self.prefetch is not None:
+            check_count("prefetch", self.prefetch, 0)
+        if self.max_tasks is not None:
+            check_count("max_tasks", self.max_tasks, 1)
+        if self.idle_timeout is not None:
+            check_seconds("idle_timeout", self.idle_timeout)
+        if self.max_memory is not None:
+            parse_size(self.max_memory)
+
+    @property
+    def laned(self) -> bool:
+        """May its task process take tasks straight from an embedded broker (a lane)?  Only where
+        the supervisor need not see each task: not to count them (max_tasks), weigh the process
+        after each (max_memory), time its idleness, or hold a fixed number (prefetch)."""
+        return not (self.fresh or self.spawn or self.max_tasks or self.max_memory or self.idle_timeout) \
+            and self.prefetch is None
+
+    def argv(self) -> list[str]:
+        """The options of ``python -m corral.worker`` that say this."""
+        args = []
+        if self.fresh:
+            args.append("--fresh")
+        if self.prefetch is not None:
+            args += ["--prefetch", str(self.prefetch)]
+        if self.max_tasks:
+            args += ["--max-tasks", str(self.max_tasks)]
+        if self.idle_timeout:
+            args += ["--idle-timeout", repr(self.idle_timeout)]
+        if self.max_memory:
+            args += ["--max-memory", str(self.max_memory)]
+        if self.spawn:
+            args.append("--spawn")
+        if self.reconnect:
+            args.append("--reconnect")
+        return args
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """The options ``argv`` writes, for the worker's own parser (checked as they are parsed)."""
+        from .cli.argtypes import integer, seconds, size
+
+        parser.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
+        parser.add_argument("--prefetch", type=integer(0), default=None, help="tasks held: running and waiting")
+        parser.add_argument("--max-tasks", type=integer(1), default=None, help="a new task process after N tasks")
+        parser.add_argument("--idle-timeout", type=seconds(), default=None, help="leave after this long idle")
+        parser.add_argument("--max-memory", type=size, default=None, help="a new task process above this RSS")
+        parser.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
+        parser.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
+        """The configuration ``add_arguments``'s options parsed into."""
+        return cls(fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks,
+                   idle_timeout=args.idle_timeout, max_memory=args.max_memory, spawn=args.spawn,
+                   reconnect=args.reconnect)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: ``max_workers``'s default."""
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+@dataclass
+class ExecutorConfig:
+    """An ``Executor``'s arguments, checked: ``ProcessPoolExecutor``'s with its errors, then corral's."""
+
+    max_workers: int | None = None
+    mp_context: Any = None
+    initializer: Any = None
+    initargs: tuple = ()
+    max_tasks_per_child: int | None = None
+    fresh: bool = False
+    address: str | None = None
+    retries: int = RETRIES
+    task_timeout: float | None = None
+    prefetch: int | None = None
+    idle_timeout: float | None = None
+    max_memory: int | str | None = None
+    heartbeat: float = HEARTBEAT
+    liveness: int = LIVENESS
+    kill_grace: float = KILL_GRACE
+    spin: float = SPIN
+
+    def __post_init__(self) -> None:
+        from . import addresses
+
+        if self.address is not None:
+            addresses.check(self.address)  # AddressError now, not a ZMQError in the I/O thread
+        if self.max_workers is None:
+            self.max_workers = usable_cpus()
+        elif not isinstance(self.max_workers, int) or isinstance(self.max_workers, bool):
+            raise TypeError("max_workers must be an integer")
+        elif self.max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if self.initializer is not None and not callable(self.initializer):
+            raise TypeError("initializer must be a callable")
+        if self.max_tasks_per_child is not None:
+            if not isinstance(self.max_tasks_per_child, int) or isinstance(self.max_tasks_per_child, bool):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if self.max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if self.mp_context is not None and not hasattr(self.mp_context, "get_start_method"):
+            raise TypeError("mp_context must be a multiprocessing context or None")
+        check_retries(self.retries)
+        if self.task_timeout is not None:
+            check_seconds("task_timeout", self.task_timeout)
+        if self.prefetch is not None:
+            check_count("prefetch", self.prefetch, 0)
+        if self.idle_timeout is not None:
+            check_seconds("idle_timeout", self.idle_timeout)
+        self.max_memory = parse_size(self.max_memory)
+        self.heartbeat = check_seconds("heartbeat", self.heartbeat)
+        self.liveness = check_count("liveness", self.liveness, 1)
+        self.kill_grace = check_seconds("kill_grace", self.kill_grace, zero=True)
+        if isinstance(self.spin, bool) or not isinstance(self.spin, (int, float)) or not 0 <= self.spin <= MAX_SPIN:
+            raise ValueError(f"spin must be a number of seconds from 0 to {MAX_SPIN:g}, not {self.spin!r}")
+        self.spin = float(self.spin)
+        self.fresh = bool(self.fresh) or self.max_tasks_per_child == 1
+        if self.address is not None and (self.idle_timeout or self.max_memory or self.prefetch is not None):
+            raise ValueError(
+                "idle_timeout, max_memory and prefetch configure the workers an Executor starts itself; "
+                "with address= give them to `corral worker` instead."
+            )
+        if self.address is not None and self.initializer is not None:
+            raise ValueError(
+                "initializer runs in the workers an Executor starts itself; with address= the "
+                "workers belong to the broker. Run your setup inside the task instead."
+            )
+
+    @property
+    def spawn(self) -> bool:
+        """Are local task processes spawned (a ``spawn`` context) rather than forked?"""
+        return self.mp_context is not None and self.mp_context.get_start_method() == "spawn"
+
+    def worker_config(self) -> WorkerConfig:
+        """What the executor's own workers are (``prefetch`` counts beyond the task that runs)."""
+        return WorkerConfig(
+            fresh=self.fresh, prefetch=None if self.prefetch is None else self.prefetch + 1,
+            max_tasks=None if self.fresh else self.max_tasks_per_child, idle_timeout=self.idle_timeout,
+            max_memory=self.max_memory, spawn=self.spawn,
+        )
