@@ -55,3 +55,26 @@ def test_an_executors_own_workers_get_its_settings():
     config = ExecutorConfig(max_workers=3, prefetch=4, max_tasks_per_child=9, idle_timeout=5.0, max_memory="1GB")
     assert config.worker_config() == WorkerConfig(prefetch=5, max_tasks=9, idle_timeout=5.0, max_memory=10**9)
     assert ExecutorConfig(max_tasks_per_child=1).worker_config() == WorkerConfig(fresh=True)
+
+
+QUIET = """
+import logging, sys
+import corral
+from corral.logs import logger
+if sys.argv[1] == "configured":
+    logging.basicConfig(format="%(name)s %(levelname)s %(message)s")
+logger("broker").warning("a message of corral's own")
+"""
+
+
+@pytest.mark.parametrize("how", ["quiet", "configured"])
+def test_corral_logs_through_logging_and_is_quiet_unless_configured(how):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", QUIET, how], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    if how == "quiet":
+        assert out.stderr == ""
+    else:
+        assert "corral.broker WARNING a message of corral's own" in out.stderr

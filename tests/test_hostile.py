@@ -17,7 +17,7 @@ import zmq
 
 import corral
 from corral.broker.broker import MAX_DEPARTED, Broker
-from corral.throttle import Throttle
+from corral.logs import Throttle
 from corral.wire import protocol
 from corral.wire.protocol import Kind
 from helpers import corral_cmd, free_port, start_worker, stop, wait_for

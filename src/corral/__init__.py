@@ -1,8 +1,10 @@
 """corral: a concurrent.futures Executor over a ZeroMQ broker.
 
     with corral.Executor(max_workers=8) as ex:       # was: ProcessPoolExecutor(8)
-        results = list(ex.map(simulate, params, chunksize=16))
+        results = list(ex.map(pow, range(100), [2] * 100, chunksize=16))
 """
+
+import logging
 
 from . import errors
 from .errors import (
@@ -15,6 +17,9 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+# corral's own messages (logs.py) are quiet unless the program configures logging.
+logging.getLogger("corral").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str):

@@ -26,6 +26,7 @@ RETRIES = 2  # how often a task whose process died runs again
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
 TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def seconds_rule(zero: bool = False) -> str:
@@ -115,6 +116,7 @@ class WorkerConfig:
     max_memory: int | None = None
     spawn: bool = False
     reconnect: bool = False
+    log_level: str | None = None  # print corral's messages from this level up on stderr (None: none)
 
     def __post_init__(self) -> None:
         if self.prefetch is not None:
@@ -125,6 +127,8 @@ class WorkerConfig:
             check_seconds("idle_timeout", self.idle_timeout)
         if self.max_memory is not None:
             parse_size(self.max_memory)
+        if self.log_level is not None and self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
 
     @property
     def laned(self) -> bool:
@@ -151,6 +155,8 @@ class WorkerConfig:
             args.append("--spawn")
         if self.reconnect:
             args.append("--reconnect")
+        if self.log_level:
+            args += ["--log-level", self.log_level]
         return args
 
     @staticmethod
@@ -165,13 +171,14 @@ class WorkerConfig:
         parser.add_argument("--max-memory", type=size, default=None, help="a new task process above this RSS")
         parser.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
         parser.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again")
+        parser.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="print corral's messages")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
         """The configuration ``add_arguments``'s options parsed into."""
         return cls(fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks,
                    idle_timeout=args.idle_timeout, max_memory=args.max_memory, spawn=args.spawn,
-                   reconnect=args.reconnect)
+                   reconnect=args.reconnect, log_level=args.log_level)
 
 
 def usable_cpus() -> int:

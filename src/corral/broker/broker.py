@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,7 +51,7 @@ import zmq
 from ..config import HEARTBEAT, LIVENESS
 from ..errors import ProtocolError
 from ..local.pool import LocalPool, exit_words
-from ..throttle import Throttle
+from ..logs import Throttle, logger
 from ..wire import poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
@@ -107,7 +106,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.embedded = embedded
-        self.log = log or (lambda msg: print(f"corral broker: {msg}", file=sys.stderr))
+        self.log = log or logger("broker").warning
         self.complain = Throttle(self.log)  # for what peers send wrong: never a flood of lines
         self.told_unknown: dict[bytes, float] = {}  # unknown peers answered ERROR, and when (one a heartbeat)
         self.tasks: dict[int, Task] = {}

@@ -17,6 +17,7 @@ import warnings
 from .. import __version__, addresses
 from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..errors import InsecureAddressError
+from ..logs import setup
 from .argtypes import connect_address, integer, listen_address, seconds, size
 
 
@@ -44,6 +45,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from ..broker.broker import Broker
 
     check_listen_address(args.listen, args.insecure)
+    setup(_level(args))
     broker = Broker(args.listen, heartbeat=args.heartbeat, liveness=args.liveness)
     print(f"corral broker listening on {args.listen}", file=sys.stderr, flush=True)
 
@@ -114,8 +116,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if problem:
         print(f"corral worker: --processes {args.processes:,}: {problem}", file=sys.stderr)
         return 2
+    setup(_level(args))
     config = WorkerConfig(fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,
-                          idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True)
+                          idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True,
+                          log_level=_level(args))
     pool = LocalPool(args.address, args.processes, config)
     restarts = Restarts()
     stopping = False
@@ -152,6 +156,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _level(args: argparse.Namespace) -> str:
+    """The level of corral's messages a command prints on stderr: INFO, or DEBUG with -v."""
+    return "DEBUG" if args.verbose else "INFO"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -174,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--listen", type=listen_address, default="tcp://127.0.0.1:7700",
                         help="address to bind (default %(default)s)")
     broker.add_argument("--insecure", action="store_true", help="allow a non-loopback TCP address without encryption")
+    broker.add_argument("-v", "--verbose", action="store_true", help="print corral's debugging messages too")
     broker.add_argument("--heartbeat", type=seconds(), default=HEARTBEAT,
                         help="heartbeat interval in seconds (default %(default)s)")
     broker.add_argument("--liveness", type=integer(1), default=LIVENESS,
@@ -182,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")
     worker.add_argument("address", type=connect_address, help="the broker's address, e.g. tcp://127.0.0.1:7700")
+    worker.add_argument("-v", "--verbose", action="store_true", help="print corral's debugging messages too")
     worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
     worker.add_argument("--processes", type=integer(1), default=os.cpu_count() or 1,
                         help="worker processes (default: CPUs)")

@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import json
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -42,8 +41,8 @@ from .. import serialization
 from ..broker.broker import Broker
 from ..errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
 from ..local import shm
+from ..logs import Throttle, logger
 from ..serialization import restore_builtin_state
-from ..throttle import Throttle
 from ..wire import protocol
 from ..wire.poller import POLLIN, Spin
 from ..wire.protocol import Kind, Status
@@ -96,7 +95,7 @@ class IOLoop:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.welcomed = False  # the broker answered our last HELLO
-        self.complain = Throttle(lambda line: print(line, file=sys.stderr))
+        self.complain = Throttle(logger("client").warning)
         self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
         self.store: shm.Store | None = None  # large buffers to and from an embedded broker's workers
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
@@ -344,7 +343,7 @@ class IOLoop:
             elif kind == Kind.ERROR:
                 self.refused(body)
         except (protocol.ProtocolError, KeyError, TypeError, ValueError, IndexError) as exc:
-            self.complain(f"corral client: dropped a malformed message: {type(exc).__name__}: {exc}")
+            self.complain(f"dropped a malformed message: {type(exc).__name__}: {exc}")
 
     def refused(self, body: dict) -> None:
         """The broker refused a message: it does not know us (it restarted), or will not serve us."""
@@ -358,7 +357,7 @@ class IOLoop:
                     f"the broker at {self.address} no longer knows this client (it restarted, or lost "
                     "touch with it): the tasks it held are lost. Later tasks go to it as usual."))
             return
-        self.complain(f"corral client: the broker at {self.address} refused a request: {message}")
+        self.complain(f"the broker at {self.address} refused a request: {message}")
 
     def resolve(self, entry: list, frames: list) -> None:
         cid, status, _, meta = entry

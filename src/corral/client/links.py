@@ -7,7 +7,6 @@ Both take protocol messages as (kind, body, frames) and give back those that hav
 
 from __future__ import annotations
 
-import sys
 from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
@@ -15,6 +14,7 @@ from typing import Protocol
 import zmq
 
 from ..broker.broker import Broker
+from ..logs import logger
 from ..wire import protocol, sockets
 from ..wire.poller import POLLIN
 from ..wire.protocol import Kind
@@ -54,7 +54,7 @@ class SocketLink:
                 kind, body = protocol.decode(msg[0].bytes)
                 frames = protocol.unpack(body, msg[1:])
             except protocol.ProtocolError as exc:
-                print(f"corral client: dropped a malformed message: {exc}", file=sys.stderr)
+                logger("client").warning(f"dropped a malformed message: {exc}")
                 continue
             yield kind, body, frames
 

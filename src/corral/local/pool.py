@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import WorkerConfig
+from ..logs import logger
 from ..tuning import SPIN
 from ..wire.stream import STREAM_BUFFER, size_buffers
 from ..worker import containment
@@ -177,8 +178,8 @@ class LocalPool:
                 if not self.procs:
                     raise WorkerStartError(f"could not start a worker process: {exc}") from exc
                 if not self.short:
-                    print(f"corral: started {len(self.procs)} of {self.size} worker processes; the system "
-                          f"refused more ({exc}); trying again every {START_RETRY:g} s", file=sys.stderr)
+                    logger("pool").warning(f"started {len(self.procs)} of {self.size} worker processes; the system "
+                                           f"refused more ({exc}); trying again every {START_RETRY:g} s")
                 self.short = True
                 return
         self.short = False

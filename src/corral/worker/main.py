@@ -127,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.getppid() != args.parent:
             return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
+    if args.log_level:
+        from ..logs import setup
+
+        setup(args.log_level)
     setup: tuple = (None, None, args.shm)
     if args.bootstrap:
         with open(args.bootstrap, "rb") as f:

@@ -48,6 +48,7 @@ backoff and joins the broker again when it is back.
 
 from __future__ import annotations
 
+import logging
 import os
 import select
 import signal
@@ -61,7 +62,7 @@ from typing import TYPE_CHECKING
 
 from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..local.pool import exit_words
-from ..throttle import Throttle
+from ..logs import Throttle, logger
 from ..tuning import CREDIT_HORIZON, PIPELINE_TASK_TIME, PIPELINE_TASKS, STARTED_DELAY
 from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
@@ -89,6 +90,7 @@ LANE_STOP_CHECK = 0.001  # seconds between looks at a lane's page for a task to 
 PARENT_CHECK = 0.1  # seconds between checks that our parent lives (it also sends a signal when it dies)
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 MAX_BACKOFF = 10.0
+_log = logger("worker")
 
 
 @dataclass
@@ -174,7 +176,7 @@ class Worker:
         self.said_hello = False
         self.welcomed = False  # the broker answered our last HELLO
         self.waiting_since, self.wait_note = time.monotonic(), WAIT_NOTE  # for note_waiting()
-        self.complain = Throttle(self.say)  # what the broker sends wrong: never a flood of lines
+        self.complain = Throttle(self.warn)  # what the broker sends wrong: never a flood of lines
         self.idle_since = time.monotonic()
         self.parent_checked = 0.0
         # What a task starts ends with its task process (containment.py): we adopt the
@@ -255,8 +257,13 @@ class Worker:
             self.wait_note = min(self.wait_note * 2, waited + WAIT_NOTE_MAX)
             self.say(f"waiting for the broker at {self.address} ({waited:.0f} s so far)")
 
-    def say(self, line: str) -> None:
-        print(f"corral worker {self.name}: {line}", file=sys.stderr, flush=True)
+    def say(self, line: str, level: int = logging.INFO) -> None:
+        """Log ``line`` as this worker's (``corral.worker``)."""
+        _log.log(level, f"{self.name}: {line}")
+
+    def warn(self, line: str) -> None:
+        """Log a warning (what the broker sent wrong: through ``complain``, throttled)."""
+        self.say(line, logging.WARNING)
 
     @property
     def current(self) -> Held | None:
@@ -416,7 +423,7 @@ class Worker:
         try:
             messages = self.link.receive()
         except protocol.ProtocolError as exc:  # our broker's socket pair is broken: nothing more can be trusted
-            self.say(f"the broker's socket pair is corrupt ({exc}); exiting")
+            self.warn(f"the broker's socket pair is corrupt ({exc}); exiting")
             messages, self.stopping = [], True
         if self.link.eof:
             self.stopping = True  # the broker closed its socket pair: its process is gone
