@@ -51,7 +51,7 @@ def _keep_mapping(address: str, stop_event: threading.Event, done: list, errors:
 
 def test_a_live_broker_survives_a_storm_of_mutated_messages():
     address = f"tcp://127.0.0.1:{free_port()}"
-    broker = start_broker(address, "--heartbeat", "0.2")
+    broker = start_broker(address, "--heartbeat", "0.5")
     worker = start_worker(address, "--processes", "1")
     ctx = zmq.Context()
     ctx.max_sockets = PEERS + 16

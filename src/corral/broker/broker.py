@@ -66,6 +66,10 @@ __all__ = ["DEFAULT_RETRIES", "Broker"]
 
 MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most recent)
 STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
+# Messages a ROUTER's drain handles in one turn of the loop: then the turn dispatches, sends and
+# heartbeats, so that a flood from some peers (a SUBMIT is up to 2,000 tasks) cannot keep the
+# others waiting for their heartbeats past their liveness.
+DRAIN_LIMIT = 1000
 
 
 class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
@@ -180,7 +184,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
 
     # -- the listening sockets -----------------------------------------------------
 
-    def drain(self, sock: zmq.Socket, limit: int = 10000) -> None:
+    def drain(self, sock: zmq.Socket, limit: int = DRAIN_LIMIT) -> None:
         """Handle the messages waiting on a ROUTER (at most ``limit``: the loop's other work goes on)."""
         for _ in range(limit):
             try:

@@ -17,7 +17,10 @@ import time
 
 from ..config import WorkerConfig
 from . import task_process as runner
-from .supervisor import Worker
+from .fresh import FreshWorker
+from .laned import LaneWorker
+from .persistent import PersistentWorker
+from .supervisor import Supervisor
 
 
 class _ClientFiles:
@@ -84,7 +87,7 @@ def _follow_parent(files: _ClientFiles, worker: list) -> None:
 
     The parent-death signal is SIGHUP, used for nothing else, so that we
     first stop our task processes with what their tasks started (``worker``
-    holds the Worker once there is one) and remove the client's private
+    holds the supervisor once there is one) and remove the client's private
     directories, which a SIGKILLed client could not.
     """
 
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.address is None) == (args.fd is None):
         p.error("give either the broker's address or --fd")
     files = None
-    made: list[Worker] = []  # the worker, once made: the parent-death handler stops its processes
+    made: list[Supervisor] = []  # the worker, once made: the parent-death handler stops its processes
     if args.parent:
         files = _ClientFiles(args.parent, [d for d in (args.bootstrap and os.path.dirname(args.bootstrap),
                                                        args.shm) if d])
@@ -136,8 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.bootstrap, "rb") as f:
             setup = (*pickle.load(f), args.shm)
         sys.path[:] = setup[0]
-    worker = Worker(args.address, WorkerConfig.from_args(args), fd=args.fd, lane=args.lane, spin=args.spin,
-                    parent_pid=args.parent, setup=setup)
+    config = WorkerConfig.from_args(args)
+    started = {"fd": args.fd, "parent_pid": args.parent, "setup": setup}
+    if args.lane is not None:
+        worker: Supervisor = LaneWorker(args.address, config, lane=args.lane, spin=args.spin, **started)
+    elif config.fresh:
+        worker = FreshWorker(args.address, config, **started)
+    else:
+        worker = PersistentWorker(args.address, config, **started)
     made.append(worker)
     if files is not None:
         worker.on_terminated = files.after_sigterm
