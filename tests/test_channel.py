@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from corral import serialization
+from corral.tuning import CHANNEL_READ_CHUNK
 from corral.worker import task_process as runner
 
 TIMEOUT = 30
@@ -33,7 +34,7 @@ def _send_all(writer: runner.Channel, messages: list) -> threading.Thread:
 
 def test_messages_of_every_size_arrive_whole_and_in_order(channel_pair):
     writer, reader = channel_pair
-    chunk = runner.READ_CHUNK
+    chunk = CHANNEL_READ_CHUNK
     sizes = [0, 1, 100, chunk - 200, chunk - 12, chunk, chunk + 1, 3 * chunk + 5, 7, 5 << 20, 2, 3]
     messages = [(("m", i), [bytes([i % 251]) * size, b"tail"]) for i, size in enumerate(sizes)]
     thread = _send_all(writer, messages)
@@ -48,7 +49,7 @@ def test_messages_of_every_size_arrive_whole_and_in_order(channel_pair):
 def test_a_large_message_gets_a_writable_buffer_a_small_one_a_view_without_copy(channel_pair):
     # Only a message of READ_CHUNK or more can carry an out-of-band buffer, which the
     # unpickler hands to user code as it is: it must be writable, as a pickled array is.
-    assert runner.READ_CHUNK <= serialization.OOB_THRESHOLD
+    assert CHANNEL_READ_CHUNK <= serialization.OOB_THRESHOLD
     writer, reader = channel_pair
     thread = _send_all(writer, [(("small",), [b"abc"]), (("large",), [b"x" * serialization.OOB_THRESHOLD])])
     _, small = reader.recv()

@@ -13,7 +13,7 @@ import corral
 from corral.local import shm
 
 TIMEOUT = 60
-N = (4 << 20) // 8  # a 4 MiB float64 array: above shm.MIN_BYTES
+N = (4 << 20) // 8  # a 4 MiB float64 array: above tuning.SHM_MIN_BYTES
 
 
 def double_in_place(a):

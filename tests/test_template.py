@@ -195,7 +195,7 @@ needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason
 @needs_affinity
 @pytest.mark.parametrize("cpus", ["all", "fewer"])
 def test_task_processes_and_imports_ahead_see_the_cpus_the_client_has(make_executor, module_factory, cpus):
-    """The template holds itself on one CPU while it forks (template._Pin): neither a task nor a
+    """The template holds itself on one CPU while it forks (forkperf.Pin): neither a task nor a
     module it imports ahead may see another set of CPUs than the executor's process had."""
     mine = os.sched_getaffinity(0)
     if cpus == "fewer":
@@ -227,7 +227,7 @@ def test_finished_task_processes_are_collected(make_executor):
     batches while tasks keep coming, and all of them once the worker is idle."""
     import psutil
 
-    from corral.worker import template
+    from corral import tuning
 
     ex = make_executor(1, fresh=True)
     assert list(ex.map(abs, range(-60, 0), timeout=TIMEOUT)) == list(range(60, 0, -1))
@@ -237,7 +237,7 @@ def test_finished_task_processes_are_collected(make_executor):
     def zombies() -> int:
         return sum(1 for p in tpl.children() if p.status() == psutil.STATUS_ZOMBIE)
 
-    assert zombies() <= template.COLLECT_BATCH + 2
+    assert zombies() <= tuning.COLLECT_BATCH + 2
     deadline = time.monotonic() + 10
     while zombies() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -250,22 +250,22 @@ def _collapse_works() -> bool:
     import ctypes
     import mmap
 
-    from corral.worker import template
+    from corral.worker import forkperf
 
-    huge = template._HugePages.here()
+    huge = forkperf.HugePages.here()
     if huge is None:
         return False
     region = mmap.mmap(-1, 2 * huge.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         region.write(b"x" * (2 * huge.size))
         start = -(-ctypes.addressof(ctypes.c_char.from_buffer(region)) // huge.size) * huge.size
-        return huge.madvise(start, huge.size, template.MADV_COLLAPSE) == 0
+        return huge.madvise(start, huge.size, forkperf.MADV_COLLAPSE) == 0
     finally:
         region.close()
 
 
 def test_the_template_backs_its_heap_with_huge_pages_and_tasks_still_copy_on_write(make_executor, module_factory):
-    """The template collapses what it can of its memory into huge pages (template._HugePages),
+    """The template collapses what it can of its memory into huge pages (forkperf.HugePages),
     after an import ahead too; a task process that writes to it changes its own copy only."""
     import psutil
 
@@ -293,11 +293,11 @@ def test_the_template_backs_its_heap_with_huge_pages_and_tasks_still_copy_on_wri
 
 def test_a_task_process_leaves_through_libc_exit_with_its_code():
     """Fresh task processes leave with libc's _exit() looked up in the template
-    (template._libc_exit), not os._exit(): the code and what was printed still get out."""
+    (forkperf.libc_exit), not os._exit(): the code and what was printed still get out."""
+    from corral.worker import forkperf
     from corral.worker import task_process as runner
-    from corral.worker import template
 
-    leave = template._libc_exit()
+    leave = forkperf.libc_exit()
     if leave is None:
         pytest.skip("os._exit() is used here")
     read, write = os.pipe()

@@ -43,6 +43,7 @@ class Endpoint:
 
 
 def _fail(address: str, reason: str, example: str = EXAMPLE) -> AddressError:
+    """The AddressError for ``address``, saying why and showing one that works."""
     return AddressError(f"bad address {address!r}: {reason}; for example {example}")
 
 
@@ -69,6 +70,7 @@ def parse(address: str, *, listen: bool = False) -> Endpoint:
 
 
 def _parse_ipc(address: str, path: str) -> Endpoint:
+    """An ``ipc://`` endpoint."""
     example = "ipc:///tmp/corral.sock"
     if not path:
         raise _fail(address, "the path is empty", example)
@@ -80,6 +82,7 @@ def _parse_ipc(address: str, path: str) -> Endpoint:
 
 
 def _parse_tcp(address: str, rest: str, listen: bool) -> Endpoint:
+    """A ``tcp://`` endpoint."""
     bracketed = rest.startswith("[")
     if bracketed:
         close = rest.find("]")
@@ -134,6 +137,7 @@ def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 
 
 def _loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Is ``ip`` a loopback address (IPv4-mapped too)?"""
     mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 

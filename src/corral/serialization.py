@@ -32,11 +32,9 @@ import cloudpickle
 
 from . import errors
 from .errors import SerializationError
+from .tuning import OOB_THRESHOLD
 
 PROTOCOL = 5
-# Buffers smaller than this are cheaper to copy into the stream than to send
-# as a frame of their own.
-OOB_THRESHOLD = 64 * 1024
 _MAX_DEPTH = 6
 # The modules someone asked cloudpickle to pickle by value (register_pickle_by_value),
 # a set cloudpickle fills in place: looked at before every pickle.
@@ -93,6 +91,7 @@ class FunctionPickles:
         self.by_value: frozenset = frozenset(_BY_VALUE)
 
     def dumps(self, fn: Any, what: str) -> bytes:
+        """A function's pickle, from the cache if it is there."""
         if self.by_value != _BY_VALUE:  # register_pickle_by_value() since: pickle functions anew
             self.cache.clear()
             self.by_value = frozenset(_BY_VALUE)
@@ -121,6 +120,7 @@ class FunctionCache:
         self.cache: dict = {}
 
     def loads(self, stream: Any, what: str) -> Any:
+        """A function from its pickle, unpickled once."""
         try:
             fn = self.cache.get(stream)
         except (TypeError, ValueError):  # a writable buffer cannot be hashed: look up a copy
@@ -144,6 +144,7 @@ def loads(frames: list, what: str = "object") -> Any:
 
 
 def _pickles(obj: Any) -> Exception | None:
+    """The exception pickling ``obj`` raises, if any."""
     try:
         cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=lambda b: False)
     except Exception as exc:

@@ -52,6 +52,7 @@ from ..config import HEARTBEAT, LIVENESS
 from ..errors import ProtocolError
 from ..local.pool import LocalPool, exit_words
 from ..logs import Throttle, logger
+from ..tuning import DRAIN_LIMIT
 from ..wire import poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
@@ -66,10 +67,6 @@ __all__ = ["DEFAULT_RETRIES", "Broker"]
 
 MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most recent)
 STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
-# Messages a ROUTER's drain handles in one turn of the loop: then the turn dispatches, sends and
-# heartbeats, so that a flood from some peers (a SUBMIT is up to 2,000 tasks) cannot keep the
-# others waiting for their heartbeats past their liveness.
-DRAIN_LIMIT = 1000
 
 
 class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
@@ -129,6 +126,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.last_reap = 0.0
 
     def _router(self, address: str) -> zmq.Socket:
+        """A ROUTER bound to ``address`` (``wire.sockets``), with as many descriptors as we may have."""
         _raise_descriptor_limit()
         return sockets.router(self.ctx, address)
 
@@ -253,6 +251,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
 
     def send(self, sock: zmq.Socket | None, ident: bytes, kind: Kind, body: dict | None = None,
              frames: list = ()) -> None:
+        """One message to a peer: an attached client's callback, a pool worker's socket pair (TASKS for a lane go
+        on its lane), or a ROUTER; a peer that has gone is skipped."""
         deliver = self.local.get(ident)
         if deliver is not None:
             deliver(kind, body, frames)
@@ -276,6 +276,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
     # -- time-driven work --------------------------------------------------------
 
     def housekeeping(self) -> None:
+        """Reap the pool; every heartbeat, send heartbeats and drop silent or stalled peers."""
         now = time.monotonic()
         if self.pool and now - self.last_reap >= 0.1:
             self.last_reap = now
@@ -317,6 +318,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         return not any(self.tasks[gid].started for gid in w.assigned if gid in self.tasks)
 
     def reap_pool(self) -> None:
+        """Workers of the pool that exited are lost (their tasks go back); start others if work waits."""
         for exited in self.pool.reap():
             for w in list(self.workers.values()):
                 if w.pid == exited.pid:
@@ -338,6 +340,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         return counts, [json.dumps(workers, separators=(",", ":")).encode()]
 
     def close(self) -> None:
+        """Tell the workers to leave, stop the pool, close the sockets."""
         for w in list(self.workers.values()):
             self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
         deadline = time.monotonic() + 1.0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from .. import tuning
+from .. import timing, tuning
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
@@ -54,7 +54,7 @@ class LaneSeats:
             w.answered += 1
             if entry[1] != Status.FAILED:
                 took = now - w.head_since
-                w.task_time = took if w.task_time is None else 0.8 * w.task_time + 0.2 * took
+                w.task_time = timing.smooth(w.task_time, took)
             self.task_done(w, entry, payload)
             self.next_head(w, now)
 
@@ -87,22 +87,18 @@ class LaneSeats:
         task = self.lane_head(w)
         if task is None or w.epoch is None:
             return None
-        due = None if w.head_reported else w.head_since + tuning.STARTED_DELAY
-        limit = task.options.get("timeout")
-        if limit and not w.stopping:
-            due = min(due or 1e300, w.head_since + limit)
-        return due
+        return timing.due(w.head_since, w.head_reported, task.options.get("timeout"), bool(w.stopping))
 
     def lane_timers(self, now: float) -> None:
+        """STARTED for a lane's oldest task once it has run STARTED_DELAY; its timeout when due."""
         for w in self.lanes.values():
             task = self.lane_head(w)
             if task is None or w.epoch is None:
                 continue
-            if not w.head_reported and now - w.head_since >= tuning.STARTED_DELAY:
+            if timing.started_due(now, w.head_since, w.head_reported):
                 w.head_reported = True
                 self.outbox(task.client).started.append(task.cid)
-            limit = task.options.get("timeout")
-            if limit and not w.stopping and now - w.head_since >= limit:
+            if timing.timed_out(now, w.head_since, task.options.get("timeout"), bool(w.stopping)):
                 self.stop_on_lane(w, task, "timeout", "SIGKILL", 0.0)
 
     def lane_ended(self, w: WorkerState, body: dict) -> None:

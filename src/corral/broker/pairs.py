@@ -30,6 +30,7 @@ class PoolLinks:
             self.poller.register(link.lane, link.lane_flags)
 
     def serve_stream(self, ident: bytes, link: PoolLink, events: int) -> None:
+        """Read what a pool worker sent on its socket pair; a broken or closed one ends its link."""
         if events & POLLOUT:
             link.stream.flush()
         try:

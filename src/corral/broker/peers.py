@@ -78,6 +78,7 @@ class Peers:
             self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
 
     def add_worker(self, sock: zmq.Socket, ident: bytes, body: dict, now: float) -> None:
+        """A worker's HELLO: its record (names cut to size), or a refusal of its claim to be broken."""
         pid = body.get("pid", 0)
         w = WorkerState(
             ident,
@@ -114,6 +115,7 @@ class Peers:
         self.send(sock, ident, Kind.SHUTDOWN)
 
     def handle_worker(self, w: WorkerState, kind: Kind, body: dict, frames: list) -> None:
+        """One message from a known worker."""
         if kind == Kind.READY:
             self.grant(w, body)
         elif kind == Kind.STARTED:
@@ -176,6 +178,7 @@ class Peers:
             self.complain(f"dropped malformed message from the embedded client: {type(exc).__name__}: {exc}")
 
     def handle_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
+        """One message from a known client (checked whole before anything is done)."""
         if kind == Kind.SUBMIT:
             entries = protocol.split_entries(body, "tasks", frames, 3)
             for entry, payload in entries:  # all of them checked first: a malformed SUBMIT queues nothing
@@ -232,10 +235,12 @@ def retries_of(body: dict) -> int:
 
 
 def seconds(value: Any) -> float:
+    """A peer's number of seconds (ProtocolError if it is not one)."""
     return protocol.seconds(value, "number of seconds")
 
 
 def count(value: Any) -> int:
+    """A peer's count, 0 to 1,000,000 (ProtocolError if it is not one)."""
     if type(value) is not int or value < 0 or value > 1_000_000:
         raise ProtocolError(f"bad count {value!r:.40}")
     return value

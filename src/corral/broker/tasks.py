@@ -15,12 +15,11 @@ import signal
 import time
 
 from ..errors import ProtocolError
+from ..tuning import INTERNED, SMALL_FRAME
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
 from .records import ClientState, Outbox, Task, WorkerState
 
-SMALL_FRAME = 64 << 10  # frames below this are stored as bytes; larger ones stay zero-copy ZeroMQ frames
-INTERNED = 1024  # distinct first frames (pickled functions) stored once
 _NO_OPTIONS: dict = {}  # shared by every task without options; never modified
 _STATUSES = frozenset(int(s) for s in Status)
 
@@ -41,6 +40,7 @@ class TaskTable:
                 self.outbox(task.client).started.append(task.cid)
 
     def task_done(self, w: WorkerState, entry: list, payload: list) -> None:
+        """A task's outcome from the worker that holds it (any other worker's is dropped)."""
         gid, status, _, meta = entry
         task = self.tasks.get(gid)
         if task is None or task.worker != w.ident:
@@ -92,9 +92,12 @@ class TaskTable:
             box.too_late.append(task.cid)
 
     def fail(self, task: Task, error: str, message: str) -> None:
+        """End a task with a failure of ``error`` (a protocol ERR_ name)."""
         self.finish(task, Status.FAILED, [], {"error": error, "message": message})
 
     def unassign(self, w: WorkerState, gid: int, count_attempt: bool, why: str = "") -> None:
+        """Take a task back from a worker: killed, cancelled, retried (an attempt counted if
+        ``count_attempt`` and it had begun) or queued again at the front."""
         task = self.tasks.get(gid)
         w.assigned.pop(gid, None)
         if task is None or task.worker != w.ident:
@@ -114,6 +117,7 @@ class TaskTable:
             self.queue.appendleft(gid)
 
     def retry_or_fail(self, task: Task, why: str, error: str = protocol.ERR_WORKER_LOST) -> None:
+        """Queue a task again at the front if it has attempts left, else fail it saying why."""
         retries = task.options.get("retries", self.clients[task.client].retries if task.client in self.clients else 0)
         if task.attempts <= retries:
             self.queue.appendleft(task.gid)
@@ -231,6 +235,7 @@ class TaskTable:
             self.send(self.workers_sock, ident, Kind.KILL, {"ids": gids, "signal": sig, "grace": grace})
 
     def kill_queued(self, task: Task, why: str) -> None:
+        """A task killed before any worker took it: it ends now."""
         self.fail(task, protocol.ERR_KILLED, f"the task was killed {why}")
 
     def drop(self, task: Task) -> None:
@@ -267,11 +272,13 @@ class TaskTable:
         self.outboxes.pop(c.ident, None)
 
     def forget(self, task: Task) -> None:
+        """Remove a task from its client's table."""
         c = self.clients.get(task.client)
         if c is not None:
             c.tasks.pop(task.cid, None)
 
     def outbox(self, client: bytes) -> Outbox:
+        """What this turn owes ``client`` (made on first use)."""
         box = self.outboxes.get(client)
         if box is None:
             box = self.outboxes[client] = Outbox()

@@ -42,6 +42,7 @@ def check_listen_address(address: str, insecure: bool) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    """``corral broker``: serve until SIGTERM or Ctrl-C."""
     from ..broker.broker import Broker
 
     check_listen_address(args.listen, args.insecure)
@@ -82,6 +83,7 @@ class Restarts:
         self.not_before = 0.0  # no restart before this time
 
     def note_started(self, pids, now: float) -> None:
+        """Note when each of ``pids`` started."""
         for pid in pids:
             self.started.setdefault(pid, now)
 
@@ -110,6 +112,7 @@ class Restarts:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """``corral worker``: keep ``--processes`` worker processes serving the broker until stopped."""
     from ..local.pool import LocalPool, WorkerStartError, refusal
 
     problem = refusal(args.processes, args.fresh)
@@ -162,6 +165,7 @@ def _level(args: argparse.Namespace) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``corral demo``."""
     from .demo import run_demo
 
     run_demo(tasks=args.tasks, samples=args.samples, workers=args.workers)
@@ -169,6 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``corral`` command's argument parser."""
     p = argparse.ArgumentParser(prog="corral", description="A concurrent.futures Executor over a ZeroMQ broker.")
     p.add_argument("--version", action="version", version=f"corral {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -207,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``corral`` command; its exit code."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

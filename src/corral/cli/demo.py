@@ -19,6 +19,7 @@ def count_inside(seed: int, samples: int) -> int:
 
 
 def run_demo(tasks: int = 200, samples: int = 20000, workers: int | None = None) -> None:
+    """Estimate pi on persistent, then fresh workers, and print what each run took."""
     for fresh in (False, True):
         kind = "fresh (a new process per task)" if fresh else "persistent"
         n = tasks if not fresh else max(1, tasks // 4)

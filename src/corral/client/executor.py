@@ -38,6 +38,7 @@ from ..local import shm
 from ..local.pool import LocalPool, refusal
 from ..serialization import Call, call_frames
 from ..status import Summary
+from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
 from . import ioloop
 from .future import CorralFuture
 from .ioloop import IOLoop
@@ -45,10 +46,6 @@ from .ioloop import IOLoop
 MANY_WORKERS = 256  # local workers beyond this are checked against what the system lets us start
 
 
-# map's default read-ahead grows with max_workers up to these, so that it stays lazy however many
-# workers are claimed (max_workers=1_000_000 with address= would otherwise read 32 million items).
-MAP_WINDOW = 4096  # tasks
-MAP_CHUNK_WINDOW = 1024  # chunks
 
 
 class Executor(_StdExecutor):
@@ -168,6 +165,7 @@ class Executor(_StdExecutor):
     # -- the Executor API -------------------------------------------------------
 
     def _check_open(self) -> None:
+        """Raise what a submit must raise now: the executor is broken, shut down, or the interpreter exits."""
         if self._io.broken is not None:
             raise self._io.broken
         if self._shutdown:
@@ -191,6 +189,7 @@ class Executor(_StdExecutor):
         return TaskOptions(self, check_task_options(options))
 
     def _submit_call(self, call: Call, options: dict | None = None) -> Future:
+        """Pickle a call here, in the caller's thread, and hand it to the I/O loop; its future."""
         if self._defaults:
             options = {**self._defaults, **(options or {})}
         with self._shutdown_lock:
@@ -233,6 +232,7 @@ class Executor(_StdExecutor):
         return self._map(fn, iterables, timeout, chunksize, buffersize, None)
 
     def _map(self, fn, iterables, timeout, chunksize, buffersize, options: dict | None) -> Iterator[Any]:
+        """map's work, with per-task ``options`` (``TaskOptions.map``)."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
@@ -256,6 +256,7 @@ class Executor(_StdExecutor):
         return self._map_results(inflight, calls, deadline, chunksize > 1, submit, window)
 
     def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, submit, window: int):
+        """Yield a map's results in order, submitting more as the window empties; cancel the rest at the end."""
         try:
             while inflight:
                 # Yield straight from the call: no local keeps a yielded result alive (bpo-14406).
@@ -295,6 +296,7 @@ class Executor(_StdExecutor):
         self._force_shutdown(hard=True)
 
     def _force_shutdown(self, hard: bool) -> None:
+        """Shut down at once and signal the workers (``terminate_workers``/``kill_workers``)."""
         with self._shutdown_lock:
             self._shutdown = True
         if self._io.thread.is_alive():
@@ -361,6 +363,7 @@ def _cancel_all(futures) -> None:
 
 
 def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
+    """``iterator`` in lists of ``size`` (the last one shorter)."""
     while True:
         chunk = list(itertools.islice(iterator, size))
         if not chunk:

@@ -46,6 +46,7 @@ class _Condition(threading.Condition):
         self._lock = threading.RLock()
 
     def wait(self, timeout: float | None = None) -> bool:
+        """As ``Condition.wait``, making the waiters' deque first."""
         if self._waiters is _NO_WAITERS:  # we hold the lock: no other thread is in here
             self._waiters = deque()
         return super().wait(timeout)
@@ -87,6 +88,7 @@ class _EmptyUntilAppend:
         return 0
 
     def append(self, item: Any) -> None:
+        """Put a real list in the future, holding ``item``."""
         self.future.__dict__[self.name] = [item]
 
     def remove(self, item: Any) -> None:
@@ -121,9 +123,11 @@ class CorralFuture(Future):
         self._kill_requested = False
 
     def result(self, timeout: float | None = None) -> Any:
+        """As ``Future.result``, running the executor's loop while waiting (``leading.py``)."""
         return Future.result(self, self._wait(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``, running the executor's loop while waiting (``leading.py``)."""
         return Future.exception(self, self._wait(timeout))
 
     def _wait(self, timeout: float | None) -> float | None:

@@ -107,6 +107,7 @@ class IOLoop:
     # -- called from user threads ---------------------------------------------
 
     def wake(self) -> None:
+        """Wake the loop (one byte on its pipe, unless it is awake already)."""
         if not self.awake:
             self.awake = True
             try:
@@ -115,6 +116,7 @@ class IOLoop:
                 pass  # the loop has finished and closed the pipe
 
     def submit_frames(self, frames: list, options: dict | None = None) -> CorralFuture:
+        """A new future for a task of these frames; the task leaves with the loop's next SUBMIT."""
         cid = next(self.ids)
         fut = CorralFuture(self, cid)
         self.futures[cid] = fut
@@ -156,26 +158,31 @@ class IOLoop:
         return verdicts  # type: ignore[return-value]
 
     def request_kill(self, cid: int, grace: float) -> None:
+        """Have the loop send KILL for a task."""
         self.cancels.append((Kind.KILL, cid, grace))
         self.wake()
 
     def request_terminate(self, hard: bool) -> None:
+        """Have the loop send KILL for every task of this client (SIGKILL if ``hard``)."""
         self.cancels.append((Kind.KILL, None, "SIGKILL" if hard else "SIGTERM"))
         self.wake()
 
     def request_status(self) -> Future:
+        """Have the loop send STATUS; a future for (worker records, counts)."""
         fut: Future = Future()
         self.status_asked.append(fut)
         self.wake()
         return fut
 
     def close_when_done(self) -> None:
+        """Let the loop end once every future is done."""
         self.closing = True
         self.wake()
 
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> None:
+        """The I/O thread: say HELLO, run turns until closed, say BYE; on any failure, fail every future."""
         self.last_heard = self.last_beat = self.last_turn = time.monotonic()
         link = None
         try:
@@ -252,6 +259,7 @@ class IOLoop:
             return self.closing and not self.futures and not self.outq
 
     def hello(self, link: Link) -> None:
+        """Say HELLO to the broker (again, after it lost us)."""
         link.post(Kind.HELLO, {"role": "client", "retries": self.retries, "pid": os.getpid()})
 
     def start_over(self, exc: BaseException) -> None:
@@ -278,6 +286,7 @@ class IOLoop:
         # outq before that, so its SUBMIT leaves below, ahead of its CANCEL. (Taken
         # after, a task submitted and cancelled meanwhile would be cancelled at the
         # broker before it arrived there, and then run.)
+        """Send what user threads queued: cancels and kills, SUBMIT batches, STATUS requests."""
         requests = []
         while self.cancels:
             requests.append(self.cancels.popleft())
@@ -313,6 +322,7 @@ class IOLoop:
             link.post(Kind.STATUS)
 
     def on_message(self, kind: Kind, body: dict, frames: list) -> None:
+        """One message from the broker."""
         try:
             if kind == Kind.RESULT:
                 for entry, payload in protocol.split_entries(body, "results", frames, 4):
@@ -360,6 +370,7 @@ class IOLoop:
         self.complain(f"the broker at {self.address} refused a request: {message}")
 
     def resolve(self, entry: list, frames: list) -> None:
+        """Set a future's outcome from a RESULT entry (unpickled here)."""
         cid, status, _, meta = entry
         if isinstance(meta, dict) and meta.get("shm") and self.store is not None:
             try:  # the result's large buffers, in files: map them, and remove the files at once
@@ -387,11 +398,13 @@ class IOLoop:
             settle(fut, None, exc)
 
     def answer_cancel(self, cid: int, dropped: bool) -> None:
+        """Answer a ``cancel()`` waiting for the broker's verdict."""
         verdict = self.cancel_verdicts.pop(cid, None)
         if verdict is not None:
             verdict.set_result(dropped)
 
     def fail_all(self, exc: BaseException) -> None:
+        """Fail every pending future and status request with ``exc``."""
         for cid in list(self.cancel_verdicts):
             self.answer_cancel(cid, False)
         for fut in list(self.futures.values()):
@@ -403,6 +416,7 @@ class IOLoop:
 
 
 def _failure(meta: dict) -> BaseException:
+    """The exception a FAILED result stands for."""
     error, message = meta.get("error"), str(meta.get("message", ""))
     if error == protocol.ERR_SERIALIZATION:
         return SerializationError(message)

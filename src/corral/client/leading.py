@@ -20,13 +20,13 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ..tuning import LINGER
 from ..wire.poller import Spin
 from .future import DONE
 
 if TYPE_CHECKING:
     from .ioloop import IOLoop
 
-LINGER = 0.002  # seconds the I/O thread leaves the loop to callers after the last one left it
 # Signals whose Python handlers could raise while the main thread handles the executor's
 # messages: with one installed, the main thread waits for results instead of leading.
 _WATCHED_SIGNALS = tuple(int(getattr(signal, name)) for name in ("SIGTERM", "SIGALRM", "SIGHUP", "SIGUSR1",
@@ -109,6 +109,7 @@ class Leading:
 
 
 def _main_thread_may_lead() -> bool:
+    """May the main thread run the loop (no Python handler that could raise mid-message)?"""
     if _signal.getsignal(_SIGINT) not in (_signal.default_int_handler, 0, 1):  # or SIG_DFL, SIG_IGN
         return False
     return not any(callable(_signal.getsignal(sig)) for sig in _WATCHED_SIGNALS)
@@ -120,16 +121,19 @@ class SigintDeferred:
     they are handled while it handles messages (inside ``with``)."""
 
     def install(self) -> None:
+        """Hold Ctrl-C back (if the default handler is installed)."""
         self.held = self.noted = False
         self.installed = _signal.getsignal(_SIGINT) is _signal.default_int_handler
         if self.installed:
             _signal.signal(_SIGINT, self.handler)
 
     def uninstall(self) -> None:
+        """Give Ctrl-C back."""
         if self.installed:
             _signal.signal(_SIGINT, _signal.default_int_handler)
 
     def handler(self, signum: int, frame: Any) -> None:
+        """Ctrl-C: raise at once while waiting, note it while handling messages."""
         if not self.held:
             raise KeyboardInterrupt
         self.noted = True

@@ -44,9 +44,11 @@ class SocketLink:
         self.poller.register(self.sock, POLLIN)
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        """One message to the broker."""
         self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
 
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
+        """The messages that arrived, parsed (malformed ones dropped)."""
         if self.sock not in events:
             return
         for msg in sockets.waiting(self.sock):
@@ -59,6 +61,7 @@ class SocketLink:
             yield kind, body, frames
 
     def close(self) -> None:
+        """Close the link."""
         self.sock.close()
 
 
@@ -77,15 +80,19 @@ class DirectLink:
         broker.start()
 
     def deliver(self, kind: Kind, body: dict | None, frames: list) -> None:
+        """A message from the broker, kept until its turn ends."""
         self.inbox.append((kind, body or {}, frames))
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        """One message to the broker."""
         self.broker.from_client(self.client, kind, body or {}, list(frames))
 
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
+        """The messages that arrived, parsed (malformed ones dropped)."""
         self.broker.step(events)
         while self.inbox:
             yield self.inbox.popleft()
 
     def close(self) -> None:
+        """Close the link."""
         self.broker.close()

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from ..config import WorkerConfig
 from ..logs import logger
-from ..tuning import SPIN
-from ..wire.stream import STREAM_BUFFER, size_buffers
+from ..tuning import SPIN, STREAM_BUFFER
+from ..wire.stream import size_buffers
 from ..worker import containment
 
 START_RETRY = 5.0  # seconds between tries to start workers the system refused
@@ -80,6 +80,7 @@ def refusal(workers: int, fresh: bool) -> str | None:
 
 @dataclass
 class Exited:
+    """A worker process that ended, and its Popen-style return code."""
     pid: int
     returncode: int
 
@@ -95,6 +96,10 @@ def exit_words(returncode: int) -> str:
 
 
 class LocalPool:
+    """Worker processes on this machine: started with ``worker``'s command line, replaced, stopped.
+
+    With no ``address``, each is connected to the embedded broker by a socket pair
+    (``connect``); otherwise it dials ``address``."""
     def __init__(
         self,
         address: str | None,
@@ -121,6 +126,7 @@ class LocalPool:
         self.short = False  # running with fewer workers than asked (said once)
 
     def command(self, fd: int | None = None) -> list[str]:
+        """The command line that starts a worker (``--fd`` for a socket pair)."""
         where = [self.address] if fd is None else ["--fd", str(fd)]
         cmd = [sys.executable, "-m", "corral.worker", *where, "--parent", str(os.getpid()), *self.worker.argv()]
         if self.bootstrap:
@@ -130,6 +136,7 @@ class LocalPool:
         return cmd
 
     def start_one(self) -> int:
+        """Start one worker; its pid."""
         env = dict(os.environ)
         # corral itself must import in the worker even if it is only on our sys.path.
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,11 +217,13 @@ class LocalPool:
         self.procs.clear()
 
     def signal_all(self, sig: int) -> None:
+        """Send ``sig`` to every worker alive."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(sig)
 
     def kill(self, pid: int) -> None:
+        """SIGKILL one worker."""
         proc = self.procs.get(pid)
         if proc is not None and proc.poll() is None:
             proc.kill()

@@ -3,7 +3,7 @@
 A 64 MiB array sent as a ZeroMQ frame is copied eight times on its way to a
 local task process and back: into and out of the kernel at every socket.
 When the executor starts its workers itself, they share its machine, so a
-buffer of at least ``MIN_BYTES`` goes another way::
+buffer of at least ``SHM_MIN_BYTES`` goes another way::
 
     client: pickle (protocol 5) --> out-of-band buffer --> write to a file in
             a private tmpfs directory (one copy) --> the frame carries its name
@@ -26,7 +26,8 @@ import mmap
 import os
 import tempfile
 
-MIN_BYTES = 1 << 20
+from ..tuning import SHM_MIN_BYTES
+
 _SHM_ROOT = "/dev/shm"
 ROOT_VARIABLE = "CORRAL_SHM_DIR"  # where to make the directories instead (a tmpfs); empty: no shared memory
 
@@ -58,7 +59,7 @@ class Store:
         out = list(frames)
         for i in range(first, len(frames)):
             view = memoryview(frames[i])
-            if view.nbytes < MIN_BYTES:
+            if view.nbytes < SHM_MIN_BYTES:
                 continue
             path = self.write(view)
             if path is None:
@@ -69,6 +70,7 @@ class Store:
         return out, indices, paths
 
     def write(self, view: memoryview) -> str | None:
+        """A buffer into a new file of the directory; its name."""
         try:
             fd, path = tempfile.mkstemp(dir=self.directory)
         except OSError:
@@ -114,6 +116,7 @@ def map_file(path: str) -> memoryview:
 
 
 def remove(path: str) -> None:
+    """Remove a file, if it is still there."""
     try:
         os.unlink(path)
     except OSError:

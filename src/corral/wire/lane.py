@@ -55,6 +55,7 @@ class Lane(Endpoint):
         self.flush()
 
     def flush(self) -> None:
+        """Write queued records until the socket would block."""
         while self.outq and not self.eof:
             try:
                 self.sock.sendmsg(self.outq[0])
@@ -99,6 +100,7 @@ class Lane(Endpoint):
                 return message
 
     def _spin(self, seconds: float) -> bytes | None:
+        """A record polled for, for up to ``seconds``; None if none came."""
         deadline = time.perf_counter() + seconds
         while True:
             try:
@@ -109,6 +111,7 @@ class Lane(Endpoint):
                 os.sched_yield()
 
     def _take(self, record: bytes) -> list | None:
+        """Add a record to the message being received; the message, once whole."""
         flags = record[0]
         if flags & _START:
             self.parts = []  # a message still open was cut short: its writer died

@@ -11,6 +11,7 @@ import os
 import select
 import time
 
+from ..timing import smooth
 from ..tuning import SPIN
 
 # ZeroMQ's poll flags as plain ints: pyzmq's are enum flags, and each operation on
@@ -41,7 +42,8 @@ class Spin:
         return self.limit if self.typical < self.limit else 0.0
 
     def waited(self, seconds: float) -> None:
-        self.typical = 0.8 * self.typical + 0.2 * seconds
+        """Note how long a wait took."""
+        self.typical = smooth(self.typical, seconds)
 
 
 class FdPoller:
@@ -57,11 +59,13 @@ class FdPoller:
         self.poll_object = select.poll()
 
     def register(self, obj, flags: int) -> None:
+        """Watch ``obj`` (a descriptor or an object with one) for ``flags``."""
         fd = obj if isinstance(obj, int) else obj.fileno()
         wanted = (select.POLLIN if flags & POLLIN else 0) | (select.POLLOUT if flags & POLLOUT else 0)
         self.poll_object.register(fd, wanted)
 
     def unregister(self, obj) -> None:
+        """Stop watching ``obj``."""
         self.poll_object.unregister(obj if isinstance(obj, int) else obj.fileno())
 
     def poll(self, timeout: float | None = None, spin: float = 0.0) -> list[tuple[int, int]]:

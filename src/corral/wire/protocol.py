@@ -28,6 +28,7 @@ from enum import IntEnum
 from typing import Any
 
 from ..errors import ProtocolError
+from ..tuning import PACK_BELOW
 
 VERSION = 2
 MAX_HEADER_BYTES = 1 << 20
@@ -69,7 +70,6 @@ ERR_SERIALIZATION = "serialization"  # pickling failed
 ERR_DESERIALIZATION = "deserialization"  # unpickling failed
 ERR_WORKER_LOST = "worker_lost"
 ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
-ERR_CANCELLED = "cancelled"
 ERR_TIMEOUT = "timeout"  # the task outran its timeout; its process was killed
 ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went away
 
@@ -208,7 +208,6 @@ def batches(entries: list, frames: list, count_at: int):
         pos += n
 
 
-PACK_BELOW = 64 << 10  # payload frames smaller than this travel packed together in one frame
 
 
 def pack(body: dict[str, Any], frames: list) -> list:

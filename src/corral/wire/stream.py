@@ -15,23 +15,20 @@ import time
 from collections import deque
 
 from ..errors import ProtocolError
+from ..tuning import LARGE_MESSAGE, STREAM_BUFFER, STREAM_READ_CHUNK
 
 _COUNT = struct.Struct("!I")
 MAX_FRAMES = 1 << 20  # frames in one message on a Stream; more is garbage
 MAX_MESSAGE = 1 << 40  # bytes in one message on a Stream
-STREAM_BUFFER = 4 << 20  # socket buffer: bursts of small messages never wait for the reader
-READ_CHUNK = 256 << 10
-# Reads land in one buffer per thread, then only what arrived is appended to a stream's own
-# buffer: a fresh READ_CHUNK bytes object per read is a mmap, a mremap and a munmap (glibc
-# maps allocations this large), three system calls per message.
+# Reads land in one buffer per thread (tuning.STREAM_READ_CHUNK says why).
 _read_buffers = threading.local()
-LARGE_MESSAGE = 1 << 20  # a message this large is read straight into a buffer of its own
 
 
 def _read_buffer() -> bytearray:
+    """This thread's read buffer."""
     buffer = getattr(_read_buffers, "buffer", None)
     if buffer is None:
-        buffer = _read_buffers.buffer = bytearray(READ_CHUNK)
+        buffer = _read_buffers.buffer = bytearray(STREAM_READ_CHUNK)
     return buffer
 
 
@@ -52,6 +49,7 @@ class Endpoint:
     outq: deque
 
     def fileno(self) -> int:
+        """The socket's descriptor."""
         return self.sock.fileno()
 
     @property
@@ -65,6 +63,7 @@ class Endpoint:
         return bool(self.outq)
 
     def close(self) -> None:
+        """Close the socket."""
         self.sock.close()
 
 
@@ -156,7 +155,7 @@ class Stream(Endpoint):
                 break
             with memoryview(scratch) as view:
                 self.inbuf += view[:got]
-            drained = got < READ_CHUNK
+            drained = got < STREAM_READ_CHUNK
         return messages
 
     def _parse_all(self, messages: list) -> bool:
@@ -166,6 +165,7 @@ class Stream(Endpoint):
         return self.large is None
 
     def _read_large(self) -> bool:
+        """Read more of a large message into its own buffer."""
         try:
             got = self.sock.recv_into(memoryview(self.large)[self.filled :])
         except BlockingIOError:
@@ -230,6 +230,7 @@ def unframed(body) -> list:
 
 
 def _split(body, sizes: list[int]) -> list:
+    """``body`` cut into frames of ``sizes``."""
     view = memoryview(body)
     frames, pos = [], 0
     for size in sizes:

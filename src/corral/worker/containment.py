@@ -187,6 +187,7 @@ class Cgroup:
 
     @classmethod
     def create(cls, pid: int) -> Cgroup | None:
+        """A new cgroup for worker ``pid``; None where we may not make one."""
         path = cls.path_for(pid)
         if path is None:
             return None
@@ -207,9 +208,11 @@ class Cgroup:
             pass
 
     def kill(self) -> None:
+        """SIGKILL everything in it."""
         kill_cgroup(self.path)
 
     def remove(self) -> None:
+        """Remove it once empty."""
         remove_cgroup(self.path)
 
 

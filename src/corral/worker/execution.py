@@ -64,6 +64,7 @@ Outcome = tuple[protocol.Status, list, dict]
 
 
 def failed(error: str, message: str) -> Outcome:
+    """The outcome of a task that failed with ``error`` (a protocol ERR_ name)."""
     return protocol.Status.FAILED, [], {"error": error, "message": message}
 
 
@@ -108,6 +109,7 @@ MAX_TRACEBACK_FRAMES = 100  # a RecursionError's thousand frames nest too deep t
 
 
 def _raised(exc: BaseException) -> Outcome:
+    """The outcome of a task that raised ``exc``: pickled with its traceback, or failing that, its text."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next  # the worker's own frames: the caller's traceback starts in their function

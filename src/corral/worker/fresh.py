@@ -17,17 +17,10 @@ import os
 import signal
 import time
 
-from . import task_process as runner
+from ..tuning import IMPORT_PATIENCE, SLOW_IMPORT, WARM_BYTES, WARM_MAX
+from . import task_process
 from .persistent import PersistentWorker, task_header
 from .template import Template, TemplateGone
-
-# A fresh worker's template imports each new function ahead (template.py): at most
-# this many, none larger than WARM_BYTES pickled, each given IMPORT_PATIENCE seconds.
-# A spare forked before an import that took over SLOW_IMPORT is replaced by a warm one.
-WARM_MAX = 64
-WARM_BYTES = 1 << 20
-IMPORT_PATIENCE = 60.0
-SLOW_IMPORT = 0.001
 
 
 class FreshWorker(PersistentWorker):
@@ -37,8 +30,8 @@ class FreshWorker(PersistentWorker):
 
     def before_connect(self) -> None:
         super().before_connect()
-        self.spare: runner.TaskProcess | None = None  # the next task's process, forked ahead
-        self.zombies: list[runner.TaskProcess] = []  # finished task processes not collected yet
+        self.spare: task_process.TaskProcess | None = None  # the next task's process, forked ahead
+        self.zombies: list[task_process.TaskProcess] = []  # finished task processes not collected yet
         # The template is forked now, before ZeroMQ starts its threads (template.py says why).
         self.template = self.new_template() if not self.spawn and hasattr(os, "fork") else None
         # Send the template each new function to import ahead; not with an initializer,
@@ -51,7 +44,7 @@ class FreshWorker(PersistentWorker):
 
     # -- task processes -----------------------------------------------------------
 
-    def start_process(self) -> runner.TaskProcess:
+    def start_process(self) -> task_process.TaskProcess:
         if self.template is None:
             return super().start_process()
         if self.template.check():
@@ -70,7 +63,7 @@ class FreshWorker(PersistentWorker):
         self.family.adopt(template.pid)
         return template
 
-    def task_processes(self) -> list[runner.TaskProcess]:
+    def task_processes(self) -> list[task_process.TaskProcess]:
         return [p for p in (self.proc, self.spare) if p is not None]
 
     def own_processes(self) -> list[int]:
@@ -132,7 +125,7 @@ class FreshWorker(PersistentWorker):
             if self.template is None or not self.template.importing:  # its FORK would wait behind the import
                 self.spare = self.start_process()
 
-    def answered(self, proc: runner.TaskProcess) -> None:
+    def answered(self, proc: task_process.TaskProcess) -> None:
         # Its task is over, and so is what the task started in its process group (what
         # left the group comes to us as an orphan once the process is gone: swept).
         proc.signal(signal.SIGKILL)
@@ -140,10 +133,10 @@ class FreshWorker(PersistentWorker):
         self.proc = None
         self.family.sweep(self.own_processes(), stop=True)  # the previous tasks' strays, by now
 
-    def died_initializing(self, proc: runner.TaskProcess) -> bool:
+    def died_initializing(self, proc: task_process.TaskProcess) -> bool:
         return not proc.ready and self.setup[1] is not None
 
-    def retire(self, proc: runner.TaskProcess) -> None:
+    def retire(self, proc: task_process.TaskProcess) -> None:
         """Close a finished task process; collect it later, without waiting for it now."""
         if not proc.retire():
             self.zombies.append(proc)

@@ -16,12 +16,11 @@ import signal
 import time
 
 from ..local.pool import exit_words
+from ..tuning import LANE_STOP_CHECK
 from ..wire import protocol
 from ..wire.protocol import Kind
-from . import task_process as runner
+from . import task_process
 from .supervisor import Supervisor
-
-LANE_STOP_CHECK = 0.001  # seconds between looks at a lane's page for a task to stop when it begins
 
 
 class LaneWorker(Supervisor):
@@ -31,7 +30,7 @@ class LaneWorker(Supervisor):
         self.lane = lane  # the descriptor its task processes read their tasks from
         self.spin = spin  # seconds its task process polls the lane before it sleeps (poller.Spin)
         self.epoch = 0  # of the task process on the lane: tasks for an earlier one are skipped
-        self.page = runner.LanePage()
+        self.page = task_process.LanePage()
         self.lane_stop: tuple | None = None  # (task id, tasks begun then, signal, grace): stop it when it begins
         self.lane_kill_at: float | None = None  # when that SIGTERM turns into SIGKILL
         super().__init__(address, config, **kwargs)
@@ -39,9 +38,9 @@ class LaneWorker(Supervisor):
     def hello_extra(self) -> dict:
         return {"lane": self.epoch}
 
-    def start_process(self) -> runner.TaskProcess:
+    def start_process(self) -> task_process.TaskProcess:
         self.page.clear()
-        return runner.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page, self.spin),
+        return task_process.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page, self.spin),
                             family=self.family)
 
     def kill_on_lane(self, body: dict) -> None:

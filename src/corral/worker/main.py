@@ -16,7 +16,7 @@ import sys
 import time
 
 from ..config import WorkerConfig
-from . import task_process as runner
+from . import task_process
 from .fresh import FreshWorker
 from .laned import LaneWorker
 from .persistent import PersistentWorker
@@ -32,6 +32,7 @@ class _ClientFiles:
         self.dirs = dirs
 
     def remove(self) -> None:
+        """Remove the directories."""
         import shutil
 
         for path in self.dirs:
@@ -92,13 +93,14 @@ def _follow_parent(files: _ClientFiles, worker: list) -> None:
     """
 
     def on_parent_death(signum, frame):
+        """Our parent died: stop everything below us, remove its files, exit."""
         if worker:
             worker[0].leave_now()
         files.remove()
         os._exit(128 + signum)
 
     signal.signal(signal.SIGHUP, on_parent_death)
-    runner.die_with_parent(signal.SIGHUP)
+    task_process.die_with_parent(signal.SIGHUP)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,20 +26,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from .. import timing
 from ..local.pool import exit_words
-from ..tuning import CREDIT_HORIZON, PIPELINE_TASK_TIME, PIPELINE_TASKS, STARTED_DELAY
+from ..timing import smooth
+from ..tuning import CREDIT_HORIZON, PIPELINE_BYTES, PIPELINE_TASK_TIME, PIPELINE_TASKS
 from ..wire import protocol
 from ..wire.protocol import MAX_CREDIT, Kind, Status
-from . import task_process as runner
+from . import task_process
 from .supervisor import Supervisor
-
-# Payload bytes queued in a task process's socket behind the running task: far
-# below the socket buffer, so the supervisor never blocks writing to it.
-PIPELINE_BYTES = 64 << 10
 
 
 @dataclass
-class Held:
+class HeldTask:
     """A task this worker holds: waiting, or running in the task process."""
 
     gid: int
@@ -65,8 +63,8 @@ class PersistentWorker(Supervisor):
         self.max_tasks = self.config.max_tasks
         self.granted = 0  # credit the broker holds from us and has not used yet
         self.task_time: float | None = None  # moving average of how long a task takes
-        self.pending: deque[Held] = deque()  # received, not handed to the task process yet
-        self.inflight: deque[Held] = deque()  # handed to the task process, in order; [0] runs
+        self.pending: deque[HeldTask] = deque()  # received, not handed to the task process yet
+        self.inflight: deque[HeldTask] = deque()  # handed to the task process, in order; [0] runs
         self.pipe_bytes = 0  # payload bytes of the tasks in self.inflight
         self.results: list = []  # RESULT entries and frames, sent at the end of a loop turn
         self.result_frames: list = []
@@ -75,7 +73,7 @@ class PersistentWorker(Supervisor):
     # -- what we hold ---------------------------------------------------------------
 
     @property
-    def current(self) -> Held | None:
+    def current(self) -> HeldTask | None:
         """The task the task process is running: the oldest one it has not answered."""
         return self.inflight[0] if self.inflight else None
 
@@ -140,7 +138,7 @@ class PersistentWorker(Supervisor):
     def take(self, entries: list) -> None:
         for entry, frames in entries:
             self.granted = max(0, self.granted - 1)
-            task = Held(entry[0], frames, entry[2], size=sum(f.nbytes for f in frames))
+            task = HeldTask(entry[0], frames, entry[2], size=sum(f.nbytes for f in frames))
             problem = _malformed_task(task)
             if problem:  # never queued: a task we cannot run must not reach the task process
                 self.report(task, Status.FAILED, [], {"error": protocol.ERR_DESERIALIZATION,
@@ -171,7 +169,7 @@ class PersistentWorker(Supervisor):
             self.stop_task(head, "killed", sig, grace)
         # A killed task still behind the running one is stopped when its turn comes (next_head).
 
-    def stop_task(self, task: Held, reason: str, sig: int, grace: float) -> None:
+    def stop_task(self, task: HeldTask, reason: str, sig: int, grace: float) -> None:
         """Signal the process running ``task``; SIGKILL follows after ``grace`` seconds."""
         if task.stop_reason is None:
             task.stop_reason = reason
@@ -181,8 +179,8 @@ class PersistentWorker(Supervisor):
 
     # -- the task process -------------------------------------------------------------
 
-    def start_process(self) -> runner.TaskProcess:
-        return runner.start(self.setup, self.fresh, self.spawn, family=self.family)
+    def start_process(self) -> task_process.TaskProcess:
+        return task_process.start(self.setup, self.fresh, self.spawn, family=self.family)
 
     def feed(self, fork: bool = True) -> None:
         """Hand queued tasks to the task process, a pipeline of them while they are short.
@@ -201,7 +199,7 @@ class PersistentWorker(Supervisor):
                 self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": self.broken})
                 self.stopping = True
                 return
-        batch: list[Held] = []
+        batch: list[HeldTask] = []
         while self.pending and self.room_for(self.pending[0]):
             task = self.pending.popleft()
             batch.append(task)
@@ -222,7 +220,7 @@ class PersistentWorker(Supervisor):
         if self.inflight[0] is batch[0]:
             self.next_head()
 
-    def room_for(self, task: Held) -> bool:
+    def room_for(self, task: HeldTask) -> bool:
         """May ``task`` join the task process's pipeline now?"""
         if not self.inflight:
             return True  # the task process is idle and reads it at once, however large
@@ -276,10 +274,10 @@ class PersistentWorker(Supervisor):
         except (EOFError, OSError):
             self.task_process_ended()
             return
-        if header[0] == runner.READY:  # a fresh task process finished its initializer
+        if header[0] == task_process.READY:  # a fresh task process finished its initializer
             proc.ready = True
             return
-        if header[0] == runner.BROKEN:  # a fresh task process's initializer failed
+        if header[0] == task_process.BROKEN:  # a fresh task process's initializer failed
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": header[1]})
             self.inflight.clear()
             self.stopping = True
@@ -297,13 +295,13 @@ class PersistentWorker(Supervisor):
         self.next_head()
         self.answered(proc)
 
-    def answered(self, proc: runner.TaskProcess) -> None:
+    def answered(self, proc: task_process.TaskProcess) -> None:
         """The task process has answered a task: replace it if it has run its share, or grown too large."""
         if not self.inflight and self.recycle_reason(proc):
             self.proc = None
             self.end_process(proc)
 
-    def recycle_reason(self, proc: runner.TaskProcess) -> str | None:
+    def recycle_reason(self, proc: task_process.TaskProcess) -> str | None:
         """Why the task process must make room for a new one after this task, if it must."""
         if self.max_tasks and proc.tasks >= self.max_tasks:
             return "max_tasks"
@@ -317,7 +315,7 @@ class PersistentWorker(Supervisor):
                 return None
         return None
 
-    def task_process_ended(self, task: Held | None = None) -> None:
+    def task_process_ended(self, task: HeldTask | None = None) -> None:
         """The task process is gone (or we stopped it): report the task it was running.
 
         The tasks behind it in the pipeline never started: they wait for the next
@@ -345,19 +343,19 @@ class PersistentWorker(Supervisor):
             message = f"the task process {proc.pid} of worker {self.name} {exit_words(code)}"
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_WORKER_LOST, "message": message})
 
-    def died_initializing(self, proc: runner.TaskProcess) -> bool:
+    def died_initializing(self, proc: task_process.TaskProcess) -> bool:
         """Did the task process die inside the initializer (which breaks the executor)?  A persistent
         one's initializer ran before it got a task (``wait_until_ready``)."""
         return False
 
-    def report(self, task: Held, status: Status, frames: list, meta: dict) -> None:
+    def report(self, task: HeldTask, status: Status, frames: list, meta: dict) -> None:
         """Queue a task's outcome for this turn's RESULT batch."""
         now = time.monotonic()
         busy = now - task.started if task.started else 0.0
         self.busy += busy
         self.idle_since = now
         if task.started and status != Status.FAILED:
-            self.task_time = busy if self.task_time is None else 0.8 * self.task_time + 0.2 * busy
+            self.task_time = smooth(self.task_time, busy)
         self.results.append(protocol.result_entry(task.gid, status, len(frames), meta))
         self.result_frames.extend(frames)
 
@@ -367,17 +365,10 @@ class PersistentWorker(Supervisor):
         task = self.current
         if task is None:
             return None
-        deadline = self.deadline(task)
-        if not task.reported:
-            deadline = min(deadline or 1e300, task.started + STARTED_DELAY)
-        return deadline
-
-    def deadline(self, task: Held) -> float | None:
-        """When the running task's process is due a signal: SIGKILL after a grace, or its timeout."""
-        if task.kill_at is not None:
-            return task.kill_at
-        limit = task.options.get("timeout")
-        return task.started + limit if limit and task.stop_reason is None else None
+        when = timing.due(task.started, task.reported, task.options.get("timeout"), task.stop_reason is not None)
+        if task.kill_at is not None:  # SIGKILL after a grace
+            when = task.kill_at if when is None else min(when, task.kill_at)
+        return when
 
     def timers(self, now: float) -> None:
         task = self.current
@@ -386,15 +377,14 @@ class PersistentWorker(Supervisor):
         if task.kill_at is not None and now >= task.kill_at:
             task.kill_at = None
             self.proc.signal(signal.SIGKILL)
-        limit = task.options.get("timeout")
-        if limit and task.stop_reason is None and now - task.started >= limit:
+        if timing.timed_out(now, task.started, task.options.get("timeout"), task.stop_reason is not None):
             self.stop_task(task, "timeout", signal.SIGKILL, 0.0)
-        if not task.reported and now - task.started >= STARTED_DELAY:
+        if timing.started_due(now, task.started, task.reported):
             task.reported = True
             self.send(Kind.STARTED, {"ids": [task.gid]})
 
 
-def _malformed_task(task: Held) -> str | None:
+def _malformed_task(task: HeldTask) -> str | None:
     """What is wrong with a task the broker sent us, if anything (a broker that lies must not
     make us crash, or make the task process run garbage)."""
     if len(task.frames) < 2:
@@ -410,10 +400,11 @@ def _malformed_task(task: Held) -> str | None:
     return None
 
 
-def task_header(tasks: list[Held]) -> tuple:
+def task_header(tasks: list[HeldTask]) -> tuple:
     """The TASK message that hands ``tasks`` to a task process: (gid, frame count, shared-memory frames) each."""
-    return runner.TASK, [(t.gid, len(t.frames), t.options.get("shm")) for t in tasks]
+    return task_process.TASK, [(t.gid, len(t.frames), t.options.get("shm")) for t in tasks]
 
 
-def _stopped(task: Held, reason: str, how: str) -> tuple[Status, list, dict]:
+def _stopped(task: HeldTask, reason: str, how: str) -> tuple[Status, list, dict]:
+    """The outcome of a task whose process was stopped for ``reason``."""
     return Status.FAILED, [], protocol.stopped(reason, task.options.get("timeout"), how)

@@ -41,18 +41,17 @@ from typing import TYPE_CHECKING
 from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..local.pool import exit_words
 from ..logs import Throttle, logger
+from ..tuning import PARENT_CHECK
 from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
-from . import containment
-from . import task_process as runner
+from . import containment, task_process
 
 if TYPE_CHECKING:
     import zmq
 
 WAIT_NOTE = 5.0  # a standalone worker with no broker after this many seconds says so; then at doubling intervals
 WAIT_NOTE_MAX = 60.0  # ... at least once a minute
-PARENT_CHECK = 0.1  # seconds between checks that our parent lives (it also sends a signal when it dies)
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 MAX_BACKOFF = 10.0  # seconds between tries to reach a broker that went silent, at most
 _log = logger("worker")
@@ -94,7 +93,7 @@ class Supervisor:
         self.reconnect_on_silence = (config.reconnect or not parent_pid) and fd is None
         self.heartbeat = HEARTBEAT  # until the broker's WELCOME says otherwise
         self.liveness = LIVENESS
-        self.proc: runner.TaskProcess | None = None  # the task process there is, if any
+        self.proc: task_process.TaskProcess | None = None  # the task process there is, if any
         self.broken: str | None = None  # an initializer's traceback: the executor is broken
         self.stopping = False
         self.said_hello = False
@@ -281,7 +280,7 @@ class Supervisor:
             proc.signal(signal.SIGTERM)
         self.family.close()  # SIGKILLs what is left: a template and its task processes die with us anyway
 
-    def task_processes(self) -> list[runner.TaskProcess]:
+    def task_processes(self) -> list[task_process.TaskProcess]:
         """Every task process we hold."""
         return [self.proc] if self.proc is not None else []
 
@@ -370,7 +369,7 @@ class Supervisor:
 
     # -- task processes -----------------------------------------------------------
 
-    def start_process(self) -> runner.TaskProcess:
+    def start_process(self) -> task_process.TaskProcess:
         """A new task process (the mode's kind)."""
         raise NotImplementedError
 
@@ -380,7 +379,7 @@ class Supervisor:
     def task_process_exited(self) -> None:
         """The task process has ended (its pidfd said so)."""
 
-    def end_process(self, proc: runner.TaskProcess) -> int:
+    def end_process(self, proc: task_process.TaskProcess) -> int:
         """Stop a task process with everything its tasks started; its return code."""
         code = proc.end()
         self.family.sweep(self.own_processes(), stop=True)  # what left its group came to us when it died
@@ -408,7 +407,7 @@ class Supervisor:
                     return
                 self.proc = self.start_process()
                 continue
-            if header[0] == runner.BROKEN:
+            if header[0] == task_process.BROKEN:
                 self.broken = header[1]
                 self.end_process(self.proc)
             else:
@@ -507,6 +506,7 @@ class _DealerLink:
         self.poll_key = self.sock
 
     def send(self, frames: list) -> None:
+        """Send one message (ZeroMQ queues it)."""
         self.sock.send_multipart(frames, copy=False)
 
     def receive(self) -> list[list]:
@@ -514,12 +514,15 @@ class _DealerLink:
         return [[f.buffer for f in msg] for msg in self.sockets.waiting(self.sock)]
 
     def flush(self) -> None:
+        """Nothing to flush: ZeroMQ sends."""
         pass
 
     def drain_output(self, timeout: float) -> None:
+        """Nothing to wait for: closing lingers."""
         pass  # closing waits up to LINGER for what is queued
 
     def close(self, linger: int | None = None) -> None:
+        """Close the DEALER."""
         self.sock.close(linger)
 
 

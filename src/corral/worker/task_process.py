@@ -53,6 +53,8 @@ from typing import NoReturn
 
 from .. import serialization
 from ..errors import ProtocolError
+from ..timing import smooth
+from ..tuning import CHANNEL_BUFFER, CHANNEL_READ_CHUNK, RESULT_BATCH_BYTES, RESULT_BATCH_TASK, RESULT_BATCH_TIME
 from ..wire import protocol
 from ..wire.lane import Lane
 from ..wire.poller import Spin
@@ -62,10 +64,6 @@ from .execution import execute
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
 _LENGTHS = struct.Struct("!QI")
-# Socket buffers big enough that a pipeline of small tasks, or a burst of small
-# results, never makes a writer wait for its reader.
-SOCKET_BUFFER = 4 << 20
-READ_CHUNK = 64 << 10
 
 
 class Channel:
@@ -83,12 +81,14 @@ class Channel:
         self.buffer = b""  # the last read (and what was left of the one before); taken up to ``pos``
         self.pos = 0
         if self.sock is not None:
-            size_buffers(self.sock, SOCKET_BUFFER)
+            size_buffers(self.sock, CHANNEL_BUFFER)
 
     def fileno(self) -> int:
+        """Its socket's descriptor (the task process's end is watched through it)."""
         return self.fd
 
     def send(self, header: tuple, frames: list = ()) -> None:
+        """One message: a header tuple and its frames, in one gathering write."""
         views, sizes = [], []
         for frame in frames:
             view = memoryview(frame).cast("B")
@@ -133,13 +133,13 @@ class Channel:
         """The next ``n`` bytes.
 
         Small messages are read many at a time and handed out as read-only views
-        of the bytes read, without a copy.  A message of ``READ_CHUNK`` or more is
+        of the bytes read, without a copy.  A message of ``CHANNEL_READ_CHUNK`` or more is
         read straight into a writable buffer of its own: only such a message can
         hold an out-of-band buffer (``serialization.OOB_THRESHOLD``), which the
         unpickler hands to user code as it is (a numpy array the task may write to).
         """
         have = len(self.buffer) - self.pos
-        if n >= READ_CHUNK:
+        if n >= CHANNEL_READ_CHUNK:
             buf = bytearray(n)
             got = min(have, n)
             buf[:got] = memoryview(self.buffer)[self.pos : self.pos + got]
@@ -152,7 +152,7 @@ class Channel:
                 got += count
             return view
         while have < n:
-            chunk = os.read(self.fd, READ_CHUNK)
+            chunk = os.read(self.fd, CHANNEL_READ_CHUNK)
             if not chunk:
                 raise EOFError("the other end closed the channel")
             self.buffer = self.buffer[self.pos :] + chunk if have else chunk
@@ -161,6 +161,7 @@ class Channel:
         return memoryview(self.buffer)[self.pos - n : self.pos]
 
     def close(self) -> None:
+        """Close our end."""
         if self.sock is None:
             os.close(self.fd)
         else:
@@ -186,6 +187,7 @@ class TaskProcess:
         self.pidfd = _pidfd(pid)  # readable once the process has ended
 
     def fileno(self) -> int:
+        """Its socket's descriptor (the task process's end is watched through it)."""
         return self.conn.fileno()
 
     def signal(self, sig: int) -> None:
@@ -236,6 +238,7 @@ class TaskProcess:
         return self.reap(block=False) is not None
 
     def _forget_pidfd(self) -> None:
+        """Close the pidfd (the process is collected)."""
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
@@ -277,6 +280,7 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None,
         keep = [theirs.fileno()] + ([lane[0]] if lane else [])
 
         def run() -> int:
+            """Contain ourselves, join the worker's cgroup, serve."""
             containment.enter_task_process(once)
             if family is not None:
                 family.join()
@@ -397,10 +401,12 @@ class LanePage:
         self.begun = 0  # the task process's count (its own copy after the fork)
 
     def begin(self, gid: int) -> None:
+        """Note that task ``gid`` begins."""
         self.begun += 1
         self._FORMAT.pack_into(self.memory, 0, self.begun, gid)
 
     def end(self) -> None:
+        """Note that the running task has ended."""
         self._FORMAT.pack_into(self.memory, 0, self.begun, 0)
 
     def read(self) -> tuple[int, int]:
@@ -416,13 +422,6 @@ class LanePage:
         self._FORMAT.pack_into(self.memory, 0, 0, 0)
 
 
-# Very short tasks of one batch answer together: while this process's tasks take less than
-# RESULT_BATCH_TASK on average, a result waits for the next ones of its batch until it is
-# RESULT_BATCH_TIME old or they add up to RESULT_BATCH_BYTES (each message costs the
-# broker's thread a wake-up and a header to parse).  A lone task answers at once.
-RESULT_BATCH_TASK = 100e-6
-RESULT_BATCH_TIME = 0.001
-RESULT_BATCH_BYTES = 64 << 10
 
 
 def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None) -> int:
@@ -460,7 +459,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
             size += sum(memoryview(f).nbytes for f in out)
             busy += ended - began
             oldest = oldest or ended
-            task_time = 0.8 * task_time + 0.2 * (ended - began)
+            task_time = smooth(task_time, ended - began)
             if (i == len(tasks) - 1 or task_time >= RESULT_BATCH_TASK or ended - oldest >= RESULT_BATCH_TIME
                     or size >= RESULT_BATCH_BYTES):
                 body = {"results": entries, "busy": round(busy, 6)}

@@ -11,7 +11,7 @@ task processes on request::
     supervisor (worker.py)              template (this module)         task process
       IMPORT a function's pickle ---->  unpickle it (imports its module)
       <-------------------- time taken
-      FORK + socket (SCM_RIGHTS) ---->  fork ---------------------------> serve() (runner.py)
+      FORK + socket (SCM_RIGHTS) ---->  fork ---------------------------> serve() (task_process.py)
         [+ a pid to collect]            (reap that one when it exits)
       <-------------------------- pid
       COLLECT pid ------------------->  reap it when it exits
@@ -58,31 +58,24 @@ template once, not twice.  If the supervisor dies, the template gets SIGKILL
 
 from __future__ import annotations
 
-import _random
-import ctypes
-import errno
 import functools
-import gc
 import os
 import select
 import signal
 import socket
 import struct
 import sys
-import threading
 import time
 import warnings
 
 from .. import serialization
+from ..tuning import CHANNEL_BUFFER, COLLECT_BATCH, COLLECT_EVERY, WARM_UP_ROUNDS
 from ..wire.stream import size_buffers
-from . import containment, execution
-from . import task_process as runner
+from . import containment, execution, forkperf, task_process
 
 FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
 _REQUEST = struct.Struct("!ci")  # operation, pid (FORK: one to collect, or 0; IMPORT: the pickle's length)
 _REPLY = struct.Struct("!ci")  # the operation answered; FORK: a pid, WAIT: a return code, IMPORT: microseconds
-COLLECT_EVERY = 0.05  # seconds without requests before the template collects the task processes that exited
-COLLECT_BATCH = 16  # ... or every this many pids to collect
 _FD_SPACE = socket.CMSG_SPACE(struct.calcsize("i"))  # room for the one descriptor a FORK request carries
 
 
@@ -99,7 +92,7 @@ class Template:
             warnings.simplefilter("ignore", DeprecationWarning)  # a restart forks a supervisor with threads
             pid = os.fork()
         if pid == 0:  # it keeps none of the supervisor's descriptors, so its task processes have none
-            runner.run_child(lambda: _serve(theirs, setup), [ours], keep=[theirs.fileno()])
+            task_process.run_child(lambda: _serve(theirs, setup), [ours], keep=[theirs.fileno()])
         theirs.close()
         self.pid = pid
         self.sock = ours
@@ -110,12 +103,13 @@ class Template:
         self.slowest_import = 0.0  # seconds, of those answered since the last look (taken by imported())
 
     def fileno(self) -> int:
+        """Our socket to the template (readable: it answered, or it is gone)."""
         return self.sock.fileno()
 
-    def fork(self) -> runner.TaskProcess:
+    def fork(self) -> task_process.TaskProcess:
         """A new task process, connected to us by a socket pair."""
         ours, theirs = socket.socketpair()
-        size_buffers(theirs, runner.SOCKET_BUFFER)  # here, not in the task process
+        size_buffers(theirs, CHANNEL_BUFFER)  # here, not in the task process
         try:
             collect = self.to_collect.pop() if self.to_collect else 0
             self.flush()
@@ -130,7 +124,7 @@ class Template:
         if pid < 0:
             ours.close()
             raise OSError(f"the template process {self.pid} could not fork a task process")
-        return runner.TaskProcess(pid, runner.Channel(ours), template=self)
+        return task_process.TaskProcess(pid, task_process.Channel(ours), template=self)
 
     def check(self) -> bool:
         """Is the template still there?  With no answer due, a readable socket means it has gone."""
@@ -195,6 +189,7 @@ class Template:
         os.waitpid(self.pid, 0)
 
     def _ask(self, op: bytes, pid: int) -> bool:
+        """Send a request (COLLECTs waiting go first); False if the template is gone."""
         self.flush()
         if self.alive:
             try:
@@ -227,145 +222,16 @@ class Template:
                 return value
 
 
-class _Forker:
-    """How the template forks: libc's ``fork()`` while that is safe, ``os.fork()`` otherwise,
-    with the template held on the CPU it runs on for the length of the call (``_Pin``)."""
-
-    def __init__(self):
-        self.libc_fork = _libc_fork()
-        self.pin = _Pin.here()
-        self.pinned = False  # the last fork was made held on one CPU (the child still is)
-        self.hooks_added = False
-        register = os.register_at_fork
-
-        def watched(**hooks):  # an imported module adds at-fork hooks: os.fork() must run them
-            self.hooks_added = True
-            register(**hooks)
-
-        os.register_at_fork = watched
-
-    def imported(self) -> None:
-        """Something was imported: it may have started a thread or added at-fork hooks."""
-        if self.hooks_added or threading.active_count() > 1 or len(sys._current_frames()) > 1:
-            self.libc_fork = None
-
-    def __call__(self) -> int:
-        self.pinned = self.pin is not None and self.pin.hold()
-        pid = -1
-        try:
-            pid = self.libc_fork() if self.libc_fork is not None else os.fork()
-        finally:
-            if self.pinned and pid != 0:
-                self.pin.release()  # the child's own are released before its task runs (runner.serve)
-        if pid < 0:
-            raise OSError(ctypes.get_errno(), "fork() failed")
-        if pid == 0 and self.libc_fork is not None:
-            _after_libc_fork()
-        return pid
-
-
-class _Pin:
-    """Holds the calling process on the CPU it runs on, then gives it back its CPUs.
-
-    Linux starts a new process on the least busy CPU it may use, which is rarely
-    the one its parent just built its page tables on, and wakes it later
-    wherever it seems best; a fresh task process then copies its hundreds of
-    pages, and tears all of them down at exit, away from the caches that hold
-    them.  Forked while the template may run on one CPU only, a task process
-    starts there and stays there until its task arrives; it is given all its
-    CPUs back before any user code runs (the initializer, or the task's
-    unpickling), so the task sees the CPUs the worker was given.  On the
-    2-core test VM, about a sixth more fresh tasks per second (A/B in one run).
-    """
-
-    def __init__(self, cpus: set, getcpu):
-        self.cpus = cpus  # the CPUs the template was given: every task process gets them back
-        self.getcpu = getcpu
-
-    @classmethod
-    def here(cls) -> _Pin | None:
-        """A pin for this process; None where there is nothing to gain (one CPU, no Linux)."""
-        if not hasattr(os, "sched_setaffinity") or not sys.platform.startswith("linux"):
-            return None
-        try:
-            cpus = os.sched_getaffinity(0)
-            getcpu = ctypes.CDLL(None).sched_getcpu
-        except (OSError, AttributeError):
-            return None
-        return cls(cpus, getcpu) if len(cpus) > 1 else None
-
-    def hold(self) -> bool:
-        """Keep this process on its current CPU; False if that could not be done."""
-        try:
-            os.sched_setaffinity(0, (self.getcpu(),))
-        except OSError:  # a CPU taken away from us meanwhile (a cpuset changed): fork unpinned
-            return False
-        return True
-
-    def release(self) -> None:
-        try:
-            os.sched_setaffinity(0, self.cpus)
-        except OSError:  # all of them were taken away meanwhile (a cpuset changed): whatever is left
-            os.sched_setaffinity(0, range(os.cpu_count() or 1))
-
-
-def _after_libc_fork() -> None:
-    """What the skipped hooks do that matters with one thread: random's new seed.
-
-    (threading's hook renews locks no other thread can hold, and even it leaves the
-    main thread's ``native_id`` as the parent's.)  Each page written here costs.
-    """
-    module = sys.modules.get("random")
-    if module is not None:  # a new seed from os.urandom, by the C method itself
-        generator = module._inst
-        _random.Random.seed(generator, None)  # random.Random.seed's checks, skipped
-        if generator.gauss_next is not None:
-            generator.gauss_next = None
-
-
-def _libc_fork():
-    """libc's ``fork()``, called with the GIL held; None where only ``os.fork()`` will do."""
-    if sys.implementation.name != "cpython" or not sys.platform.startswith("linux"):
-        return None
-    if not getattr(sys, "_is_gil_enabled", lambda: True)():
-        return None  # a free-threaded build has per-object locks to reset after a fork
-    try:
-        return ctypes.PyDLL(None, use_errno=True).fork
-    except (OSError, AttributeError):
-        return None
-
-
-def _libc_exit():
-    """libc's ``_exit()``, looked up now; None where ``os._exit()`` must do.
-
-    A task process leaves with it instead of ``os._exit()``: the template never calls
-    ``os._exit()``, so the first call would be each task process's, and the dynamic linker
-    would resolve ``_exit`` for it then (a walk through every loaded library's symbol
-    tables, and a write to the interpreter's table of resolved calls): on the 2-core test
-    VM, 11-13 more pages copied per fresh task process (of ~240), ~6% of fresh tasks per
-    second (A/B in one run).  No ``argtypes``: their converters would touch more pages.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.PyDLL(None)._exit
-    except (OSError, AttributeError):
-        return None
-
-
-def _task_process(fd: int, setup: tuple, pin: _Pin | None) -> int:
+def _task_process(fd: int, setup: tuple, pin: forkperf.Pin | None) -> int:
     """A fresh task process's life, on the socket the supervisor passed us for it."""
-    return runner.serve(runner.Channel(fd), setup, True, prepared=True, unpin=pin and pin.release)
+    return task_process.serve(task_process.Channel(fd), setup, True, prepared=True, unpin=pin and pin.release)
 
 
-def _forked_task_process(fd: int, setup: tuple, pin: _Pin | None) -> int:
+def _forked_task_process(fd: int, setup: tuple, pin: forkperf.Pin | None) -> int:
     """The same, in a process forked for it: first contained (``containment``); not in
     the warm-up, which runs ``_task_process`` in the template itself."""
     containment.enter_task_process(True)
     return _task_process(fd, setup, pin)
-
-
-WARM_UP_ROUNDS = 32
 
 
 def _warm_up(setup: tuple) -> None:
@@ -382,115 +248,18 @@ def _warm_up(setup: tuple) -> None:
     template.
     """
     ours, theirs = socket.socketpair()
-    supervisor = runner.Channel(ours.fileno())
+    supervisor = task_process.Channel(ours.fileno())
     task = serialization.call_frames(serialization.Call(len, ([],)), serialization.FunctionPickles())
     bare = (setup[0], None, None)  # the user's initializer runs in task processes only
     try:
         for gid in range(WARM_UP_ROUNDS):
-            supervisor.send((runner.TASK, [(gid, len(task), None)]), task)
-            _after_libc_fork()
+            supervisor.send((task_process.TASK, [(gid, len(task), None)]), task)
+            forkperf.after_libc_fork()
             _task_process(theirs.fileno(), bare, None)
             supervisor.recv()
     finally:
         ours.close()
         theirs.close()
-
-
-def _trim() -> None:
-    """Give the C heap's free pages back to the system: each page the template keeps is
-    a page table entry that every fork copies and every task process's exit clears
-    (on the 2-core test VM, about 0.7 of the template's 12 MB; glibc only)."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-MADV_COLLAPSE = 25  # Linux 6.1: back a range with transparent huge pages, now
-HUGE_PAGE_FILL = 0.75  # ... if this much of it is in memory already (the rest costs memory)
-
-
-def _huge_page_size() -> int:
-    """The size of a transparent huge page (2 MiB on x86-64), or 0 where there are none."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
-            size = int(f.read())
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return 0 if "[never]" in f.read() else size
-    except (OSError, ValueError):
-        return 0
-
-
-class _HugePages:
-    """Backs the template's heap with transparent huge pages where it can.
-
-    A fork copies one page table entry per 4 KiB page the template has in memory, and the
-    task process's exit clears them all again: for a no-op task, the bulk of the kernel's
-    work.  A 2 MiB huge page is one entry in both (a task process that writes to it gets
-    its own 4 KiB copy, as ever).  The template's anonymous mappings are collapsed
-    (``madvise(MADV_COLLAPSE)``) in every 2 MiB-aligned range that lies wholly inside one
-    and is at least ``HUGE_PAGE_FILL`` in memory, so that at most a quarter of each is
-    memory the template did not use.  CPython's own allocator maps 1 MiB arenas wherever
-    the kernel puts them, so only some ranges qualify (on the 2-core test VM, 4 of the
-    template's 11 MB: 4-5% more fresh tasks per second, A/B in one run).  Nothing happens
-    where the kernel has no ``MADV_COLLAPSE`` or transparent huge pages are off.
-    """
-
-    def __init__(self, size: int, libc):
-        self.size = size
-        self.madvise = libc.madvise
-        self.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        self.mincore = libc.mincore
-        self.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
-        self.pages = size // os.sysconf("SC_PAGE_SIZE")
-        self.resident = ctypes.create_string_buffer(self.pages)
-
-    @classmethod
-    def here(cls) -> _HugePages | None:
-        size = _huge_page_size()
-        if not size:
-            return None
-        try:
-            return cls(size, ctypes.CDLL(None, use_errno=True))
-        except (OSError, AttributeError):
-            return None
-
-    def collapse(self) -> None:
-        """Collapse the ranges that qualify."""
-        for start in self._ranges():
-            if self.mincore(start, self.size, self.resident) != 0:
-                continue
-            if sum(b & 1 for b in self.resident.raw) < HUGE_PAGE_FILL * self.pages:
-                continue
-            if self.madvise(start, self.size, MADV_COLLAPSE) != 0 and ctypes.get_errno() == errno.EINVAL:
-                break  # no MADV_COLLAPSE on this kernel: nothing else will work either
-
-    def _ranges(self):
-        """The huge-page-aligned ranges inside the anonymous private mappings (the heap's)."""
-        try:
-            with open("/proc/self/maps") as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return
-        for line in lines:
-            fields = line.split()
-            if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
-                continue  # a file's, the stack, or not writable
-            low, high = (int(x, 16) for x in fields[0].split("-"))
-            start = -(-low // self.size) * self.size
-            while start + self.size <= high:
-                yield start
-                start += self.size
-
-
-def _settle(huge: _HugePages | None) -> None:
-    """Make what the template holds now cheap for the task processes it forks to share."""
-    # Objects that exist now are never collected, so the garbage collector of a
-    # task process does not touch (and copy) the pages that hold them.
-    gc.freeze()
-    _trim()
-    if huge is not None:
-        huge.collapse()
 
 
 def _collect(pids: list[int]) -> list[int]:
@@ -501,16 +270,16 @@ def _collect(pids: list[int]) -> list[int]:
 def _serve(ctl: socket.socket, setup: tuple) -> int:
     """The template's life: fork task processes until the supervisor closes our socket."""
     parent = os.getppid()
-    runner.set_signals()  # its task processes inherit them
+    task_process.set_signals()  # its task processes inherit them
     sys.path[:] = setup[0]
-    runner.die_with_parent(signal.SIGKILL)
+    task_process.die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:
         return 0  # the supervisor died before the parent-death signal was set
     _warm_up(setup)
-    huge = _HugePages.here()
-    _settle(huge)
-    fork = _Forker()
-    leave = _libc_exit() or os._exit
+    huge = forkperf.HugePages.here()
+    forkperf.make_shareable(huge)
+    fork = forkperf.Forker()
+    leave = forkperf.libc_exit() or os._exit
     # Every page this loop writes while a task process lives is copied for it (in the
     # template: a fork shares them all again), so it touches as few objects as it can:
     # requests are read into one buffer, the methods it calls are looked up once, and
@@ -543,7 +312,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
                 child = -1  # out of processes or memory: the supervisor raises
             if child == 0:
                 pin = fork.pin if fork.pinned else None
-                runner.run_child(functools.partial(_forked_task_process, fd, setup, pin), [ctl], leave=leave)
+                task_process.run_child(functools.partial(_forked_task_process, fd, setup, pin), [ctl], leave=leave)
             os.close(fd)
             sendall(pack(FORK, child))
         elif op == COLLECT:
@@ -560,7 +329,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
             except Exception:  # noqa: BLE001 - the task process will unpickle it and report why it fails
                 pass
             fork.imported()
-            _settle(huge)  # what the import made is shared by every task process
+            forkperf.make_shareable(huge)  # what the import made is shared by every task process
             sendall(pack(IMPORT, min(int((time.perf_counter() - started) * 1e6), 2**31 - 1)))
         if len(exited) >= COLLECT_BATCH:
             exited = _collect(exited)
