@@ -12,17 +12,22 @@ test and shuts them down at its end.
 from __future__ import annotations
 
 import contextlib
+import io
+import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
+import traceback
 
 import psutil
 import pytest
 
 import corral
 from corral.local import shm as shm_root
-from helpers import free_port, start_broker, stop
+from helpers import free_port, start_broker, start_worker, stop
 
 LEAK_GRACE_S = 5.0
 _saved_tmp: tuple = ()
@@ -115,9 +120,30 @@ def no_leaks():
         pytest.fail("test leaked resources:\n  " + "\n  ".join(problems), pytrace=False)
 
 
+SHUTDOWN_PATIENCE = 60.0  # seconds the executor fixture waits for an executor to shut down
+
+
+def _shut_down(ex: corral.Executor) -> None:
+    """Shut an executor down, in bounded time: if it hangs (a result that never comes), dump every
+    thread's stack, kill our processes, and fail the test, instead of hanging the whole session."""
+    worker = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+    worker.start()
+    worker.join(SHUTDOWN_PATIENCE)
+    if not worker.is_alive():
+        return
+    stacks = io.StringIO()
+    for thread_id, frame in sys._current_frames().items():
+        stacks.write(f"\n--- thread {thread_id}\n{''.join(traceback.format_stack(frame))}")
+    for proc in _children().values():
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    pytest.fail(f"the executor did not shut down within {SHUTDOWN_PATIENCE:g} s; every thread's stack:"
+                f"{stacks.getvalue()}", pytrace=False)
+
+
 @pytest.fixture
 def make_executor():
-    """A factory of executors that are shut down when the test ends."""
+    """A factory of executors that are shut down (in bounded time) when the test ends."""
     made: list[corral.Executor] = []
 
     def make(*args, **kwargs) -> corral.Executor:
@@ -127,7 +153,50 @@ def make_executor():
 
     yield make
     for ex in made:
-        ex.shutdown(wait=True, cancel_futures=True)
+        _shut_down(ex)
+
+
+# How a worker may run tasks: a persistent task process on a lane (the executor's own workers'
+# default), a persistent one fed by its supervisor, a fresh process per task, spawned task
+# processes, and remote workers (``corral worker`` on a standalone broker).
+WORKER_MODES = ("lane", "supervised", "fresh", "spawn", "remote")
+_MODE_OPTIONS = {
+    "lane": {},
+    "supervised": {"max_tasks_per_child": 10**9},  # the supervisor must count the tasks: no lane
+    "fresh": {"fresh": True},
+    "spawn": {"mp_context": multiprocessing.get_context("spawn")},
+}
+
+
+@pytest.fixture(params=WORKER_MODES)
+def mode_executor(request, make_executor):
+    """A factory of executors whose workers run tasks one way (``WORKER_MODES``), called as
+    ``make_executor`` is; ``mode_executor.mode`` says which.  Remote workers get a standalone
+    broker and ``corral worker --processes max_workers`` (whose processes can import the test
+    modules), both stopped when the test ends."""
+    mode = request.param
+    started: list = []
+    made: list = []
+
+    def make(max_workers: int = 2, **kwargs) -> corral.Executor:
+        if mode != "remote":
+            return make_executor(max_workers, **{**_MODE_OPTIONS[mode], **kwargs})
+        if kwargs.get("initializer") is not None:
+            pytest.skip("remote workers take no initializer from the executor")
+        address = f"tcp://127.0.0.1:{free_port()}"
+        started.append(start_broker(address))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(__file__),
+                                                                          os.environ.get("PYTHONPATH")]))}
+        started.append(start_worker(address, "--processes", str(max_workers), env=env))
+        made.append(make_executor(address=address, **kwargs))
+        return made[-1]
+
+    make.mode = mode
+    yield make
+    for ex in made:  # before its broker and workers go
+        _shut_down(ex)
+    for proc in reversed(started):  # the workers first: they leave, then their broker
+        stop(proc)
 
 
 @pytest.fixture

@@ -107,13 +107,23 @@ def runs(path) -> list[int]:
     return [int(line) for line in path.read_text().split()] if path.exists() else []
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+TIMEOUT = 30  # seconds: the bound of every wait in the tests (a result, a process, a file)
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
     """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
     return value
+
+
+def wait_for_file(path, timeout: float = TIMEOUT) -> str:
+    """The contents of ``path`` once it exists; fail after ``timeout`` seconds."""
+    wait_for(lambda: os.path.exists(path), timeout, f"{path} to appear")
+    with open(path) as f:
+        return f.read()
 
 
 def gone(pid: int) -> bool:

@@ -12,8 +12,7 @@ import pytest
 from corral import serialization
 from corral.tuning import CHANNEL_READ_CHUNK
 from corral.worker import task_process as runner
-
-TIMEOUT = 30
+from helpers import TIMEOUT
 
 
 @pytest.fixture

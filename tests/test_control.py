@@ -15,9 +15,8 @@ import psutil
 import pytest
 
 import corral
-from helpers import gone, record_then_sleep, runs, wait_for
+from helpers import TIMEOUT, gone, record_then_sleep, runs, wait_for
 
-TIMEOUT = 30
 BIG = []  # memory a task keeps alive in a persistent task process
 
 

@@ -15,10 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 import corral
-from helpers import HelperError, raise_helper_error, raise_helper_error_from_numpy, start_worker, stop
-
-TIMEOUT = 30
-
+from helpers import TIMEOUT, HelperError, raise_helper_error, raise_helper_error_from_numpy, start_worker, stop
 
 # -- task functions ------------------------------------------------------------------
 

@@ -16,9 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 import corral
-
-TIMEOUT = 30
-
+from helpers import TIMEOUT, wait_for
 
 # -- task functions (module level: pickled by reference) -----------------------
 
@@ -62,14 +60,6 @@ class Point:
 
 def make_point(x, y):
     return Point(x, y)
-
-
-def wait_until(predicate, timeout=TIMEOUT, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def usable_cpus():
@@ -263,7 +253,7 @@ def test_shutdown_cancel_futures(make_executor, tmp_path):
     ex = make_executor(1)
     # The blocker must outlast the submits and the shutdown call below, even on a loaded machine.
     blocker = ex.submit(sleep_then_return, 2.0, "blocker")
-    wait_until(blocker.running)
+    wait_for(blocker.running)
     paths = [tmp_path / f"queued-{i}" for i in range(10)]
     queued = [ex.submit(touch, path) for path in paths]
     start = time.monotonic()
@@ -284,7 +274,7 @@ def test_shutdown_cancel_futures(make_executor, tmp_path):
 def test_cancel_queued_future_never_runs(make_executor, tmp_path):
     ex = make_executor(1)
     blocker = ex.submit(sleep_then_return, 2.0, "blocker")
-    wait_until(blocker.running)
+    wait_for(blocker.running)
     marker = tmp_path / "cancelled-task-ran"
     victim = ex.submit(touch, marker)
     assert victim.cancel() is True
@@ -304,7 +294,7 @@ def test_tasks_cancelled_right_after_submit_never_run(make_executor, tmp_path):
     """Submits racing the I/O thread: a CANCEL must never reach the broker before its SUBMIT."""
     ex = make_executor(1)
     blocker = ex.submit(sleep_then_return, 3.0, "blocker")
-    wait_until(blocker.running)
+    wait_for(blocker.running)
     futures, paths = [], []
     for round_ in range(20):
         batch = [tmp_path / f"{round_}-{i}" for i in range(25)]
@@ -323,7 +313,7 @@ def test_tasks_cancelled_right_after_submit_never_run(make_executor, tmp_path):
 def test_cancel_running_or_done_future_returns_false(make_executor):
     ex = make_executor(1)
     running = ex.submit(sleep_then_return, 0.5, "r")
-    wait_until(running.running)
+    wait_for(running.running)
     assert running.cancel() is False
     assert running.result(TIMEOUT) == "r"
     assert running.cancel() is False
@@ -589,3 +579,18 @@ def test_many_threads_waiting_at_once(make_executor):
     futures = [ex.submit(sleep_then_return, 0.01 * (i % 5), i) for i in range(200)]
     with concurrent.futures.ThreadPoolExecutor(8) as waiters:
         assert list(waiters.map(lambda f: f.result(TIMEOUT), futures)) == list(range(200))
+
+
+def test_a_hanging_shutdown_fails_its_test_instead_of_hanging_the_session(monkeypatch):
+    """The executor fixture gives shutdown a bounded time; past it, the test fails with every
+    thread's stack, and our processes are killed."""
+    import conftest
+
+    ex = corral.Executor(1)
+    fut = ex.submit(time.sleep, 60)
+    wait_for(fut.running, TIMEOUT, "the task to start")
+    monkeypatch.setattr(conftest, "SHUTDOWN_PATIENCE", 1.0)
+    with pytest.raises(pytest.fail.Exception, match="did not shut down within 1 s; every thread's stack"):
+        conftest._shut_down(ex)
+    ex.kill_workers()
+    wait_for(lambda: not ex._io.thread.is_alive(), TIMEOUT, "the executor to end")

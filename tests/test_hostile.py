@@ -20,9 +20,7 @@ from corral.broker.broker import MAX_DEPARTED, Broker
 from corral.logs import Throttle
 from corral.wire import protocol
 from corral.wire.protocol import Kind
-from helpers import corral_cmd, free_port, start_worker, stop, wait_for
-
-TIMEOUT = 30
+from helpers import TIMEOUT, corral_cmd, free_port, start_worker, stop, wait_for
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ import time
 import pytest
 
 import corral
-
-TIMEOUT = 30
+from helpers import TIMEOUT
 
 
 def noop():

@@ -17,6 +17,7 @@ import pytest
 
 import corral
 from helpers import (
+    TIMEOUT,
     corral_cmd,
     free_port,
     gone,
@@ -28,8 +29,6 @@ from helpers import (
     stop,
     wait_for,
 )
-
-TIMEOUT = 30
 
 
 def backtrack(n: int) -> int:

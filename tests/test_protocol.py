@@ -15,9 +15,7 @@ import corral
 from corral.broker.broker import Broker
 from corral.wire import protocol, stream
 from corral.wire.protocol import Kind
-
-TIMEOUT = 10
-
+from helpers import TIMEOUT
 
 # -- headers ----------------------------------------------------------------------------
 

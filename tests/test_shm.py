@@ -12,7 +12,7 @@ import pytest
 import corral
 from corral.local import shm
 
-TIMEOUT = 60
+SLOW = 60  # seconds: a bound for waits on large buffers
 N = (4 << 20) // 8  # a 4 MiB float64 array: above tuning.SHM_MIN_BYTES
 
 
@@ -46,7 +46,7 @@ def test_large_arrays_go_both_ways_through_shared_memory_and_leave_no_files(make
         pytest.skip("this machine has no writable /dev/shm")
     assert os.stat(ex._shm_dir).st_mode & 0o777 == 0o700
     a = np.arange(N, dtype=np.float64)
-    out = ex.submit(double_in_place, a).result(TIMEOUT)
+    out = ex.submit(double_in_place, a).result(SLOW)
     assert np.array_equal(out, a * 2)
     assert np.array_equal(a, np.arange(N, dtype=np.float64)), "the caller's array must not change"
     out += 1  # the result is writable, as ProcessPoolExecutor's is
@@ -62,7 +62,7 @@ def test_input_stays_for_a_retry_after_the_worker_dies(make_executor, tmp_path):
     """Breaks: the task process is SIGKILLed while its input is in shared memory; the retry maps it again."""
     ex = make_executor(1, retries=1)
     a = np.ones(N)
-    assert ex.submit(kill_own_process_once, str(tmp_path / "once"), a).result(TIMEOUT) == float(N)
+    assert ex.submit(kill_own_process_once, str(tmp_path / "once"), a).result(SLOW) == float(N)
     if ex._shm_dir is not None:
         assert shm_files(ex) == []
 
@@ -76,9 +76,9 @@ def test_without_room_in_shared_memory_buffers_travel_as_frames(make_executor):
     shm_dir = ex._shm_dir
     shutil.rmtree(shm_dir)
     a = np.arange(N, dtype=np.float64)
-    total, _ = ex.submit(checksum_and_pid, a).result(TIMEOUT)
+    total, _ = ex.submit(checksum_and_pid, a).result(SLOW)
     assert total == float(a.sum())
-    assert np.array_equal(ex.submit(double_in_place, a).result(TIMEOUT), a * 2)
+    assert np.array_equal(ex.submit(double_in_place, a).result(SLOW), a * 2)
     assert not os.path.exists(shm_dir)
 
 
@@ -104,7 +104,7 @@ def test_address_executors_send_frames(broker_address):
             a = np.arange(N, dtype=np.float64)
             # Standalone workers do not share the test's sys.path: send the function by value.
             by_value = type(double_in_place)(double_in_place.__code__, {}, "double_in_place")
-            assert np.array_equal(ex.submit(by_value, a).result(TIMEOUT), a * 2)
+            assert np.array_equal(ex.submit(by_value, a).result(SLOW), a * 2)
     finally:
         stop(worker)
 
@@ -118,10 +118,10 @@ def test_corral_shm_dir_says_where_buffers_go(make_executor, tmp_path, monkeypat
     ex = make_executor(1)
     assert os.path.dirname(ex._shm_dir) == str(root)
     a = np.arange(N, dtype=np.float64)
-    assert np.array_equal(ex.submit(double_in_place, a).result(TIMEOUT), a * 2)
+    assert np.array_equal(ex.submit(double_in_place, a).result(SLOW), a * 2)
     ex.shutdown()
     assert os.listdir(root) == []
     monkeypatch.setenv("CORRAL_SHM_DIR", "")
     ex = make_executor(1)
     assert ex._shm_dir is None
-    assert np.array_equal(ex.submit(double_in_place, a).result(TIMEOUT), a * 2)
+    assert np.array_equal(ex.submit(double_in_place, a).result(SLOW), a * 2)

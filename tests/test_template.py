@@ -17,8 +17,7 @@ import uuid
 import pytest
 
 import corral
-
-TIMEOUT = 30
+from helpers import TIMEOUT
 
 
 @pytest.fixture

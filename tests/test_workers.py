@@ -14,9 +14,8 @@ import time
 import psutil
 import pytest
 
-from helpers import held_sockets
+from helpers import TIMEOUT, held_sockets
 
-TIMEOUT = 30
 MUTATED = False
 INIT_VALUE = None
 
