@@ -10,7 +10,9 @@ import time
 import pytest
 
 import corral
-from corral.cli import MAX_RESTART_DELAY_S, QUICK_EXIT_S, Restarts, build_parser, check_listen_address
+from corral.cli import build_parser
+from corral.cli.broker import check_listen_address
+from corral.cli.worker import MAX_RESTART_DELAY_S, QUICK_EXIT_S, Restarts
 from corral.wire.protocol import Kind
 from helpers import corral_cmd, free_port, held_descriptors, pid_of_task, start_worker, stop
 

@@ -9,6 +9,7 @@ never a traceback.  The rules themselves live with the library's own checks
 
 from __future__ import annotations
 
+import argparse
 from argparse import ArgumentTypeError
 from collections.abc import Callable
 
@@ -68,3 +69,8 @@ def size(text: str) -> int:
         return parse_size(text)
     except ValueError:
         raise ArgumentTypeError(f"expected a size in bytes or like 512MB or 2GiB, not {text!r}") from None
+
+
+def level(args: argparse.Namespace) -> str:
+    """The level of corral's messages a command prints on stderr: INFO, or DEBUG with -v."""
+    return "DEBUG" if args.verbose else "INFO"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 
@@ -34,3 +35,9 @@ def run_demo(tasks: int = 200, samples: int = 20000, workers: int | None = None)
         print(f"{n / elapsed:.1f} tasks/s ({elapsed:.2f} s including start-up)")
         print(summary)
         print()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``corral demo``."""
+    run_demo(tasks=args.tasks, samples=args.samples, workers=args.workers)
+    return 0
