@@ -25,10 +25,10 @@ def _id(rng: random.Random):
     return rng.choice([FAR + rng.randrange(10**6), -rng.randrange(1, 10**6), 2**70, 0, "7", None, 1.5, [1], True])
 
 
-def _ids(rng: random.Random):
+def _ids(rng: random.Random, big: bool = False):
     shape = rng.randrange(6)
     if shape == 0:
-        return [FAR + i for i in range(rng.choice([1, 10, 20_000, 20_001, 60_000]))]
+        return [FAR + i for i in range(rng.choice([20_000, 20_001, 60_000] if big else [1, 10, 100]))]
     if shape == 1:
         return [_id(rng) for _ in range(rng.randrange(5))]
     if shape == 2:
@@ -45,7 +45,7 @@ def _options(rng: random.Random):
     ])
 
 
-def _body(rng: random.Random, kind: Kind, role: str) -> tuple[dict | None, int]:
+def _body(rng: random.Random, kind: Kind, role: str, big: bool = False) -> tuple[dict | None, int]:
     """A header body for ``kind`` and how many payload frames it names."""
     if kind == Kind.HELLO:
         body = {"role": rng.choice(["client", "worker", "broker", "", None, 7]),
@@ -58,7 +58,7 @@ def _body(rng: random.Random, kind: Kind, role: str) -> tuple[dict | None, int]:
         return body, 0
     if kind in (Kind.SUBMIT, Kind.TASKS):
         entries, frames = [], 0
-        for _ in range(rng.choice([0, 1, 3, 2000, 2001])):
+        for _ in range(rng.choice([2000, 2001] if big else [0, 1, 3, 20])):
             n = rng.choice([0, 1, 2, 2, 3, -1, 10**6])
             entries.append([_id(rng), n, _options(rng)])
             frames += max(0, n) if isinstance(n, int) and n < 100 else 0
@@ -70,18 +70,18 @@ def _body(rng: random.Random, kind: Kind, role: str) -> tuple[dict | None, int]:
         return body, frames
     if kind == Kind.RESULT:
         entries, frames = [], 0
-        for _ in range(rng.choice([0, 1, 5, 2001])):
+        for _ in range(rng.choice([2001] if big else [0, 1, 5])):
             n = rng.choice([0, 1, 2, -1])
             entries.append([_id(rng), rng.choice([0, 1, 2, 3, -1, "ok"]), n,
                             rng.choice([{}, {"error": "broken", "message": "x"}, {"error": "worker_lost"},
                                         {"shm": [0]}, "meta", None])])
             frames += max(0, n)
         return {"results": entries, "credit": rng.choice([0, 1, 10**6, 10**7, -1, "x"]),
-                "busy": rng.choice([0.1, -1, "x", 1e308]), "started": _ids(rng)}, frames
+                "busy": rng.choice([0.1, -1, "x", 1e308]), "started": _ids(rng, big)}, frames
     if kind in (Kind.CANCEL, Kind.STARTED, Kind.CANCELLED):
-        return {"ids": _ids(rng), "running": _ids(rng), "credit": rng.choice([0, 5, -1])}, 0
+        return {"ids": _ids(rng, big), "running": _ids(rng, big), "credit": rng.choice([0, 5, -1])}, 0
     if kind == Kind.KILL:
-        body = {"ids": _ids(rng), "grace": rng.choice([0, 1.5, -5, 1e300, "x", None]),
+        body = {"ids": _ids(rng, big), "grace": rng.choice([0, 1.5, -5, 1e300, "x", None]),
                 "signal": rng.choice(["SIGTERM", "SIGKILL", "SIGSTOP", 9, None])}
         if rng.random() < 0.3:
             body["all"] = rng.choice([True, 1, "yes"])
@@ -94,7 +94,7 @@ def _body(rng: random.Random, kind: Kind, role: str) -> tuple[dict | None, int]:
         return {"heartbeat": rng.choice([1.0, 0, -1, 1e9, "1", None, float("nan")]),
                 "liveness": rng.choice([3, 0, -1, 10**9, 2.5, "3"])}, 0
     if kind == Kind.BYE:
-        return {"requeue": _ids(rng)}, 0
+        return {"requeue": _ids(rng, big)}, 0
     if kind == Kind.HEARTBEAT:
         return rng.choice([None, {"preparing": True}, {"preparing": "yes"}]), 0
     if kind == Kind.ERROR:
@@ -140,16 +140,25 @@ def _damage(rng: random.Random, frames: list[bytes]) -> list[bytes]:
     return [rng.randbytes(rng.randrange(0, 64)) for _ in range(rng.randrange(1, 4))]  # noise
 
 
+BIG_POOL = 40  # huge messages (batches over the limit, id lists of 20,000 and more), made once each
+BIG_SHARE = 0.02  # the share of the messages sent that are one of them
+
+
+def _one(rng: random.Random, role: str, big: bool) -> list[bytes]:
+    kind = rng.choice(list(Kind))
+    try:
+        body, nframes = _body(rng, kind, role, big)
+        header = protocol.encode(kind, body) if body is not None else protocol.encode(kind)
+    except (ValueError, TypeError):  # a body JSON cannot carry (nan is fine; this is for safety)
+        header = protocol.encode(kind)
+        nframes = 0
+    frames = [header] + [rng.randbytes(rng.randrange(0, 16)) for _ in range(min(nframes, 64))]
+    return _damage(rng, frames) if rng.random() < 0.5 else frames
+
+
 def messages(rng: random.Random, count: int, role: str):
-    """``count`` messages a broken or hostile peer in ``role`` might send."""
-    kinds = list(Kind)
+    """``count`` messages a broken or hostile peer in ``role`` might send.  The huge ones cost
+    a lot to build, and their shapes are few: a pool of them is made once and sent again."""
+    pool = [_one(rng, role, big=True) for _ in range(BIG_POOL)]
     for _ in range(count):
-        kind = rng.choice(kinds)
-        try:
-            body, nframes = _body(rng, kind, role)
-            header = protocol.encode(kind, body) if body is not None else protocol.encode(kind)
-        except (ValueError, TypeError):  # a body JSON cannot carry (nan is fine; this is for safety)
-            header = protocol.encode(kind)
-            nframes = 0
-        frames = [header] + [rng.randbytes(rng.randrange(0, 16)) for _ in range(min(nframes, 64))]
-        yield _damage(rng, frames) if rng.random() < 0.5 else frames
+        yield rng.choice(pool) if rng.random() < BIG_SHARE else _one(rng, role, big=False)

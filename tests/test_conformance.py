@@ -21,5 +21,7 @@ def test_cpython_concurrent_futures_suite():
     proc = subprocess.run(
         [sys.executable, str(RUNNER)], check=False, env=env, capture_output=True, text=True, timeout=900
     )
+    if proc.returncode != 0 and "tests not found" in proc.stderr:
+        pytest.skip(f"CPython's concurrent.futures tests are not available for {sys.version.split()[0]} here")
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     assert proc.returncode == 0 and " 0 failed" in last, proc.stdout[-6000:] + proc.stderr[-3000:]

@@ -515,7 +515,16 @@ def test_a_burst_larger_than_one_message_loses_nothing():
 # -- a caller waiting for a result runs the loop itself (_IOLoop.lead) ------------------------
 
 
-def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(make_executor):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt in the main thread, as in an interactive session (a shell
+    that started us in the background may have set it to be ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(make_executor, ctrl_c):
     """Breaks: SIGINT reaches the main thread while it waits in result(), running the
     executor's loop itself. KeyboardInterrupt comes out of result() at once; no message is
     lost: the same future, and the next ones, still complete."""
@@ -534,7 +543,7 @@ def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(make_exec
     assert [f.result(TIMEOUT) for f in [ex.submit(square, i) for i in range(50)]] == [i * i for i in range(50)]
 
 
-def test_ctrl_c_while_a_leader_handles_messages_is_raised_after_them():
+def test_ctrl_c_while_a_leader_handles_messages_is_raised_after_them(ctrl_c):
     from corral.client.leading import SigintDeferred
 
     guard = SigintDeferred()

@@ -21,8 +21,8 @@ from corral.wire.protocol import Kind
 from fuzzing import messages
 from helpers import free_port, start_broker, start_worker, stop
 
-BROKER_MESSAGES = 80_000
-WORKER_MESSAGES = 25_000
+BROKER_MESSAGES = 100_000
+WORKER_MESSAGES = 200_000  # in all: half to a persistent worker, half to a fresh one
 PEERS = 40  # rogue connections to the broker, each with its own identity
 MEMORY_GROWTH = 200 << 20  # bytes the broker or the worker may grow by during the storm
 
@@ -49,6 +49,7 @@ def _keep_mapping(address: str, stop_event: threading.Event, done: list, errors:
         errors.append(exc)
 
 
+@pytest.mark.timeout(300)
 def test_a_live_broker_survives_a_storm_of_mutated_messages():
     address = f"tcp://127.0.0.1:{free_port()}"
     broker = start_broker(address, "--heartbeat", "0.5")
@@ -133,6 +134,7 @@ def _answer(router: zmq.Socket, ident: bytes, gid: int, timeout: float = 30) -> 
                 return entry[1], payload
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("fresh", [False, True])
 def test_a_live_worker_survives_a_storm_from_a_lying_broker(fresh):
     """A fake broker welcomes a real standalone worker, then sends it mutated messages of every
