@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 from collections import deque
+from typing import Any, Protocol
 
 from ..errors import ProtocolError
 from ..tuning import LARGE_MESSAGE, STREAM_BUFFER, STREAM_READ_CHUNK
@@ -40,6 +41,34 @@ def size_buffers(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, opt, size)
         except OSError:
             pass
+
+
+class Link(Protocol):
+    """What a peer needs of its link to another: whole messages out and in, without blocking.
+
+    A socket pair (``Stream``), a task process's lane (``lane.Lane``) and a worker's ZeroMQ
+    DEALER (``worker.supervisor``) are links; a client's links to its broker take messages
+    as (kind, body, frames) instead (``client.links.Link``).
+    """
+
+    pending: bool  # output waits for the socket to become writable (then ``flush``)
+    eof: bool  # the other end has gone
+
+    @property
+    def poll_key(self) -> Any:
+        """What a poller's events call it."""
+
+    def send(self, frames: list) -> None:
+        """Queue one message (its frames) and write what the socket takes now."""
+
+    def receive(self) -> list[list]:
+        """Every whole message that has arrived, as lists of frames."""
+
+    def flush(self) -> None:
+        """Write queued output until the socket would block."""
+
+    def close(self) -> None:
+        """Close the link."""
 
 
 class Endpoint:

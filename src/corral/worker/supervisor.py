@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -39,25 +38,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import HEARTBEAT, LIVENESS, WorkerConfig
-from ..local.pool import exit_words
 from ..logs import Throttle, logger
 from ..tuning import PARENT_CHECK
 from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import containment, task_process
+from .processes import TaskProcesses
 
 if TYPE_CHECKING:
     import zmq
 
 WAIT_NOTE = 5.0  # a standalone worker with no broker after this many seconds says so; then at doubling intervals
 WAIT_NOTE_MAX = 60.0  # ... at least once a minute
-READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
 MAX_BACKOFF = 10.0  # seconds between tries to reach a broker that went silent, at most
 _log = logger("worker")
 
 
-class Supervisor:
+class Supervisor(TaskProcesses):
     """A worker's supervisor: its link to the broker, its loop, and its task processes' lives.
 
     ``config`` says what the worker is (``config.WorkerConfig``); the rest is how it
@@ -109,7 +107,7 @@ class Supervisor:
         self.on_terminated: Callable[[], None] | None = None  # called by on_sigterm before we exit
         self.before_connect()
         self.ctx = _zmq().Context() if fd is None else None
-        self.link: stream.Stream | _DealerLink
+        self.link: stream.Link
         self.connect()
 
     def before_connect(self) -> None:
@@ -241,11 +239,6 @@ class Supervisor:
             if self.ctx is not None:
                 self.ctx.term()
 
-    def start(self) -> None:
-        """Before HELLO: a persistent task process, ready (its initializer has run)."""
-        self.proc = self.start_process()
-        self.wait_until_ready()
-
     def extra_waits(self) -> list:
         """Descriptors a mode watches besides the broker's and the task process's."""
         return []
@@ -261,11 +254,6 @@ class Supervisor:
         """The tasks we hold that never started (they go back to the queue when we leave)."""
         return []
 
-    def end_processes(self) -> None:
-        """We are leaving: our task processes go (see run)."""
-        if self.proc is not None:
-            self.proc.end()
-
     def on_sigterm(self, signum, frame) -> None:
         """Terminated (``terminate_workers()``, a batch system): take the task processes along,
         with what their tasks started."""
@@ -279,10 +267,6 @@ class Supervisor:
         for proc in self.task_processes():
             proc.signal(signal.SIGTERM)
         self.family.close()  # SIGKILLs what is left: a template and its task processes die with us anyway
-
-    def task_processes(self) -> list[task_process.TaskProcess]:
-        """Every task process we hold."""
-        return [self.proc] if self.proc is not None else []
 
     def poll_timeout(self) -> float:
         """Seconds the loop may sleep: a heartbeat, or until the next thing due (``due``)."""
@@ -366,76 +350,6 @@ class Supervisor:
 
     def flush(self) -> None:
         """Send what this turn owes the broker (results, credit)."""
-
-    # -- task processes -----------------------------------------------------------
-
-    def start_process(self) -> task_process.TaskProcess:
-        """A new task process (the mode's kind)."""
-        raise NotImplementedError
-
-    def read_task_process(self) -> None:
-        """The task process's socket is readable."""
-
-    def task_process_exited(self) -> None:
-        """The task process has ended (its pidfd said so)."""
-
-    def end_process(self, proc: task_process.TaskProcess) -> int:
-        """Stop a task process with everything its tasks started; its return code."""
-        code = proc.end()
-        self.family.sweep(self.own_processes(), stop=True)  # what left its group came to us when it died
-        return code
-
-    def own_processes(self) -> list[int]:
-        """The processes we started ourselves and keep: everything else below us is a stray."""
-        return [p.pid for p in self.task_processes() if p.template is None]
-
-    def wait_until_ready(self) -> None:
-        """A persistent task process runs the initializer first; wait for its verdict.
-
-        Dying before READY breaks the executor only when an initializer ran (as in
-        the stdlib); otherwise the process was killed from outside, and we start
-        another, a few times.
-        """
-        for _ in range(READY_TRIES):
-            header = self.first_word()
-            if header is None:
-                if self.stopping:
-                    return
-                how = exit_words(self.end_process(self.proc))
-                if self.setup[1] is not None:
-                    self.broken = f"the task process {how} while running the initializer"
-                    return
-                self.proc = self.start_process()
-                continue
-            if header[0] == task_process.BROKEN:
-                self.broken = header[1]
-                self.end_process(self.proc)
-            else:
-                self.proc.ready = True
-            return
-        self.broken = f"{READY_TRIES} task processes in a row died before they were ready ({how})"
-
-    def first_word(self) -> tuple | None:
-        """The task process's READY or BROKEN; None if it died first (or our parent did: stopping)."""
-        proc = self.proc
-        watched = [proc.conn] + ([proc.pidfd] if proc.pidfd is not None else [])
-        while True:
-            readable = select.select(watched, [], [], self.heartbeat)[0]
-            if proc.conn in readable:
-                break
-            if readable or (proc.pidfd is None and proc.exited()):
-                return None  # ended, though a process its initializer forked may hold its socket
-            if self.parent_gone():
-                self.stopping = True
-                return None
-            if self.said_hello:
-                self.send(Kind.HEARTBEAT, {"preparing": True})
-        if proc.pidfd is not None and proc.exited():
-            proc.conn.set_blocking(False)  # it ended: take what it wrote whole, never wait for the rest
-        try:
-            return proc.conn.recv()[0]
-        except (EOFError, OSError):
-            return None
 
     # -- time-driven work -----------------------------------------------------------
 
