@@ -183,25 +183,14 @@ def test_the_sdists_tests_can_be_collected(tree, dists, tmp_path):
             tf.extractall(tmp_path)  # our own archive, just built
     root = tmp_path / top
     env = dict(os.environ, PYTHONPATH=str(root / "src"))
-    where = subprocess.run(
-        [sys.executable, "-c", "import corral; print(corral.__file__)"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
+
+    def python(*args: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True,
+                              check=False, timeout=timeout)
+
+    where = python("-c", "import corral; print(corral.__file__)", timeout=60).stdout.strip()
     assert Path(where).resolve().is_relative_to(root.resolve()), f"corral was imported from {where}, not the sdist"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    proc = python("-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", timeout=120)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"collection in the unpacked sdist failed:\n{output[-6000:]}"
     summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""

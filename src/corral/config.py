@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from argparse import ArgumentTypeError
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +81,47 @@ def parse_size(value: int | str | None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"max_memory must be a positive number of bytes, not {value!r}")
     return value
+
+
+# The same rules as ``argparse`` types, for command lines (``cli/``, ``WorkerConfig.add_arguments``):
+# a bad value is answered the way argparse answers any bad argument.
+
+
+def integer(minimum: int) -> Callable[[str], int]:
+    """A ``type=`` for a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise ArgumentTypeError(f"expected an integer >= {minimum}, not {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def seconds(*, zero: bool = False) -> Callable[[str], float]:
+    """A ``type=`` for a finite number of seconds > 0 (>= 0 with ``zero``): check_seconds's rule."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_seconds("seconds", float(text), zero=zero)
+        except ValueError:
+            raise ArgumentTypeError(f"expected {seconds_rule(zero)}, not {text!r}") from None
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+def size(text: str) -> int:
+    """A ``type=`` for a memory size: bytes, or a string such as 512MB or 2GiB (parse_size)."""
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise ArgumentTypeError(f"expected a size in bytes or like 512MB or 2GiB, not {text!r}") from None
 
 
 def check_task_options(options: dict) -> dict:
@@ -162,8 +205,6 @@ class WorkerConfig:
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         """The options ``argv`` writes, for the worker's own parser (checked as they are parsed)."""
-        from .cli.argtypes import integer, seconds, size
-
         parser.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
         parser.add_argument("--prefetch", type=integer(0), default=None, help="tasks held: running and waiting")
         parser.add_argument("--max-tasks", type=integer(1), default=None, help="a new task process after N tasks")

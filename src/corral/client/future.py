@@ -13,12 +13,22 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..config import check_seconds
 
-if TYPE_CHECKING:
-    from .ioloop import IOLoop
+
+class Loop(Protocol):
+    """What a future needs of its executor's I/O loop (``ioloop.IOLoop``)."""
+
+    kill_grace: float  # the executor's default grace for kill()
+    leading: Any  # the loop's Leading (leading.py): a waiting caller runs the loop
+
+    def cancel(self, futures: list) -> list[bool]:
+        """Cancel the tasks of ``futures`` that have not started; a verdict for each."""
+
+    def request_kill(self, cid: int, grace: float) -> None:
+        """Stop task ``cid``, even running."""
 
 DONE = (FINISHED, CANCELLED_AND_NOTIFIED)
 
@@ -111,7 +121,7 @@ class CorralFuture(Future):
     _waiters = _MadeOnAppend()
     _done_callbacks = _MadeOnAppend()
 
-    def __init__(self, io: IOLoop, cid: int):
+    def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
         # its two lists are made when something is first put in them (_MadeOnAppend).
         self._condition = _Condition()

@@ -18,14 +18,11 @@ import signal
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..tuning import LINGER
 from ..wire.poller import Spin
 from .future import DONE
-
-if TYPE_CHECKING:
-    from .ioloop import IOLoop
 
 # Signals whose Python handlers could raise while the main thread handles the executor's
 # messages: with one installed, the main thread waits for results instead of leading.
@@ -40,7 +37,7 @@ _SIGINT = int(signal.SIGINT)
 class Leading:
     """Who runs the I/O loop: the I/O thread, or callers waiting for a result (see above)."""
 
-    def __init__(self, io: IOLoop, spin: float):
+    def __init__(self, io: Any, spin: float):  # io: the IOLoop (ioloop.py) whose loop callers lead
         self.io = io
         # Whoever runs the loop holds loop_lock; a done-callback run by a leader may lead again.
         self.loop_lock = threading.RLock()

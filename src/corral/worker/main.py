@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of a worker process started by a pool: ``python -m corral.worker``."""
     import argparse
 
-    from ..cli.argtypes import seconds
+    from ..config import seconds
 
     p = argparse.ArgumentParser(prog="corral-worker-process")
     p.add_argument("address", nargs="?", help="the broker's ZeroMQ address")
