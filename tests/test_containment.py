@@ -161,12 +161,15 @@ def test_a_task_child_in_another_session_dies_with_a_sigkilled_worker(make_execu
     """Even a SIGKILL of the worker's supervisor, which can stop nothing, leaves nothing: its
     cgroup (where the machine allows one) is stopped by the pool that started the worker."""
     ex = make_executor(1)
+    supervisor = wait_for(lambda: next(iter(psutil.Process(os.getpid()).children()), None), 10, "the worker")
+    cgroup = containment.Cgroup.path_for(supervisor.pid)
+    if cgroup is None:
+        pytest.skip("no writable cgroup v2 here: a SIGKILLed supervisor's strays outlive it")
+    # The worker moves into its cgroup a moment after it starts (tuning.CGROUP_DELAY).
+    wait_for(lambda: os.path.isdir(cgroup), 10, "the worker's cgroup")
     path = tmp_path / "child.pid"
     fut = ex.options(retries=0).submit(popen_then_sleep, 60, str(path))
     pid = wait_for(lambda: read_pid(path), 15, "the task's child")
-    supervisor = psutil.Process(os.getpid()).children()[0]
-    if containment.Cgroup.path_for(supervisor.pid) is None:
-        pytest.skip("no writable cgroup v2 here: a SIGKILLed supervisor's strays outlive it")
     supervisor.kill()
     wait_for(lambda: gone(pid), 5, "the task's child to end with its SIGKILLed worker")
     with pytest.raises(corral.WorkerLostError):

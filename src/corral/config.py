@@ -11,16 +11,17 @@ else that starts workers say it the same way.  ``ExecutorConfig`` checks an
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from argparse import ArgumentTypeError
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .tuning import SPIN
 from .wire.protocol import MAX_RETRIES
+
+if TYPE_CHECKING:  # argparse is imported by the command line only: an Executor starts sooner without it
+    import argparse
 
 HEARTBEAT = 1.0  # seconds between heartbeats (the broker's; clients and workers adopt it)
 LIVENESS = 3  # heartbeats a peer may miss before it counts as lost
@@ -87,6 +88,12 @@ def parse_size(value: int | str | None) -> int | None:
 # a bad value is answered the way argparse answers any bad argument.
 
 
+def _bad(message: str) -> Exception:
+    from argparse import ArgumentTypeError
+
+    return ArgumentTypeError(message)
+
+
 def integer(minimum: int) -> Callable[[str], int]:
     """A ``type=`` for a whole number >= ``minimum``."""
 
@@ -96,7 +103,7 @@ def integer(minimum: int) -> Callable[[str], int]:
         except ValueError:
             value = None
         if value is None or value < minimum:
-            raise ArgumentTypeError(f"expected an integer >= {minimum}, not {text!r}")
+            raise _bad(f"expected an integer >= {minimum}, not {text!r}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
@@ -110,7 +117,7 @@ def seconds(*, zero: bool = False) -> Callable[[str], float]:
         try:
             return check_seconds("seconds", float(text), zero=zero)
         except ValueError:
-            raise ArgumentTypeError(f"expected {seconds_rule(zero)}, not {text!r}") from None
+            raise _bad(f"expected {seconds_rule(zero)}, not {text!r}") from None
 
     parse.__name__ = "seconds"
     return parse
@@ -121,7 +128,7 @@ def size(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError:
-        raise ArgumentTypeError(f"expected a size in bytes or like 512MB or 2GiB, not {text!r}") from None
+        raise _bad(f"expected a size in bytes or like 512MB or 2GiB, not {text!r}") from None
 
 
 def check_task_options(options: dict) -> dict:

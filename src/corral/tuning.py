@@ -85,6 +85,9 @@ MAP_CHUNK_WINDOW = 1024  # chunks
 LANE_STOP_CHECK = 0.001  # seconds between looks at a lane's page for a task to stop when it begins
 PARENT_CHECK = 0.1  # seconds between checks that our parent lives (it also sends a signal when it dies)
 READY_TRIES = 3  # task processes that may die before saying READY, when there is no initializer to blame
+# A worker moves into a cgroup of its own (worker/containment.py) this long after it started:
+# making a cgroup and moving a process into it take ~10 ms, which would delay the first task.
+CGROUP_DELAY = 0.2
 # A fresh worker's template imports each new function ahead (worker/template.py): at most
 # WARM_MAX of them, none larger than WARM_BYTES pickled, each given IMPORT_PATIENCE seconds.
 # A spare forked before an import that took over SLOW_IMPORT is replaced by a warm one.

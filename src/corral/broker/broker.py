@@ -50,12 +50,13 @@ import zmq
 
 from ..config import HEARTBEAT, LIVENESS
 from ..errors import ProtocolError
-from ..local.pool import LocalPool, exit_words
+from ..local.pool import LocalPool
 from ..logs import Throttle, logger
 from ..tuning import DRAIN_LIMIT
 from ..wire import poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
+from ..worker.containment import exit_words
 from . import scheduler
 from .lanes import LaneSeats, lane_window
 from .pairs import PoolLinks

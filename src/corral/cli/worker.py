@@ -41,7 +41,7 @@ class Restarts:
 
     def ended(self, pid: int, returncode: int, now: float) -> str | None:
         """Account for a process that ended; the line to print, if it failed."""
-        from ..local.pool import exit_words
+        from ..worker.containment import exit_words
 
         lived = now - self.started.pop(pid, now)
         if returncode == 0:

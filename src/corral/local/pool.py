@@ -16,7 +16,6 @@ starts to its broker with a socket pair: the worker inherits one end, and
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -83,16 +82,6 @@ class Exited:
     """A worker process that ended, and its Popen-style return code."""
     pid: int
     returncode: int
-
-
-def exit_words(returncode: int) -> str:
-    """How a process ended, from a Popen-style return code (-N: killed by signal N)."""
-    if returncode >= 0:
-        return f"exited with code {returncode}"
-    try:
-        return f"was killed by {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"was killed by signal {-returncode}"
 
 
 class LocalPool:

@@ -76,6 +76,16 @@ def enter_task_process(fresh: bool) -> None:
         prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
+def exit_words(returncode: int) -> str:
+    """How a process ended, from a Popen-style return code (-N: killed by signal N)."""
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"was killed by signal {-returncode}"
+
+
 def signal_tree(pid: int, sig: int) -> None:
     """Signal a task process and its group (what it started and did not move elsewhere).
 
@@ -102,19 +112,31 @@ class Family:
                 self._children_fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:  # a kernel without CONFIG_PROC_CHILDREN: orphans go unnoticed until the end
                 pass
-        self.cgroup = Cgroup.create(os.getpid()) if cgroup else None
+        self.cgroup_wanted = cgroup
+        self.cgroup: Cgroup | None = None
 
-    # -- task processes ------------------------------------------------------------
+    # -- the cgroup ----------------------------------------------------------------
 
-    def join(self) -> None:
-        """Called in a process that is to belong to this worker's cgroup (forked from us)."""
-        if self.cgroup is not None:
-            self.cgroup.join(0)
+    def enter_cgroup(self, ours: Iterable[int]) -> None:
+        """Move this worker, with the processes it has started (``ours``), into a cgroup of its
+        own; every process it starts later is born there.
 
-    def adopt(self, pid: int) -> None:
-        """Put a process we started (a template, a spawned task process) in the cgroup."""
-        if self.cgroup is not None:
-            self.cgroup.join(pid)
+        Once, a moment after the worker started (``tuning.CGROUP_DELAY``): making a cgroup and
+        moving a process into it takes ~10 ms here, which would otherwise delay the first task
+        (and every new task process, if each moved itself).  A process started before then
+        that left its task's process group is not in the cgroup: the subreaper still holds it.
+        """
+        if not self.cgroup_wanted or self.cgroup is not None:
+            return
+        self.cgroup_wanted = False
+        cgroup = Cgroup.create(os.getpid())
+        if cgroup is None or not cgroup.join(0):
+            if cgroup is not None:
+                cgroup.remove()
+            return
+        self.cgroup = cgroup
+        for pid in ours:
+            cgroup.join(pid)
 
     # -- orphans ---------------------------------------------------------------------
 
@@ -145,7 +167,7 @@ class Family:
 
     def close(self, ours: Iterable[int] = ()) -> None:
         """The worker is leaving: stop everything below it but ``ours`` (already stopped)."""
-        if self.cgroup is not None:
+        if self.cgroup is not None and self.cgroup.leave():  # out of it ourselves: then all in it go
             self.cgroup.kill()
         self.sweep(ours, stop=True)
         if self.cgroup is not None:
@@ -199,13 +221,13 @@ class Cgroup:
             return None
         return cls(path)
 
-    def join(self, pid: int) -> None:
-        """Move ``pid`` (0: the calling process) into this cgroup."""
-        try:
-            with open(os.path.join(self.path, "cgroup.procs"), "w") as f:
-                f.write(str(pid))
-        except OSError:
-            pass
+    def join(self, pid: int) -> bool:
+        """Move ``pid`` (0: the calling process) into this cgroup; False if that failed."""
+        return _write(os.path.join(self.path, "cgroup.procs"), pid)
+
+    def leave(self) -> bool:
+        """Move the calling process back to the cgroup it came from; False if that failed."""
+        return _write(os.path.join(os.path.dirname(self.path), "cgroup.procs"), 0)
 
     def kill(self) -> None:
         """SIGKILL everything in it."""
@@ -214,6 +236,15 @@ class Cgroup:
     def remove(self) -> None:
         """Remove it once empty."""
         remove_cgroup(self.path)
+
+
+def _write(path: str, pid: int) -> bool:
+    try:
+        with open(path, "w") as f:
+            f.write(str(pid))
+        return True
+    except OSError:
+        return False
 
 
 def _own_cgroup() -> str | None:

@@ -58,10 +58,8 @@ class FreshWorker(PersistentWorker):
         return self.template.fork()
 
     def new_template(self) -> Template:
-        """A template in our cgroup: its task processes, and what they start, are born there."""
-        template = Template(self.setup)
-        self.family.adopt(template.pid)
-        return template
+        """A template (in our cgroup, once we are in it: its task processes are born there too)."""
+        return Template(self.setup)
 
     def task_processes(self) -> list[task_process.TaskProcess]:
         return [p for p in (self.proc, self.spare) if p is not None]

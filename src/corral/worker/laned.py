@@ -15,11 +15,11 @@ from __future__ import annotations
 import signal
 import time
 
-from ..local.pool import exit_words
 from ..tuning import LANE_STOP_CHECK
 from ..wire import protocol
 from ..wire.protocol import Kind
 from . import task_process
+from .containment import exit_words
 from .supervisor import Supervisor
 
 
@@ -40,8 +40,7 @@ class LaneWorker(Supervisor):
 
     def start_process(self) -> task_process.TaskProcess:
         self.page.clear()
-        return task_process.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page, self.spin),
-                            family=self.family)
+        return task_process.start(self.setup, False, False, lane=(self.lane, self.epoch, self.page, self.spin))
 
     def kill_on_lane(self, body: dict) -> None:
         """The broker asks us to stop the task process of epoch ``lane`` if it runs task ``id``."""

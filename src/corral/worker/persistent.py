@@ -27,12 +27,12 @@ from collections import deque
 from dataclasses import dataclass
 
 from .. import timing
-from ..local.pool import exit_words
 from ..timing import smooth
 from ..tuning import CREDIT_HORIZON, PIPELINE_BYTES, PIPELINE_TASK_TIME, PIPELINE_TASKS
 from ..wire import protocol
 from ..wire.protocol import MAX_CREDIT, Kind, Status
 from . import task_process
+from .containment import exit_words
 from .supervisor import Supervisor
 
 
@@ -180,7 +180,7 @@ class PersistentWorker(Supervisor):
     # -- the task process -------------------------------------------------------------
 
     def start_process(self) -> task_process.TaskProcess:
-        return task_process.start(self.setup, self.fresh, self.spawn, family=self.family)
+        return task_process.start(self.setup, self.fresh, self.spawn)
 
     def feed(self, fork: bool = True) -> None:
         """Hand queued tasks to the task process, a pipeline of them while they are short.

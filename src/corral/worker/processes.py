@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import select
 
-from ..local.pool import exit_words
 from ..tuning import READY_TRIES
 from ..wire.protocol import Kind
 from . import task_process
+from .containment import exit_words
 
 
 class TaskProcesses:

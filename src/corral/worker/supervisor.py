@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..logs import Throttle, logger
-from ..tuning import PARENT_CHECK
+from ..tuning import CGROUP_DELAY, PARENT_CHECK
 from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
@@ -103,7 +103,7 @@ class Supervisor(TaskProcesses):
         # What a task starts ends with its task process (containment.py): we adopt the
         # orphans of our task processes, and keep them in a cgroup where we may.
         self.family = containment.Family()
-        self.last_sweep = time.monotonic()
+        self.last_sweep = self.started_at = time.monotonic()
         self.on_terminated: Callable[[], None] | None = None  # called by on_sigterm before we exit
         self.before_connect()
         self.ctx = _zmq().Context() if fd is None else None
@@ -356,6 +356,8 @@ class Supervisor(TaskProcesses):
     def housekeeping(self) -> bool:
         """Timeouts, heartbeats, idleness, the parent.  False: the broker is gone."""
         now = time.monotonic()
+        if self.family.cgroup_wanted and now - self.started_at >= CGROUP_DELAY:
+            self.family.enter_cgroup(self.own_processes())  # once: its task processes are born there then
         if now - self.last_sweep >= self.heartbeat:
             # Orphans of what tasks started come to us: reap those that exited (and stop them,
             # where a mode knows they belong to tasks that are over).

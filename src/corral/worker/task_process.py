@@ -252,8 +252,7 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None,
-          family: containment.Family | None = None) -> TaskProcess:
+def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None) -> TaskProcess:
     """Start a task process; ``setup`` is (sys.path, pickled initializer or None, shm directory or None).
 
     With ``once`` it runs the one task it is sent and exits (a fresh
@@ -261,15 +260,13 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None,
     With ``lane`` (descriptor, epoch, LanePage), a persistent one takes its
     tasks from that lane instead.  It keeps none of the supervisor's
     descriptors but stdio (and the lane).  It leads a process group of its
-    own and joins ``family``'s cgroup (``containment``) before any user code runs.
+    own (``containment``) before any user code runs.
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
         cmd = [sys.executable, "-m", "corral.worker.task_process", str(theirs.fileno())]
         popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
-        if family is not None:
-            family.adopt(popen.pid)  # before it has even imported corral: nothing of the task runs yet
         conn = Channel(ours)
         conn.send(("setup", setup, once))
         return TaskProcess(popen.pid, conn, popen)
@@ -280,10 +277,8 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None,
         keep = [theirs.fileno()] + ([lane[0]] if lane else [])
 
         def run() -> int:
-            """Contain ourselves, join the worker's cgroup, serve."""
+            """Contain ourselves, then serve."""
             containment.enter_task_process(once)
-            if family is not None:
-                family.join()
             return serve(Channel(theirs), setup, once, lane=lane)
 
         run_child(run, [ours], keep=keep)
