@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 import corral
-from corral.local import shm as shm_root
+from corral.wire import shm as shm_root
 from helpers import free_port, start_broker, start_worker, stop
 
 LEAK_GRACE_S = 5.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import corral
-from corral.local import shm
+from corral.wire import shm
 
 SLOW = 60  # seconds: a bound for waits on large buffers
 N = (4 << 20) // 8  # a 4 MiB float64 array: above tuning.SHM_MIN_BYTES

@@ -54,7 +54,7 @@ PACK_BELOW = 64 << 10
 # frame of their own.
 OOB_THRESHOLD = 64 << 10
 # Buffers of SHM_MIN_BYTES or more go between an executor and its own workers as files in
-# tmpfs, mapped copy-on-write (local/shm.py): a 64 MiB array is then copied once, not eight times.
+# tmpfs, mapped copy-on-write (wire/shm.py): a 64 MiB array is then copied once, not eight times.
 SHM_MIN_BYTES = 1 << 20
 # Very short tasks of one lane batch answer together: while a task process's tasks take less
 # than RESULT_BATCH_TASK on average, a result waits for the next ones of its batch until it is

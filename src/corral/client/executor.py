@@ -5,7 +5,7 @@ caller's code, and handed to the I/O loop (``ioloop.py``), which owns the link t
 the broker.  With no ``address`` the executor starts an embedded broker, served by
 the I/O loop itself, and a pool of local workers that reach it over socket pairs
 made when they start (nothing listens), exchanging large buffers with it through
-files in a private tmpfs directory (``local/shm.py``); that and a private 0700
+files in a private tmpfs directory (``wire/shm.py``); that and a private 0700
 temporary directory are removed at shutdown.
 """
 
@@ -34,11 +34,11 @@ from .. import serialization, tuning
 from ..broker.broker import Broker
 from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
 from ..errors import SerializationError
-from ..local import shm
 from ..local.pool import LocalPool, refusal
 from ..serialization import Call, call_frames
 from ..status import Summary
 from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
+from ..wire import shm
 from . import ioloop
 from .future import CorralFuture
 from .ioloop import IOLoop

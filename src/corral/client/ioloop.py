@@ -40,10 +40,9 @@ import zmq
 from .. import serialization
 from ..broker.broker import Broker
 from ..errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
-from ..local import shm
 from ..logs import Throttle, logger
 from ..serialization import restore_builtin_state
-from ..wire import protocol
+from ..wire import protocol, shm
 from ..wire.poller import POLLIN, Spin
 from ..wire.protocol import Kind, Status
 from .future import CorralFuture, cancel_now, settle

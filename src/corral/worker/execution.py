@@ -15,8 +15,7 @@ from tblib import pickling_support
 
 from .. import errors, serialization
 from ..errors import SerializationError
-from ..local import shm
-from ..wire import protocol
+from ..wire import protocol, shm
 
 # Tracebacks become picklable, so the caller sees the worker's frames.  This covers the
 # exception classes that exist now; _raised() adds those of modules imported since (numpy's
