@@ -123,3 +123,103 @@ def test_a_task_that_kills_every_worker_fails_once_its_retries_are_spent():
     status, meta, _ = client.results()[1]
     assert status == Status.FAILED and meta["error"] == protocol.ERR_WORKER_LOST
     assert "ran 2 times" in meta["message"]
+
+
+class Worker:
+    """A worker attached to a broker in this thread: what the broker sends it, decoded."""
+
+    def __init__(self, broker: Broker, ident: bytes, credit: int = 1):
+        self.got: list[tuple[Kind, dict, list]] = []
+        broker.local[ident] = lambda kind, body, frames: self.got.append((kind, body or {}, list(frames)))
+        self.broker, self.ident = broker, ident
+        self.send(Kind.HELLO, {"role": "worker", "name": ident.decode()})
+        self.send(Kind.READY, {"credit": credit})
+
+    def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
+        from_worker(self.broker, self.ident, kind, body, frames)
+
+    def sent(self, kind: Kind) -> list[dict]:
+        """The bodies of the messages of ``kind`` the broker sent this worker."""
+        return [body for k, body, _ in self.got if k == kind]
+
+    def held(self) -> list[int]:
+        return list(self.broker.workers[self.ident].assigned)
+
+
+def one_task(retries: int = 1) -> tuple[Broker, Client]:
+    """A broker with a client that submitted task 7."""
+    broker = Broker(None)
+    client = Client(broker)
+    client.send(Kind.HELLO, {"role": "client", "retries": retries})
+    client.send(Kind.SUBMIT, {"tasks": [[7, 2, {}]]}, [b"fn", b"args"])
+    return broker, client
+
+
+def verdicts(client: Client) -> tuple[list, list]:
+    dropped, running = [], []
+    for kind, body, _ in client.got:
+        if kind == Kind.CANCELLED:
+            dropped += body.get("ids", [])
+            running += body.get("running", [])
+    return dropped, running
+
+
+def test_a_queued_task_cancelled_is_dropped_and_no_worker_ever_sees_it():
+    broker, client = one_task()
+    client.send(Kind.CANCEL, {"ids": [7]})
+    broker.flush()
+    assert verdicts(client) == ([7], [])
+    w = Worker(broker, b"w1")
+    broker.step({})
+    assert not w.sent(Kind.TASKS) and not broker.tasks and not client.results()
+
+
+def test_a_held_task_is_the_workers_to_cancel_and_one_it_began_still_gives_its_result():
+    broker, client = one_task()
+    w = Worker(broker, b"w1")
+    broker.step({})
+    [gid] = w.held()
+    client.send(Kind.CANCEL, {"ids": [7]})
+    client.send(Kind.CANCEL, {"ids": [7]})  # asked twice: the worker is asked once
+    assert w.sent(Kind.CANCEL) == [{"ids": [gid]}]
+    w.send(Kind.CANCELLED, {"ids": [], "running": [gid]})  # too late: it had begun
+    w.send(Kind.RESULT, {"results": [protocol.result_entry(gid, Status.OK, 1, {})]}, [b"done"])
+    broker.flush()
+    assert verdicts(client) == ([], [7])
+    assert client.results() == {7: (Status.OK, {}, [b"done"])}
+
+
+def test_a_held_task_the_worker_drops_is_cancelled_and_never_runs_elsewhere():
+    broker, client = one_task()
+    w1 = Worker(broker, b"w1")
+    broker.step({})
+    [gid] = w1.held()
+    client.send(Kind.CANCEL, {"ids": [7]})
+    w1.send(Kind.CANCELLED, {"ids": [gid], "running": []})
+    w2 = Worker(broker, b"w2")
+    broker.step({})
+    broker.flush()
+    assert verdicts(client) == ([7], []) and not client.results()
+    assert not w2.sent(Kind.TASKS) and not broker.tasks and not broker.queue
+
+
+def test_a_killed_task_ends_and_is_never_retried():
+    """Queued: it fails at once, ``killed``.  Running: its worker is told to stop it, and the
+    death of its process, which would otherwise be retried (retries=5), ends it."""
+    broker, client = one_task(retries=5)
+    client.send(Kind.SUBMIT, {"tasks": [[8, 2, {}]]}, [b"fn", b"args"])
+    w = Worker(broker, b"w1")
+    broker.step({})
+    [gid] = w.held()  # task 7; task 8 waits in the queue
+    from_worker(broker, b"w1", Kind.STARTED, {"ids": [gid]})
+    client.send(Kind.KILL, {"ids": [7, 8], "grace": 0.5})
+    broker.flush()
+    assert client.results()[8][0] == Status.FAILED and client.results()[8][1]["error"] == protocol.ERR_KILLED
+    assert w.sent(Kind.KILL) == [{"ids": [gid], "signal": "SIGTERM", "grace": 0.5}]
+    lost = {"error": protocol.ERR_WORKER_LOST, "message": "its process was killed by SIGTERM"}
+    w.send(Kind.RESULT, {"results": [protocol.result_entry(gid, Status.FAILED, 0, lost)]})
+    broker.step({})
+    broker.flush()
+    status, meta, _ = client.results()[7]
+    assert status == Status.FAILED and meta["error"] == protocol.ERR_WORKER_LOST
+    assert not broker.tasks and len(w.sent(Kind.TASKS)) == 1  # queue entries of gone tasks are skipped later
