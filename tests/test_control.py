@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 import corral
+from corral.wire.protocol import Kind
 from helpers import TIMEOUT, gone, record_then_sleep, runs, wait_for
 
 BIG = []  # memory a task keeps alive in a persistent task process
@@ -85,6 +87,57 @@ def test_kill_stops_a_running_task(make_executor, tmp_path, fresh):
     wait_for(lambda: gone(pid), 10, "the killed task's process to end")
     assert len(runs(log)) == 1  # a killed task is not retried
     assert ex.submit(getpid).result(TIMEOUT) != pid  # a new task process took over
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_kill_before_the_start_is_heard_ends_the_future_cancelled(make_executor, tmp_path, fresh):
+    """kill() while the task runs but its STARTED has not reached the client yet: the future
+    ends cancelled at once, and the STARTED that comes after is ignored.  Before, that late
+    STARTED stopped the I/O thread (RuntimeError: Future in unexpected state) and broke the
+    executor; CI met it on a busy machine."""
+    log = tmp_path / "runs"
+    ex = make_executor(1, fresh=fresh)
+    held: list = []
+    release = threading.Event()
+    on_message = ex._io.on_message
+
+    def holding(kind, body, frames):  # holds STARTED until the kill, then delivers it first
+        if kind == Kind.STARTED and not release.is_set():
+            held.append(body)
+            return
+        while held:
+            on_message(Kind.STARTED, held.pop(0), [])
+        on_message(kind, body, frames)
+
+    ex._io.on_message = holding
+    fut = ex.submit(record_then_sleep, str(log), 60)
+    [pid] = wait_for(lambda: runs(log), what="the task to start")
+    wait_for(lambda: held, what="the STARTED message")
+    assert not fut.running()
+    # The race CI met: the I/O thread sends the KILL before kill() has marked the future
+    # cancelled, so it keeps the future for the task's outcome, and the STARTED comes then.
+    link, kill_sent = ex._io.link, threading.Event()
+    post, request_kill = link.post, ex._io.request_kill
+
+    def posting(kind, body=None, frames=()):
+        post(kind, body, frames)
+        if kind == Kind.KILL:
+            kill_sent.set()
+
+    def kill_sent_first(cid, grace):
+        request_kill(cid, grace)
+        assert kill_sent.wait(TIMEOUT), "the KILL was not sent"
+
+    link.post, ex._io.request_kill = posting, kill_sent_first
+    assert fut.kill() is True
+    assert fut.cancelled()
+    release.set()
+    wait_for(lambda: not held, what="the late STARTED to be delivered")
+    with pytest.raises(cf.CancelledError):
+        fut.result(TIMEOUT)
+    wait_for(lambda: gone(pid), 10, "the killed task's process to end")
+    assert ex.submit(getpid).result(TIMEOUT) != pid  # the executor still works
+    assert len(runs(log)) == 1
 
 
 def test_kill_escalates_to_sigkill_after_the_grace_period(make_executor, tmp_path):

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Protocol
 
 from ..config import check_seconds
@@ -181,14 +181,24 @@ class CorralFuture(Future):
 
     def _set_killed(self) -> None:
         """End the future as cancelled even though it was running: its process was killed."""
-        with self._condition:
-            if self._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED):
-                return
-            self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
-                waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()
+        _end_cancelled(self, (PENDING, RUNNING))
+
+
+def _end_cancelled(fut: Future, states: tuple) -> bool:
+    """Move a future in one of ``states`` straight to cancelled, waking its waiters and callbacks.
+
+    One step under the future's lock: the I/O thread's ``mark_started`` must never see the
+    half-way CANCELLED state that ``Future.cancel()`` leaves until ``set_running_or_notify_cancel``.
+    """
+    with fut._condition:
+        if fut._state not in states:
+            return fut._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+        fut._state = CANCELLED_AND_NOTIFIED
+        for waiter in fut._waiters:
+            waiter.add_cancelled(fut)
+        fut._condition.notify_all()
+    fut._invoke_callbacks()
+    return True
 
 
 def cancel_now(fut: Future) -> bool:
@@ -197,14 +207,21 @@ def cancel_now(fut: Future) -> bool:
     ``Future.cancel()`` alone leaves the future CANCELLED until its executor
     calls ``set_running_or_notify_cancel()``, which ``wait()`` and
     ``as_completed()`` wait for; no worker will ever take this task, so do it now.
+    False if the future runs or is finished.
     """
-    if not Future.cancel(fut):
-        return False
+    return _end_cancelled(fut, (PENDING,))
+
+
+def mark_started(fut: Future) -> None:
+    """A worker began the task: a pending future runs now.
+
+    Anything else is left as it is: a retried task starts again (only the first start
+    counts), and a future cancelled or killed here before the start was heard stays
+    cancelled; its task's RESULT, which still comes, is dropped.
+    """
     with fut._condition:
-        notify = fut._state == CANCELLED
-    if notify:
-        fut.set_running_or_notify_cancel()
-    return True
+        if fut._state == PENDING:
+            fut.set_running_or_notify_cancel()
 
 
 def settle(fut: Future, value: Any, exc: BaseException | None) -> None:

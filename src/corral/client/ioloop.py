@@ -8,7 +8,7 @@ Data flow::
       futures[cid] = CorralFuture          |
       outq.append(...) + wake pipe ------> SUBMIT batch  ---------------------->  queue
                                            STARTED  <----------------------------  worker began
-                                             future.set_running_or_notify_cancel()
+                                             mark_started(future): it runs now
                                            RESULT   <----------------------------  outcome
                                              unpickle, set_result/set_exception
 
@@ -45,7 +45,7 @@ from ..serialization import restore_builtin_state
 from ..wire import protocol, shm
 from ..wire.poller import POLLIN, Spin
 from ..wire.protocol import Kind, Status
-from .future import CorralFuture, cancel_now, settle
+from .future import CorralFuture, cancel_now, mark_started, settle
 from .leading import Leading, SigintDeferred
 from .links import DirectLink, Link, SocketLink
 
@@ -333,9 +333,8 @@ class IOLoop:
             elif kind == Kind.STARTED:
                 for cid in body.get("ids", ()):
                     fut = self.futures.get(cid)
-                    # A retried task starts again: only the first start counts.
-                    if fut is not None and not fut.running() and not fut.set_running_or_notify_cancel():
-                        self.futures.pop(cid, None)
+                    if fut is not None:
+                        mark_started(fut)
             elif kind == Kind.CANCELLED:
                 for cid in body.get("ids", ()):
                     self.futures.pop(cid, None)  # dropped: no RESULT will come
