@@ -17,14 +17,18 @@ import zmq
 import corral
 from corral import serialization
 from corral.wire import protocol
-from corral.wire.protocol import Kind
+from corral.wire.protocol import MAX_RETRIES, Kind
 from fuzzing import messages
 from helpers import free_port, start_broker, start_worker, stop
 
 BROKER_MESSAGES = 100_000
 WORKER_MESSAGES = 200_000  # in all: half to a persistent worker, half to a fresh one
 PEERS = 40  # rogue connections to the broker, each with its own identity
-MEMORY_GROWTH = 200 << 20  # bytes the broker or the worker may grow by during the storm
+MEMORY_GROWTH = 200 << 20  # bytes the worker may grow by during the storm
+# The broker relays 4.6 GB of it, and glibc keeps part of what ZeroMQ's I/O thread freed in
+# that thread's arenas for later messages: 40 to 270 MiB after the storm, measured on 3.11 and
+# 3.13 (more there).  A leak of a tenth of the traffic would be 460 MiB.
+BROKER_MEMORY_GROWTH = 400 << 20
 
 
 def _square(x):
@@ -38,10 +42,24 @@ def _rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
 
+def _settled_rss(pid: int, seconds: float = 1.0) -> int:
+    """The least a process's RSS is over ``seconds``: what it keeps, not the messages that
+    happen to be in flight (a storm's large ones come and go in hundreds of MiB)."""
+    least = _rss(pid)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        least = min(least, _rss(pid))
+    return least
+
+
 def _keep_mapping(address: str, stop_event: threading.Event, done: list, errors: list) -> None:
-    """A normal client: maps again and again until told to stop, checking every result."""
+    """A normal client: maps again and again until told to stop, checking every result.
+
+    It allows its tasks many attempts: a liar that says it is a worker, takes tasks, then
+    says HELLO again costs the task it held an attempt, as a worker that restarted does."""
     try:
-        with corral.Executor(address=address) as ex:
+        with corral.Executor(address=address, retries=MAX_RETRIES) as ex:
             while not stop_event.is_set():
                 assert list(ex.map(square, range(200), chunksize=10)) == [x * x for x in range(200)]
                 done.append(time.monotonic())
@@ -93,8 +111,8 @@ def test_a_live_broker_survives_a_storm_of_mutated_messages():
             time.sleep(0.05)
         assert not errors, errors
         assert broker.poll() is None and worker.poll() is None
-        grown = _rss(broker.pid) - before
-        assert grown < MEMORY_GROWTH, f"the broker grew by {grown >> 20} MiB"
+        grown = _settled_rss(broker.pid) - before
+        assert grown < BROKER_MEMORY_GROWTH, f"the broker grew by {grown >> 20} MiB"
         with corral.Executor(address=address) as ex:
             assert ex.submit(abs, -5).result(30) == 5
             assert 1 <= len([w for w in ex.summary() if w["alive"]])

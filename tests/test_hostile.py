@@ -228,6 +228,42 @@ def test_a_broker_answers_an_unknown_peer_once_a_heartbeat(broker_in_thread):
         ctx.term()
 
 
+@pytest.mark.parametrize("asks, liveness", [(3_000, 5), (15_000, 1000)])
+def test_a_client_that_never_reads_does_not_stall_the_broker(broker_in_thread, asks, liveness):
+    """A client that asks for status again and again and never reads the answers.  Before,
+    the broker blocked sending to it once its pipe was full, and served nobody else.  Now what
+    it is owed waits in a backlog, and it is dropped when that has not moved for a liveness
+    period (3,000 answers) or holds more than MAX_BACKLOG of them (15,000, a long liveness).
+    It says it is alive all along: it is deaf, not silent."""
+    from corral.broker.backlog import MAX_BACKLOG
+
+    broker, address, logs = broker_in_thread(heartbeat=0.2, liveness=liveness)
+    ctx = zmq.Context()
+    deaf = Peer(ctx, address)
+    deaf.sock.setsockopt(zmq.RCVHWM, 1)
+    worker = start_worker(address, "--processes", "1")
+    try:
+        deaf.send(Kind.HELLO, {"role": "client", "retries": 0})
+        for _ in range(asks):
+            deaf.send(Kind.STATUS)
+
+        def dropped():  # meanwhile it heartbeats, so that it is deaf but not silent
+            deaf.send(Kind.HEARTBEAT)
+            return any("stopped reading" in line for line in logs)
+
+        wait_for(lambda: broker.backlogs or dropped(), what="the deaf client's backlog")
+        with corral.Executor(address=address) as ex:
+            assert sum(ex.map(abs, range(-50, 50))) == 2500
+        wait_for(dropped, what="the deaf client to be dropped")
+        assert len(broker.clients) == 0 and not broker.backlogs
+        if asks > MAX_BACKLOG:
+            assert any(f"{MAX_BACKLOG} message(s) unread" in line for line in logs)
+    finally:
+        deaf.close()
+        ctx.term()
+        stop(worker)
+
+
 def test_malformed_messages_are_logged_at_a_bounded_rate():
     lines: list[str] = []
     throttle = Throttle(lines.append, burst=3, window=0.2)

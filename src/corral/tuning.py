@@ -30,6 +30,8 @@ SMOOTHING = 0.2  # the weight of the newest sample in the moving averages of tas
 # A waiting caller and a lane's task process poll for up to SPIN seconds before they sleep
 # (wire/poller.py: Spin says why).
 SPIN = 200e-6
+# A broker owing messages to a peer whose pipe is full tries again this often (broker/backlog.py).
+BACKLOG_RETRY = 0.005
 LINGER = 0.002  # seconds the I/O thread leaves the loop to callers after the last one left it (client/leading.py)
 
 # -- moving bytes -----------------------------------------------------------------------

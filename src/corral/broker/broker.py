@@ -52,12 +52,13 @@ from ..config import HEARTBEAT, LIVENESS
 from ..errors import ProtocolError
 from ..local.pool import LocalPool
 from ..logs import Throttle, logger
-from ..tuning import DRAIN_LIMIT
+from ..tuning import BACKLOG_RETRY, DRAIN_LIMIT
 from ..wire import poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from ..worker.containment import exit_words
 from . import scheduler
+from .backlog import MAX_BACKLOG, Backlogs
 from .lanes import LaneSeats, lane_window
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
@@ -118,6 +119,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.departures = 0
         self.clients: dict[bytes, ClientState] = {}
         self.outboxes: dict[bytes, Outbox] = {}
+        self.backlogs = Backlogs()  # what peers that are not reading are owed (backlog.py)
         self.next_gid = 1
         self.interned: dict[bytes, bytes] = {}
         self.local: dict[bytes, Callable] = {}  # attached clients in this thread: ident -> deliver
@@ -137,6 +139,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         """Seconds the loop may sleep: a pool is checked for exited workers every 0.1 s, and
         a lane's oldest task when it is due a STARTED or its timeout."""
         timeout = 0.1 if self.pool else self.heartbeat / 2
+        if self.backlogs:
+            timeout = min(timeout, BACKLOG_RETRY)
         if self.lanes:
             now = time.monotonic()
             for w in self.lanes.values():
@@ -177,6 +181,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.dispatch()
         if self.lanes:
             self.lane_timers(time.monotonic())  # before the flush, which sends the STARTED it adds
+        if self.backlogs:
+            self.backlogs.retry()  # what is owed from earlier turns leaves first
         self.flush()
         self.housekeeping()
         self.watch_output()
@@ -268,8 +274,9 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
             return
         if sock is None:
             return  # a pool worker whose socket pair has closed: it is gone
-        try:
-            sock.send_multipart([ident, *protocol.message(kind, body, frames)], copy=False)
+        try:  # never blocks: what a known peer's full pipe refuses waits in its backlog
+            known = ident in self.clients or ident in self.workers
+            self.backlogs.send(sock, [ident, *protocol.message(kind, body, frames)], keep=known)
         except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
@@ -308,8 +315,25 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
                 self.refuse(self.workers_sock, w.ident, w, f"it held {len(w.assigned)} task(s) for {stall:g} s "
                                                            "without starting any; they go to other workers")
                 self.worker_gone(w, None)  # its tasks never started: back to the queue, no attempt counted
+        if self.backlogs:
+            self.drop_unread(now, limit)
         self.told_unknown = {ident: t for ident, t in self.told_unknown.items() if now - t < self.heartbeat}
         self.complain.tick()
+
+    def drop_unread(self, now: float, limit: float) -> None:
+        """Drop the peers that have not read what they are owed for ``limit`` seconds, or owe too
+        much (``backlog.py``): a client as a silent one, a worker as a lost one."""
+        for ident in self.backlogs.overdue(now, limit):
+            owed = self.backlogs.drop(ident)
+            c, w = self.clients.get(ident), self.workers.get(ident)
+            why = f"it left {owed} message(s) unread (a peer may leave {MAX_BACKLOG} for {limit:g} s)"
+            if c is not None:
+                self.log(f"client {ident!r} stopped reading: {why}; dropping its tasks")
+                self.client_gone(c)
+            elif w is not None:
+                self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) stopped reading: {why}")
+                if self.pool and w.pid in self.pool.procs:
+                    self.pool.kill(w.pid)
 
     def stalled(self, w: WorkerState, now: float) -> bool:
         """Does a remote worker sit on tasks it received, none of them begun, while it reports
