@@ -4,7 +4,7 @@ Each turns one command-line string into a value or raises ``ArgumentTypeError``
 saying what it expected, so that argparse answers a bad value the way it answers
 any bad argument: the usage line, ``error: argument --x: ...`` and exit code 2,
 never a traceback.  The rules themselves live with the library's own checks
-(addresses.py, options.py), so the command line and the Python API agree.
+(addresses.py, config.py), so the command line and the Python API agree.
 """
 
 from __future__ import annotations
