@@ -26,7 +26,7 @@ WORKER_MESSAGES = 200_000  # in all: half to a persistent worker, half to a fres
 PEERS = 40  # rogue connections to the broker, each with its own identity
 MEMORY_GROWTH = 200 << 20  # bytes the worker may grow by during the storm
 # The broker relays 4.6 GB of it, and glibc keeps part of what ZeroMQ's I/O thread freed in
-# that thread's arenas for later messages: 40 to 270 MiB after the storm, measured on 3.11 and
+# that thread's arenas for later messages: 15 to 270 MiB after the storm, measured on 3.11 and
 # 3.13 (more there).  A leak of a tenth of the traffic would be 460 MiB.
 BROKER_MEMORY_GROWTH = 400 << 20
 
