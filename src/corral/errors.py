@@ -42,6 +42,14 @@ class AddressError(CorralError, ValueError):
     """
 
 
+class CredentialsError(CorralError, ValueError):
+    """A key directory, a key name or a connection file cannot be used as it is.
+
+    The message names the file or the name and says what to do (``chmod 600``,
+    another name, the command that makes the missing key).
+    """
+
+
 class InsecureAddressError(CorralError):
     """A TCP listener was asked for on a non-loopback address without --insecure."""
 

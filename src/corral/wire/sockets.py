@@ -1,9 +1,12 @@
 """The one place ZeroMQ sockets are made, and read without blocking.
 
 Brokers bind a ROUTER; clients and workers connect a DEALER.  Every option a
-corral socket needs is set here (IPv6 where the address needs it, how long
-closing may wait for what is queued), so that what every TCP link will need
-next (CurveZMQ keys) has a single home.
+corral socket needs is set here: IPv6 where the address needs it, how long
+closing may wait for what is queued, and CurveZMQ's keys (a ROUTER given the
+broker's key pair encrypts every link and admits only the peers its context's
+ZAP handler allows, ``security/zap.py``; a DEALER given the broker's public key
+reaches only that broker).  The broker, client and worker do not ask for
+CurveZMQ yet: these options are what they will use.
 """
 
 from __future__ import annotations
@@ -14,25 +17,48 @@ import zmq
 
 from ..addresses import needs_ipv6
 
+ZAP_DOMAIN = "corral"  # what a broker's CurveZMQ ROUTER tells its ZAP handler (security/zap.py)
 
-def router(ctx: zmq.Context, address: str) -> zmq.Socket:
+
+def router(ctx: zmq.Context, address: str, keys: tuple[bytes, bytes] | None = None) -> zmq.Socket:
     """A broker's bound ROUTER: a message to a peer that has gone raises EHOSTUNREACH
-    (``ROUTER_MANDATORY``) instead of vanishing; closing waits up to a second for what is queued."""
+    (``ROUTER_MANDATORY``) instead of vanishing; closing waits up to a second for what is queued.
+    With ``keys`` (the broker's public and secret key, Z85) it is a CurveZMQ server: every
+    peer is encrypted, and let in only if the context's ZAP handler says so (``security/zap.py``)."""
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot bind an IPv6 address
+    if keys is not None:
+        sock.curve_publickey, sock.curve_secretkey = keys
+        sock.curve_server = True
+        sock.zap_domain = ZAP_DOMAIN.encode()
+        # Without a ZAP handler in the context, CurveZMQ would let every key in: refuse then.
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
     sock.bind(address)
     return sock
 
 
-def dealer(ctx: zmq.Context, address: str, linger: int) -> zmq.Socket:
-    """A client's or a worker's DEALER, connected to a broker; closing waits up to ``linger`` ms."""
+def dealer(ctx: zmq.Context, address: str, linger: int, curve: tuple[bytes, bytes, bytes] | None = None) -> zmq.Socket:
+    """A client's or a worker's DEALER, connected to a broker; closing waits up to ``linger`` ms.
+    With ``curve`` (the broker's public key, then this peer's public and secret key, Z85) it
+    speaks CurveZMQ, and reaches only the broker that holds that key's secret half."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, linger)
     sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
+    if curve is not None:
+        sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
     sock.connect(address)
     return sock
+
+
+def user_id(frame: zmq.Frame) -> str | None:
+    """Who sent a message that came on a CurveZMQ ROUTER (``role:name``, from the ZAP handler);
+    None on a plain socket."""
+    try:
+        return frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
 
 
 def waiting(sock) -> Iterator[list]:

@@ -1,0 +1,1 @@
+"""Keys and credentials for CurveZMQ links between machines (docs/protocol.md)."""

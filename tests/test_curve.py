@@ -1,0 +1,110 @@
+"""CurveZMQ sockets (wire/sockets.py) guarded by the role allow-lists (security/zap.py): real
+sockets on loopback, a real ZAP thread.  Who is refused is refused at the handshake, before the
+ROUTER receives a byte, and the good client is served all along."""
+
+from __future__ import annotations
+
+import pytest
+import zmq
+
+from corral.security.keys import KeyDir
+from corral.security.zap import RoleAuthenticator
+from corral.wire import sockets
+
+REFUSED_WAIT = 500  # ms a refused peer's message is given to (not) arrive
+
+
+@pytest.fixture
+def curve_router(tmp_path):
+    """A CurveZMQ ROUTER on loopback with its ZAP handler; yields (router, address, keys, dial)."""
+    keys = KeyDir(tmp_path / "keys")
+    ctx = zmq.Context()
+    auth = RoleAuthenticator(ctx, keys)
+    auth.start()
+    made = []
+    router = sockets.router(ctx, "tcp://127.0.0.1:*", keys.broker_keys())
+    made.append(router)
+    address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def dial(curve=None):
+        sock = sockets.dealer(ctx, address, linger=0, curve=curve)
+        made.append(sock)
+        return sock
+
+    yield router, keys, dial
+    for sock in made:
+        sock.close(linger=0)
+    auth.stop()
+    ctx.term()
+
+
+def receive(router: zmq.Socket, timeout_ms: int = 10_000):
+    """(payload, User-Id) of the next message, or None if none comes in time."""
+    if not router.poll(timeout_ms):
+        return None
+    ident, payload = router.recv_multipart(copy=False)
+    return payload.bytes, sockets.user_id(payload)
+
+
+def test_each_allowed_key_is_named_in_its_messages(curve_router):
+    router, keys, dial = curve_router
+    broker_public = keys.broker_keys()[0]
+    dial((broker_public, *keys.add("client", "alice"))).send(b"hi")
+    assert receive(router) == (b"hi", "client:alice")
+    dial((broker_public, *keys.add("worker", "node-1"))).send(b"ready")
+    assert receive(router) == (b"ready", "worker:node-1")
+
+
+def test_strangers_are_refused_at_the_handshake(curve_router):
+    router, keys, dial = curve_router
+    broker_public = keys.broker_keys()[0]
+    alice = dial((broker_public, *keys.add("client", "alice")))
+    stranger_public, stranger_secret = zmq.curve_keypair()
+    dial((broker_public, stranger_public, stranger_secret)).send(b"unknown key")
+    dial().send(b"plaintext")
+    wrong_broker = zmq.curve_keypair()[0]
+    dial((wrong_broker, *keys.add("client", "bob"))).send(b"wrong broker key")
+    assert receive(router, REFUSED_WAIT) is None
+    alice.send(b"still served")
+    assert receive(router) == (b"still served", "client:alice")
+
+
+def test_a_revoked_key_cannot_connect_again(curve_router):
+    router, keys, dial = curve_router
+    broker_public = keys.broker_keys()[0]
+    node = keys.add("worker", "node-1")
+    dial((broker_public, *node)).send(b"before")
+    assert receive(router) == (b"before", "worker:node-1")
+    keys.revoke("node-1")
+    dial((broker_public, *node)).send(b"after")
+    assert receive(router, REFUSED_WAIT) is None
+
+
+def test_without_a_zap_handler_nobody_gets_in(tmp_path):
+    """CurveZMQ alone lets every key in when no ZAP handler answers: the ROUTER refuses then."""
+    keys = KeyDir(tmp_path / "keys")
+    ctx = zmq.Context()
+    router = sockets.router(ctx, "tcp://127.0.0.1:*", keys.broker_keys())
+    address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+    public, secret = zmq.curve_keypair()
+    dealer = sockets.dealer(ctx, address, linger=0, curve=(keys.broker_keys()[0], public, secret))
+    try:
+        dealer.send(b"anyone")
+        assert receive(router, REFUSED_WAIT) is None
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+        ctx.term()
+
+
+def test_a_plain_socket_has_no_user_id(tmp_path):
+    ctx = zmq.Context()
+    router = sockets.router(ctx, f"ipc://{tmp_path}/plain")
+    dealer = sockets.dealer(ctx, f"ipc://{tmp_path}/plain", linger=0)
+    try:
+        dealer.send(b"x")
+        assert receive(router) == (b"x", None)
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
+        ctx.term()
