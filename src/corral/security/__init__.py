@@ -1,1 +1,1 @@
-"""Keys and credentials for CurveZMQ links between machines (docs/protocol.md)."""
+"""Keys and credentials for CurveZMQ links between machines: keys.py, zap.py."""

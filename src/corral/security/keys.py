@@ -2,7 +2,7 @@
 
 ::
 
-    KEYDIR/                   0700, made by the broker on first use
+    KEYDIR/                   0700, made on first use
       broker.key              the broker's public key     (zmq.auth certificate files)
       broker.key_secret       the broker's secret key     0600
       clients/NAME.key        public keys allowed to connect as clients
@@ -16,8 +16,8 @@
 A peer's secret key exists only in its connection file: the broker keeps the
 public half in the allow-list of the peer's role, so a worker key cannot be
 used as a client's and the other way round.  Revoking a peer removes its
-public key from the allow-list; the broker reads the lists again when they
-change, so that takes effect without a restart.  Key files are zmq.auth's
+public key from the allow-list; ``KeyDir.allowed`` reads a list again when it
+changed, so a ZAP handler asking it (``zap.py``) needs no restart.  Key files are zmq.auth's
 certificates, so ``zmq.auth.load_certificate`` reads every one of them.
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -165,10 +164,6 @@ class KeyDir:
             keys[public] = entry.name[: -len(".key")]
         self._cache[role] = (stamp, keys)
         return keys
-
-    def remove(self) -> None:
-        """Delete the whole key directory."""
-        shutil.rmtree(self.path)
 
 
 def write_connection(path: str | os.PathLike, address: str, broker_key: bytes,
