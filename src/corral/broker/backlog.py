@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 import zmq
 
@@ -50,10 +51,10 @@ class Backlogs:
     def __bool__(self) -> bool:
         return bool(self.queues)
 
-    def send(self, sock: zmq.Socket, msg: list, keep: bool) -> None:
+    def send(self, sock: zmq.Socket, msg: list, known: Callable[[bytes], bool]) -> None:
         """Send ``msg`` (the identity frame first) without blocking; if the peer's pipe is
-        full, queue it when ``keep``, else drop it.  Raises ZMQError(EHOSTUNREACH) for a
-        peer that has gone."""
+        full, queue it when ``known(ident)``, else drop it (asked only then: not on the
+        path of every send).  Raises ZMQError(EHOSTUNREACH) for a peer that has gone."""
         ident = msg[0]
         backlog = self.queues.get(ident)
         if backlog is None:
@@ -61,7 +62,7 @@ class Backlogs:
                 sock.send_multipart(msg, zmq.NOBLOCK, copy=False)
                 return
             except zmq.Again:
-                if not keep:
+                if not known(ident):
                     return
                 backlog = self.queues[ident] = Backlog(sock, time.monotonic())
         if len(backlog.messages) >= MAX_BACKLOG:

@@ -275,8 +275,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         if sock is None:
             return  # a pool worker whose socket pair has closed: it is gone
         try:  # never blocks: what a known peer's full pipe refuses waits in its backlog
-            known = ident in self.clients or ident in self.workers
-            self.backlogs.send(sock, [ident, *protocol.message(kind, body, frames)], keep=known)
+            self.backlogs.send(sock, [ident, *protocol.message(kind, body, frames)], self.knows)
         except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
@@ -319,6 +318,10 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
             self.drop_unread(now, limit)
         self.told_unknown = {ident: t for ident, t in self.told_unknown.items() if now - t < self.heartbeat}
         self.complain.tick()
+
+    def knows(self, ident: bytes) -> bool:
+        """Is ``ident`` a client or a worker the broker serves (one whose messages wait when it is slow)?"""
+        return ident in self.clients or ident in self.workers
 
     def drop_unread(self, now: float, limit: float) -> None:
         """Drop the peers that have not read what they are owed for ``limit`` seconds, or owe too
