@@ -156,7 +156,9 @@ class WorkerConfig:
     before the worker leaves; ``max_memory``: bytes of resident memory after a
     task above which its task process is replaced; ``spawn``: task processes are
     new interpreters, not forks; ``reconnect``: a worker whose broker goes silent
-    dials again (standalone) instead of leaving (its executor's, whose client is gone).
+    dials again (standalone) instead of leaving (its executor's, whose client is gone);
+    ``keys``: with a tcp:// address, the connection file whose worker key it uses;
+    ``insecure``: with a tcp:// address and no keys, plain TCP (``security/credentials.py``).
     """
 
     fresh: bool = False
@@ -167,6 +169,8 @@ class WorkerConfig:
     spawn: bool = False
     reconnect: bool = False
     log_level: str | None = None  # print corral's messages from this level up on stderr (None: none)
+    keys: str | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.prefetch is not None:
@@ -207,6 +211,10 @@ class WorkerConfig:
             args.append("--reconnect")
         if self.log_level:
             args += ["--log-level", self.log_level]
+        if self.keys:  # a path: the secret stays in the file, off the command line
+            args += ["--keys", self.keys]
+        if self.insecure:
+            args.append("--insecure")
         return args
 
     @staticmethod
@@ -220,13 +228,15 @@ class WorkerConfig:
         parser.add_argument("--spawn", action="store_true", help="spawn task processes instead of forking them")
         parser.add_argument("--reconnect", action="store_true", help="if the broker goes silent, dial again")
         parser.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="print corral's messages")
+        parser.add_argument("--keys", default=None, help="with a tcp:// address: a connection file with a worker key")
+        parser.add_argument("--insecure", action="store_true", help="with a tcp:// address: plain TCP")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
         """The configuration ``add_arguments``'s options parsed into."""
         return cls(fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks,
                    idle_timeout=args.idle_timeout, max_memory=args.max_memory, spawn=args.spawn,
-                   reconnect=args.reconnect, log_level=args.log_level)
+                   reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure)
 
 
 def usable_cpus() -> int:
@@ -262,7 +272,9 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         from . import addresses
 
-        if self.address is not None:
+        if isinstance(self.address, os.PathLike):
+            self.address = os.fspath(self.address)
+        if self.address is not None and "://" in str(self.address):
             addresses.check(self.address)  # AddressError now, not a ZMQError in the I/O thread
         if self.max_workers is None:
             self.max_workers = usable_cpus()

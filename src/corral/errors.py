@@ -51,7 +51,15 @@ class CredentialsError(CorralError, ValueError):
 
 
 class InsecureAddressError(CorralError):
-    """A TCP listener was asked for on a non-loopback address without --insecure."""
+    """A TCP listener or connection was asked for without CurveZMQ keys and without ``insecure``."""
+
+
+class CurveUnavailableError(CorralError):
+    """This pyzmq's libzmq was built without CurveZMQ (libsodium), which TCP links need."""
+
+
+class SecurityWarning(UserWarning):
+    """A link is plain TCP (``insecure``): anyone on the network path can read or forge its messages."""
 
 
 # The classes below subclass the stdlib's concurrent.futures exceptions, whose module

@@ -52,6 +52,8 @@ from ..config import HEARTBEAT, LIVENESS
 from ..errors import ProtocolError
 from ..local.pool import LocalPool
 from ..logs import Throttle, logger
+from ..security.guard import Guard
+from ..security.keys import KeyDir
 from ..tuning import BACKLOG_RETRY, DRAIN_LIMIT
 from ..wire import poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
@@ -86,9 +88,15 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         heartbeat: float = HEARTBEAT,
         liveness: int = LIVENESS,
         embedded: bool = False,
+        keys: KeyDir | None = None,
+        insecure: bool = False,
         log=None,
     ):
         self.ctx = context or zmq.Context.instance()
+        self.log = log or logger("broker").warning
+        self.complain = Throttle(self.log)  # for what peers send wrong: never a flood of lines
+        # Every TCP listener speaks CurveZMQ with the keys of ``keys`` (security/), unless ``insecure``.
+        self.guard = Guard(self.ctx, keys, insecure, self.complain)
         # One address can serve both roles (the HELLO says which a peer is).
         # Without one, clients attach() in this thread and workers come from the pool.
         self.clients_sock = self._router(client_address) if client_address else None
@@ -101,6 +109,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.poller = zmq.Poller() if self.routers else poller.FdPoller()
         for sock in self.routers:
             self.poller.register(sock, POLLIN)
+        for monitor in self.guard.monitors:
+            self.poller.register(monitor, POLLIN)
         self.paired: dict[bytes, PoolLink] = {}  # the pool's workers on socket pairs, by identity
         self.lanes: dict[bytes, WorkerState] = {}  # those of them whose task process reads a lane
         self.pool = pool
@@ -109,8 +119,6 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.embedded = embedded
-        self.log = log or logger("broker").warning
-        self.complain = Throttle(self.log)  # for what peers send wrong: never a flood of lines
         self.told_unknown: dict[bytes, float] = {}  # unknown peers answered ERROR, and when (one a heartbeat)
         self.tasks: dict[int, Task] = {}
         self.queue: deque[int] = deque()
@@ -129,9 +137,10 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.last_reap = 0.0
 
     def _router(self, address: str) -> zmq.Socket:
-        """A ROUTER bound to ``address`` (``wire.sockets``), with as many descriptors as we may have."""
+        """A ROUTER bound to ``address`` (``wire.sockets``; a CurveZMQ one for TCP, ``Guard``), with as
+        many descriptors as we may have."""
         _raise_descriptor_limit()
-        return sockets.router(self.ctx, address)
+        return self.guard.router(address)
 
     # -- the loop ------------------------------------------------------------
 
@@ -168,6 +177,9 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         for sock in self.routers:
             if sock in events:
                 self.drain(sock)
+        for monitor in self.guard.monitors:
+            if monitor in events:
+                self.guard.read_monitor(monitor)
         for ident, link in list(self.paired.items()):
             happened = events.get(link.stream.poll_key)
             if link.lane is not None:
@@ -202,10 +214,12 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
                 self.complain(f"dropped malformed message from {msg[0].bytes!r}: {type(exc).__name__}: {exc}")
 
     def handle(self, sock: zmq.Socket, msg: list) -> None:
-        """One message from a ROUTER: the sender's identity, then the protocol's frames."""
+        """One message from a ROUTER: the sender's identity, then the protocol's frames; on a
+        CurveZMQ ROUTER, the key that sent it (its User-Id) too."""
         if len(msg) < 2:
             raise ProtocolError("no header frame")
-        self.receive(sock, msg[0].bytes, msg[1].bytes, msg[2:])
+        user = sockets.user_id(msg[1]) if sock in self.guard.curve else None
+        self.receive(sock, msg[0].bytes, msg[1].bytes, msg[2:], user)
 
     def break_pool(self, message: str) -> None:
         """An initializer failed: fail everything, as ProcessPoolExecutor does."""
@@ -316,6 +330,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
                 self.worker_gone(w, None)  # its tasks never started: back to the queue, no attempt counted
         if self.backlogs:
             self.drop_unread(now, limit)
+        if self.guard.keys is not None:
+            self.drop_revoked()
         self.told_unknown = {ident: t for ident, t in self.told_unknown.items() if now - t < self.heartbeat}
         self.complain.tick()
 
@@ -337,6 +353,22 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
                 self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) stopped reading: {why}")
                 if self.pool and w.pid in self.pool.procs:
                     self.pool.kill(w.pid)
+
+    def drop_revoked(self) -> None:
+        """Drop the connected peers whose keys were revoked (``corral keys revoke``) since they
+        said HELLO: a client as a silent one, a worker as a lost one; each is told why."""
+        for peer in [*self.clients.values(), *self.workers.values()]:
+            if peer.user is None or self.guard.still_allowed(peer.user):
+                continue
+            why = f"its key {peer.user.split(':')[1]!r} was revoked"
+            self.send(self.clients_sock if isinstance(peer, ClientState) else self.workers_sock, peer.ident,
+                      Kind.ERROR, {"code": protocol.REFUSED, "message": f"refused this peer: {why}"})
+            if isinstance(peer, ClientState):
+                self.log(f"client {peer.ident!r}: {why}; dropping its tasks")
+                self.client_gone(peer)
+            else:
+                self.send(self.workers_sock, peer.ident, Kind.SHUTDOWN)
+                self.worker_gone(peer, f"worker {peer.name} (pid {peer.pid} on {peer.host}): {why}")
 
     def stalled(self, w: WorkerState, now: float) -> bool:
         """Does a remote worker sit on tasks it received, none of them begun, while it reports
@@ -386,6 +418,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
             link.stream.close()
         for sock in self.routers:
             sock.close()
+        self.guard.close()
 
 
 

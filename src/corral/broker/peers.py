@@ -28,20 +28,27 @@ MALFORMED = (ProtocolError, KeyError, TypeError, ValueError, AttributeError, Ove
 class Peers:
     """The peer half of ``Broker``: HELLO, and each message a client or a worker sends."""
 
-    def receive(self, sock: zmq.Socket | None, ident: bytes, header, frames: list) -> None:
-        """One message from ``ident``, which came on ``sock`` (None: on its socket pair)."""
+    def receive(self, sock: zmq.Socket | None, ident: bytes, header, frames: list, user: str | None = None) -> None:
+        """One message from ``ident``, which came on ``sock`` (None: on its socket pair), sent with
+        the CurveZMQ key whose User-Id is ``user`` (None: a plain link)."""
         kind, body = protocol.decode(header)
         now = time.monotonic()
         if kind == Kind.HELLO:
-            self.hello(sock, ident, body, now)
+            self.hello(sock, ident, body, now, user)
             return
         worker = self.workers.get(ident)
         if worker is not None:
+            if worker.user != user:
+                self.impostor(ident, user, f"worker {worker.name}")
+                return
             worker.last_seen = now
             self.handle_worker(worker, kind, body, protocol.unpack(body, frames))
             return
         client = self.clients.get(ident)
         if client is not None:
+            if client.user != user:
+                self.impostor(ident, user, "a client")
+                return
             client.last_seen = now
             self.handle_client(client, kind, body, protocol.unpack(body, frames))
             return
@@ -53,12 +60,31 @@ class Peers:
                                                 "message": "unknown peer: say HELLO first (the broker may have "
                                                            "restarted, or dropped you as silent)"})
 
-    def hello(self, sock: zmq.Socket | None, ident: bytes, body: dict, now: float) -> None:
+    def impostor(self, ident: bytes, user: str | None, whom: str) -> None:
+        """A message under ``ident`` sent with a key other than the one that said HELLO: dropped."""
+        self.complain(f"dropped a message from {who(user)} that came under the identity of {whom}, "
+                      "which said HELLO with another key")
+
+    def hello(self, sock: zmq.Socket | None, ident: bytes, body: dict, now: float, user: str | None = None) -> None:
         """A peer introduces itself; one that was known already starts over (it forgot what it had)."""
         role = body.get("role")
         if role not in ("worker", "client") or (role == "client" and sock is None):
             raise ProtocolError(f"HELLO with unknown role {protocol.text(role, 40)!r}")
+        if user is not None and not user.startswith(f"{role}:"):
+            # A worker key cannot submit; a client key cannot take tasks (security/keys.py).
+            self.complain(f"refused a HELLO as a {role} from {who(user)}: its key is not a {role}'s")
+            self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED,
+                                                "message": f"refused: this key is not allowed to connect as a {role}"})
+            return
+        if user is not None and not self.guard.still_allowed(user):  # revoked while it stayed connected
+            self.complain(f"refused a HELLO as a {role} from {who(user)}: that key was revoked")
+            self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED, "message": "refused: this key was revoked"})
+            return
         retries = retries_of(body) if role == "client" else 0
+        known = self.workers.get(ident) or self.clients.get(ident)
+        if known is not None and known.user != user:
+            self.impostor(ident, user, "a connected peer")
+            return
         old = self.workers.get(ident)
         if old is not None:
             self.worker_gone(old, f"worker {old.name} (pid {old.pid} on {old.host}) said HELLO again")
@@ -72,12 +98,12 @@ class Peers:
             return
         self.told_unknown.pop(ident, None)
         if role == "worker":
-            self.add_worker(sock, ident, body, now)
+            self.add_worker(sock, ident, body, now, user)
         else:
-            self.clients[ident] = ClientState(ident, retries, now)
+            self.clients[ident] = ClientState(ident, retries, now, user=user)
             self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
 
-    def add_worker(self, sock: zmq.Socket, ident: bytes, body: dict, now: float) -> None:
+    def add_worker(self, sock: zmq.Socket, ident: bytes, body: dict, now: float, user: str | None = None) -> None:
         """A worker's HELLO: its record (names cut to size), or a refusal of its claim to be broken."""
         pid = body.get("pid", 0)
         w = WorkerState(
@@ -89,6 +115,7 @@ class Peers:
             last_seen=now,
             paired=ident in self.paired,
             progress_at=now,
+            user=user,
         )
         if body.get("broken"):
             if self.trusts(w):
@@ -207,6 +234,14 @@ class Peers:
                 self.running = False
         else:
             raise ProtocolError(f"clients do not send {kind.name}")
+
+
+def who(user: str | None) -> str:
+    """A peer's key in a log line: ``client key NAME`` (its ZAP User-Id without the key), or a plain link."""
+    if user is None:
+        return "a peer on a plain link"
+    role, _, rest = user.partition(":")
+    return f"{role} key {rest.partition(':')[0]!r}"
 
 
 def check_task(c: ClientState, entry: list, frames: list) -> None:

@@ -48,6 +48,7 @@ class WorkerState:
     last_seen: float = 0.0
     alive: bool = True
     paired: bool = False  # one of our own pool's workers, on a socket pair
+    user: str | None = None  # its CurveZMQ key's ZAP User-Id ("worker:NAME:KEY"); None on a plain link
     progress_at: float = 0.0  # when it last began or ended a task, or said it was preparing to
     # A worker whose task process reads its tasks from a lane (in Broker.lanes; see Lane):
     epoch: int | None = None  # the task process's, while it reads its lane (None: restarting)
@@ -91,6 +92,7 @@ class ClientState:
     retries: int = DEFAULT_RETRIES
     last_seen: float = 0.0
     tasks: dict = field(default_factory=dict)  # cid -> gid
+    user: str | None = None  # its CurveZMQ key's ZAP User-Id ("client:NAME:KEY"); None on a plain link
 
 
 class Outbox:

@@ -1,8 +1,12 @@
 """The ``corral`` command: a thin layer over the library, one module per subcommand.
 
     corral demo                                  Monte Carlo pi on local workers (demo.py)
-    corral broker --listen tcp://127.0.0.1:7700  a standalone broker (broker.py)
-    corral worker tcp://127.0.0.1:7700 [--fresh] [--processes N]   worker processes (worker.py)
+    corral broker --listen tcp://127.0.0.1:7700  a standalone broker; prints its connection file (broker.py)
+    corral worker FILE [--fresh] [--processes N] worker processes (worker.py)
+    corral keys add-worker|add-client|list|revoke   who may connect (keys.py)
+
+Errors a user can fix (a bad connection file, a key name in use) are answered as
+argparse answers a bad argument: the usage line, the message, exit code 2.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import sys
 
 from .. import __version__
 from ..config import HEARTBEAT, LIVENESS
-from ..errors import InsecureAddressError
+from ..errors import CredentialsError, CurveUnavailableError, InsecureAddressError
+from .argtypes import broker as broker_target
 from .argtypes import connect_address, integer, listen_address, seconds, size
 
 
@@ -32,16 +37,30 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="run a standalone broker")
     broker.add_argument("--listen", type=listen_address, default="tcp://127.0.0.1:7700",
                         help="address to bind (default %(default)s)")
-    broker.add_argument("--insecure", action="store_true", help="allow a non-loopback TCP address without encryption")
+    broker.add_argument("--insecure", action="store_true",
+                        help="plain TCP: no encryption, anyone who reaches the port may connect (warns)")
+    broker.add_argument("--keys", metavar="DIR", default=None,
+                        help="key directory (default: ~/.corral/broker-PORT, or $CORRAL_HOME/broker-PORT)")
+    broker.add_argument("--connection-file", metavar="FILE", default=None,
+                        help="where to write the connection file (default: DIR/connection.json)")
+    broker.add_argument("--advertise", metavar="ADDRESS", type=connect_address, default=None,
+                        help="the address the connection file gives peers (default: --listen's, with this "
+                             "machine's name for a wildcard host)")
     broker.add_argument("-v", "--verbose", action="store_true", help="print corral's debugging messages too")
     broker.add_argument("--heartbeat", type=seconds(), default=HEARTBEAT,
                         help="heartbeat interval in seconds (default %(default)s)")
     broker.add_argument("--liveness", type=integer(1), default=LIVENESS,
                         help="heartbeats missed before a peer is lost (default %(default)s)")
-    broker.set_defaults(func=_command("broker", "cmd_broker"))
+    broker.set_defaults(func=_command("broker", "cmd_broker"), parser=broker)
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")
-    worker.add_argument("address", type=connect_address, help="the broker's address, e.g. tcp://127.0.0.1:7700")
+    worker.add_argument("address", type=broker_target, metavar="FILE|ADDRESS",
+                        help="the connection file the broker (or corral keys add-worker) wrote; or an address, "
+                             "tcp://HOST:PORT with --keys or --insecure, or ipc://PATH")
+    worker.add_argument("--keys", metavar="FILE", default=None,
+                        help="with a tcp:// address: the connection file whose worker key to use")
+    worker.add_argument("--insecure", action="store_true",
+                        help="with a tcp:// address: plain TCP, for a broker started with --insecure (warns)")
     worker.add_argument("-v", "--verbose", action="store_true", help="print corral's debugging messages too")
     worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
     worker.add_argument("--processes", type=integer(1), default=os.cpu_count() or 1,
@@ -52,18 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replace a task process after N tasks")
     worker.add_argument("--idle-timeout", type=seconds(), default=None, help="a process idle this long exits (seconds)")
     worker.add_argument("--max-memory", type=size, default=None, help="replace a task process above this RSS, e.g. 2GB")
-    worker.set_defaults(func=_command("worker", "cmd_worker"))
+    worker.set_defaults(func=_command("worker", "cmd_worker"), parser=worker)
+
+    from .keys import add_parser
+
+    keys = add_parser(sub)
+    keys.set_defaults(func=_command("keys", "cmd_keys"), parser=keys)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``corral`` command; its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except InsecureAddressError as exc:
-        print(f"corral: {exc}", file=sys.stderr)
-        return 2
+    except (CredentialsError, CurveUnavailableError, InsecureAddressError) as exc:
+        getattr(args, "parser", parser).error(str(exc))  # the usage line, the message, exit code 2
     except OSError as exc:  # the system refused: no worker process could start, an address in use...
         print(f"corral {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,22 @@ def listen_address(text: str) -> str:
         raise ArgumentTypeError(str(exc)) from None
 
 
+def port(text: str) -> int:
+    """A TCP port: 1 to 65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ArgumentTypeError(f"expected a port from 1 to 65535, not {text!r}")
+    return int(text)
+
+
+def broker(text: str) -> str:
+    """What a client or worker dials: a connection file's path, or an address as ``connect_address``."""
+    if "://" not in text:
+        if not text:
+            raise ArgumentTypeError("expected a connection file or an address such as tcp://127.0.0.1:7700")
+        return text  # a connection file: read, and checked, by the command (security/credentials.py)
+    return connect_address(text)
+
+
 def level(args: argparse.Namespace) -> str:
     """The level of corral's messages a command prints on stderr: INFO, or DEBUG with -v."""
     return "DEBUG" if args.verbose else "INFO"

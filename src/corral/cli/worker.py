@@ -66,7 +66,10 @@ class Restarts:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``corral worker``: keep ``--processes`` worker processes serving the broker until stopped."""
     from ..local.pool import LocalPool, WorkerStartError, refusal
+    from ..security.credentials import resolve
 
+    # Read and checked here, once: a bad file or a missing key is answered now, not by every process.
+    target = resolve(args.address, "worker", keys=args.keys, insecure=args.insecure)
     problem = refusal(args.processes, args.fresh)
     if problem:
         print(f"corral worker: --processes {args.processes:,}: {problem}", file=sys.stderr)
@@ -74,7 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     setup(level(args))
     config = WorkerConfig(fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks_per_child,
                           idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True,
-                          log_level=level(args))
+                          log_level=level(args), keys=args.keys, insecure=args.insecure)
     pool = LocalPool(args.address, args.processes, config)
     restarts = Restarts()
     stopping = False
@@ -89,7 +92,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     restarts.note_started(pool.procs, time.monotonic())
     # Nothing is known yet about the broker: each worker process says when it has joined it.
     print(f"corral worker: {args.processes} {'fresh' if args.fresh else 'persistent'} "
-          f"process(es) waiting for the broker at {args.address}", file=sys.stderr, flush=True)
+          f"process(es) waiting for the broker at {target.address}"
+          f"{'' if target.curve is None else f' (CurveZMQ, worker key {target.name})'}", file=sys.stderr, flush=True)
     try:
         while not stopping:
             time.sleep(0.2)

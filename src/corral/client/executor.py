@@ -35,6 +35,7 @@ from ..broker.broker import Broker
 from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
 from ..errors import SerializationError
 from ..local.pool import LocalPool, refusal
+from ..security.credentials import Target, resolve
 from ..serialization import Call, call_frames
 from ..status import Summary
 from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
@@ -63,8 +64,15 @@ class Executor(_StdExecutor):
     Extra keyword arguments (see docs/options.md):
         fresh: run every task in a brand-new process forked from a clean
             template (also implied by ``max_tasks_per_child=1``).
-        address: a broker to use instead of the embedded one: "tcp://HOST:PORT"
+        address: a broker to use instead of the embedded one: the path of the
+            connection file ``corral broker`` or ``corral keys add-client`` wrote
+            (its address and CurveZMQ keys), "tcp://HOST:PORT" with ``keys``,
             or "ipc://PATH"; anything else raises AddressError.
+        keys: with a "tcp://" address, a connection file to take the keys
+            from (its address is not used); or set CORRAL_CONNECTION_FILE, or
+            CORRAL_BROKER_KEY, CORRAL_PUBLIC_KEY and CORRAL_SECRET_KEY.
+        insecure: with a "tcp://" address, talk plain TCP to a broker started
+            with --insecure (warns each time; see docs/security.md).
         retries: how often a task whose worker died is run again (default 2).
         task_timeout: default per-task time limit in seconds; a task that
             runs longer has its process killed and raises TaskTimeoutError.
@@ -95,7 +103,7 @@ class Executor(_StdExecutor):
         *,
         max_tasks_per_child: int | None = None,
         fresh: bool = False,
-        address: str | None = None,
+        address: str | os.PathLike | None = None,
         retries: int = RETRIES,
         task_timeout: float | None = None,
         prefetch: int | None = None,
@@ -105,6 +113,8 @@ class Executor(_StdExecutor):
         liveness: int = LIVENESS,
         kill_grace: float = KILL_GRACE,
         spin: float = tuning.SPIN,
+        keys: str | os.PathLike | None = None,
+        insecure: bool = False,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
@@ -120,6 +130,13 @@ class Executor(_StdExecutor):
             problem = refusal(config.max_workers, config.fresh)
             if problem:
                 raise ValueError(f"max_workers={config.max_workers:,}: {problem}; ask for fewer workers")
+        if config.address is not None:  # its keys are read now: a bad file fails here, not in the I/O thread
+            target: Target | None = resolve(config.address, "client", keys=keys, insecure=insecure)
+        elif keys is not None or insecure:
+            raise ValueError("keys and insecure are for a broker elsewhere (address=); "
+                             "the executor's own broker needs neither")
+        else:
+            target = None
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._functions = serialization.FunctionPickles()
@@ -127,11 +144,11 @@ class Executor(_StdExecutor):
         self._tmpdir: str | None = None
         self._shm_dir: str | None = None  # large buffers to and from our own workers (shm.py)
         self._broker: Broker | None = None
-        if address is None:
-            address = self._start_embedded(config)
-        self._address = address
-        self._io = IOLoop(self._ctx, address, config.retries, self._cleanup, config.heartbeat, config.liveness,
-                          config.kill_grace, config.spin)
+        if target is None:
+            target = Target(self._start_embedded(config))
+        self._address = target.address
+        self._io = IOLoop(self._ctx, target.address, config.retries, self._cleanup, config.heartbeat,
+                          config.liveness, config.kill_grace, config.spin, target.curve)
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
         ioloop.live_loops.add(self._io)

@@ -74,9 +74,11 @@ class IOLoop:
     (or, while they wait for a result, in the threads of callers: ``leading.py``)."""
 
     def __init__(self, ctx: zmq.Context, address: str, retries: int, cleanup: Callable[[], None],
-                 heartbeat: float, liveness: int, kill_grace: float, spin: float):
+                 heartbeat: float, liveness: int, kill_grace: float, spin: float,
+                 curve: tuple[bytes, bytes, bytes] | None = None):
         self.ctx = ctx
         self.address = address
+        self.curve = curve  # CurveZMQ keys: (the broker's public, ours public, ours secret)
         self.retries = retries
         self.cleanup = cleanup
         self.kill_grace = kill_grace
@@ -185,7 +187,7 @@ class IOLoop:
         self.last_heard = self.last_beat = self.last_turn = time.monotonic()
         link = None
         try:
-            link = SocketLink(self.ctx, self.address) if self.broker is None else DirectLink(self.broker)
+            link = SocketLink(self.ctx, self.address, self.curve) if self.broker is None else DirectLink(self.broker)
             self.poller = link.poller
             self.poller.register(self.wake_r, POLLIN)
             self.hello(link)
@@ -252,8 +254,10 @@ class IOLoop:
                     why = (f"the broker at {self.address} has not answered for {silence:.1f} s; the tasks it "
                            "held are lost.")
                 else:
+                    keys = (" If it runs, its key may not be the one in the connection file, or it refused "
+                            "this client's key (its log says so)." if self.curve else "")
                     why = (f"no broker answered at {self.address} within {silence:.1f} s (is `corral broker` "
-                           "running there, and reachable from here?).")
+                           f"running there, and reachable from here?).{keys}")
                 self.start_over(BrokerLostError(f"{why} Later tasks go to the broker once it answers."))
             return self.closing and not self.futures and not self.outq
 
@@ -364,6 +368,12 @@ class IOLoop:
                 self.start_over(BrokerLostError(
                     f"the broker at {self.address} no longer knows this client (it restarted, or lost "
                     "touch with it): the tasks it held are lost. Later tasks go to it as usual."))
+            return
+        if body.get("code") == protocol.REFUSED and self.welcomed:
+            # It serves us no more (our key was revoked): what we had there is lost.
+            self.welcomed = False
+            self.start_over(BrokerLostError(f"the broker at {self.address} {message}; the tasks it held are "
+                                            "lost. Later tasks are sent to it again."))
             return
         self.complain(f"the broker at {self.address} refused a request: {message}")
 

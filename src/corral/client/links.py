@@ -38,8 +38,8 @@ class Link(Protocol):
 class SocketLink:
     """The I/O loop's connection to a broker elsewhere: a ZeroMQ DEALER socket."""
 
-    def __init__(self, ctx: zmq.Context, address: str):
-        self.sock = sockets.dealer(ctx, address, linger=1000)
+    def __init__(self, ctx: zmq.Context, address: str, curve: tuple[bytes, bytes, bytes] | None = None):
+        self.sock = sockets.dealer(ctx, address, linger=1000, curve=curve)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, POLLIN)
 

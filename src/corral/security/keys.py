@@ -41,7 +41,7 @@ ROLES = ("client", "worker")
 FORMAT = 1  # the "corral" field of a connection file
 BROKER = "broker"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_Z85_KEY = re.compile(r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+Z85_KEY = re.compile(r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
 
 
 @dataclass(frozen=True)
@@ -240,6 +240,6 @@ def read_connection(path: str | os.PathLike, role: str) -> Credentials:
 
 def _z85(path: Path, field: str, value: object) -> bytes:
     """A CurveZMQ key as Z85 text (40 characters), or a CredentialsError naming the field."""
-    if not isinstance(value, str) or not _Z85_KEY.fullmatch(value):
+    if not isinstance(value, str) or not Z85_KEY.fullmatch(value):
         raise CredentialsError(f"the connection file {path} has a bad {field}: a key is 40 Z85 characters")
     return value.encode()

@@ -5,12 +5,12 @@ reads a byte of the peer's messages.  Ours is pyzmq's ``ThreadAuthenticator``
 (a thread of the broker's process) with two choices of our own: a public key
 is let in only if the allow-list of a role holds it (``keys.KeyDir``, read again
 when it changes, so a revocation needs no restart), and the User-Id ZeroMQ then
-attaches to each of that peer's messages is ``client:NAME`` or ``worker:NAME``,
+attaches to each of that peer's messages is ``client:NAME:KEY`` or ``worker:NAME:KEY``,
 which the broker reads with ``sockets.user_id``::
 
     peer --CURVE hello--> ROUTER --ZAP request--> RoleAuthenticator.callback
                                                    allowed? keys.allowed(role)
-    peer --message-----> ROUTER  frame User-Id = "worker:node-1"
+    peer --message-----> ROUTER  frame User-Id = "worker:node-1:<its public key>"
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ class RoleAuthenticator(ThreadAuthenticator):
         self.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
 
     def identify(self, key: bytes) -> str | None:
-        """``role:name`` for a public key (Z85) on an allow-list, else None."""
+        """``role:name:key`` for a public key (Z85) on an allow-list, else None."""
         for role in ROLES:
             name = self.keys.allowed(role).get(key)
             if name is not None:
-                return f"{role}:{name}"
+                return f"{role}:{name}:{key.decode()}"
         return None
 
     def callback(self, domain: str, key: bytes) -> bool:
@@ -54,5 +54,5 @@ class RoleAuthenticator(ThreadAuthenticator):
         return False
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        """The User-Id of an allowed peer's messages: ``role:name``."""
+        """The User-Id of an allowed peer's messages: ``role:name:key``."""
         return self.identify(z85.encode(client_public_key)) or "unknown"

@@ -5,8 +5,9 @@ corral socket needs is set here: IPv6 where the address needs it, how long
 closing may wait for what is queued, and CurveZMQ's keys (a ROUTER given the
 broker's key pair encrypts every link and admits only the peers its context's
 ZAP handler allows, ``security/zap.py``; a DEALER given the broker's public key
-reaches only that broker).  The broker, client and worker do not ask for
-CurveZMQ yet: these options are what they will use.
+reaches only that broker).  Which links get keys is decided elsewhere: the
+broker's listeners in ``security/guard.py``, a client's or a worker's link in
+``security/credentials.py``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def dealer(ctx: zmq.Context, address: str, linger: int, curve: tuple[bytes, byte
 
 
 def user_id(frame: zmq.Frame) -> str | None:
-    """Who sent a message that came on a CurveZMQ ROUTER (``role:name``, from the ZAP handler);
+    """Who sent a message that came on a CurveZMQ ROUTER (``role:name:key``, from the ZAP handler);
     None on a plain socket."""
     try:
         return frame.get("User-Id")

@@ -78,7 +78,8 @@ class Supervisor(TaskProcesses):
     ):
         config = config or WorkerConfig()
         self.config = config
-        self.address = address or "its socket pair"
+        self.target = None if fd is not None else _target(address, config)
+        self.address = self.target.address if self.target is not None else "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
         self.fresh = config.fresh
         self.spawn = config.spawn
@@ -120,7 +121,7 @@ class Supervisor(TaskProcesses):
         if self.fd is not None:
             self.link = stream.Stream(socket.socket(fileno=self.fd))
         else:
-            self.link = _DealerLink(self.ctx, self.address)
+            self.link = _DealerLink(self.ctx, self.address, self.target.curve)
         self.last_heard = self.last_sent = time.monotonic()
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
@@ -416,9 +417,9 @@ class _DealerLink:
     pending = False  # ZeroMQ queues what we send
     eof = False  # a broker that went away is found by its silence
 
-    def __init__(self, ctx: zmq.Context, address: str):
+    def __init__(self, ctx: zmq.Context, address: str, curve: tuple | None):
         self.sockets = _sockets()
-        self.sock = self.sockets.dealer(ctx, address, linger=2000)
+        self.sock = self.sockets.dealer(ctx, address, linger=2000, curve=curve)
         self.poll_key = self.sock
 
     def send(self, frames: list) -> None:
@@ -440,6 +441,19 @@ class _DealerLink:
     def close(self, linger: int | None = None) -> None:
         """Close the DEALER."""
         self.sock.close(linger)
+
+
+def _target(address: str, config: WorkerConfig):
+    """The broker to dial and its keys (``security/credentials.py``).  Its pool's parent (``corral
+    worker``) warned already of a plain TCP link: each of its processes need not say it again."""
+    import warnings
+
+    from ..errors import SecurityWarning
+    from ..security.credentials import resolve
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecurityWarning)
+        return resolve(address, "worker", keys=config.keys, insecure=config.insecure)
 
 
 def _zmq():
