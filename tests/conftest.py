@@ -39,23 +39,26 @@ def pytest_configure(config):
     The leak check looks for ``corral-*`` directories in these two only: what other
     programs (another user's corral, another test session) make in ``/tmp`` or
     ``/dev/shm`` is not ours to flag, let alone remove.  Worker processes, and the
-    clients that tests start, inherit ``TMPDIR`` and ``CORRAL_SHM_DIR``.
+    clients that tests start, inherit ``TMPDIR`` and ``CORRAL_SHM_DIR``; brokers keep their
+    keys in ``CORRAL_HOME``, a directory of this session's, not in the user's ``~/.corral``.
     """
     global _saved_tmp
     private = tempfile.mkdtemp(prefix="ctest-")
     shm = tempfile.mkdtemp(prefix="ctest-", dir="/dev/shm") if os.access("/dev/shm", os.W_OK) else ""
-    _saved_tmp = (tempfile.tempdir, os.environ.get("TMPDIR"), os.environ.get(shm_root.ROOT_VARIABLE), private, shm)
+    _saved_tmp = (tempfile.tempdir, os.environ.get("TMPDIR"), os.environ.get(shm_root.ROOT_VARIABLE),
+                  os.environ.get("CORRAL_HOME"), private, shm)
     os.environ["TMPDIR"] = private
     os.environ[shm_root.ROOT_VARIABLE] = shm
+    os.environ["CORRAL_HOME"] = os.path.join(private, "keys")
     tempfile.tempdir = private
 
 
 def pytest_unconfigure(config):
     if not _saved_tmp:
         return
-    tempdir, env, shm_env, private, shm = _saved_tmp
+    tempdir, env, shm_env, home_env, private, shm = _saved_tmp
     tempfile.tempdir = tempdir
-    for name, value in (("TMPDIR", env), (shm_root.ROOT_VARIABLE, shm_env)):
+    for name, value in (("TMPDIR", env), (shm_root.ROOT_VARIABLE, shm_env), ("CORRAL_HOME", home_env)):
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -183,12 +186,12 @@ def mode_executor(request, make_executor):
             return make_executor(max_workers, **{**_MODE_OPTIONS[mode], **kwargs})
         if kwargs.get("initializer") is not None:
             pytest.skip("remote workers take no initializer from the executor")
-        address = f"tcp://127.0.0.1:{free_port()}"
-        started.append(start_broker(address))
+        broker = start_broker(f"tcp://127.0.0.1:{free_port()}")
+        started.append(broker)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.path.dirname(__file__),
                                                                           os.environ.get("PYTHONPATH")]))}
-        started.append(start_worker(address, "--processes", str(max_workers), env=env))
-        made.append(make_executor(address=address, **kwargs))
+        started.append(start_worker(broker.connection, "--processes", str(max_workers), env=env))
+        made.append(make_executor(address=broker.connection, **kwargs))
         return made[-1]
 
     make.mode = mode
@@ -201,10 +204,10 @@ def mode_executor(request, make_executor):
 
 @pytest.fixture
 def broker_address():
-    """A standalone ``corral broker`` on a free loopback port, stopped when the test ends."""
-    address = f"tcp://127.0.0.1:{free_port()}"
-    proc = start_broker(address)
+    """A standalone ``corral broker`` on a free loopback port, stopped when the test ends: what
+    clients and workers are given to reach it, the connection file it wrote."""
+    proc = start_broker(f"tcp://127.0.0.1:{free_port()}")
     try:
-        yield address
+        yield proc.connection
     finally:
         stop(proc)

@@ -22,10 +22,43 @@ def corral_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "corral.cli", *args]
 
 
+def connection_file(address: str) -> str:
+    """The connection file of the broker that listens (or will) on ``address``, made now if it
+    does not exist yet (a broker started later keeps it): in ``$CORRAL_HOME``, the session's."""
+    from corral.security.provision import provision
+
+    return str(provision(address)[1])
+
+
+def read_line(stream, timeout: float = 30) -> str:
+    """The next line of a process's pipe, or AssertionError after ``timeout`` seconds.  Read a byte
+    at a time from the descriptor, past the stream's buffer (which would hide a second line
+    from the wait), so use this for every line up to the one wanted; ``stream.read()`` after is fine."""
+    import select
+
+    line = b""
+    deadline = time.monotonic() + timeout
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([stream.fileno()], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no whole line within {timeout} s (so far {line!r})"
+        byte = os.read(stream.fileno(), 1)
+        if not byte:
+            break  # the end of the pipe
+        line += byte
+    return line.decode(errors="replace")
+
+
 def start_broker(address: str, *extra: str) -> subprocess.Popen:
-    """A standalone broker; returns once it listens."""
+    """A standalone broker; returns once it listens.  A TCP one's connection file (what clients
+    and workers are given) is ``proc.connection``."""
     proc = subprocess.Popen(corral_cmd("broker", "--listen", address, *extra), stderr=subprocess.PIPE, text=True)
-    assert "listening" in proc.stderr.readline()
+    first = read_line(proc.stderr)
+    while "SecurityWarning" in first:  # --insecure: said before it listens
+        first = read_line(proc.stderr)
+    assert "listening" in first, first
+    proc.connection = None
+    if "(CurveZMQ)" in first:
+        proc.connection = read_line(proc.stderr).split("connection file ", 1)[1].split(" (")[0]
     return proc
 
 

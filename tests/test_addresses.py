@@ -105,8 +105,8 @@ def test_executor_refuses_a_bad_address_at_construction():
 
 
 @pytest.mark.parametrize("argv, argument", [
-    (["worker", "127.0.0.1:7711"], "address"),
-    (["worker", "tcp://[bad:7711"], "address"),
+    (["worker", "127.0.0.1:7711"], "FILE|ADDRESS"),
+    (["worker", "tcp://[bad:7711"], "FILE|ADDRESS"),
     (["broker", "--listen", "tcp://127.0.0.1:99999"], "--listen"),  # listened on a random port before
     (["broker", "--listen", "tcp://127.0.0.1:abc"], "--listen"),
     (["broker", "--listen", "tcp://[bad:7711"], "--listen"),
@@ -137,8 +137,9 @@ def test_a_broker_on_ipv6_loopback_serves_clients_and_workers():
     broker = start_broker(address)
     worker = None
     try:
-        worker = start_worker(address, "--processes", "1")
-        with corral.Executor(address=address) as ex:
+        # The address given as such, the keys from the broker's connection file.
+        worker = start_worker(address, "--keys", broker.connection, "--processes", "1")
+        with corral.Executor(address=address, keys=broker.connection) as ex:
             assert ex.submit(abs, -5).result(timeout=60) == 5
     finally:
         if worker is not None:

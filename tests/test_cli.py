@@ -8,13 +8,23 @@ import sys
 import time
 
 import pytest
+import zmq
 
 import corral
+from corral.broker.broker import Broker
 from corral.cli import build_parser
-from corral.cli.broker import check_listen_address
 from corral.cli.worker import MAX_RESTART_DELAY_S, QUICK_EXIT_S, Restarts
 from corral.wire.protocol import Kind
-from helpers import corral_cmd, free_port, held_descriptors, pid_of_task, start_worker, stop
+from helpers import (
+    connection_file,
+    corral_cmd,
+    free_port,
+    held_descriptors,
+    pid_of_task,
+    read_line,
+    start_worker,
+    stop,
+)
 
 
 def test_version_and_help():
@@ -36,16 +46,23 @@ def test_demo_prints_estimate_rate_and_table():
         assert column in out.stdout
 
 
-def test_non_loopback_listen_is_refused_without_insecure():
-    with pytest.raises(corral.InsecureAddressError, match="--insecure"):
-        check_listen_address("tcp://0.0.0.0:7700", insecure=False)
-    check_listen_address("tcp://127.0.0.1:7700", insecure=False)
-    check_listen_address("ipc:///tmp/x", insecure=False)
-    with pytest.warns(UserWarning, match="anyone who can reach"):
-        check_listen_address("tcp://0.0.0.0:7700", insecure=True)
-    out = subprocess.run(corral_cmd("broker", "--listen", "tcp://0.0.0.0:7799"), capture_output=True,
-                         text=True, timeout=30)
-    assert out.returncode == 2 and "--insecure" in out.stderr
+def test_a_plain_tcp_listener_needs_insecure_and_warns_at_every_start():
+    """Before, a loopback TCP broker was plain TCP, open to every user of the machine."""
+    address = f"tcp://127.0.0.1:{free_port()}"
+    with pytest.raises(corral.InsecureAddressError, match="insecure=True"):
+        Broker(address)  # no keys, no insecure: nothing listens
+    for _ in range(2):  # every start says so, not the first one only
+        ctx = zmq.Context()
+        with pytest.warns(corral.SecurityWarning, match="anyone who can reach this port"):
+            Broker(address, context=ctx, insecure=True).close()
+        ctx.term()
+    proc = subprocess.Popen(corral_cmd("broker", "--listen", address, "--insecure"), stderr=subprocess.PIPE, text=True)
+    try:
+        assert read_line(proc.stderr).startswith(f"corral: SecurityWarning: listening on {address} without encryption")
+        assert "listening" in read_line(proc.stderr)
+    finally:
+        stop(proc)
+        proc.stderr.close()
 
 
 @pytest.mark.parametrize("fresh", [False, True])
@@ -188,7 +205,7 @@ def test_a_worker_process_that_keeps_failing_is_restarted_with_backoff(tmp_path)
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
     address = f"tcp://127.0.0.1:{free_port()}"
-    proc = subprocess.Popen(corral_cmd("worker", address, "--processes", "1"), env=env,
+    proc = subprocess.Popen(corral_cmd("worker", connection_file(address), "--processes", "1"), env=env,
                             stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(4.0)

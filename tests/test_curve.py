@@ -49,16 +49,19 @@ def receive(router: zmq.Socket, timeout_ms: int = 10_000):
 def test_each_allowed_key_is_named_in_its_messages(curve_router):
     router, keys, dial = curve_router
     broker_public = keys.broker_keys()[0]
-    dial((broker_public, *keys.add("client", "alice"))).send(b"hi")
-    assert receive(router) == (b"hi", "client:alice")
-    dial((broker_public, *keys.add("worker", "node-1"))).send(b"ready")
-    assert receive(router) == (b"ready", "worker:node-1")
+    alice = keys.add("client", "alice")
+    dial((broker_public, *alice)).send(b"hi")
+    assert receive(router) == (b"hi", f"client:alice:{alice[0].decode()}")
+    node = keys.add("worker", "node-1")
+    dial((broker_public, *node)).send(b"ready")
+    assert receive(router) == (b"ready", f"worker:node-1:{node[0].decode()}")
 
 
 def test_strangers_are_refused_at_the_handshake(curve_router):
     router, keys, dial = curve_router
     broker_public = keys.broker_keys()[0]
-    alice = dial((broker_public, *keys.add("client", "alice")))
+    alice_keys = keys.add("client", "alice")
+    alice = dial((broker_public, *alice_keys))
     stranger_public, stranger_secret = zmq.curve_keypair()
     dial((broker_public, stranger_public, stranger_secret)).send(b"unknown key")
     dial().send(b"plaintext")
@@ -66,7 +69,7 @@ def test_strangers_are_refused_at_the_handshake(curve_router):
     dial((wrong_broker, *keys.add("client", "bob"))).send(b"wrong broker key")
     assert receive(router, REFUSED_WAIT) is None
     alice.send(b"still served")
-    assert receive(router) == (b"still served", "client:alice")
+    assert receive(router) == (b"still served", f"client:alice:{alice_keys[0].decode()}")
 
 
 def test_a_revoked_key_cannot_connect_again(curve_router):
@@ -74,7 +77,7 @@ def test_a_revoked_key_cannot_connect_again(curve_router):
     broker_public = keys.broker_keys()[0]
     node = keys.add("worker", "node-1")
     dial((broker_public, *node)).send(b"before")
-    assert receive(router) == (b"before", "worker:node-1")
+    assert receive(router) == (b"before", f"worker:node-1:{node[0].decode()}")
     keys.revoke("node-1")
     dial((broker_public, *node)).send(b"after")
     assert receive(router, REFUSED_WAIT) is None

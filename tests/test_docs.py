@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = {"python", "sh", "text"}
 README_ADDRESS = "tcp://127.0.0.1:7700"
+README_FILE = "~/.corral/broker-7700/connection.json"  # in the session's $CORRAL_HOME while testing
 README_BROKER = f"corral broker --listen {README_ADDRESS}"
-README_WORKER = f"corral worker {README_ADDRESS}"
+README_WORKER = f"corral worker {README_FILE}"
 
 
 def blocks(page: Path) -> list[tuple[str, int, str]]:
@@ -66,13 +67,14 @@ def _port_free(port: int) -> bool:
 def test_python_block_runs(code, tmp_path):
     started = []
     try:
-        if README_ADDRESS in code:  # needs the broker and worker of the README's commands
+        if README_FILE in code:  # needs the broker and worker of the README's commands
             readme = (ROOT / "README.md").read_text()
             assert README_BROKER in readme and README_WORKER in readme
             if not _port_free(7700):
                 pytest.skip("port 7700 is taken")
             started.append(start_broker(README_ADDRESS))
-            started.append(start_worker(README_ADDRESS))
+            code = code.replace(README_FILE, started[0].connection)
+            started.append(start_worker(started[0].connection))
         out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, f"the example failed:\n{code}\n{out.stderr}"
     finally:

@@ -16,6 +16,7 @@ import zmq
 
 import corral
 from corral import serialization
+from corral.security.keys import read_connection
 from corral.wire import protocol
 from corral.wire.protocol import MAX_RETRIES, Kind
 from fuzzing import messages
@@ -82,14 +83,15 @@ def _keep_mapping(address: str, stop_event: threading.Event, done: list, errors:
 def test_a_live_broker_survives_a_storm_of_mutated_messages():
     address = f"tcp://127.0.0.1:{free_port()}"
     broker = start_broker(address, "--heartbeat", "0.5")
-    worker = start_worker(address, "--processes", "1")
+    worker = start_worker(broker.connection, "--processes", "1")
+    creds = read_connection(broker.connection, "client")  # the rogues hold a client key: let in, then checked
     ctx = zmq.Context()
     ctx.max_sockets = PEERS + 16
     rogues = []
     stop_event, done, errors = threading.Event(), [], []
-    client = threading.Thread(target=_keep_mapping, args=(address, stop_event, done, errors), daemon=True)
+    client = threading.Thread(target=_keep_mapping, args=(broker.connection, stop_event, done, errors), daemon=True)
     try:
-        with corral.Executor(address=address) as ex:  # the worker has joined: the storm may start
+        with corral.Executor(address=broker.connection) as ex:  # the worker has joined: the storm may start
             assert ex.submit(abs, -1).result(30) == 1
         before = _rss(broker.pid)
         client.start()
@@ -97,6 +99,8 @@ def test_a_live_broker_survives_a_storm_of_mutated_messages():
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 0)
+            sock.curve_serverkey, sock.curve_publickey = creds.broker_key, creds.public
+            sock.curve_secretkey = creds.secret
             sock.connect(address)
             rogues.append(sock)
         rng = random.Random(16)
@@ -128,7 +132,7 @@ def test_a_live_broker_survives_a_storm_of_mutated_messages():
             sock.close(linger=0)
         grown = _settled_rss(broker.pid) - before
         assert grown < BROKER_MEMORY_GROWTH, f"the broker grew by {grown >> 20} MiB"
-        with corral.Executor(address=address) as ex:
+        with corral.Executor(address=broker.connection) as ex:
             assert ex.submit(abs, -5).result(30) == 5
             assert 1 <= len([w for w in ex.summary() if w["alive"]])
         print(f"{BROKER_MESSAGES} messages sent in {sent_in:.1f} s; the broker grew by {grown >> 20} MiB")
@@ -177,7 +181,7 @@ def test_a_live_worker_survives_a_storm_from_a_lying_broker(fresh):
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.bind(address)
-    worker = start_worker(address, "--processes", "1", *(["--fresh"] if fresh else []))
+    worker = start_worker(address, "--insecure", "--processes", "1", *(["--fresh"] if fresh else []))
     try:
         assert router.poll(30_000), "the worker never said HELLO"
         ident, header, *_ = router.recv_multipart()

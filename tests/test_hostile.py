@@ -18,9 +18,10 @@ import zmq
 import corral
 from corral.broker.broker import MAX_DEPARTED, Broker
 from corral.logs import Throttle
-from corral.wire import protocol
+from corral.security.keys import read_connection
+from corral.wire import protocol, sockets
 from corral.wire.protocol import Kind
-from helpers import TIMEOUT, corral_cmd, free_port, start_worker, stop, wait_for
+from helpers import TIMEOUT, connection_file, corral_cmd, free_port, read_line, start_worker, stop, wait_for
 
 
 @pytest.fixture
@@ -49,10 +50,8 @@ def broker_in_thread(tmp_path):
 class Peer:
     """A raw DEALER that speaks the protocol by hand."""
 
-    def __init__(self, ctx: zmq.Context, address: str):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
+    def __init__(self, ctx: zmq.Context, address: str, curve: tuple | None = None):
+        self.sock = sockets.dealer(ctx, address, linger=0, curve=curve)
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
         self.sock.send_multipart([protocol.encode(kind, body), *frames])
@@ -293,20 +292,22 @@ def test_quiet_peers_do_not_lock_real_clients_out():
     def usual_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
+    connection = connection_file(address)
+    creds = read_connection(connection, "client")
     broker = subprocess.Popen(corral_cmd("broker", "--listen", address), stderr=subprocess.PIPE, text=True,
                               preexec_fn=usual_limit)
-    assert "listening" in broker.stderr.readline()
-    worker = start_worker(address, "--processes", "1")
+    assert "listening" in read_line(broker.stderr)
+    worker = start_worker(connection, "--processes", "1")
     ctx = zmq.Context()
     ctx.max_sockets = 2100
     quiet = []
     try:
-        for _ in range(2000):
-            peer = Peer(ctx, address)
+        for _ in range(2000):  # each with a client key: the broker lets them in
+            peer = Peer(ctx, address, curve=(creds.broker_key, creds.public, creds.secret))
             peer.send(Kind.HELLO, {"role": "client"})
             quiet.append(peer)
         wait_for(lambda: len(os.listdir(f"/proc/{broker.pid}/fd")) > 1500, 30, "the quiet peers to connect")
-        with corral.Executor(address=address) as ex:
+        with corral.Executor(address=connection) as ex:
             assert sum(ex.map(abs, range(-50, 50))) == 2500
     finally:
         for peer in quiet:

@@ -18,6 +18,7 @@ import pytest
 import corral
 from helpers import (
     TIMEOUT,
+    connection_file,
     corral_cmd,
     free_port,
     gone,
@@ -93,9 +94,9 @@ def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker
     log = tmp_path / "runs"
     address = f"tcp://127.0.0.1:{free_port()}"
     broker = start_broker(address, "--heartbeat", "0.2")
-    worker = start_worker(address, "--processes", "1")
+    worker = start_worker(broker.connection, "--processes", "1")
     try:
-        ex = corral.Executor(address=address)
+        ex = corral.Executor(address=broker.connection)
         fut = ex.submit(by_value_record_then_sleep, str(log), 60)
         [task_pid] = wait_for(lambda: runs(log), what="the task to start")
         broker.kill()
@@ -111,7 +112,7 @@ def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker
         # The executor carries on: its later tasks go to the broker that answers now.
         assert ex.submit(abs, -1).result(TIMEOUT) == 1
         ex.shutdown()
-        with corral.Executor(address=address) as again:
+        with corral.Executor(address=broker.connection) as again:
             assert again.submit(abs, -7).result(TIMEOUT) == 7
     finally:
         stop(worker)
@@ -127,9 +128,11 @@ def test_a_broker_restarted_at_once_is_rejoined_by_clients_and_workers(tmp_path,
     log = tmp_path / "runs"
     address = f"tcp://127.0.0.1:{free_port()}"
     broker = start_broker(address)
-    worker = subprocess.Popen(corral_cmd("worker", address, "--processes", "1"), stderr=subprocess.PIPE, text=True)
+    connection = broker.connection  # the restarted broker keeps it: its keys are the same
+    worker = subprocess.Popen(corral_cmd("worker", connection, "--processes", "1"), stderr=subprocess.PIPE,
+                              text=True)
     try:
-        with corral.Executor(address=address) as ex:
+        with corral.Executor(address=connection) as ex:
             fut = ex.submit(by_value_record_then_sleep, str(log), 60)
             [task_pid] = wait_for(lambda: runs(log), what="the task to start")
             broker.kill()
@@ -143,7 +146,8 @@ def test_a_broker_restarted_at_once_is_rejoined_by_clients_and_workers(tmp_path,
             wait_for(lambda: gone(task_pid), 10, "the orphaned task's process to be stopped")
             assert ex.submit(abs, -2).result(TIMEOUT) == 2  # through the new broker, on the same worker
             assert [w["pid"] for w in ex.summary() if w["alive"]] != []
-        with corral.Executor(address=address) as again:
+            assert broker.connection == connection
+        with corral.Executor(address=connection) as again:
             assert again.submit(abs, -7).result(TIMEOUT) == 7
     finally:
         stop(worker)
@@ -209,7 +213,9 @@ def test_the_embedded_broker_and_workers_go_when_their_client_is_killed_mid_task
 
 def test_a_worker_with_no_broker_says_it_is_waiting_and_then_that_it_joined():
     address = f"tcp://127.0.0.1:{free_port()}"
-    worker = subprocess.Popen(corral_cmd("worker", address, "--processes", "1"), stderr=subprocess.PIPE, text=True)
+    connection = connection_file(address)  # made ahead of the broker, which keeps it
+    worker = subprocess.Popen(corral_cmd("worker", connection, "--processes", "1"), stderr=subprocess.PIPE,
+                              text=True)
     broker = None
     try:
         lines = []
@@ -229,7 +235,7 @@ def test_a_worker_with_no_broker_says_it_is_waiting_and_then_that_it_joined():
 
 def test_a_client_whose_broker_never_answered_says_so():
     address = f"tcp://127.0.0.1:{free_port()}"
-    with corral.Executor(address=address, heartbeat=0.2) as ex:
+    with corral.Executor(address=connection_file(address), heartbeat=0.2) as ex:
         with pytest.raises(TimeoutError, match="did not answer a status request within 0.3 s .*not answered"):
             ex.summary(timeout=0.3)
         with pytest.raises(corral.BrokerLostError, match="no broker answered at .*is `corral broker` running"):

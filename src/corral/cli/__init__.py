@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``corral`` command; its exit code."""
+    import warnings
+
+    # A warning (a plain TCP link: SecurityWarning) is one line, not a line of our source code.
+    warnings.formatwarning = lambda message, category, *_, **__: f"corral: {category.__name__}: {message}\n"
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

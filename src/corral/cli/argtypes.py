@@ -42,9 +42,13 @@ def port(text: str) -> int:
 
 def broker(text: str) -> str:
     """What a client or worker dials: a connection file's path, or an address as ``connect_address``."""
+    from ..security.credentials import check_file_or_address
+
     if "://" not in text:
-        if not text:
-            raise ArgumentTypeError("expected a connection file or an address such as tcp://127.0.0.1:7700")
+        try:
+            check_file_or_address(text)
+        except AddressError as exc:
+            raise ArgumentTypeError(str(exc)) from None
         return text  # a connection file: read, and checked, by the command (security/credentials.py)
     return connect_address(text)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import zmq
 
 from .. import addresses
-from ..errors import CredentialsError, CurveUnavailableError, SecurityWarning
+from ..errors import AddressError, CredentialsError, CurveUnavailableError, SecurityWarning
 from .keys import Z85_KEY, read_connection
 
 ENV_FILE = "CORRAL_CONNECTION_FILE"
@@ -49,6 +49,17 @@ def is_connection_file(where: str) -> bool:
     return isinstance(where, str) and "://" not in where
 
 
+def check_file_or_address(where: str) -> None:
+    """An existing file passes; anything else with no ``scheme://`` was meant as an address: the
+    AddressError that says so (``127.0.0.1:7700`` lacks ``tcp://``), noting no file has that name."""
+    if os.path.exists(os.path.expanduser(where)):
+        return
+    try:
+        addresses.parse(where)
+    except AddressError as exc:
+        raise AddressError(f"{exc} (nor is there a connection file of that name)") from None
+
+
 def require_curve() -> None:
     """Fail at once, saying why and what to do, where this pyzmq's libzmq has no CurveZMQ."""
     if not zmq.has("curve"):
@@ -66,6 +77,7 @@ def resolve(where: str, role: str, *, keys: str | os.PathLike | None = None, ins
     without keys (and without ``insecure``) or a file cannot be used.
     """
     if is_connection_file(where):
+        check_file_or_address(where)
         if insecure:
             raise CredentialsError(f"{where!r} is a connection file, which holds CurveZMQ keys: "
                                    "insecure=True is for a tcp:// address of a broker started with --insecure")
