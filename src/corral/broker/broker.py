@@ -367,6 +367,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
                 self.log(f"client {peer.ident!r}: {why}; dropping its tasks")
                 self.client_gone(peer)
             else:
+                self.log(f"worker {peer.name} (pid {peer.pid} on {peer.host}): {why}; its tasks go to other workers")
                 self.send(self.workers_sock, peer.ident, Kind.SHUTDOWN)
                 self.worker_gone(peer, f"worker {peer.name} (pid {peer.pid} on {peer.host}): {why}")
 

@@ -39,7 +39,7 @@ class Peers:
         worker = self.workers.get(ident)
         if worker is not None:
             if worker.user != user:
-                self.impostor(ident, user, f"worker {worker.name}")
+                self.impostor(ident, user)
                 return
             worker.last_seen = now
             self.handle_worker(worker, kind, body, protocol.unpack(body, frames))
@@ -47,7 +47,7 @@ class Peers:
         client = self.clients.get(ident)
         if client is not None:
             if client.user != user:
-                self.impostor(ident, user, "a client")
+                self.impostor(ident, user)
                 return
             client.last_seen = now
             self.handle_client(client, kind, body, protocol.unpack(body, frames))
@@ -60,10 +60,22 @@ class Peers:
                                                 "message": "unknown peer: say HELLO first (the broker may have "
                                                            "restarted, or dropped you as silent)"})
 
-    def impostor(self, ident: bytes, user: str | None, whom: str) -> None:
-        """A message under ``ident`` sent with a key other than the one that said HELLO: dropped."""
+    def impostor(self, ident: bytes, user: str | None) -> None:
+        """A message under ``ident`` sent with a key other than the one that said HELLO: dropped.
+
+        The ROUTER gives an identity to one connection at a time, so the peer that said HELLO
+        has lost its connection and another took its identity: nothing more goes there.  The
+        peer it was is gone (its tasks as a lost client's or worker's); it is told so when it
+        comes back under a new identity, as after any reconnection."""
+        w, c = self.workers.get(ident), self.clients.get(ident)
+        whom = f"worker {w.name}" if w is not None else "a client"
         self.complain(f"dropped a message from {who(user)} that came under the identity of {whom}, "
-                      "which said HELLO with another key")
+                      "which said HELLO with another key; that peer is dropped")
+        if w is not None:
+            self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}): another key took its connection's "
+                                "identity")
+        if c is not None:
+            self.client_gone(c)
 
     def hello(self, sock: zmq.Socket | None, ident: bytes, body: dict, now: float, user: str | None = None) -> None:
         """A peer introduces itself; one that was known already starts over (it forgot what it had)."""
@@ -83,7 +95,7 @@ class Peers:
         retries = retries_of(body) if role == "client" else 0
         known = self.workers.get(ident) or self.clients.get(ident)
         if known is not None and known.user != user:
-            self.impostor(ident, user, "a connected peer")
+            self.impostor(ident, user)
             return
         old = self.workers.get(ident)
         if old is not None:

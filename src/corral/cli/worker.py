@@ -65,11 +65,15 @@ class Restarts:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``corral worker``: keep ``--processes`` worker processes serving the broker until stopped."""
+    from ..errors import AddressError
     from ..local.pool import LocalPool, WorkerStartError, refusal
     from ..security.credentials import resolve
 
     # Read and checked here, once: a bad file or a missing key is answered now, not by every process.
-    target = resolve(args.address, "worker", keys=args.keys, insecure=args.insecure)
+    try:
+        target = resolve(args.address, "worker", keys=args.keys, insecure=args.insecure)
+    except AddressError as exc:  # not a file, nor an address: answered as argparse answers a bad argument
+        args.parser.error(f"argument FILE|ADDRESS: {exc}")
     problem = refusal(args.processes, args.fresh)
     if problem:
         print(f"corral worker: --processes {args.processes:,}: {problem}", file=sys.stderr)

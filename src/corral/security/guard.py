@@ -57,7 +57,7 @@ class Guard:
         if self.auth is None:
             from .zap import RoleAuthenticator
 
-            self.auth = RoleAuthenticator(self.ctx, self.keys)
+            self.auth = RoleAuthenticator(self.ctx, self.keys, self.complain)
             self.auth.start()
         sock = sockets.router(self.ctx, address, keys=self.keys.broker_keys())
         self.curve.add(sock)

@@ -172,7 +172,9 @@ class Supervisor(TaskProcesses):
         waited = time.monotonic() - self.waiting_since
         if self.reconnect_on_silence and not self.welcomed and waited >= self.wait_note:
             self.wait_note = min(self.wait_note * 2, waited + WAIT_NOTE_MAX)
-            self.say(f"waiting for the broker at {self.address} ({waited:.0f} s so far)")
+            keys = ("; if it runs, it may not take this worker's key (revoked?) or hold the key this "
+                    "connection file names: its log says which") if self.target.curve else ""
+            self.say(f"waiting for the broker at {self.address} ({waited:.0f} s so far{keys})")
 
     def say(self, line: str, level: int = logging.INFO) -> None:
         """Log ``line`` as this worker's (``corral.worker``)."""
