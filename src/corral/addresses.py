@@ -8,10 +8,8 @@ scheme with a bare "Invalid argument" from the client's I/O thread.  Checking he
 each such mistake into an ``AddressError`` at the call or the command line that made it,
 naming the address and showing one that works.
 
-Judging an address (is it reachable only from this machine? does ZeroMQ need IPv6 for
-it?) resolves a host name the way ZeroMQ will, with ``getaddrinfo``, so the judgement
-matches what the socket really does: ``localhost`` is loopback only if every address it
-resolves to is, and ``127.1`` is the loopback address ``127.0.0.1``.
+Judging an address (does ZeroMQ need IPv6 for it?) resolves a host name the way ZeroMQ
+will, with ``getaddrinfo``, so the judgement matches what the socket really does.
 """
 
 from __future__ import annotations
@@ -134,24 +132,6 @@ def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     except (OSError, UnicodeError):
         return []
     return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-
-
-def _loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Is ``ip`` a loopback address (IPv4-mapped too)?"""
-    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
-def is_loopback(address: str) -> bool:
-    """Can only this machine reach ``address``?  An ``ipc://`` path can; a TCP host can when
-    every address it resolves to is a loopback one.  ``*`` and names that do not resolve cannot."""
-    end = parse(address, listen=True)
-    if end.scheme == "ipc":
-        return True
-    if end.host == "*":
-        return False
-    found = _resolve(end.host)
-    return bool(found) and all(_loopback(ip) for ip in found)
 
 
 def needs_ipv6(address: str) -> bool:
