@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 
+import psutil
 import pytest
 import zmq
 
@@ -82,6 +83,10 @@ def test_keys_commands_add_list_revoke(tmp_path):
             with corral.Executor(address=str(tmp_path / "a.json")) as ex:
                 assert ex.submit(abs, -3).result(TIMEOUT) == 3
                 assert [w["worker"] for w in ex.summary() if w["alive"]]
+            # `ps` shows every user the command lines: no secret key is on any of them.
+            secret = body["worker"]["secret"]
+            family = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
+            assert len(family) >= 2 and not any(secret in " ".join(p.cmdline()) for p in family)
         finally:
             stop(worker)
         revoked = corral_run("keys", "--keys", str(home), "revoke", "alice")
