@@ -46,15 +46,18 @@ def receive(router: zmq.Socket, timeout_ms: int = 10_000):
     return payload.bytes, sockets.user_id(payload)
 
 
+def user_id(role: str, name: str, pair: tuple[bytes, bytes]) -> str:
+    """The User-Id the ZAP handler gives a peer's messages: role, name and public key."""
+    return f"{role}:{name}:{pair[0].decode()}"
+
+
 def test_each_allowed_key_is_named_in_its_messages(curve_router):
     router, keys, dial = curve_router
     broker_public = keys.broker_keys()[0]
-    alice = keys.add("client", "alice")
-    dial((broker_public, *alice)).send(b"hi")
-    assert receive(router) == (b"hi", f"client:alice:{alice[0].decode()}")
-    node = keys.add("worker", "node-1")
-    dial((broker_public, *node)).send(b"ready")
-    assert receive(router) == (b"ready", f"worker:node-1:{node[0].decode()}")
+    for role, name, payload in (("client", "alice", b"hi"), ("worker", "node-1", b"ready")):
+        pair = keys.add(role, name)
+        dial((broker_public, *pair)).send(payload)
+        assert receive(router) == (payload, user_id(role, name, pair))
 
 
 def test_strangers_are_refused_at_the_handshake(curve_router):
@@ -69,7 +72,7 @@ def test_strangers_are_refused_at_the_handshake(curve_router):
     dial((wrong_broker, *keys.add("client", "bob"))).send(b"wrong broker key")
     assert receive(router, REFUSED_WAIT) is None
     alice.send(b"still served")
-    assert receive(router) == (b"still served", f"client:alice:{alice_keys[0].decode()}")
+    assert receive(router) == (b"still served", user_id("client", "alice", alice_keys))
 
 
 def test_a_revoked_key_cannot_connect_again(curve_router):
@@ -77,7 +80,7 @@ def test_a_revoked_key_cannot_connect_again(curve_router):
     broker_public = keys.broker_keys()[0]
     node = keys.add("worker", "node-1")
     dial((broker_public, *node)).send(b"before")
-    assert receive(router) == (b"before", f"worker:node-1:{node[0].decode()}")
+    assert receive(router) == (b"before", user_id("worker", "node-1", node))
     keys.revoke("node-1")
     dial((broker_public, *node)).send(b"after")
     assert receive(router, REFUSED_WAIT) is None

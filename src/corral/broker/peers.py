@@ -36,21 +36,14 @@ class Peers:
         if kind == Kind.HELLO:
             self.hello(sock, ident, body, now, user)
             return
-        worker = self.workers.get(ident)
-        if worker is not None:
-            if worker.user != user:
+        peer = self.workers.get(ident) or self.clients.get(ident)
+        if peer is not None:
+            if peer.user != user:
                 self.impostor(ident, user)
                 return
-            worker.last_seen = now
-            self.handle_worker(worker, kind, body, protocol.unpack(body, frames))
-            return
-        client = self.clients.get(ident)
-        if client is not None:
-            if client.user != user:
-                self.impostor(ident, user)
-                return
-            client.last_seen = now
-            self.handle_client(client, kind, body, protocol.unpack(body, frames))
+            peer.last_seen = now
+            handle = self.handle_worker if isinstance(peer, WorkerState) else self.handle_client
+            handle(peer, kind, body, protocol.unpack(body, frames))
             return
         if kind != Kind.BYE and now - self.told_unknown.get(ident, -1e9) >= self.heartbeat:
             # A peer we do not know (we restarted, or dropped it as silent) must say HELLO again:
