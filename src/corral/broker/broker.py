@@ -357,8 +357,9 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
     def drop_revoked(self) -> None:
         """Drop the connected peers whose keys were revoked (``corral keys revoke``) since they
         said HELLO: a client as a silent one, a worker as a lost one; each is told why."""
+        allowed = self.guard.allow_lists()
         for peer in [*self.clients.values(), *self.workers.values()]:
-            if peer.user is None or self.guard.still_allowed(peer.user):
+            if peer.user is None or self.guard.still_allowed(peer.user, allowed):
                 continue
             why = f"its key {peer.user.split(':')[1]!r} was revoked"
             self.send(self.clients_sock if isinstance(peer, ClientState) else self.workers_sock, peer.ident,

@@ -76,11 +76,18 @@ class Guard:
             if why is not None:
                 self.complain(f"refused a connection on {event['endpoint'].decode(errors='replace')}: {why}")
 
-    def still_allowed(self, user: str) -> bool:
-        """Is the key of a connected peer (its User-Id ``role:name:key``) still on its role's allow-list?"""
+    def still_allowed(self, user: str, allowed: dict | None = None) -> bool:
+        """Is the key of a connected peer (its User-Id ``role:name:key``) still on its role's allow-list?
+        ``allowed``: the allow-lists by role, read once for many peers (``allow_lists``)."""
         role, _, rest = user.partition(":")
         key = rest.partition(":")[2].encode()
-        return role in ROLES and key in self.keys.allowed(role)
+        if role not in ROLES:
+            return False
+        return key in (allowed[role] if allowed is not None else self.keys.allowed(role))
+
+    def allow_lists(self) -> dict[str, dict[bytes, str]]:
+        """Every role's allow-list as it is now (each read again only if it changed)."""
+        return {role: self.keys.allowed(role) for role in ROLES}
 
     def close(self) -> None:
         """Stop the monitors and the ZAP handler."""
