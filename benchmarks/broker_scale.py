@@ -75,9 +75,10 @@ class BrokerProcess:
 
     ``address`` is what a client passes to ``Executor(address=...)``: the connection file the broker
     wrote (CurveZMQ) or its tcp:// address (plain, ``insecure=True``); ``tcp`` is the address itself.
+    ``profile``: run it under cProfile, which writes its stats to that file when it stops.
     """
 
-    def __init__(self, curve: bool, key_dir: str, started: float = 30.0):
+    def __init__(self, curve: bool, key_dir: str, started: float = 30.0, profile: str | None = None):
         import subprocess
         import sys
         import tempfile
@@ -85,7 +86,8 @@ class BrokerProcess:
         raise_fd_limit()  # inherited by the child
         self.curve = curve
         self.tcp = f"tcp://127.0.0.1:{free_port()}"
-        cmd = [sys.executable, "-m", "corral.cli", "broker", "--listen", self.tcp]
+        profiled = [] if profile is None else ["-m", "cProfile", "-o", profile]  # written when it stops
+        cmd = [sys.executable, *profiled, "-m", "corral.cli", "broker", "--listen", self.tcp]
         cmd += ["--keys", key_dir] if curve else ["--insecure"]
         self.stderr = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
@@ -133,7 +135,7 @@ def executor(address: str, curve: bool):
 
 
 @contextlib.contextmanager
-def broker_process(curve: bool = False, key_dir: str | None = None):
+def broker_process(curve: bool = False, key_dir: str | None = None, profile: str | None = None):
     """Yield a ``BrokerProcess`` (``corral broker``); stop it (SIGTERM) on the way out.
 
     CurveZMQ uses the keys in ``key_dir`` (made if missing); without ``key_dir``, a temporary one.
@@ -143,7 +145,7 @@ def broker_process(curve: bool = False, key_dir: str | None = None):
     with contextlib.ExitStack() as stack:
         if key_dir is None:
             key_dir = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="cbench-keys-")), "keys")
-        broker = BrokerProcess(curve, key_dir)
+        broker = BrokerProcess(curve, key_dir, profile=profile)
         try:
             yield broker
         finally:
