@@ -1,17 +1,20 @@
 """The scale of one corral broker: many simulated workers, and memory per queued task.
 
-    python benchmarks/broker_scale.py workers --counts 10,100,1000 --tasks 50000
+    python benchmarks/broker_scale.py workers --counts 10,100,1000 --tasks 50000 [--curve]
     python benchmarks/broker_scale.py queued --tasks 1000000
 
-``bench.py`` runs both as its metrics ``scale`` and ``queued``.  The broker
-(``corral.broker.Broker``) runs in a process of its own on a random
-``tcp://127.0.0.1`` port.  A simulated worker is one DEALER socket that speaks
-the worker's side of the protocol as ``corral/worker.py`` does (HELLO with role
-"worker", READY with credit, STARTED and then RESULT, with ``credit: 1``, for
-every TASKS entry, HEARTBEAT when it has sent nothing for an interval, BYE on
-SHUTDOWN) but runs nothing: a RESULT's payload is the task's own frames echoed
-back.  A few processes each drive a few hundred such sockets from one poll loop.
-The client is a plain ``corral.Executor(address=...)``.
+``bench.py`` runs both as its metrics ``scale`` and ``queued`` (plain TCP);
+``tcp_path.py`` runs ``workers --curve``.  The broker is ``corral broker`` in a
+process of its own on a free ``tcp://127.0.0.1`` port: ``--insecure``, or with
+``--curve`` CurveZMQ with a key directory made for the run (``--keys DIR``), in
+which every simulated worker gets a key of its own (``KeyDir.add``).  A
+simulated worker is one DEALER socket that speaks the worker's side of the
+protocol as ``corral/worker.py`` does (HELLO with role "worker", READY with
+credit, STARTED and then RESULT, with ``credit: 1``, for every TASKS entry,
+HEARTBEAT when it has sent nothing for an interval, BYE on SHUTDOWN) but runs
+nothing: a RESULT's payload is the task's own frames echoed back.  A few
+processes each drive a few hundred such sockets from one poll loop.  The
+client is a plain ``corral.Executor(address=...)``.
 """
 
 from __future__ import annotations
@@ -52,33 +55,101 @@ def deadline_left(deadline: float) -> float:
 # -- the broker, in its own process -------------------------------------------------
 
 
-def serve_broker(conn) -> None:
-    raise_fd_limit()
-    import zmq
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    from corral.broker.broker import Broker
 
-    broker = Broker("tcp://127.0.0.1:*")
-    signal.signal(signal.SIGTERM, lambda signum, frame: setattr(broker, "running", False))
-    conn.send(broker.clients_sock.getsockopt_string(zmq.LAST_ENDPOINT))
-    conn.close()
-    broker.serve()
+def corral_env(**extra) -> dict:
+    """The environment for a ``python -m corral.cli`` child: this process's corral first on its path."""
+    import corral
+
+    src = os.path.dirname(os.path.dirname(os.path.abspath(corral.__file__)))
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else ""), **extra}
+
+
+class BrokerProcess:
+    """``corral broker`` on a free tcp://127.0.0.1 port, CurveZMQ (keys in ``key_dir``) or plain.
+
+    ``address`` is what a client passes to ``Executor(address=...)``: the connection file the broker
+    wrote (CurveZMQ) or its tcp:// address (plain, ``insecure=True``); ``tcp`` is the address itself.
+    ``profile``: run it under cProfile, which writes its stats to that file when it stops.
+    """
+
+    def __init__(self, curve: bool, key_dir: str, started: float = 30.0, profile: str | None = None):
+        import subprocess
+        import sys
+        import tempfile
+
+        raise_fd_limit()  # inherited by the child
+        self.curve = curve
+        self.tcp = f"tcp://127.0.0.1:{free_port()}"
+        profiled = [] if profile is None else ["-m", "cProfile", "-o", profile]  # written when it stops
+        cmd = [sys.executable, *profiled, "-m", "corral.cli", "broker", "--listen", self.tcp]
+        cmd += ["--keys", key_dir] if curve else ["--insecure"]
+        self.stderr = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                     env=corral_env(CORRAL_HOME=os.path.dirname(key_dir)))
+        self.pid = self.proc.pid
+        self.address = self.tcp
+        end = time.monotonic() + started
+        want = "connection file " if curve else "listening on "
+        while True:
+            self.stderr.seek(0)
+            text = self.stderr.read()
+            if want in text:
+                break
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"corral broker did not start: {text[-500:]!r}")
+            time.sleep(0.02)
+        if curve:
+            self.address = text.split("connection file ", 1)[1].split(" (", 1)[0]
+
+    def stop(self, grace: float = 5.0) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def executor(address: str, curve: bool):
+    """A client of a broker started by ``BrokerProcess``."""
+    import warnings
+
+    import corral
+
+    if curve:
+        return corral.Executor(address=address)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", corral.SecurityWarning)
+        return corral.Executor(address=address, insecure=True)
 
 
 @contextlib.contextmanager
-def broker_process():
-    """Yield (address, pid) of a broker in a child process; stop it (SIGTERM) on the way out."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(target=serve_broker, args=(child,), name="corral-broker")
-    proc.start()
-    child.close()
-    try:
-        if not parent.poll(30):
-            raise TimeoutError("the broker did not start within 30 s")
-        yield parent.recv(), proc.pid
-    finally:
-        stop_processes([proc])
+def broker_process(curve: bool = False, key_dir: str | None = None, profile: str | None = None):
+    """Yield a ``BrokerProcess`` (``corral broker``); stop it (SIGTERM) on the way out.
+
+    CurveZMQ uses the keys in ``key_dir`` (made if missing); without ``key_dir``, a temporary one.
+    """
+    import tempfile
+
+    with contextlib.ExitStack() as stack:
+        if key_dir is None:
+            key_dir = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="cbench-keys-")), "keys")
+        broker = BrokerProcess(curve, key_dir, profile=profile)
+        try:
+            yield broker
+        finally:
+            broker.stop()
 
 
 def stop_processes(procs, grace: float = 5.0) -> None:
@@ -96,8 +167,12 @@ def stop_processes(procs, grace: float = 5.0) -> None:
 # -- simulated workers -----------------------------------------------------------------
 
 
-def simulate_workers(address: str, count: int, first: int) -> None:
-    """Drive ``count`` simulated workers from one loop until the broker says SHUTDOWN."""
+def simulate_workers(address: str, count: int, first: int, curve: tuple | None = None) -> None:
+    """Drive ``count`` simulated workers from one loop until the broker says SHUTDOWN.
+
+    ``curve``: (the broker's public key, [(public, secret) of each worker]): every socket is a
+    CurveZMQ client with a worker key of its own, named ``sim-N`` in the broker's allow-list.
+    """
     raise_fd_limit()
     import zmq
 
@@ -134,6 +209,9 @@ def simulate_workers(address: str, count: int, first: int) -> None:
     for i in range(count):
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 1000)
+        if curve is not None:
+            sock.curve_serverkey = curve[0]
+            sock.curve_publickey, sock.curve_secretkey = curve[1][i]
         sock.connect(address)
         hello = {"role": "worker", "name": f"sim-{first + i}", "host": host, "pid": os.getpid(), "fresh": False}
         send(sock, Kind.HELLO, hello)
@@ -160,13 +238,16 @@ def simulate_workers(address: str, count: int, first: int) -> None:
         ctx.destroy(linger=1000)
 
 
-def start_workers(address: str, count: int, first: int) -> list:
+def start_workers(address: str, count: int, first: int, curve: tuple | None = None) -> list:
+    """Processes driving simulated workers ``sim-first`` to ``sim-(first+count-1)``; ``curve``:
+    (the broker's public key, [(public, secret) of every worker, by number])."""
     ctx = multiprocessing.get_context("spawn")
     nproc = max(1, math.ceil(count / SOCKETS_PER_PROCESS))
     procs = []
     for i in range(nproc):
         share = count // nproc + (i < count % nproc)
-        proc = ctx.Process(target=simulate_workers, args=(address, share, first), name="corral-sim-workers")
+        keys = None if curve is None else (curve[0], curve[1][first:first + share])
+        proc = ctx.Process(target=simulate_workers, args=(address, share, first, keys), name="corral-sim-workers")
         proc.start()
         procs.append(proc)
         first += share
@@ -190,24 +271,42 @@ def submit_and_wait(ex, fn, n: int, deadline: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def measure_workers(counts: list[int], tasks: int, fn=noop, seconds: float = 120.0) -> dict:
+def worker_keys(key_dir: str, count: int) -> list[tuple[bytes, bytes]]:
+    """(public, secret) of ``count`` worker keys ``sim-0``... added to the allow-list in ``key_dir``."""
+    from corral.security.keys import KeyDir
+
+    keys = KeyDir(key_dir)
+    return [keys.add("worker", f"sim-{i}") for i in range(count)]
+
+
+def measure_workers(counts: list[int], tasks: int, fn=noop, seconds: float = 120.0, curve: bool = False) -> dict:
     """Throughput of ``tasks`` no-ops through one broker with each number of simulated workers.
 
     The workers are added between the steps: first ``counts[0]``, then more up to ``counts[1]``...
-    Returns {"workers": counts, "per_s_w0": ..., "per_s_w1": ...}.
+    ``curve``: the broker (``corral broker --keys DIR``), the client and every simulated worker
+    speak CurveZMQ, each worker with a key of its own; otherwise plain TCP (``--insecure``).
+    Returns {"workers": counts, "per_s_w0": ..., "per_s_w1": ..., "keys_s": ...}.
     """
-    import corral
+    import tempfile
 
     raise_fd_limit()
     deadline = time.monotonic() + seconds
-    result = {"workers": counts, "tasks": tasks}
+    result = {"workers": counts, "tasks": tasks, "curve": curve}
     sims = []
     try:
-        with broker_process() as (address, _):
-            with corral.Executor(address=address) as ex:
+        with tempfile.TemporaryDirectory(prefix="cbench-keys-") as home:
+            key_dir, curve_keys = os.path.join(home, "keys"), None
+            if curve:
+                from corral.security.keys import KeyDir
+
+                t0 = time.perf_counter()
+                pairs = worker_keys(key_dir, max(counts))
+                result["keys_s"] = time.perf_counter() - t0
+                curve_keys = (KeyDir(key_dir).broker_keys()[0], pairs)
+            with broker_process(curve, key_dir) as broker, executor(broker.address, curve) as ex:
                 for i, count in enumerate(counts):
                     have = counts[i - 1] if i else 0
-                    sims += start_workers(address, count - have, have)
+                    sims += start_workers(broker.tcp, count - have, have, curve_keys)
                     wait_for_workers(ex, count, deadline)
                     submit_and_wait(ex, fn, min(500, tasks), deadline)  # warm-up
                     result[f"per_s_w{i}"] = submit_and_wait(ex, fn, tasks, deadline)
@@ -237,11 +336,10 @@ def payload_bytes(fn) -> int | None:
 
 def measure_queued(tasks: int, batch: int = 10_000, fn=noop, seconds: float = 120.0) -> dict:
     """Broker RSS growth per queued no-op, with ``tasks`` queued and no worker to run them."""
-    import corral
-
     deadline = time.monotonic() + seconds
-    with broker_process() as (address, pid):
-        ex = corral.Executor(address=address)
+    with broker_process() as broker:
+        pid = broker.pid
+        ex = executor(broker.address, False)
         ex.summary(deadline_left(deadline))  # connected and known to the broker
         before = rss(pid)
         futures = []
@@ -270,11 +368,12 @@ def main(argv=None) -> int:
     w = sub.add_parser("workers", help="throughput with more and more simulated workers")
     w.add_argument("--counts", default="10,100,1000")
     w.add_argument("--tasks", type=int, default=50_000)
+    w.add_argument("--curve", action="store_true", help="CurveZMQ on every link, a key per simulated worker")
     q = sub.add_parser("queued", help="broker memory per queued task")
     q.add_argument("--tasks", type=int, default=1_000_000)
     args = ap.parse_args(argv)
     if args.what == "workers":
-        print(measure_workers([int(c) for c in args.counts.split(",")], args.tasks, seconds=600))
+        print(measure_workers([int(c) for c in args.counts.split(",")], args.tasks, seconds=600, curve=args.curve))
     else:
         print(measure_queued(args.tasks, seconds=600))
     return 0

@@ -11,7 +11,9 @@ key, so only the crypto is measured, not a ZAP handler):
 
 1. a no-op round trip, one message at a time (p50 and p99, µs);
 2. small messages with up to ``WINDOW`` in flight (messages per second);
-3. a 64 MiB payload there and back (MiB/s: size / round-trip time, median).
+3. a 64 MiB payload there and back (MiB/s: size / round-trip time, median);
+   and the same over a single connection, a client DEALER and an echoing
+   ROUTER with no broker between (``measure_direct``).
 
 Only pyzmq and the standard library.
 """
@@ -49,10 +51,16 @@ def _keys(sock: zmq.Socket, curve: dict | None, role: str) -> None:
         sock.curve_publickey, sock.curve_secretkey = curve[role]
 
 
+def _unbounded(sock: zmq.Socket) -> None:
+    """No high-water marks: a ROUTER drops what it cannot queue, and a dropped echo is a hang."""
+    sock.sndhwm = sock.rcvhwm = 0
+
+
 def _broker(port: int, curve: dict | None) -> None:
     """Relay: a message from the worker goes to the client it names; any other to the worker."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
+    _unbounded(router)
     _keys(router, curve, "server")
     router.bind(f"tcp://127.0.0.1:{port}")
     worker, early = None, []
@@ -81,6 +89,7 @@ def _worker(port: int, curve: dict | None) -> None:
     """Echo: answer each [client, payload] with itself."""
     ctx = zmq.Context()
     dealer = ctx.socket(zmq.DEALER)
+    _unbounded(dealer)
     _keys(dealer, curve, "worker")
     dealer.connect(f"tcp://127.0.0.1:{port}")
     dealer.send(b"worker")
@@ -93,6 +102,53 @@ def _worker(port: int, curve: dict | None) -> None:
     ctx.term()
 
 
+def _direct_echo(port: int, curve: dict | None) -> None:
+    """One hop: a ROUTER (the CurveZMQ server) that answers each message with itself, until "stop"."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    _keys(router, curve, "server")
+    router.bind(f"tcp://127.0.0.1:{port}")
+    while True:
+        frames = router.recv_multipart(copy=False)
+        if frames[-1].bytes == b"stop":
+            break
+        router.send_multipart(frames, copy=False)
+    router.close(0)
+    ctx.term()
+
+
+def measure_direct(curve: dict | None, big_trips: int) -> dict:
+    """A 64 MiB payload there and back over one connection (client DEALER <-> echo ROUTER, two
+    processes, no broker): the most one CurveZMQ (or plain) connection carries.  {"mib_s": ...}"""
+    port = _free_port()
+    proc = multiprocessing.get_context("fork").Process(target=_direct_echo, args=(port, curve))
+    proc.start()
+    ctx = zmq.Context()
+    client = ctx.socket(zmq.DEALER)
+    _keys(client, curve, "client")
+    client.connect(f"tcp://127.0.0.1:{port}")
+    try:
+        client.send(b"x")
+        assert client.poll(30_000), "the echo process did not come up"
+        client.recv()
+        payload = os.urandom(1 << 20) * (BIG >> 20)
+        big = []
+        for _ in range(big_trips):
+            started = time.perf_counter()
+            client.send(payload, copy=False)
+            client.recv(copy=False)
+            big.append(time.perf_counter() - started)
+        client.send(b"stop")
+    finally:
+        client.close(0)
+        ctx.term()
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    return {"mib_s": (BIG >> 20) / statistics.median(big)}
+
+
 def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int) -> dict:
     """The three measures through a fresh broker and worker."""
     port = _free_port()
@@ -102,6 +158,8 @@ def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int
         p.start()
     ctx = zmq.Context()
     client = ctx.socket(zmq.DEALER)
+    _unbounded(client)
+    client.rcvtimeo = 60_000  # a lost message raises zmq.Again instead of hanging
     _keys(client, curve, "client")
     client.connect(f"tcp://127.0.0.1:{port}")
     try:
@@ -160,11 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     curve = {role: zmq.curve_keypair() for role in ("server", "client", "worker")}
     print(f"raw pyzmq {zmq.pyzmq_version()} / libzmq {zmq.zmq_version()}, client -> broker -> worker "
           f"over tcp://127.0.0.1, {os.cpu_count()} CPUs")
-    print("| link | round trip p50 (µs) | p99 (µs) | pipelined (msgs/s) | 64 MiB there and back (MiB/s) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| link | round trip p50 (µs) | p99 (µs) | pipelined (msgs/s) | 64 MiB there and back (MiB/s) "
+          "| 64 MiB, one connection, no broker (MiB/s) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, keys in (("plaintext", None), ("CurveZMQ", curve)):
         r = measure(keys, *counts)
-        print(f"| {name} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {r['per_s']:,.0f} | {r['mib_s']:,.0f} |")
+        one = measure_direct(keys, counts[2])
+        print(f"| {name} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {r['per_s']:,.0f} | {r['mib_s']:,.0f} "
+              f"| {one['mib_s']:,.0f} |")
 
 
 if __name__ == "__main__":
