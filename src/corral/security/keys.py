@@ -124,9 +124,9 @@ class KeyDir:
         half is kept nowhere else: put it in a connection file (``write_connection``)."""
         check_name(name)
         role_dir = self._role_dir(role)
-        for peer in self.peers():
-            if peer.name == name:
-                raise CredentialsError(f"a {peer.role} named {name!r} exists already: choose another name, "
+        for other in ROLES:  # a name is one peer's, whatever its role (a file each: no list read)
+            if (self._role_dir(other) / f"{name}.key").exists():
+                raise CredentialsError(f"a {other} named {name!r} exists already: choose another name, "
                                        f"or revoke it first (corral keys revoke {name})")
         return self._make_pair(name, role_dir)
 
