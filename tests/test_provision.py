@@ -194,3 +194,22 @@ def test_a_key_directory_open_to_others_is_refused(tmp_path):
     os.chmod(home, 0o755)
     out = corral_run("broker", "--listen", f"tcp://127.0.0.1:{free_port()}", "--keys", str(home))
     assert out.returncode != 0 and "chmod 700" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_insecure_links_work_and_warn_at_every_start():
+    address = f"tcp://127.0.0.1:{free_port()}"
+    broker = start_broker(address, "--insecure")
+    worker = subprocess.Popen(corral_cmd("worker", address, "--insecure", "--processes", "1"),
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2):  # each executor says so, not only the first of the program
+            with pytest.warns(corral.SecurityWarning, match="without encryption or authentication"):
+                ex = corral.Executor(address=address, insecure=True)
+            with ex:
+                assert ex.submit(abs, -6).result(TIMEOUT) == 6
+    finally:
+        stop(worker)
+        stop(broker)
+    said = worker.stderr.read()
+    worker.stderr.close()
+    assert said.count("corral: SecurityWarning: connecting to") == 1, said  # the command, not each process
