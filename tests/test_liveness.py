@@ -240,3 +240,20 @@ def test_a_client_whose_broker_never_answered_says_so():
             ex.summary(timeout=0.3)
         with pytest.raises(corral.BrokerLostError, match="no broker answered at .*is `corral broker` running"):
             ex.submit(abs, 1).result(TIMEOUT)
+
+
+def test_a_task_submitted_after_an_idle_spell_gets_a_whole_liveness_period():
+    """Before, the client's silence clock ran while it waited for nothing: a task submitted
+    0.5 s after a BrokerLostError was failed 0.2 s later, long before its liveness (0.6 s)."""
+    broker = start_broker(f"tcp://127.0.0.1:{free_port()}", "--heartbeat", "0.2")
+    with corral.Executor(address=broker.connection) as ex:  # it takes the broker's: liveness 3 x 0.2 s
+        ex.summary(TIMEOUT)  # the broker answers (it has no worker: no task would)
+        broker.kill()
+        broker.wait(10)
+        with pytest.raises(corral.BrokerLostError):
+            ex.submit(abs, -2).result(TIMEOUT)
+        time.sleep(0.5)  # idle: nothing is asked of the broker
+        submitted = time.monotonic()
+        with pytest.raises(corral.BrokerLostError):
+            ex.submit(abs, -3).result(TIMEOUT)
+        assert time.monotonic() - submitted >= 0.55

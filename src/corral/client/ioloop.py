@@ -279,8 +279,13 @@ class IOLoop:
             self.resolve(*self.held_outcomes.popleft())
 
     def lost(self, silence: float) -> bool:
-        """Is the broker gone?  Never an embedded one: it lives in this very thread."""
-        if not (self.futures or self.status_asked or self.status_waiters) or self.broker is not None:
+        """Is the broker gone?  Never an embedded one: it lives in this very thread.  Silence
+        counts only while we wait for an answer: a task submitted after an idle spell (after
+        a BrokerLostError, say) has a whole liveness period of its own."""
+        if self.broker is not None:
+            return False
+        if not (self.futures or self.status_asked or self.status_waiters):
+            self.last_heard = time.monotonic()
             return False
         return silence > self.heartbeat * self.liveness
 
