@@ -35,6 +35,8 @@ import pytest
 import netns
 from helpers import corral_cmd, gone, read_line, wait_for
 
+pytestmark = pytest.mark.network
+
 PORT = 7700  # the hub's own: no other program listens in a namespace the test made
 ADDRESS = f"tcp://{netns.HUB_IP}:{PORT}"
 CLIENT = os.path.join(os.path.dirname(__file__), "netns_client.py")
