@@ -24,7 +24,7 @@ from corral.broker.broker import Broker
 from corral.security.keys import KeyDir, write_connection
 from corral.wire import protocol
 from corral.wire.protocol import Kind
-from helpers import TIMEOUT, free_port, start_worker, stop, wait_for
+from helpers import TIMEOUT, corral_cmd, free_port, start_worker, stop, wait_for
 
 REFUSED_WAIT = 1.5  # seconds in which a refused peer must hear nothing
 
@@ -295,3 +295,38 @@ def test_connection_files_and_key_directories_are_private(tmp_path, secure):
     os.chmod(path, 0o644)
     with pytest.raises(corral.CredentialsError, match="chmod 600"):
         corral.Executor(address=path)
+
+
+def test_a_client_or_worker_whose_key_is_refused_is_told_so(secure, tmp_path):
+    """Before, a peer whose key the broker refused waited in silence: ZeroMQ turns the handshake
+    down inside the socket."""
+    b = secure(heartbeat=0.2)
+    client = b.connection("client", "alice")
+    b.keys.revoke("alice")
+    started = time.monotonic()
+    with corral.Executor(address=client) as ex:
+        with pytest.raises(corral.BrokerLostError, match="refused this client's key: it is on none of its allow"):
+            ex.submit(abs, -1).result(TIMEOUT)
+    assert time.monotonic() - started < 5  # at the handshake, not after the liveness
+    worker_file = b.connection("worker", "node-9")
+    b.keys.revoke("node-9")
+    worker = subprocess.Popen(corral_cmd("worker", worker_file, "--processes", "2"), stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        assert worker.wait(TIMEOUT) == 1
+    finally:
+        stop(worker)
+    said = worker.stderr.read()
+    worker.stderr.close()
+    assert "refused this worker's key: it is on none" in said
+    assert "corral worker: the broker refused this worker's key; stopping" in said
+
+
+def test_a_client_holding_another_brokers_key_is_told_why_the_broker_seems_silent(secure, tmp_path):
+    b = secure(heartbeat=0.2)
+    public, secret = b.keys.add("client", "alice")
+    wrong = tmp_path / "wrong.json"
+    write_connection(wrong, b.address, zmq.curve_keypair()[0], {"client": ("alice", public, secret)})
+    with corral.Executor(address=str(wrong), heartbeat=0.2) as ex:
+        with pytest.raises(corral.BrokerLostError, match="broker key in the connection file may not be this"):
+            ex.submit(abs, -1).result(TIMEOUT)

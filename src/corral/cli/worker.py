@@ -68,6 +68,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..errors import AddressError
     from ..local.pool import LocalPool, WorkerStartError, refusal
     from ..security.credentials import resolve
+    from ..worker.supervisor import REFUSED_EXIT
 
     # Read and checked here, once: a bad file or a missing key is answered now, not by every process.
     try:
@@ -85,6 +86,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     pool = LocalPool(args.address, args.processes, config)
     restarts = Restarts()
     stopping = False
+    code = 0
 
     def stop(signum, frame):
         nonlocal stopping
@@ -103,6 +105,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
             time.sleep(0.2)
             now = time.monotonic()
             for gone in pool.reap():
+                if gone.returncode == REFUSED_EXIT and not stopping:  # it said why on stderr
+                    print("corral worker: the broker refused this worker's key; stopping (another process "
+                          "would be refused too)", file=sys.stderr, flush=True)
+                    stopping, code = True, 1
+                    break
                 line = restarts.ended(gone.pid, gone.returncode, now)
                 if line and not stopping:
                     print(line, file=sys.stderr, flush=True)
@@ -116,4 +123,4 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for proc in pool.procs.values():
             proc.terminate()
         pool.stop(grace=5)
-    return 0
+    return code

@@ -47,7 +47,7 @@ from ..wire.poller import POLLIN, Spin
 from ..wire.protocol import Kind, Status
 from .future import CorralFuture, cancel_now, mark_started, settle
 from .leading import Leading, SigintDeferred
-from .links import DirectLink, Link, SocketLink
+from .links import KEY_REFUSED, DirectLink, Link, SocketLink
 
 _UNGUARDED = contextlib.nullcontext()  # a turn of the I/O thread: nothing to hold back
 
@@ -256,8 +256,9 @@ class IOLoop:
                 else:
                     keys = (" If it runs, its key may not be the one in the connection file, or it refused "
                             "this client's key (its log says so)." if self.curve else "")
+                    note = getattr(self.link, "handshake_note", lambda: "")()
                     why = (f"no broker answered at {self.address} within {silence:.1f} s (is `corral broker` "
-                           f"running there, and reachable from here?).{keys}")
+                           f"running there, and reachable from here?).{note or keys}")
                 self.start_over(BrokerLostError(f"{why} Later tasks go to the broker once it answers."))
             return self.closing and not self.futures and not self.outq
 
@@ -373,6 +374,11 @@ class IOLoop:
                 self.start_over(BrokerLostError(
                     f"the broker at {self.address} no longer knows this client (it restarted, or lost "
                     "touch with it): the tasks it held are lost. Later tasks go to it as usual."))
+            return
+        if body.get("code") == KEY_REFUSED:  # at the handshake, from our own link: final, nothing more is sent
+            self.welcomed = False
+            self.broken = BrokerLostError(f"{message[:1].upper()}{message[1:]} (broker at {self.address}).")
+            self.fail_all(self.broken)
             return
         if body.get("code") == protocol.REFUSED and self.welcomed:
             # It serves us no more (our key was revoked): what we had there is lost.

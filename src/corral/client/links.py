@@ -15,9 +15,12 @@ import zmq
 
 from ..broker.broker import Broker
 from ..logs import logger
+from ..security.handshakes import HandshakeWatch
 from ..wire import protocol, sockets
 from ..wire.poller import POLLIN
 from ..wire.protocol import Kind
+
+KEY_REFUSED = "key_refused"  # not on the wire: what SocketLink reports when the broker refused our key
 
 
 class Link(Protocol):
@@ -39,16 +42,37 @@ class SocketLink:
     """The I/O loop's connection to a broker elsewhere: a ZeroMQ DEALER socket."""
 
     def __init__(self, ctx: zmq.Context, address: str, curve: tuple[bytes, bytes, bytes] | None = None):
-        self.sock = sockets.dealer(ctx, address, linger=1000, curve=curve)
+        self.watch: HandshakeWatch | None = None  # the broker's verdict on our key (handshakes.py)
+
+        def watch(sock: zmq.Socket) -> None:
+            self.watch = HandshakeWatch(sock, "client")
+
+        self.sock = sockets.dealer(ctx, address, linger=1000, curve=curve, before_connect=curve and watch)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, POLLIN)
+        self.told_refused = False
+        if self.watch is not None:
+            self.poller.register(self.watch.socket, POLLIN)
+
+    def handshake_note(self) -> str:
+        """Why the broker may seem silent: its handshakes fail (a sentence, or "")."""
+        failure = self.watch.last_failure if self.watch is not None else None
+        return f" The broker at that address is reached, but {failure}." if failure else ""
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
         """One message to the broker."""
-        self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
+        if self.watch is not None:
+            self.watch.send(protocol.message(kind, body, frames))
+        else:
+            self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
 
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
-        """The messages that arrived, parsed (malformed ones dropped)."""
+        """The messages that arrived, parsed (malformed ones dropped); a refused key as ERROR ``key_refused``."""
+        if self.watch is not None and (self.watch.socket in events or self.watch.refused):
+            refused = self.watch.read()
+            if refused and not self.told_refused:
+                self.told_refused = True
+                yield Kind.ERROR, {"code": KEY_REFUSED, "message": refused}, []
         if self.sock not in events:
             return
         for msg in sockets.waiting(self.sock):
@@ -62,6 +86,8 @@ class SocketLink:
 
     def close(self) -> None:
         """Close the link."""
+        if self.watch is not None:
+            self.watch.close()
         self.sock.close()
 
 

@@ -40,15 +40,19 @@ def router(ctx: zmq.Context, address: str, keys: tuple[bytes, bytes] | None = No
     return sock
 
 
-def dealer(ctx: zmq.Context, address: str, linger: int, curve: tuple[bytes, bytes, bytes] | None = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context, address: str, linger: int, curve: tuple[bytes, bytes, bytes] | None = None,
+           before_connect=None) -> zmq.Socket:
     """A client's or a worker's DEALER, connected to a broker; closing waits up to ``linger`` ms.
     With ``curve`` (the broker's public key, then this peer's public and secret key, Z85) it
-    speaks CurveZMQ, and reaches only the broker that holds that key's secret half."""
+    speaks CurveZMQ, and reaches only the broker that holds that key's secret half.
+    ``before_connect(sock)`` runs before it dials (a monitor must be there for the first handshake)."""
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, linger)
     sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot reach an IPv6 address
     if curve is not None:
         sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = curve
+    if before_connect is not None:
+        before_connect(sock)
     sock.connect(address)
     return sock
 

@@ -46,6 +46,8 @@ from ..wire.protocol import Kind
 from . import containment, task_process
 from .processes import TaskProcesses
 
+REFUSED_EXIT = 4  # our exit code when the broker refused our key at the handshake: no point starting again
+
 if TYPE_CHECKING:
     import zmq
 
@@ -207,7 +209,7 @@ class Supervisor(TaskProcesses):
                 for each in (fd, ended):
                     if each is not None:
                         waits.register(each, POLLIN)
-                extra = self.extra_waits()
+                extra = [*self.extra_waits(), *self.handshake_waits()]
                 for each in extra:
                     waits.register(each, POLLIN)
                 events = dict(waits.poll(self.poll_timeout() * 1000))
@@ -215,6 +217,8 @@ class Supervisor(TaskProcesses):
                     if each is not None:
                         waits.unregister(each)
                 self.extra_events(events)
+                if self.key_refused(events):
+                    return REFUSED_EXIT
                 if events.get(link, 0) & POLLOUT:
                     self.link.flush()
                 if events.get(link, 0) & POLLIN:
@@ -334,6 +338,21 @@ class Supervisor(TaskProcesses):
     def kill_on_lane(self, body: dict) -> None:
         """KILL of a task on a lane (a worker with a lane only)."""
 
+    def handshake_waits(self) -> list:
+        """The link's handshake monitor, where it has one (a CurveZMQ DEALER)."""
+        watch = getattr(self.link, "watch", None)
+        return [watch.socket] if watch is not None else []
+
+    def key_refused(self, events: dict) -> bool:
+        """Did the broker refuse our key at the handshake?  Then it never will take it: say so."""
+        watch = getattr(self.link, "watch", None)
+        if watch is None or (watch.socket not in events and watch.refused is None):
+            return False
+        refused = watch.read()
+        if refused:
+            self.say(f"{refused} (broker at {self.address})", logging.ERROR)
+        return bool(refused)
+
     def refused(self, body: dict) -> None:
         """The broker refused what we sent: it does not know us (it restarted), or will not serve us."""
         if body.get("code") == protocol.UNKNOWN_PEER:
@@ -421,12 +440,22 @@ class _DealerLink:
 
     def __init__(self, ctx: zmq.Context, address: str, curve: tuple | None):
         self.sockets = _sockets()
-        self.sock = self.sockets.dealer(ctx, address, linger=2000, curve=curve)
+        self.watch = None  # a refused key, seen at the handshake (security/handshakes.py)
+
+        def watch(sock) -> None:
+            from ..security.handshakes import HandshakeWatch
+
+            self.watch = HandshakeWatch(sock, "worker")
+
+        self.sock = self.sockets.dealer(ctx, address, linger=2000, curve=curve, before_connect=curve and watch)
         self.poll_key = self.sock
 
     def send(self, frames: list) -> None:
-        """Send one message (ZeroMQ queues it)."""
-        self.sock.send_multipart(frames, copy=False)
+        """Send one message (ZeroMQ queues it; with CurveZMQ, nothing once our key was refused)."""
+        if self.watch is not None:
+            self.watch.send(frames)
+        else:
+            self.sock.send_multipart(frames, copy=False)
 
     def receive(self) -> list[list]:
         """The messages waiting, their frames as buffers."""
@@ -442,6 +471,8 @@ class _DealerLink:
 
     def close(self, linger: int | None = None) -> None:
         """Close the DEALER."""
+        if self.watch is not None:
+            self.watch.close()
         self.sock.close(linger)
 
 
