@@ -114,3 +114,22 @@ def test_a_plain_socket_has_no_user_id(tmp_path):
         dealer.close(linger=0)
         router.close(linger=0)
         ctx.term()
+
+
+def test_curve_brokers_in_one_process_each_answer_their_own_handshakes(tmp_path):
+    """Before, a second CurveZMQ broker in a process failed: one ZAP handler per ZeroMQ context,
+    and both took the process's shared context."""
+    from corral.broker.broker import Broker
+    from helpers import free_port
+
+    first = Broker(f"tcp://127.0.0.1:{free_port()}", keys=KeyDir(tmp_path / "a"))
+    second = Broker(f"tcp://127.0.0.1:{free_port()}", keys=KeyDir(tmp_path / "b"))
+    ctx = zmq.Context()
+    third = Broker(f"tcp://127.0.0.1:{free_port()}", keys=KeyDir(tmp_path / "c"), context=ctx)
+    try:
+        with pytest.raises(RuntimeError, match="one ZAP handler per context"):
+            Broker(f"tcp://127.0.0.1:{free_port()}", keys=KeyDir(tmp_path / "d"), context=ctx)
+    finally:
+        for broker in (first, second, third):
+            broker.close()
+        ctx.term()

@@ -92,7 +92,10 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         insecure: bool = False,
         log=None,
     ):
-        self.ctx = context or zmq.Context.instance()
+        # A CurveZMQ broker's ZAP handler serves its whole context, and a context has room for one:
+        # without a context of the caller's, such a broker makes its own (and ends it when it closes).
+        self.own_ctx = context is None and keys is not None
+        self.ctx = context or (zmq.Context() if self.own_ctx else zmq.Context.instance())
         self.log = log or logger("broker").warning
         self.complain = Throttle(self.log)  # for what peers send wrong: never a flood of lines
         # Every TCP listener speaks CurveZMQ with the keys of ``keys`` (security/), unless ``insecure``.
@@ -421,6 +424,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         for sock in self.routers:
             sock.close()
         self.guard.close()
+        if self.own_ctx:
+            self.ctx.term()
 
 
 

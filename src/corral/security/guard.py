@@ -58,7 +58,14 @@ class Guard:
             from .zap import RoleAuthenticator
 
             self.auth = RoleAuthenticator(self.ctx, self.keys, self.complain)
-            self.auth.start()
+            try:
+                self.auth.start()
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE:
+                    raise
+                raise RuntimeError("this ZeroMQ context answers CurveZMQ handshakes for another broker already "
+                                   "(one ZAP handler per context): give each CurveZMQ broker a context of its own, "
+                                   "or none (it then makes one)") from None
         sock = sockets.router(self.ctx, address, keys=self.keys.broker_keys())
         self.curve.add(sock)
         self.monitors.append(sock.get_monitor_socket(
