@@ -357,24 +357,6 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
                 if self.pool and w.pid in self.pool.procs:
                     self.pool.kill(w.pid)
 
-    def drop_revoked(self) -> None:
-        """Drop the connected peers whose keys were revoked (``corral keys revoke``) since they
-        said HELLO: a client as a silent one, a worker as a lost one; each is told why."""
-        allowed = self.guard.allow_lists()
-        for peer in [*self.clients.values(), *self.workers.values()]:
-            if peer.user is None or self.guard.still_allowed(peer.user, allowed):
-                continue
-            why = f"its key {peer.user.split(':')[1]!r} was revoked"
-            self.send(self.clients_sock if isinstance(peer, ClientState) else self.workers_sock, peer.ident,
-                      Kind.ERROR, {"code": protocol.REFUSED, "message": f"refused this peer: {why}"})
-            if isinstance(peer, ClientState):
-                self.log(f"client {peer.ident!r}: {why}; dropping its tasks")
-                self.client_gone(peer)
-            else:
-                self.log(f"worker {peer.name} (pid {peer.pid} on {peer.host}): {why}; its tasks go to other workers")
-                self.send(self.workers_sock, peer.ident, Kind.SHUTDOWN)
-                self.worker_gone(peer, f"worker {peer.name} (pid {peer.pid} on {peer.host}): {why}")
-
     def stalled(self, w: WorkerState, now: float) -> bool:
         """Does a remote worker sit on tasks it received, none of them begun, while it reports
         no progress (a worker busy with a long task has begun it; one preparing says so)?"""

@@ -135,6 +135,24 @@ class Peers:
         self.workers[ident] = w
         self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
 
+    def drop_revoked(self) -> None:
+        """Drop the connected peers whose keys were revoked (``corral keys revoke``) since they
+        said HELLO: a client as a silent one, a worker as a lost one; each is told why."""
+        allowed = self.guard.allow_lists()
+        for peer in [*self.clients.values(), *self.workers.values()]:
+            if peer.user is None or self.guard.still_allowed(peer.user, allowed):
+                continue
+            why = f"its key {peer.user.split(':')[1]!r} was revoked"
+            self.send(self.clients_sock if isinstance(peer, ClientState) else self.workers_sock, peer.ident,
+                      Kind.ERROR, {"code": protocol.REFUSED, "message": f"refused this peer: {why}"})
+            if isinstance(peer, ClientState):
+                self.log(f"client {peer.ident!r}: {why}; dropping its tasks")
+                self.client_gone(peer)
+            else:
+                self.log(f"worker {peer.name} (pid {peer.pid} on {peer.host}): {why}; its tasks go to other workers")
+                self.send(self.workers_sock, peer.ident, Kind.SHUTDOWN)
+                self.worker_gone(peer, f"worker {peer.name} (pid {peer.pid} on {peer.host}): {why}")
+
     def trusts(self, w: WorkerState) -> bool:
         """May this worker's word break the executor?  Only our own pool's, in an embedded broker:
         a peer's claim affects only that peer's own tasks."""

@@ -49,7 +49,7 @@ from .processes import TaskProcesses
 REFUSED_EXIT = 4  # our exit code when the broker refused our key at the handshake: no point starting again
 
 if TYPE_CHECKING:
-    import zmq
+    pass
 
 WAIT_NOTE = 5.0  # a standalone worker with no broker after this many seconds says so; then at doubling intervals
 WAIT_NOTE_MAX = 60.0  # ... at least once a minute
@@ -80,7 +80,7 @@ class Supervisor(TaskProcesses):
     ):
         config = config or WorkerConfig()
         self.config = config
-        self.target = None if fd is not None else _target(address, config)
+        self.target = None if fd is not None else _dealer().broker_target(address, config)
         self.address = self.target.address if self.target is not None else "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
         self.fresh = config.fresh
@@ -123,7 +123,7 @@ class Supervisor(TaskProcesses):
         if self.fd is not None:
             self.link = stream.Stream(socket.socket(fileno=self.fd))
         else:
-            self.link = _DealerLink(self.ctx, self.address, self.target.curve)
+            self.link = _dealer().DealerLink(self.ctx, self.address, self.target.curve)
         self.last_heard = self.last_sent = time.monotonic()
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
@@ -339,16 +339,12 @@ class Supervisor(TaskProcesses):
         """KILL of a task on a lane (a worker with a lane only)."""
 
     def handshake_waits(self) -> list:
-        """The link's handshake monitor, where it has one (a CurveZMQ DEALER)."""
-        watch = getattr(self.link, "watch", None)
-        return [watch.socket] if watch is not None else []
+        """The link's handshake monitor, where it has one (a CurveZMQ DEALER: ``dealer.py``)."""
+        return self.link.handshake_waits() if self.fd is None else []
 
     def key_refused(self, events: dict) -> bool:
         """Did the broker refuse our key at the handshake?  Then it never will take it: say so."""
-        watch = getattr(self.link, "watch", None)
-        if watch is None or (watch.socket not in events and watch.refused is None):
-            return False
-        refused = watch.read()
+        refused = self.link.refusal(events) if self.fd is None else None
         if refused:
             self.say(f"{refused} (broker at {self.address})", logging.ERROR)
         return bool(refused)
@@ -432,63 +428,6 @@ class Supervisor(TaskProcesses):
         return os.getppid() != self.parent_pid
 
 
-class _DealerLink:
-    """A worker's connection to a broker elsewhere: a ZeroMQ DEALER with a ``stream.Stream``'s methods."""
-
-    pending = False  # ZeroMQ queues what we send
-    eof = False  # a broker that went away is found by its silence
-
-    def __init__(self, ctx: zmq.Context, address: str, curve: tuple | None):
-        self.sockets = _sockets()
-        self.watch = None  # a refused key, seen at the handshake (security/handshakes.py)
-
-        def watch(sock) -> None:
-            from ..security.handshakes import HandshakeWatch
-
-            self.watch = HandshakeWatch(sock, "worker")
-
-        self.sock = self.sockets.dealer(ctx, address, linger=2000, curve=curve, before_connect=curve and watch)
-        self.poll_key = self.sock
-
-    def send(self, frames: list) -> None:
-        """Send one message (ZeroMQ queues it; with CurveZMQ, nothing once our key was refused)."""
-        if self.watch is not None:
-            self.watch.send(frames)
-        else:
-            self.sock.send_multipart(frames, copy=False)
-
-    def receive(self) -> list[list]:
-        """The messages waiting, their frames as buffers."""
-        return [[f.buffer for f in msg] for msg in self.sockets.waiting(self.sock)]
-
-    def flush(self) -> None:
-        """Nothing to flush: ZeroMQ sends."""
-        pass
-
-    def drain_output(self, timeout: float) -> None:
-        """Nothing to wait for: closing lingers."""
-        pass  # closing waits up to LINGER for what is queued
-
-    def close(self, linger: int | None = None) -> None:
-        """Close the DEALER."""
-        if self.watch is not None:
-            self.watch.close()
-        self.sock.close(linger)
-
-
-def _target(address: str, config: WorkerConfig):
-    """The broker to dial and its keys (``security/credentials.py``).  Its pool's parent (``corral
-    worker``) warned already of a plain TCP link: each of its processes need not say it again."""
-    import warnings
-
-    from ..errors import SecurityWarning
-    from ..security.credentials import resolve
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SecurityWarning)
-        return resolve(address, "worker", keys=config.keys, insecure=config.insecure)
-
-
 def _zmq():
     """ZeroMQ, imported only by a worker that dials a broker: one started over a socket pair
     never needs it, and neither its template nor its task processes map libzmq."""
@@ -497,8 +436,8 @@ def _zmq():
     return zmq
 
 
-def _sockets():
-    """corral's ZeroMQ sockets (``wire.sockets``), imported as ZeroMQ is: only when a broker is dialled."""
-    from ..wire import sockets
+def _dealer():
+    """The link to a broker elsewhere (``dealer.py``), imported as ZeroMQ is: only when one is dialled."""
+    from . import dealer
 
-    return sockets
+    return dealer
