@@ -330,3 +330,51 @@ def test_a_client_holding_another_brokers_key_is_told_why_the_broker_seems_silen
     with corral.Executor(address=str(wrong), heartbeat=0.2) as ex:
         with pytest.raises(corral.BrokerLostError, match="broker key in the connection file may not be this"):
             ex.submit(abs, -1).result(TIMEOUT)
+
+
+def test_a_worker_resumes_its_session_on_a_new_connection_with_its_own_key_only(secure, tmp_path):
+    """A TCP reset gives a worker a new connection, which the broker's ROUTER knows by a new
+    identity.  The worker resumes its session there (broker/sessions.py): the task it held stays
+    its own, the result it sends on the new connection reaches the client once, and nothing
+    runs again.  A peer with another key cannot take the session over."""
+    b = secure(heartbeat=0.5, liveness=20)
+    client = b.raw_as("client", "alice")
+    client.send(Kind.HELLO, {"role": "client", "retries": 0})
+    client.expect(Kind.WELCOME)
+    old = b.raw_as("worker", "node-1")
+    old.send(Kind.HELLO, {"role": "worker", "name": "node-1", "host": "h", "pid": 7})
+    token = old.expect(Kind.WELCOME)["session"]
+    old.send(Kind.READY, {"credit": 2})
+    client.send(Kind.SUBMIT, *submit_frames(1, abs, -5))
+    client.send(Kind.SUBMIT, *submit_frames(2, abs, -6))
+    tasks = old.expect(Kind.TASKS)["tasks"]
+    if len(tasks) < 2:
+        tasks += old.expect(Kind.TASKS)["tasks"]
+    (first, _, _), (second, _, _) = tasks
+    old.send(Kind.STARTED, {"ids": [first]})
+    client.expect(Kind.STARTED)
+    old.close()  # the connection is gone; the broker still counts both tasks as node-1's
+    thief = b.raw_as("worker", "node-2")  # another worker key, which learnt the token
+    thief.send(Kind.HELLO, {"role": "worker", "name": "x", "host": "h", "pid": 8, "resume": token,
+                            "holding": [first, second], "started": [], "sent": [], "credit": 0})
+    assert thief.expect(Kind.WELCOME).get("resumed") is not True  # a worker of its own, with none of node-1's
+    thief.send(Kind.BYE, {})  # gone, so that node-1's fair share is the whole queue
+    new = b.raw((b.keys.broker_keys()[0], *b.pairs["node-1"]))  # the same key, a new connection
+    new.send(Kind.HELLO, {"role": "worker", "name": "node-1", "host": "h", "pid": 7, "resume": token,
+                          "holding": [first], "started": [first], "sent": [], "credit": 1})
+    welcome = new.expect(Kind.WELCOME)
+    assert welcome["resumed"] is True and welcome["session"] == token and welcome["resend"] == []
+    # The task it no longer holds (its TASKS lost with the connection) went back to the queue,
+    # and comes to it again, uncounted; the one it holds stays.
+    again = new.expect(Kind.TASKS)["tasks"]
+    assert [entry[0] for entry in again] == [second]
+    results = [protocol.result_entry(gid, protocol.Status.OK, 1) for gid in (first, second)]
+    new.send(Kind.RESULT, {"results": results, "credit": 0}, [serialization.dumps(5)[0], serialization.dumps(6)[0]])
+    got = {}
+    while len(got) < 2:
+        body = client.expect(Kind.RESULT)
+        for entry in body["results"]:
+            got[entry[0]] = entry[1]
+    assert got == {1: protocol.Status.OK, 2: protocol.Status.OK}
+    assert {kind for kind, _ in client.heard(1.0)} <= {Kind.HEARTBEAT}  # nothing twice
+    assert b.logged("resumed its session on a new connection")

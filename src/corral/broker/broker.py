@@ -65,6 +65,7 @@ from .lanes import LaneSeats, lane_window
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
+from .sessions import Sessions
 from .tasks import TaskTable
 
 __all__ = ["DEFAULT_RETRIES", "Broker"]
@@ -73,9 +74,9 @@ MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most r
 STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
 
 
-class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
+class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
     """The broker: one loop over every socket, which hands each message to the part it concerns
-    (``peers.py``, ``tasks.py``, ``lanes.py``, ``pairs.py``), dispatches (``scheduler.py``),
+    (``peers.py``, ``tasks.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``), dispatches (``scheduler.py``),
     then sends what each peer is owed this turn, one batch each."""
 
     def __init__(
@@ -126,6 +127,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks):
         self.tasks: dict[int, Task] = {}
         self.queue: deque[int] = deque()
         self.workers: dict[bytes, WorkerState] = {}
+        self.sessions: dict[str, bytes] = {}  # remote workers' session tokens -> identity (sessions.py)
         self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)
         self.departures = 0
         self.clients: dict[bytes, ClientState] = {}

@@ -85,6 +85,8 @@ class Peers:
             self.complain(f"refused a HELLO as a {role} from {who(user)}: that key was revoked")
             self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED, "message": "refused: this key was revoked"})
             return
+        if role == "worker" and "resume" in body and self.resume(sock, ident, body, user, now):
+            return  # the same worker on a new connection (sessions.py)
         retries = retries_of(body) if role == "client" else 0
         known = self.workers.get(ident) or self.clients.get(ident)
         if known is not None and known.user != user:
@@ -133,7 +135,10 @@ class Peers:
             w.epoch = body["lane"]
             self.lanes[ident] = w
         self.workers[ident] = w
-        self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+        welcome = {"heartbeat": self.heartbeat, "liveness": self.liveness}
+        if not w.paired:  # a worker elsewhere may resume on a new connection (sessions.py)
+            welcome["session"] = self.open_session(w)
+        self.send(sock, ident, Kind.WELCOME, welcome)
 
     def drop_revoked(self) -> None:
         """Drop the connected peers whose keys were revoked (``corral keys revoke``) since they

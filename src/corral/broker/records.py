@@ -49,6 +49,7 @@ class WorkerState:
     alive: bool = True
     paired: bool = False  # one of our own pool's workers, on a socket pair
     user: str | None = None  # its CurveZMQ key's ZAP User-Id ("worker:NAME:KEY"); None on a plain link
+    session: str | None = None  # a remote worker's token, to resume on a new connection (sessions.py)
     progress_at: float = 0.0  # when it last began or ended a task, or said it was preparing to
     # A worker whose task process reads its tasks from a lane (in Broker.lanes; see Lane):
     epoch: int | None = None  # the task process's, while it reads its lane (None: restarting)

@@ -131,6 +131,7 @@ class TaskTable:
             return
         w.alive = False
         self.workers.pop(w.ident, None)
+        self.sessions.pop(w.session, None)
         self.lanes.pop(w.ident, None)
         self.departed.append(w)
         self.departures += 1

@@ -33,6 +33,7 @@ from ..wire import protocol
 from ..wire.protocol import MAX_CREDIT, Kind, Status
 from . import task_process
 from .containment import exit_words
+from .resend import SentResults
 from .supervisor import Supervisor
 
 
@@ -69,6 +70,8 @@ class PersistentWorker(Supervisor):
         self.results: list = []  # RESULT entries and frames, sent at the end of a loop turn
         self.result_frames: list = []
         self.busy = 0.0  # seconds those tasks ran, together
+        # A worker elsewhere keeps what it sent a while, for a session resumed after a reset (resend.py).
+        self.sent = SentResults() if self.fd is None else None
 
     # -- what we hold ---------------------------------------------------------------
 
@@ -97,6 +100,9 @@ class PersistentWorker(Supervisor):
         credit = 0 if self.stopping or self.broken else max(0, self.want() - held - self.granted)
         self.granted += credit
         if self.results:
+            if self.sent is not None:
+                self.sent.expire(self.heartbeat * self.liveness)
+                self.sent.record(self.results, self.result_frames)
             busy = round(self.busy, 6)
             started = self.begun_unreported()
             for chunk, frames in protocol.batches(self.results, self.result_frames, 2):
@@ -117,6 +123,25 @@ class PersistentWorker(Supervisor):
         self.feed()
         self.flush()
 
+    def resume_state(self) -> dict:
+        """Our tasks, for a HELLO that resumes our session: held, begun, results sent or about to be,
+        and all the credit we grant (what the broker had may have been lost)."""
+        held = [t.gid for t in (*self.inflight, *self.pending)]
+        sent = [entry[0] for entry in self.results]
+        if self.sent is not None:
+            self.sent.expire(self.heartbeat * self.liveness)
+            sent += self.sent.ids()
+        begun = [self.current.gid] if self.current is not None and self.current.started else []
+        self.granted = 0 if self.stopping or self.broken else max(0, self.want() - len(held))
+        return {"holding": held, "started": begun, "sent": sent, "credit": self.granted}
+
+    def resend(self, gids: list) -> None:
+        if self.sent is None:
+            return
+        entries, frames = self.sent.take(gids)
+        if entries:
+            self.send(Kind.RESULT, {"results": entries, "credit": 0, "busy": 0.0}, frames)
+
     def unstarted(self) -> list[int]:
         return [t.gid for t in list(self.inflight)[1:] + list(self.pending)]
 
@@ -132,6 +157,8 @@ class PersistentWorker(Supervisor):
             self.task_process_ended()  # collects it; its report goes nowhere, the broker is gone
         self.pending.clear()
         self.results, self.result_frames, self.busy = [], [], 0.0
+        if self.sent is not None:
+            self.sent = SentResults()
 
     # -- messages from the broker ---------------------------------------------------
 

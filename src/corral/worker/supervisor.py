@@ -99,6 +99,8 @@ class Supervisor(TaskProcesses):
         self.stopping = False
         self.said_hello = False
         self.welcomed = False  # the broker answered our last HELLO
+        self.session: str | None = None  # the broker's token for us, to resume on a new connection
+        self.resuming = False  # we said HELLO with it, and wait for the answer
         self.waiting_since, self.wait_note = time.monotonic(), WAIT_NOTE  # for note_waiting()
         self.complain = Throttle(self.warn)  # what the broker sends wrong: never a flood of lines
         self.idle_since = time.monotonic()
@@ -131,8 +133,9 @@ class Supervisor(TaskProcesses):
         self.link.send(protocol.message(kind, body, frames))
         self.last_sent = time.monotonic()
 
-    def hello(self) -> None:
-        """Introduce ourselves (again, after a reconnect), with the credit we grant."""
+    def hello(self, resume: dict | None = None) -> None:
+        """Introduce ourselves (again, after a reconnect), with the credit we grant; with ``resume``,
+        as the worker of that session, on a new connection (broker/sessions.py)."""
         info = {
             "role": "worker",
             "name": self.name,
@@ -140,12 +143,14 @@ class Supervisor(TaskProcesses):
             "pid": os.getpid(),
             "fresh": self.fresh,
             **self.hello_extra(),
+            **(resume or {}),
         }
         if self.broken:
             info["broken"] = self.broken
         self.send(Kind.HELLO, info)
         self.said_hello = True
-        self.granted = 0
+        if resume is None:
+            self.granted = 0
         if not self.broken:
             self.flush()
 
@@ -318,8 +323,18 @@ class Supervisor(TaskProcesses):
             self.stopping = True
         elif kind == Kind.WELCOME:
             self.heartbeat, self.liveness = protocol.timing(body, self.heartbeat, self.liveness)
+            session = body.get("session")
+            if self.resuming:
+                self.resuming = False
+                if body.get("resumed") is True and session == self.session:
+                    self.say(f"resumed its session with the broker at {self.address} on a new connection")
+                    self.resend(protocol.ids(body, "resend"))
+                    self.welcomed = True
+                    return
+                self.forget_tasks()  # a broker that does not know our session does not know our tasks
             if not self.welcomed and self.reconnect_on_silence:
                 self.say(f"joined the broker at {self.address}")
+            self.session = session if isinstance(session, str) and len(session) <= 64 else None
             self.welcomed = True
         elif kind == Kind.ERROR:
             self.refused(body)
@@ -354,7 +369,11 @@ class Supervisor(TaskProcesses):
         if body.get("code") == protocol.UNKNOWN_PEER:
             # Only a broker that welcomed our last HELLO can have lost us; until one does, the
             # refusals are of what we sent before that HELLO.
-            if self.welcomed:
+            if self.welcomed and self.session is not None and self.fd is None:
+                # A new connection (ours was reset), or a broker that restarted: try our session first.
+                self.welcomed, self.resuming = False, True
+                self.hello({"resume": self.session, **self.resume_state()})
+            elif self.welcomed:
                 self.complain(f"the broker at {self.address} no longer knows this worker (it restarted?); "
                               "joining again")
                 self.welcomed = False
@@ -362,6 +381,13 @@ class Supervisor(TaskProcesses):
                 self.hello()
             return
         self.complain(f"the broker at {self.address} refused this worker: {protocol.text(body.get('message'), 500)}")
+
+    def resume_state(self) -> dict:
+        """What a HELLO that resumes our session says of our tasks (broker/sessions.py)."""
+        return {}
+
+    def resend(self, gids: list) -> None:
+        """Send again the results of ``gids``, which the broker did not get (a mode keeps them a while)."""
 
     def forget_tasks(self) -> None:
         """Our broker no longer knows our tasks: stop the running one, drop the rest."""

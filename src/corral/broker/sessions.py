@@ -1,0 +1,91 @@
+"""Sessions: a worker whose TCP connection was reset carries on where it was (``Sessions``, a
+part of ``Broker``).
+
+A reset ends a TCP connection at once, however short the fault; ZeroMQ dials again, and the
+broker's ROUTER gives the new connection a new identity.  Without more, the broker would take
+the worker for a stranger, and the worker would stop its tasks, which would run again.  So a
+worker's WELCOME carries a session token, and a worker told that the broker does not know it
+says HELLO with that token, what it holds, what it began and which results it sent lately::
+
+    worker                       broker
+      -- RESULT (new connection) -->     dropped: unknown identity
+      <-- ERROR unknown_peer ------
+      -- HELLO resume=TOKEN, holding, started, sent, credit -->
+                                         the record of TOKEN (same key, still alive) moves to
+                                         the new identity; a task it holds stays, one whose
+                                         result it sent is asked for again, any other (its
+                                         TASKS lost with the connection) goes back to the queue
+      <-- WELCOME resumed, resend ---
+      -- RESULT (the resent ones) --->
+      <-- CANCEL / KILL (again) -----    for the tasks still held that wait for one
+
+Nothing is run twice that the worker still holds or finished within its resend window, and
+nothing is lost: a task neither held nor resent goes back to the queue (an attempt counted if
+it had begun).  A token the broker does not know (it restarted, or dropped the worker as
+silent) gets an ordinary WELCOME, and the worker starts over as before.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import zmq
+
+from ..wire import protocol
+from ..wire.protocol import Kind
+from .peers import count
+from .records import WorkerState
+
+
+class Sessions:
+    """The session half of ``Broker``: tokens of the connected remote workers (``sessions``)."""
+
+    def open_session(self, w: WorkerState) -> str:
+        """A new token for a worker that said HELLO."""
+        w.session = secrets.token_hex(16)
+        self.sessions[w.session] = w.ident
+        return w.session
+
+    def resume(self, sock: zmq.Socket, ident: bytes, body: dict, user: str | None, now: float) -> bool:
+        """A worker's HELLO with ``resume``: move its record to this identity and settle what was lost
+        in between.  False if the token is no live worker's with this key (an ordinary HELLO then)."""
+        token = body.get("resume")
+        old = self.sessions.get(token) if isinstance(token, str) else None
+        w = self.workers.get(old) if old is not None else None
+        if w is None or w.session != token or w.user != user or w.paired or old == ident:
+            return False
+        self.workers.pop(old)
+        self.backlogs.drop(old)  # what waited for the reset connection goes nowhere now
+        w.ident, w.last_seen, w.progress_at = ident, now, now
+        self.workers[ident] = w
+        self.sessions[token] = ident
+        holding, sent = set(protocol.ids(body, "holding")), set(protocol.ids(body, "sent"))
+        for gid in w.assigned:
+            task = self.tasks.get(gid)
+            if task is not None and task.worker == old:
+                task.worker = ident
+        self.began(w, [gid for gid in protocol.ids(body, "started") if gid in w.assigned])
+        resend = []
+        for gid in list(w.assigned):
+            if gid in holding:
+                continue
+            if gid in sent:
+                resend.append(gid)
+            else:  # its TASKS, or its result beyond the worker's resend window, went with the connection
+                self.unassign(w, gid, count_attempt=True, why=f"worker {w.name} lost it with its connection")
+        w.credit = min(count(body.get("credit", 0)), protocol.MAX_CREDIT)
+        self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
+                                              "session": token, "resumed": True, "resend": resend})
+        self.repeat_requests(w)
+        self.complain(f"worker {w.name} (pid {w.pid} on {w.host}) resumed its session on a new connection: "
+                      f"{len(w.assigned)} task(s) kept, {len(resend)} result(s) asked for again")
+        return True
+
+    def repeat_requests(self, w: WorkerState) -> None:
+        """CANCEL and KILL again the tasks of ``w`` that wait for a verdict: the first may have been lost."""
+        cancelling = [gid for gid in w.assigned if gid in self.tasks and self.tasks[gid].cancelling]
+        killed = [gid for gid in w.assigned if gid in self.tasks and self.tasks[gid].killed]
+        if cancelling:
+            self.send(self.workers_sock, w.ident, Kind.CANCEL, {"ids": cancelling})
+        if killed:
+            self.send(self.workers_sock, w.ident, Kind.KILL, {"ids": killed, "signal": "SIGKILL", "grace": 0.0})

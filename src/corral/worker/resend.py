@@ -1,0 +1,69 @@
+"""The results a worker elsewhere sent lately, kept to send again if its connection is reset.
+
+A RESULT that was on its way when the TCP connection to the broker was reset is lost with
+it, and so is one sent on the new connection before the broker knew that connection for
+ours.  When the worker resumes its session (broker/sessions.py), the broker asks again for
+the results of the tasks it still counts as ours; these are they.  A result is kept for the
+broker's liveness window (after that the broker has given the task to another worker
+anyway), and all of them together up to RESEND_BYTES: a result pushed out early costs a
+rerun of its task should the connection be reset, nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+RESEND_BYTES = 64 << 20  # payload bytes kept, at most (the newest results stay)
+
+
+class SentResults:
+    """RESULT entries and their frames, by task id, oldest first."""
+
+    def __init__(self) -> None:
+        # gid -> (when sent, its entry, its frames, their bytes)
+        self.kept: OrderedDict[int, tuple[float, list, list, int]] = OrderedDict()
+        self.bytes = 0
+
+    def record(self, entries: list, frames: list) -> None:
+        """Keep the results just sent: ``entries`` (result entries), their ``frames`` in order."""
+        now, pos = time.monotonic(), 0
+        for entry in entries:
+            count = entry[2]
+            own = frames[pos:pos + count]
+            pos += count
+            size = sum(memoryview(f).nbytes for f in own)
+            self.forget(entry[0])
+            self.kept[entry[0]] = (now, entry, own, size)
+            self.bytes += size
+        while self.bytes > RESEND_BYTES and self.kept:
+            self.forget(next(iter(self.kept)))
+
+    def expire(self, window: float) -> None:
+        """Drop those sent more than ``window`` seconds ago."""
+        oldest = time.monotonic() - window
+        while self.kept:
+            gid, (when, *_) = next(iter(self.kept.items()))
+            if when >= oldest:
+                return
+            self.forget(gid)
+
+    def forget(self, gid: int) -> None:
+        """Drop the result of ``gid``, if kept."""
+        kept = self.kept.pop(gid, None)
+        if kept is not None:
+            self.bytes -= kept[3]
+
+    def ids(self) -> list[int]:
+        """The tasks whose results are kept."""
+        return list(self.kept)
+
+    def take(self, gids: list) -> tuple[list, list]:
+        """(entries, frames) of the kept results of ``gids``, to send again."""
+        entries, frames = [], []
+        for gid in gids:
+            kept = self.kept.get(gid)
+            if kept is not None:
+                entries.append(kept[1])
+                frames.extend(kept[2])
+        return entries, frames
