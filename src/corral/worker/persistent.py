@@ -31,9 +31,9 @@ from ..timing import smooth
 from ..tuning import CREDIT_HORIZON, PIPELINE_BYTES, PIPELINE_TASK_TIME, PIPELINE_TASKS
 from ..wire import protocol
 from ..wire.protocol import MAX_CREDIT, Kind, Status
+from ..wire.resend import SentResults
 from . import task_process
 from .containment import exit_words
-from .resend import SentResults
 from .supervisor import Supervisor
 
 

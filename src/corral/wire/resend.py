@@ -1,12 +1,12 @@
-"""The results a worker elsewhere sent lately, kept to send again if its connection is reset.
+"""Results sent lately over a TCP link, kept to send again if the connection is reset.
 
-A RESULT that was on its way when the TCP connection to the broker was reset is lost with
-it, and so is one sent on the new connection before the broker knew that connection for
-ours.  When the worker resumes its session (broker/sessions.py), the broker asks again for
-the results of the tasks it still counts as ours; these are they.  A result is kept for the
-broker's liveness window (after that the broker has given the task to another worker
-anyway), and all of them together up to RESEND_BYTES: a result pushed out early costs a
-rerun of its task should the connection be reset, nothing else.
+A RESULT on its way when a TCP connection was reset is lost with it, and so is one sent on
+the new connection before the other side knew that connection for its peer's.  When the
+peer resumes its session (broker/sessions.py), what was lost is asked for again: a worker
+keeps the results it sent the broker, the broker those it sent each client elsewhere.  A
+result is kept for the liveness window (after that the session is over anyway), and all of
+them together up to RESEND_BYTES: a result pushed out early costs, should the connection
+be reset, a rerun of its task (a worker's) or a failed future (a client's), nothing else.
 """
 
 from __future__ import annotations
