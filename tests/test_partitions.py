@@ -183,12 +183,9 @@ class Noticed(AssertionError):
 
 
 # A reset ends the TCP connection: ZeroMQ dials again, and the broker's ROUTER gives the new
-# connection a new identity, which the broker does not know.  A worker resumes its session on
-# it (broker/sessions.py); a client does not yet, and fails its futures.
-CLIENT_RESET_IS_NOTICED = pytest.mark.xfail(raises=Noticed, strict=True,
-                                            reason="a client does not resume its session on a new connection")
+# connection a new identity, which the broker does not know: the worker or the client resumes
+# its session on it (broker/sessions.py).
 SHORT_MODES = ["drop", "reset", "down"]
-CLIENT_SHORT_MODES = ["drop", pytest.param("reset", marks=CLIENT_RESET_IS_NOTICED), "down"]
 
 
 @pytest.mark.parametrize("mode", SHORT_MODES)
@@ -228,7 +225,7 @@ def test_a_partition_shorter_than_the_liveness_reruns_and_loses_nothing(net, mak
     assert sum(row["tasks"] for row in summary) == 6 and sum(row["errors"] for row in summary) == 0, summary
 
 
-@pytest.mark.parametrize("mode", CLIENT_SHORT_MODES)
+@pytest.mark.parametrize("mode", SHORT_MODES)
 def test_a_short_partition_of_a_clients_link_changes_nothing(net, make_cluster, tmp_path, mode):
     """Breaks: the link of a client (in a namespace of its own) for 1 s, with two tasks
     running, under a liveness window of 4 s.  Both results arrive; each task ran once."""

@@ -378,3 +378,28 @@ def test_a_worker_resumes_its_session_on_a_new_connection_with_its_own_key_only(
     assert got == {1: protocol.Status.OK, 2: protocol.Status.OK}
     assert {kind for kind, _ in client.heard(1.0)} <= {Kind.HEARTBEAT}  # nothing twice
     assert b.logged("resumed its session on a new connection")
+
+
+def test_a_client_resumes_its_session_on_a_new_connection_with_its_own_key_only(secure, tmp_path):
+    """A client whose connection was reset resumes its session on the new one: a result sent
+    into the dead connection is sent again, a task it awaits that the broker never had is named
+    (its SUBMIT was lost), and another key cannot take the session over."""
+    b = secure(heartbeat=0.5, liveness=20)
+    b.worker()
+    old = b.raw_as("client", "alice")
+    old.send(Kind.HELLO, {"role": "client", "retries": 0})
+    token = old.expect(Kind.WELCOME)["session"]
+    old.send(Kind.SUBMIT, *submit_frames(1, abs, -5))
+    old.close()  # gone before its result comes: the broker sends that into the dead connection
+    time.sleep(1.0)
+    thief = b.raw_as("client", "mallory")
+    thief.send(Kind.HELLO, {"role": "client", "resume": token, "pending": [1]})
+    assert thief.expect(Kind.WELCOME).get("resumed") is not True
+    new = b.raw((b.keys.broker_keys()[0], *b.pairs["alice"]))
+    new.send(Kind.HELLO, {"role": "client", "retries": 0, "resume": token, "pending": [1, 2]})
+    welcome = new.expect(Kind.WELCOME)
+    assert welcome["resumed"] is True and welcome["unknown"] == [2]
+    result = new.expect(Kind.RESULT)["results"]
+    assert [entry[0] for entry in result] == [1] and result[0][1] == protocol.Status.OK
+    assert {kind for kind, _ in thief.heard(0.5)} <= {Kind.HEARTBEAT}
+    assert b.logged("a client resumed its session on a new connection")

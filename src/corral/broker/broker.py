@@ -268,6 +268,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
                     self.send(self.clients_sock, ident, Kind.STARTED, {"ids": chunk})
             for chunk, frames in protocol.batches(box.results, box.frames, 2):
                 self.send(self.clients_sock, ident, Kind.RESULT, {"results": chunk}, frames)
+            if box.results or box.dropped:
+                self.keep_sent(ident, box)  # a client elsewhere may ask for them again (sessions.py)
             if box.dropped or box.too_late:  # after the results, which they may refer to
                 for dropped, running in itertools.zip_longest(
                     protocol.id_chunks(box.dropped), protocol.id_chunks(box.too_late), fillvalue=[]

@@ -85,8 +85,9 @@ class Peers:
             self.complain(f"refused a HELLO as a {role} from {who(user)}: that key was revoked")
             self.send(sock, ident, Kind.ERROR, {"code": protocol.REFUSED, "message": "refused: this key was revoked"})
             return
-        if role == "worker" and "resume" in body and self.resume(sock, ident, body, user, now):
-            return  # the same worker on a new connection (sessions.py)
+        if "resume" in body and (self.resume(sock, ident, body, user, now) if role == "worker"
+                                 else self.resume_client(sock, ident, body, user, now)):
+            return  # the same peer on a new connection (sessions.py)
         retries = retries_of(body) if role == "client" else 0
         known = self.workers.get(ident) or self.clients.get(ident)
         if known is not None and known.user != user:
@@ -107,8 +108,9 @@ class Peers:
         if role == "worker":
             self.add_worker(sock, ident, body, now, user)
         else:
-            self.clients[ident] = ClientState(ident, retries, now, user=user)
-            self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness})
+            c = self.clients[ident] = ClientState(ident, retries, now, user=user)
+            self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
+                                                  "session": self.open_client_session(c)})
 
     def add_worker(self, sock: zmq.Socket, ident: bytes, body: dict, now: float, user: str | None = None) -> None:
         """A worker's HELLO: its record (names cut to size), or a refusal of its claim to be broken."""

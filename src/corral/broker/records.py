@@ -94,6 +94,9 @@ class ClientState:
     last_seen: float = 0.0
     tasks: dict = field(default_factory=dict)  # cid -> gid
     user: str | None = None  # its CurveZMQ key's ZAP User-Id ("client:NAME:KEY"); None on a plain link
+    session: str | None = None  # a client elsewhere's token, to resume on a new connection (sessions.py)
+    sent: Any = None  # its results sent lately (wire/resend.SentResults), to send again on a resume
+    dropped: dict = field(default_factory=dict)  # cid -> when: its cancels that succeeded, lately
 
 
 class Outbox:

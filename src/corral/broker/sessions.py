@@ -1,5 +1,5 @@
-"""Sessions: a worker whose TCP connection was reset carries on where it was (``Sessions``, a
-part of ``Broker``).
+"""Sessions: a worker or a client whose TCP connection was reset carries on where it was
+(``Sessions``, a part of ``Broker``).
 
 A reset ends a TCP connection at once, however short the fault; ZeroMQ dials again, and the
 broker's ROUTER gives the new connection a new identity.  Without more, the broker would take
@@ -23,18 +23,26 @@ Nothing is run twice that the worker still holds or finished within its resend w
 nothing is lost: a task neither held nor resent goes back to the queue (an attempt counted if
 it had begun).  A token the broker does not know (it restarted, or dropped the worker as
 silent) gets an ordinary WELCOME, and the worker starts over as before.
+
+A client elsewhere resumes the same way (``resume_client``): its HELLO names the tasks it
+awaits (``pending``), and the broker, which keeps what it sent each client for the liveness
+window, sends again the results and cancel verdicts among them that were lost, STARTED for
+those running, and names those it never received (their SUBMIT lost: ``unknown``), which
+the client fails.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 
 import zmq
 
 from ..wire import protocol
 from ..wire.protocol import Kind
-from .peers import count
-from .records import WorkerState
+from ..wire.resend import SentResults
+from .peers import count, retries_of
+from .records import ClientState, Outbox, WorkerState
 
 
 class Sessions:
@@ -79,6 +87,70 @@ class Sessions:
         self.repeat_requests(w)
         self.complain(f"worker {w.name} (pid {w.pid} on {w.host}) resumed its session on a new connection: "
                       f"{len(w.assigned)} task(s) kept, {len(resend)} result(s) asked for again")
+        return True
+
+    def open_client_session(self, c: ClientState) -> str:
+        """A new token for a client elsewhere that said HELLO; what it is sent is kept a while."""
+        c.session = secrets.token_hex(16)
+        c.sent = SentResults()
+        self.sessions[c.session] = c.ident
+        return c.session
+
+    def keep_sent(self, ident: bytes, box: Outbox) -> None:
+        """Keep the results and cancel verdicts just sent to a client elsewhere, for its liveness window."""
+        c = self.clients.get(ident)
+        if c is None or c.sent is None:
+            return
+        window, now = self.heartbeat * self.liveness, time.monotonic()
+        c.sent.expire(window)
+        c.sent.record(box.results, box.frames)
+        if c.dropped:
+            c.dropped = {cid: when for cid, when in c.dropped.items() if now - when < window}
+        for cid in box.dropped:
+            c.dropped[cid] = now
+
+    def resume_client(self, sock: zmq.Socket, ident: bytes, body: dict, user: str | None, now: float) -> bool:
+        """A client's HELLO with ``resume``: move its record and its tasks to this identity, and send
+        again what it should have had (results, cancel verdicts, STARTED); the ids of ``pending`` the
+        broker knows nothing of (their SUBMIT was lost) are named in WELCOME's ``unknown``."""
+        token = body.get("resume")
+        old = self.sessions.get(token) if isinstance(token, str) else None
+        c = self.clients.get(old) if old is not None else None
+        if c is None or c.session != token or c.user != user or old == ident:
+            return False
+        c.retries = retries_of(body)
+        self.clients.pop(old)
+        self.backlogs.drop(old)
+        c.ident, c.last_seen = ident, now
+        self.clients[ident] = c
+        self.sessions[token] = ident
+        for gid in c.tasks.values():
+            task = self.tasks.get(gid)
+            if task is not None:
+                task.client = ident
+        box = self.outboxes.pop(old, None)
+        if box is not None:
+            self.outboxes[ident] = box
+        box = self.outbox(ident)
+        unknown = []
+        for cid in protocol.ids(body, "pending"):
+            gid = c.tasks.get(cid)
+            if gid is not None:
+                if gid in self.tasks and self.tasks[gid].started:
+                    box.started.append(cid)
+                continue
+            entries, frames = c.sent.take([cid])
+            if entries:
+                box.results.extend(entries)
+                box.frames.extend(frames)
+            elif cid in c.dropped:
+                box.dropped.append(cid)
+            else:
+                unknown.append(cid)
+        self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
+                                              "session": token, "resumed": True, "unknown": unknown})
+        self.complain(f"a client resumed its session on a new connection: {len(c.tasks)} task(s) kept, "
+                      f"{len(unknown)} unknown")
         return True
 
     def repeat_requests(self, w: WorkerState) -> None:

@@ -271,6 +271,7 @@ class TaskTable:
                 self.drop(self.tasks[gid])
         self.clients.pop(c.ident, None)
         self.outboxes.pop(c.ident, None)
+        self.sessions.pop(c.session, None)
 
     def forget(self, task: Task) -> None:
         """Remove a task from its client's table."""

@@ -96,6 +96,8 @@ class IOLoop:
         self.heartbeat = heartbeat
         self.liveness = liveness
         self.welcomed = False  # the broker answered our last HELLO
+        self.session: str | None = None  # a broker elsewhere's token for us, to resume on a new connection
+        self.resuming = False  # we said HELLO with it, and wait for the answer (broker/sessions.py)
         self.complain = Throttle(logger("client").warning)
         self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
         self.store: shm.Store | None = None  # large buffers to and from an embedded broker's workers
@@ -262,9 +264,38 @@ class IOLoop:
                 self.start_over(BrokerLostError(f"{why} Later tasks go to the broker once it answers."))
             return self.closing and not self.futures and not self.outq
 
-    def hello(self, link: Link) -> None:
-        """Say HELLO to the broker (again, after it lost us)."""
-        link.post(Kind.HELLO, {"role": "client", "retries": self.retries, "pid": os.getpid()})
+    def hello(self, link: Link, resume: dict | None = None) -> None:
+        """Say HELLO to the broker (again, after it lost us); with ``resume``, as the client of
+        that session, on a new connection (broker/sessions.py)."""
+        link.post(Kind.HELLO, {"role": "client", "retries": self.retries, "pid": os.getpid(), **(resume or {})})
+
+    def resume(self) -> None:
+        """Told we are unknown: our TCP connection may have been reset (ZeroMQ dialled again, and the
+        broker knows the new connection by a new identity).  Say HELLO with our session and the tasks
+        we await; status requests not answered go again."""
+        self.welcomed, self.resuming = False, True
+        self.status_asked.extendleft(reversed(self.status_waiters))
+        self.status_waiters.clear()
+        self.hello(self.link, {"resume": self.session, "pending": list(self.futures)})
+
+    def resumed(self, body: dict) -> None:
+        """The WELCOME answering our resuming HELLO: carry on, or, if the broker does not know our
+        session (it restarted), start over; the tasks whose SUBMIT it never had fail either way."""
+        self.resuming = False
+        if body.get("resumed") is not True or body.get("session") != self.session:
+            self.welcomed = True
+            self.fail_all(BrokerLostError(
+                f"the broker at {self.address} no longer knows this client (it restarted, or lost touch "
+                "with it): the tasks it held are lost. Later tasks go to it as usual."))
+            return
+        lost = BrokerLostError(f"the connection to the broker at {self.address} was reset while this task "
+                               "was sent, and the broker never had it")
+        for cid in protocol.ids(body, "unknown"):
+            fut = self.futures.pop(cid, None)
+            if fut is not None:
+                settle(fut, None, lost)
+        for chunk in protocol.id_chunks(list(self.cancel_verdicts)):  # a lost CANCEL or verdict: ask again
+            self.link.post(Kind.CANCEL, {"ids": chunk})
 
     def start_over(self, exc: BaseException) -> None:
         """The broker lost our tasks (it went silent, or restarted and does not know us): fail
@@ -353,6 +384,10 @@ class IOLoop:
                     self.answer_cancel(cid, False)
             elif kind == Kind.WELCOME:
                 self.heartbeat, self.liveness = protocol.timing(body, self.heartbeat, self.liveness)
+                if self.resuming:
+                    self.resumed(body)
+                session = body.get("session")
+                self.session = session if isinstance(session, str) and len(session) <= 64 else None
                 self.welcomed = True
             elif kind == Kind.STATUS_REPLY:
                 if self.status_waiters:
@@ -369,7 +404,9 @@ class IOLoop:
         if body.get("code") == protocol.UNKNOWN_PEER:
             # Only a broker that welcomed our last HELLO can have lost us; until one does, the
             # refusals are of what we sent before that HELLO (whose tasks failed already).
-            if self.welcomed:
+            if self.welcomed and self.session is not None and self.broker is None:
+                self.resume()
+            elif self.welcomed:
                 self.welcomed = False
                 self.start_over(BrokerLostError(
                     f"the broker at {self.address} no longer knows this client (it restarted, or lost "
