@@ -56,12 +56,29 @@ def _unbounded(sock: zmq.Socket) -> None:
     sock.sndhwm = sock.rcvhwm = 0
 
 
+def _socket(ctx: zmq.Context, kind: int, curve: dict | None, role: str) -> zmq.Socket:
+    """A socket of ``kind`` with no high-water marks and, with ``curve``, the keys of ``role``."""
+    sock = ctx.socket(kind)
+    _unbounded(sock)
+    _keys(sock, curve, role)
+    return sock
+
+
+def _dial(ctx: zmq.Context, port: int, curve: dict | None, what: str) -> zmq.Socket:
+    """The client's DEALER, once a first message has come back through ``what``."""
+    client = _socket(ctx, zmq.DEALER, curve, "client")
+    client.rcvtimeo = 60_000  # a lost message raises zmq.Again instead of hanging
+    client.connect(f"tcp://127.0.0.1:{port}")
+    client.send(b"x")
+    assert client.poll(30_000), f"{what} did not come up"
+    client.recv()
+    return client
+
+
 def _broker(port: int, curve: dict | None) -> None:
     """Relay: a message from the worker goes to the client it names; any other to the worker."""
     ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    _unbounded(router)
-    _keys(router, curve, "server")
+    router = _socket(ctx, zmq.ROUTER, curve, "server")
     router.bind(f"tcp://127.0.0.1:{port}")
     worker, early = None, []
     while True:
@@ -88,32 +105,29 @@ def _broker(port: int, curve: dict | None) -> None:
 def _worker(port: int, curve: dict | None) -> None:
     """Echo: answer each [client, payload] with itself."""
     ctx = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    _unbounded(dealer)
-    _keys(dealer, curve, "worker")
+    dealer = _socket(ctx, zmq.DEALER, curve, "worker")
     dealer.connect(f"tcp://127.0.0.1:{port}")
     dealer.send(b"worker")
+    _echo(dealer)
+    ctx.term()
+
+
+def _echo(sock: zmq.Socket) -> None:
+    """Answer each message on ``sock`` with itself until one ends with "stop"; then close it."""
     while True:
-        frames = dealer.recv_multipart(copy=False)
+        frames = sock.recv_multipart(copy=False)
         if frames[-1].bytes == b"stop":
             break
-        dealer.send_multipart(frames, copy=False)
-    dealer.close(0)
-    ctx.term()
+        sock.send_multipart(frames, copy=False)
+    sock.close(0)
 
 
 def _direct_echo(port: int, curve: dict | None) -> None:
     """One hop: a ROUTER (the CurveZMQ server) that answers each message with itself, until "stop"."""
     ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    _keys(router, curve, "server")
+    router = _socket(ctx, zmq.ROUTER, curve, "server")
     router.bind(f"tcp://127.0.0.1:{port}")
-    while True:
-        frames = router.recv_multipart(copy=False)
-        if frames[-1].bytes == b"stop":
-            break
-        router.send_multipart(frames, copy=False)
-    router.close(0)
+    _echo(router)
     ctx.term()
 
 
@@ -124,20 +138,9 @@ def measure_direct(curve: dict | None, big_trips: int) -> dict:
     proc = multiprocessing.get_context("fork").Process(target=_direct_echo, args=(port, curve))
     proc.start()
     ctx = zmq.Context()
-    client = ctx.socket(zmq.DEALER)
-    _keys(client, curve, "client")
-    client.connect(f"tcp://127.0.0.1:{port}")
+    client = _dial(ctx, port, curve, "the echo process")
     try:
-        client.send(b"x")
-        assert client.poll(30_000), "the echo process did not come up"
-        client.recv()
-        payload = os.urandom(1 << 20) * (BIG >> 20)
-        big = []
-        for _ in range(big_trips):
-            started = time.perf_counter()
-            client.send(payload, copy=False)
-            client.recv(copy=False)
-            big.append(time.perf_counter() - started)
+        big = _big_round_trips(client, big_trips)
         client.send(b"stop")
     finally:
         client.close(0)
@@ -149,6 +152,18 @@ def measure_direct(curve: dict | None, big_trips: int) -> dict:
     return {"mib_s": (BIG >> 20) / statistics.median(big)}
 
 
+def _big_round_trips(client: zmq.Socket, trips: int) -> list[float]:
+    """Seconds each round trip of a BIG-byte payload took, echoed back."""
+    payload = os.urandom(1 << 20) * (BIG >> 20)
+    times = []
+    for _ in range(trips):
+        started = time.perf_counter()
+        client.send(payload, copy=False)
+        client.recv(copy=False)
+        times.append(time.perf_counter() - started)
+    return times
+
+
 def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int) -> dict:
     """The three measures through a fresh broker and worker."""
     port = _free_port()
@@ -157,15 +172,8 @@ def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int
     for p in procs:
         p.start()
     ctx = zmq.Context()
-    client = ctx.socket(zmq.DEALER)
-    _unbounded(client)
-    client.rcvtimeo = 60_000  # a lost message raises zmq.Again instead of hanging
-    _keys(client, curve, "client")
-    client.connect(f"tcp://127.0.0.1:{port}")
+    client = _dial(ctx, port, curve, "the broker or the worker")
     try:
-        client.send(b"x")
-        assert client.poll(30_000), "the broker or the worker did not come up"
-        client.recv()
         for _ in range(round_trips // 10):  # warm-up
             client.send(b"x")
             client.recv()
@@ -184,13 +192,7 @@ def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int
             client.recv()
             received += 1
         rate = pipelined / (time.perf_counter() - started)
-        payload = os.urandom(1 << 20) * (BIG >> 20)
-        big = []
-        for _ in range(big_trips):
-            started = time.perf_counter()
-            client.send(payload, copy=False)
-            client.recv(copy=False)
-            big.append(time.perf_counter() - started)
+        big = _big_round_trips(client, big_trips)
         client.send(b"stop")
     finally:
         client.close(0)

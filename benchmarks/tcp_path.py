@@ -50,11 +50,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import MIB, WORKERS, Deadline  # Deadline.left(): seconds left, or TimeoutError
+from bench import Handle as Wrap  # an object with .result(timeout), from any callable taking one
+
 HERE = Path(__file__).resolve().parent
-WORKERS = 2
-MIB = 1 << 20
 
 
+# Defined here, in the script run as __main__, so that every peer sends them by value: standalone
+# corral workers and the other frameworks' workers cannot import this file.
 def noop():
     return None
 
@@ -64,17 +67,6 @@ def ident(x):
 
 
 # -- what a row measures, through an adapter with submit(fn, *args) -> .result(timeout) ----------
-
-
-class Deadline:
-    def __init__(self, seconds):
-        self.end = time.monotonic() + seconds
-
-    def left(self):
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the row ran past its time limit")
-        return left
 
 
 def m_latency(ex, p, dl):
@@ -135,18 +127,6 @@ MEASURES = (m_latency, m_submit, m_map, m_array)
 
 
 # -- peers ------------------------------------------------------------------------------------
-
-
-class Wrap:
-    """An object with .result(timeout), from any callable taking a timeout."""
-
-    __slots__ = ("get",)
-
-    def __init__(self, get):
-        self.get = get
-
-    def result(self, timeout):
-        return self.get(timeout)
 
 
 class FuturesPeer:
