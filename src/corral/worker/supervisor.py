@@ -45,6 +45,7 @@ from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import containment, task_process
 from .processes import TaskProcesses
+from .standing import Standing
 
 REFUSED_EXIT = 4  # our exit code when the broker refused our key at the handshake: no point starting again
 
@@ -57,7 +58,7 @@ MAX_BACKOFF = 10.0  # seconds between tries to reach a broker that went silent, 
 _log = logger("worker")
 
 
-class Supervisor(TaskProcesses):
+class Supervisor(TaskProcesses, Standing):
     """A worker's supervisor: its link to the broker, its loop, and its task processes' lives.
 
     ``config`` says what the worker is (``config.WorkerConfig``); the rest is how it
@@ -322,20 +323,7 @@ class Supervisor(TaskProcesses):
         elif kind == Kind.SHUTDOWN:
             self.stopping = True
         elif kind == Kind.WELCOME:
-            self.heartbeat, self.liveness = protocol.timing(body, self.heartbeat, self.liveness)
-            session = body.get("session")
-            if self.resuming:
-                self.resuming = False
-                if body.get("resumed") is True and session == self.session:
-                    self.say(f"resumed its session with the broker at {self.address} on a new connection")
-                    self.resend(protocol.ids(body, "resend"))
-                    self.welcomed = True
-                    return
-                self.forget_tasks()  # a broker that does not know our session does not know our tasks
-            if not self.welcomed and self.reconnect_on_silence:
-                self.say(f"joined the broker at {self.address}")
-            self.session = session if isinstance(session, str) and len(session) <= 64 else None
-            self.welcomed = True
+            self.welcome(body)
         elif kind == Kind.ERROR:
             self.refused(body)
 
@@ -352,35 +340,6 @@ class Supervisor(TaskProcesses):
 
     def kill_on_lane(self, body: dict) -> None:
         """KILL of a task on a lane (a worker with a lane only)."""
-
-    def handshake_waits(self) -> list:
-        """The link's handshake monitor, where it has one (a CurveZMQ DEALER: ``dealer.py``)."""
-        return self.link.handshake_waits() if self.fd is None else []
-
-    def key_refused(self, events: dict) -> bool:
-        """Did the broker refuse our key at the handshake?  Then it never will take it: say so."""
-        refused = self.link.refusal(events) if self.fd is None else None
-        if refused:
-            self.say(f"{refused} (broker at {self.address})", logging.ERROR)
-        return bool(refused)
-
-    def refused(self, body: dict) -> None:
-        """The broker refused what we sent: it does not know us (it restarted), or will not serve us."""
-        if body.get("code") == protocol.UNKNOWN_PEER:
-            # Only a broker that welcomed our last HELLO can have lost us; until one does, the
-            # refusals are of what we sent before that HELLO.
-            if self.welcomed and self.session is not None and self.fd is None:
-                # A new connection (ours was reset), or a broker that restarted: try our session first.
-                self.welcomed, self.resuming = False, True
-                self.hello({"resume": self.session, **self.resume_state()})
-            elif self.welcomed:
-                self.complain(f"the broker at {self.address} no longer knows this worker (it restarted?); "
-                              "joining again")
-                self.welcomed = False
-                self.forget_tasks()
-                self.hello()
-            return
-        self.complain(f"the broker at {self.address} refused this worker: {protocol.text(body.get('message'), 500)}")
 
     def resume_state(self) -> dict:
         """What a HELLO that resumes our session says of our tasks (broker/sessions.py)."""
