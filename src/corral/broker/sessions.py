@@ -38,6 +38,7 @@ import time
 
 import zmq
 
+from ..tuning import SMALL_FRAME
 from ..wire import protocol
 from ..wire.protocol import Kind
 from ..wire.resend import SentResults
@@ -103,7 +104,7 @@ class Sessions:
             return
         window, now = self.heartbeat * self.liveness, time.monotonic()
         c.sent.expire(window)
-        c.sent.record(box.results, box.frames)
+        c.sent.record(box.results, box.frames, SMALL_FRAME)  # as queued tasks are kept (tasks.compact)
         if c.dropped:
             c.dropped = {cid: when for cid, when in c.dropped.items() if now - when < window}
         for cid in box.dropped:

@@ -25,12 +25,14 @@ class SentResults:
         self.kept: OrderedDict[int, tuple[float, list, list, int]] = OrderedDict()
         self.bytes = 0
 
-    def record(self, entries: list, frames: list) -> None:
-        """Keep the results just sent: ``entries`` (result entries), their ``frames`` in order."""
+    def record(self, entries: list, frames: list, small: int = 0) -> None:
+        """Keep the results just sent: ``entries`` (result entries), their ``frames`` in order.
+        Frames shorter than ``small`` bytes are kept as copies: a small ZeroMQ frame received
+        zero-copy pins the whole buffer ZeroMQ read it into (kilobytes), as long as it lives."""
         now, pos = time.monotonic(), 0
         for entry in entries:
             count = entry[2]
-            own = frames[pos:pos + count]
+            own = [bytes(f) if small and memoryview(f).nbytes < small else f for f in frames[pos:pos + count]]
             pos += count
             size = sum(memoryview(f).nbytes for f in own)
             self.forget(entry[0])
