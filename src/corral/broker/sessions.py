@@ -47,27 +47,37 @@ from .records import ClientState, Outbox, WorkerState
 
 
 class Sessions:
-    """The session half of ``Broker``: tokens of the connected remote workers (``sessions``)."""
+    """The session half of ``Broker``: tokens of the connected workers and clients elsewhere (``sessions``)."""
 
-    def open_session(self, w: WorkerState) -> str:
-        """A new token for a worker that said HELLO."""
-        w.session = secrets.token_hex(16)
-        self.sessions[w.session] = w.ident
-        return w.session
+    def open_session(self, peer: WorkerState | ClientState) -> str:
+        """A new token for a worker or a client elsewhere that said HELLO."""
+        peer.session = secrets.token_hex(16)
+        self.sessions[peer.session] = peer.ident
+        return peer.session
+
+    def take_over(self, table: dict, ident: bytes, body: dict, user: str | None):
+        """(the record, its old identity) of the session a HELLO's ``resume`` names, moved in ``table``
+        (workers or clients) to ``ident``; (None, None) if the token is no live peer's with this key."""
+        token = body.get("resume")
+        old = self.sessions.get(token) if isinstance(token, str) else None
+        peer = table.get(old) if old is not None else None
+        if peer is None or peer.session != token or peer.user != user or old == ident or \
+                getattr(peer, "paired", False):
+            return None, None
+        del table[old]
+        self.backlogs.drop(old)  # what waited for the reset connection goes nowhere now
+        peer.ident = ident
+        table[ident] = peer
+        self.sessions[token] = ident
+        return peer, old
 
     def resume(self, sock: zmq.Socket, ident: bytes, body: dict, user: str | None, now: float) -> bool:
         """A worker's HELLO with ``resume``: move its record to this identity and settle what was lost
         in between.  False if the token is no live worker's with this key (an ordinary HELLO then)."""
-        token = body.get("resume")
-        old = self.sessions.get(token) if isinstance(token, str) else None
-        w = self.workers.get(old) if old is not None else None
-        if w is None or w.session != token or w.user != user or w.paired or old == ident:
+        w, old = self.take_over(self.workers, ident, body, user)
+        if w is None:
             return False
-        self.workers.pop(old)
-        self.backlogs.drop(old)  # what waited for the reset connection goes nowhere now
-        w.ident, w.last_seen, w.progress_at = ident, now, now
-        self.workers[ident] = w
-        self.sessions[token] = ident
+        w.last_seen = w.progress_at = now
         holding, sent = set(protocol.ids(body, "holding")), set(protocol.ids(body, "sent"))
         for gid in w.assigned:
             task = self.tasks.get(gid)
@@ -84,7 +94,7 @@ class Sessions:
                 self.unassign(w, gid, count_attempt=True, why=f"worker {w.name} lost it with its connection")
         w.credit = min(count(body.get("credit", 0)), protocol.MAX_CREDIT)
         self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
-                                              "session": token, "resumed": True, "resend": resend})
+                                              "session": w.session, "resumed": True, "resend": resend})
         self.repeat_requests(w)
         self.complain(f"worker {w.name} (pid {w.pid} on {w.host}) resumed its session on a new connection: "
                       f"{len(w.assigned)} task(s) kept, {len(resend)} result(s) asked for again")
@@ -92,10 +102,8 @@ class Sessions:
 
     def open_client_session(self, c: ClientState) -> str:
         """A new token for a client elsewhere that said HELLO; what it is sent is kept a while."""
-        c.session = secrets.token_hex(16)
         c.sent = SentResults()
-        self.sessions[c.session] = c.ident
-        return c.session
+        return self.open_session(c)
 
     def keep_sent(self, ident: bytes, box: Outbox) -> None:
         """Keep the results and cancel verdicts just sent to a client elsewhere, for its liveness window."""
@@ -114,17 +122,11 @@ class Sessions:
         """A client's HELLO with ``resume``: move its record and its tasks to this identity, and send
         again what it should have had (results, cancel verdicts, STARTED); the ids of ``pending`` the
         broker knows nothing of (their SUBMIT was lost) are named in WELCOME's ``unknown``."""
-        token = body.get("resume")
-        old = self.sessions.get(token) if isinstance(token, str) else None
-        c = self.clients.get(old) if old is not None else None
-        if c is None or c.session != token or c.user != user or old == ident:
+        retries = retries_of(body)
+        c, old = self.take_over(self.clients, ident, body, user)
+        if c is None:
             return False
-        c.retries = retries_of(body)
-        self.clients.pop(old)
-        self.backlogs.drop(old)
-        c.ident, c.last_seen = ident, now
-        self.clients[ident] = c
-        self.sessions[token] = ident
+        c.retries, c.last_seen = retries, now
         for gid in c.tasks.values():
             task = self.tasks.get(gid)
             if task is not None:
@@ -149,7 +151,7 @@ class Sessions:
             else:
                 unknown.append(cid)
         self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
-                                              "session": token, "resumed": True, "unknown": unknown})
+                                              "session": c.session, "resumed": True, "unknown": unknown})
         self.complain(f"a client resumed its session on a new connection: {len(c.tasks)} task(s) kept, "
                       f"{len(unknown)} unknown")
         return True
