@@ -212,6 +212,12 @@ def read_connection(path: str | os.PathLike, role: str) -> Credentials:
                                    f"(mode {stat.filemode(info.st_mode)}): run chmod 600 {path}, "
                                    "and consider its keys seen (corral keys revoke NAME, then add it again)")
         raw = f.read(1 << 16)
+    return parse_connection(raw, path, role)
+
+
+def parse_connection(raw: bytes, path: str | os.PathLike, role: str) -> Credentials:
+    """The ``role`` credentials of a connection document ``raw`` (JSON), checked; ``path`` names
+    where it came from, in messages (a file, or a launched worker's standard input)."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -238,7 +244,7 @@ def read_connection(path: str | os.PathLike, role: str) -> Credentials:
     return Credentials(address, broker_key, role, check_name(entry.get("name")), public, secret)
 
 
-def _z85(path: Path, field: str, value: object) -> bytes:
+def _z85(path: str | os.PathLike, field: str, value: object) -> bytes:
     """A CurveZMQ key as Z85 text (40 characters), or a CredentialsError naming the field."""
     if not isinstance(value, str) or not Z85_KEY.fullmatch(value):
         raise CredentialsError(f"the connection file {path} has a bad {field}: a key is 40 Z85 characters")

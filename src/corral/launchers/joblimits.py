@@ -1,0 +1,71 @@
+"""How long the batch job a worker runs in has left, asked of its resource manager.
+
+A worker started inside a SLURM or Grid Engine job knows its job's hard end by
+itself, so it can stop taking tasks and leave before it (``corral worker``'s
+default ``--wall-time auto``): nothing is lost to a walltime.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+ASK_TIMEOUT = 10.0  # seconds a squeue/qstat call may take
+
+
+def time_left() -> float | None:
+    """Seconds until the hard end of the job this process runs in; None outside a job, for a job
+    with no time limit, or when its resource manager cannot say."""
+    if os.environ.get("SLURM_JOB_ID"):
+        return slurm_time_left(os.environ["SLURM_JOB_ID"])
+    if os.environ.get("JOB_ID") and os.environ.get("SGE_ROOT"):
+        return sge_time_left(os.environ["JOB_ID"])
+    return None
+
+
+def slurm_time_left(job_id: str) -> float | None:
+    """``squeue -j ID -h -o %L``: [D-]HH:MM:SS left, or UNLIMITED / NOT_SET."""
+    out = _ask(["squeue", "-h", "-j", job_id, "-o", "%L"])
+    return parse_duration(out) if out else None
+
+
+def sge_time_left(job_id: str) -> float | None:
+    """``qstat -j ID``: the job's h_rt (from its start; we start as it does)."""
+    out = _ask(["qstat", "-j", job_id])
+    if not out:
+        return None
+    for line in out.splitlines():
+        if "resource_list" in line and "h_rt=" in line:
+            value = line.split("h_rt=", 1)[1].split(",")[0].strip()
+            return parse_duration(value)
+    return None
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds of ``[D-]HH:MM:SS``, ``MM:SS``, ``SS`` (SLURM, SGE); None for anything else."""
+    text = text.strip()
+    days = 0
+    if "-" in text:
+        head, _, text = text.partition("-")
+        if not head.isdigit():
+            return None
+        days = int(head)
+    parts = text.split(":")
+    if not parts or len(parts) > 3 or not all(p.isdigit() for p in parts):
+        return None
+    seconds = 0
+    for p in parts:
+        seconds = seconds * 60 + int(p)
+    return float(days * 86400 + seconds)
+
+
+def _ask(argv: list[str]) -> str | None:
+    """What a resource manager's command prints, or None if it cannot be run or fails."""
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=ASK_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
