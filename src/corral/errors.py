@@ -58,6 +58,17 @@ class CurveUnavailableError(CorralError):
     """This pyzmq's libzmq was built without CurveZMQ (libsodium), which TCP links need."""
 
 
+class LaunchError(CorralError, RuntimeError):
+    """No worker could be started to run a task: the executor's launcher failed again and again.
+
+    The message says how the last launch failed, in the resource manager's words
+    (an sbatch error, ssh's "Connection refused", a worker that could not reach the
+    broker's address).  Only the tasks that were waiting fail; the executor keeps
+    trying to launch workers for later ones.  ``Executor.summary().launches`` lists
+    every failure.
+    """
+
+
 class SecurityWarning(UserWarning):
     """A link is plain TCP (``insecure``): anyone on the network path can read or forge its messages."""
 

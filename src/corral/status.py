@@ -9,10 +9,11 @@ COLUMNS = (("worker", "worker"), ("host", "host"), ("pid", "pid"), ("tasks", "ta
 class Summary(list):
     """A list of dicts, one per worker, whose ``str`` is a table."""
 
-    def __init__(self, workers, queued: int = 0, running: int = 0):
+    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None):
         super().__init__(workers)
         self.queued = queued
         self.running = running
+        self.launches = launches  # an executor with a launcher: what its fleet did (scaling/fleet.py)
 
     def __str__(self) -> str:
         rows = [[h for _, h in COLUMNS]]
@@ -24,4 +25,9 @@ class Summary(list):
         lines.insert(1, "  ".join("-" * n for n in widths))
         total = sum(w["tasks"] for w in self)
         lines.append(f"{len(self)} workers, {total} tasks, {self.queued} queued, {self.running} running")
+        if self.launches:
+            f = self.launches
+            lines.append(f"launches: {f['launched']} ({f['launches_per_slot']} per worker slot), {f['in_flight']} in "
+                         f"flight ({f['pending']} pending), {f['launch_failures']} failed, {f['retired']} retired idle")
+            lines.extend(f"  launch failure: {e}" for e in f["errors"][-3:])
         return "\n".join(lines)

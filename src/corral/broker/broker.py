@@ -44,7 +44,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -66,6 +66,9 @@ from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
 from .sessions import Sessions
+
+if TYPE_CHECKING:
+    from ..scaling.fleet import Fleet
 from .tasks import TaskTable
 
 __all__ = ["DEFAULT_RETRIES", "Broker"]
@@ -91,6 +94,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         embedded: bool = False,
         keys: KeyDir | None = None,
         insecure: bool = False,
+        fleet: Fleet | None = None,
         log=None,
     ):
         # A CurveZMQ broker's ZAP handler serves its whole context, and a context has room for one:
@@ -118,6 +122,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         self.paired: dict[bytes, PoolLink] = {}  # the pool's workers on socket pairs, by identity
         self.lanes: dict[bytes, WorkerState] = {}  # those of them whose task process reads a lane
         self.pool = pool
+        self.fleet = fleet  # launched workers, scaled with the work (scaling/fleet.py)
         if pool is not None and pool.address is None:
             pool.connect = self.adopt
         self.heartbeat = heartbeat
@@ -152,7 +157,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
     def poll_timeout(self) -> float:
         """Seconds the loop may sleep: a pool is checked for exited workers every 0.1 s, and
         a lane's oldest task when it is due a STARTED or its timeout."""
-        timeout = 0.1 if self.pool else self.heartbeat / 2
+        timeout = 0.1 if self.pool or self.fleet else self.heartbeat / 2
         if self.backlogs:
             timeout = min(timeout, BACKLOG_RETRY)
         if self.lanes:
@@ -250,8 +255,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
             w.credit = 0 if w.epoch is None else max(0, lane_window(w) - len(w.assigned))
         idle_lanes = [w for w in self.lanes.values() if w.credit and not w.assigned]
         now = time.monotonic()
-        given = scheduler.assign(self.queue, self.tasks, self.workers.values(), self.pool.size if self.pool else 0,
-                                 now)
+        expected = self.pool.size if self.pool else self.fleet.expected() if self.fleet else 0
+        given = scheduler.assign(self.queue, self.tasks, self.workers.values(), expected, now)
         for w, tasks in given:
             entries = [protocol.task_entry(task.gid, len(task.frames), task.options) for task in tasks]
             frames = [frame for task in tasks for frame in task.frames]
@@ -309,6 +314,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         if self.pool and now - self.last_reap >= 0.1:
             self.last_reap = now
             self.reap_pool()
+        if self.fleet:
+            self.fleet.tick(self, now)
         if now - self.last_beat < self.heartbeat:
             return
         self.last_beat = now
@@ -388,12 +395,26 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         running = sum(1 for t in self.tasks.values() if t.started)
         counts = {"queued": len(self.tasks) - running, "running": running, "connected": len(self.workers),
                   "departed": self.departures}
+        if self.fleet:
+            counts["launches"] = self.fleet.report()
         return counts, [json.dumps(workers, separators=(",", ":")).encode()]
 
+    def retire(self, w: WorkerState, reason: str) -> None:
+        """Tell a worker to leave for good (its job ends with it): it gets no more tasks."""
+        w.credit = 0
+        self.send(self.workers_sock, w.ident, Kind.SHUTDOWN, {"leave": True, "reason": reason})
+
     def close(self) -> None:
-        """Tell the workers to leave, stop the pool, close the sockets."""
+        """Tell the workers to leave (launched ones for good), stop the pool or the fleet, close the sockets."""
         for w in list(self.workers.values()):
-            self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
+            if self.fleet:
+                self.retire(w, "shutdown")
+            else:
+                self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
+        if self.fleet:
+            for sock in self.routers:  # what we told them leaves before the jobs are ended
+                sock.setsockopt(zmq.LINGER, 1000)
+            self.fleet.close()
         deadline = time.monotonic() + 1.0
         for link in self.paired.values():
             link.stream.drain_output(max(0.0, deadline - time.monotonic()))

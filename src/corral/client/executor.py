@@ -34,7 +34,10 @@ from .. import serialization, tuning
 from ..broker.broker import Broker
 from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
 from ..errors import SerializationError
+from ..launchers.base import Launcher
 from ..local.pool import LocalPool, refusal
+from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
+from ..scaling.options import cwd as fleet_cwd
 from ..security.credentials import Target, resolve
 from ..serialization import Call, call_frames
 from ..status import Summary
@@ -73,13 +76,33 @@ class Executor(_StdExecutor):
             CORRAL_BROKER_KEY, CORRAL_PUBLIC_KEY and CORRAL_SECRET_KEY.
         insecure: with a "tcp://" address, talk plain TCP to a broker started
             with --insecure (warns each time; see docs/security.md).
+        launcher: start the workers through a resource manager instead of as
+            local processes: ``corral.launchers.Local()``, ``SSH(hosts)``,
+            ``Slurm(...)``, ``SGE(...)`` or a third party's (docs/launchers.md).
+            The executor's broker then listens on TCP with CurveZMQ, gives each
+            launched worker a key of its own, and scales them between
+            ``min_workers`` and ``max_workers`` with the work (docs/clusters.md).
+        min_workers: launched workers kept even when there is no work (default 0).
+        launch_timeout: seconds a launched worker whose job runs has to reach
+            the broker before the launch counts as failed (default 60; a job
+            still pending in its queue is waited for).
+        advertise, interface: the address launched workers dial: a host name
+            or address (optionally ":PORT"), or the name of the network
+            interface whose address to use; default: the launcher's (Local:
+            127.0.0.1), else this machine's address on its default route.
+        wall_time: seconds a launched worker serves before it leaves (it
+            finishes or hands back its tasks first; default: the job's own time
+            limit under SLURM or Grid Engine, else none).
+        tasks_max: a launched worker leaves after this many tasks.
         retries: how often a task whose worker died is run again (default 2).
         task_timeout: default per-task time limit in seconds; a task that
             runs longer has its process killed and raises TaskTimeoutError.
         prefetch: tasks a local worker holds beyond the one it runs; by
             default it holds about 10 ms of work (at least one task more).
         idle_timeout: a local worker idle this many seconds exits; workers
-            start again when work arrives.
+            start again when work arrives.  With a launcher: an idle launched
+            worker is retired after this long (default 60), never below
+            ``min_workers``.
         max_memory: a local worker whose task process uses more than this
             resident memory after a task (bytes, or a string like "2GB")
             gets a new task process.
@@ -115,6 +138,13 @@ class Executor(_StdExecutor):
         spin: float = tuning.SPIN,
         keys: str | os.PathLike | None = None,
         insecure: bool = False,
+        launcher: Launcher | None = None,
+        min_workers: int = 0,
+        launch_timeout: float = LAUNCH_TIMEOUT,
+        advertise: str | None = None,
+        interface: str | None = None,
+        wall_time: float | None = None,
+        tasks_max: int | None = None,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
@@ -130,6 +160,17 @@ class Executor(_StdExecutor):
             problem = refusal(config.max_workers, config.fresh)
             if problem:
                 raise ValueError(f"max_workers={config.max_workers:,}: {problem}; ask for fewer workers")
+        fleet = None
+        if launcher is not None:
+            if config.address is not None or keys is not None or insecure:
+                raise ValueError("launcher= starts workers for the executor's own broker; address=, keys= and "
+                                 "insecure= are for a broker elsewhere: give one or the other")
+            fleet = FleetOptions(launcher, config.max_workers, min_workers, idle_timeout, launch_timeout, advertise,
+                                 interface, wall_time, tasks_max)
+        elif (min_workers, launch_timeout, advertise, interface, wall_time, tasks_max) != (
+                0, LAUNCH_TIMEOUT, None, None, None, None):
+            raise ValueError("min_workers, launch_timeout, advertise, interface, wall_time and tasks_max are for "
+                             "launched workers: give launcher= too (corral.launchers.Local(), SSH(...), Slurm(...))")
         if config.address is not None:  # its keys are read now: a bad file fails here, not in the I/O thread
             target: Target | None = resolve(config.address, "client", keys=keys, insecure=insecure)
         elif keys is not None or insecure:
@@ -145,7 +186,7 @@ class Executor(_StdExecutor):
         self._shm_dir: str | None = None  # large buffers to and from our own workers (shm.py)
         self._broker: Broker | None = None
         if target is None:
-            target = Target(self._start_embedded(config))
+            target = Target(self._start_embedded(config) if fleet is None else self._start_launched(config, fleet))
         self._address = target.address
         self._io = IOLoop(self._ctx, target.address, config.retries, self._cleanup, config.heartbeat,
                           config.liveness, config.kill_grace, config.spin, target.curve)
@@ -170,6 +211,45 @@ class Executor(_StdExecutor):
                          spin=config.spin)
         self._broker = Broker(None, context=self._ctx, pool=pool, embedded=True,
                               heartbeat=config.heartbeat, liveness=config.liveness)
+        return "embedded"
+
+    def _start_launched(self, config: ExecutorConfig, options: FleetOptions) -> str:
+        """The embedded broker listening on TCP (CurveZMQ) for the workers its fleet launches."""
+        from ..scaling import listen
+        from ..scaling.fleet import Fleet
+        from ..security.keys import KeyDir
+
+        init = None
+        if config.initializer is not None:
+            init = serialization.dumps((config.initializer, tuple(config.initargs)), "the initializer")[0]
+        launcher = options.launcher
+        bind_host, dial_host, port = listen.choose(launcher.default_host(), options.advertise, options.interface)
+        self._tmpdir = tempfile.mkdtemp(prefix="corral-")
+        try:
+            keys = KeyDir(os.path.join(self._tmpdir, "keys"))  # each launch's key is added as it is made
+            broker, port = listen.bind_router(
+                lambda address: Broker(None, address, keys=keys, embedded=True, heartbeat=config.heartbeat,
+                                       liveness=config.liveness), bind_host, port)
+            worker_args = []
+            if config.fresh:
+                worker_args.append("--fresh")
+            if config.prefetch is not None:
+                worker_args += ["--prefetch", str(config.prefetch)]
+            if config.max_tasks_per_child and not config.fresh:
+                worker_args += ["--max-tasks-per-child", str(config.max_tasks_per_child)]
+            if config.max_memory:
+                worker_args += ["--max-memory", str(config.max_memory)]
+            address = listen.dial_address(dial_host, port)
+            broker.fleet = Fleet(
+                launcher, keys, address, options.worker_command(config.heartbeat, config.liveness, worker_args),
+                min_workers=options.min_workers, max_workers=options.max_workers,
+                idle_timeout=options.idle_timeout, launch_timeout=options.launch_timeout, sys_path=list(sys.path),
+                initializer=init, cwd=fleet_cwd(), wall_time=options.wall_time)
+        except BaseException:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            raise
+        self._broker = broker
+        self.worker_address = address
         return "embedded"
 
     def _cleanup(self) -> None:
@@ -330,7 +410,8 @@ class Executor(_StdExecutor):
             never = "" if self._io.welcomed else " (it has not answered this executor at all: is it running there?)"
             raise TimeoutError(f"the broker at {self._address} did not answer a status request within "
                                f"{timeout:g} s{never}") from None
-        return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0))
+        return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0),
+                       launches=counts.get("launches"))
 
 
 class TaskOptions:

@@ -39,7 +39,14 @@ import zmq
 
 from .. import serialization
 from ..broker.broker import Broker
-from ..errors import BrokerLostError, DeserializationError, SerializationError, TaskTimeoutError, WorkerLostError
+from ..errors import (
+    BrokerLostError,
+    DeserializationError,
+    LaunchError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerLostError,
+)
 from ..logs import Throttle, logger
 from ..serialization import restore_builtin_state
 from ..wire import protocol, shm
@@ -404,6 +411,8 @@ def _failure(meta: dict) -> BaseException:
         return WorkerLostError(message)
     if error == protocol.ERR_TIMEOUT:
         return TaskTimeoutError(message)
+    if error == protocol.ERR_LAUNCH:
+        return LaunchError(message)
     if error == protocol.ERR_BROKEN:
         return BrokenProcessPool(
             f"A worker's initializer failed; the executor is broken and takes no more work.\n{message}"

@@ -99,6 +99,7 @@ class Launcher(ABC):
 
     kind = "launcher"
     poll_interval = 2.0  # seconds between status() calls the scaler makes at most
+    lifeline = False  # the worker's standard input stays open while we want it (``WorkerLaunch``)
 
     def __init__(self, python: str | None = None):
         self.python = python or sys.executable
@@ -117,6 +118,12 @@ class Launcher(ABC):
     def terminate(self, job_ids: Sequence[str]) -> None:
         """Stop these jobs (scancel, qdel, close the SSH connection).  Idempotent: an id that
         already ended or was terminated is no error."""
+
+    def default_host(self) -> str | None:
+        """The host workers should dial when the executor is given neither ``advertise`` nor
+        ``interface``: None means this machine's address on its default route (a launcher whose
+        workers run here says 127.0.0.1)."""
+        return None
 
     def script(self, launch: WorkerLaunch | None = None) -> str:
         """The job script this launcher would submit for ``launch`` (a placeholder one if None),

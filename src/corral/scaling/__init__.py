@@ -1,0 +1,1 @@
+"""Autoscaling: launched workers follow the work (``policy.py``: how many; ``fleet.py``: the launches)."""
