@@ -58,7 +58,7 @@ class Leading:
 
         A caller that waits for its result would otherwise sleep while the I/O thread wakes
         to read that result and then wakes it: two thread hand-offs per round trip.  The
-        embedded broker's loop only (it has no ZeroMQ socket that must stay in one thread).
+        embedded broker's loop only, when it has no ZeroMQ socket (one that must stay in one thread).
         In the main thread, Ctrl-C is held back while messages are handled, so that none is
         half-handled, and the loop is left to the I/O thread while a Python handler of another
         signal is installed (it could raise anywhere).  Outcomes are set once the messages
@@ -67,6 +67,8 @@ class Leading:
         """
         io = self.io
         if io.link is None or io.broker is None or io.closing or threading.current_thread() is io.thread:
+            return
+        if io.broker.routers:  # it listens for launched workers: its ZeroMQ sockets stay in the I/O thread
             return
         guard = None
         if threading.current_thread() is threading.main_thread():
