@@ -358,3 +358,26 @@ def test_second_host_unreachable_times_out(sshd_netns, tmp_path):  # noqa: F811
     finally:
         node.net.heal(node.node)
         client.quit()
+
+
+def test_terminate_signals_ssh_when_the_remote_program_ignores_eof(sshd, make_launcher, tmp_path, monkeypatch):  # noqa: F811
+    """A remote program that never reads its standard input: after the grace, terminate ends the local ssh
+    (SIGTERM).  Without a terminal sshd sends the remote program no signal: it lives on to its own end
+    (a worker leaves on its lifeline's end; a hung one is what the broker's liveness is for)."""
+    monkeypatch.setattr(ssh_module, "GRACE_S", 0.5)
+    launcher = make_launcher([sshd.host], ssh_options=sshd.ssh_options)
+    marker = tmp_path / "deaf.txt"
+    deaf = WorkerLaunch(name="ssh-1", command=("python", "-c", "import os, sys, time; "
+                                               f"open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(3)"),
+                        stdin=b"{}\n")
+    job = launcher.launch(deaf)
+    remote = int(wait_for(lambda: marker.exists() and marker.read_text(), 30, "the remote program to start"))
+    started = time.monotonic()
+    launcher.terminate([job])
+    took = time.monotonic() - started
+    assert 0.4 < took < 0.5 + ssh_module.KILL_AFTER_S + 1, took
+    status = launcher.status([job])[job]
+    assert status.detail.startswith("ended by terminate(): the remote command was still there"), status.detail
+    assert "ssh got SIGTERM (exit code 255)" in status.detail, status.detail
+    assert not gone(remote), "the remote program got a signal after all: update the docstrings"
+    wait_for(lambda: gone(remote), 10, "the remote program to end by itself")

@@ -298,7 +298,10 @@ class SSH(Launcher):
         if code is None:
             return JobStatus(JobState.RUNNING)
         job.tail.thread.join(OUTPUT_WAIT_S)  # its last words, once the pipe is read to its end
-        if code < 0:
+        if job.signalled:  # ssh answers SIGTERM with exit code 255
+            said = (f"ended by terminate(): the remote command was still there {GRACE_S:g} s after its standard "
+                    f"input closed, so ssh got {' then '.join(job.signalled)} (exit code {code})")
+        elif code < 0:
             try:
                 name = signal.Signals(-code).name
             except ValueError:
@@ -308,8 +311,8 @@ class SSH(Launcher):
             said = "ssh failed (exit code 255: the connection, the login, or the remote command's own 255)"
         else:
             said = f"exit code {code}"
-        if job.terminated:
-            said += " after terminate()" + (f" ({', '.join(job.signalled)} sent)" if job.signalled else "")
+        if job.terminated and not job.signalled:
+            said += " after terminate()"
         output = job.tail.text()
         return JobStatus(JobState.ENDED, f"{said}; its last output:\n{output}" if output else said)
 
