@@ -381,3 +381,16 @@ def test_terminate_signals_ssh_when_the_remote_program_ignores_eof(sshd, make_la
     assert "ssh got SIGTERM (exit code 255)" in status.detail, status.detail
     assert not gone(remote), "the remote program got a signal after all: update the docstrings"
     wait_for(lambda: gone(remote), 10, "the remote program to end by itself")
+
+
+def test_old_ended_launches_are_forgotten(sshd, make_launcher, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(ssh_module, "ENDED_KEPT", 2)
+    launcher = make_launcher([server.CLOSED_HOST], ssh_options=sshd.ssh_options)
+    jobs = []
+    for n in range(4):
+        jobs.append(launcher.launch(remote_launch(tmp_path / "r.json", name=f"ssh-{n}")))
+        ended(launcher, jobs[-1])
+    status = launcher.status(jobs)
+    assert [st.detail for st in status.values()][:1] == ["not a job of this launcher (or forgotten)"]
+    assert all("Connection refused" in status[job].detail for job in jobs[-2:])
+    assert len(set(jobs)) == 4 and all(st.state is JobState.ENDED for st in status.values())

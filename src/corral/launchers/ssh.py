@@ -56,6 +56,7 @@ TAIL_LINES = 50  # lines of ssh's output (its errors, the worker's last words) k
 LINE_MAX = 4096  # bytes of one output line kept (a line with no end is cut here)
 FEED_S = 60.0  # seconds, beyond ConnectTimeout, that writing the launch document may take
 OUTPUT_WAIT_S = 0.2  # seconds status() waits for the last output of an ssh process that has just exited
+ENDED_KEPT = 1000  # ended launches whose status (exit code, last output) is kept, the newest; older ones are forgotten
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _BAD_HOST = re.compile(r"[\s\x00-\x1f\x7f/]")
@@ -185,7 +186,8 @@ class SSH(Launcher):
         self.ssh = ssh
         self.workers_per_host = workers_per_host
         self.connect_timeout = int(round(connect_timeout))
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, _Job] = {}  # in launch order
+        self._issued: set[str] = set()  # every job id given out, forgotten ones included: none is given twice
         self._lock = threading.Lock()  # the scaler's thread and close() may meet
         self._closed = False
 
@@ -252,10 +254,12 @@ class SSH(Launcher):
                                    "(Debian: apt install openssh-client) or give SSH(ssh=its path)") from None
             job_id = f"{host}/{proc.pid}"
             serial = 1
-            while job_id in self._jobs:  # the pid of an earlier launch's ssh, used again
+            while job_id in self._issued:  # the pid of an earlier launch's ssh, used again
                 serial += 1
                 job_id = f"{host}/{proc.pid}~{serial}"
+            self._issued.add(job_id)
             self._jobs[job_id] = _Job(host, proc, _Tail(proc.stdout, job_id))
+            self._forget_old()
         if not self._feed(proc, launch.stdin):
             self._stop([proc])
             with self._lock:
@@ -263,6 +267,12 @@ class SSH(Launcher):
             raise LaunchFailed(f"ssh to {host} did not take the launch document within "
                                f"{self.connect_timeout + FEED_S:g} s; the connection was closed")
         return job_id
+
+    def _forget_old(self) -> None:
+        """Forget the oldest ended launches beyond ``ENDED_KEPT`` (each holds up to TAIL_LINES lines)."""
+        ended = [job_id for job_id, job in self._jobs.items() if not job.running()]
+        for job_id in ended[:max(0, len(ended) - ENDED_KEPT)]:
+            del self._jobs[job_id]
 
     def _feed(self, proc: subprocess.Popen, data: bytes) -> bool:
         """Write the document to ssh's standard input, and leave it open; False if that took too long.
