@@ -218,7 +218,8 @@ class SSH(Launcher):
 
     def script(self, launch: WorkerLaunch | None = None) -> str:
         launch = launch or example_launch()
-        host = self._pick(check_limit=False)
+        with self._lock:
+            host = self._pick(check_limit=False)
         return (f"# runs on one of: {' '.join(self.hosts)} (the one with the fewest running workers); the launch\n"
                 "# document goes to ssh's standard input, which stays open: the worker leaves when it closes\n"
                 + shlex.join(self.command(host, launch)) + " < LAUNCH-DOCUMENT\n")
