@@ -27,7 +27,7 @@ import pytest
 import corral
 import sshd as server
 from corral.launchers import SSH, JobState, LaunchFailed, WorkerLaunch
-from corral.launchers import ssh as ssh_module
+from corral.launchers import processes as ssh_module
 from helpers import gone, read_line, wait_for
 from sshd import sshd, sshd_netns  # noqa: F401 - fixtures
 
@@ -154,7 +154,7 @@ def test_killed_ssh_client_ends_remote_program(sshd, make_launcher, tmp_path):  
     wait_for(lambda: gone(remote), EOF_S, "the remote program to exit")
     print(f"SIGKILL of ssh to the remote program's EOF and exit: {time.monotonic() - started:.3f} s")
     status = ended(launcher, job)
-    assert status.detail.startswith("ssh was killed by SIGKILL"), status.detail
+    assert status.detail.startswith("its process was killed by SIGKILL"), status.detail
     launcher.terminate([job])  # an ended job: nothing to do
     assert launcher.status([job])[job].state is JobState.ENDED
 
@@ -222,8 +222,10 @@ def test_hosts_share_launches_and_workers_per_host_limits(sshd, make_launcher, t
         assert (tmp_path / f"record-{n}.json.eof").exists()
     assert all(gone(pid) for pid in remote)
     assert all(st.state is JobState.ENDED for st in launcher.status(jobs).values())
-    with pytest.raises(LaunchFailed, match="closed"):
-        launcher.launch(remote_launch(tmp_path / "record-y.json"))
+    # A closed launcher serves the next executor that is given it.
+    again = launcher.launch(remote_launch(tmp_path / "record-y.json", name="ssh-y"))
+    read_record(tmp_path / "record-y.json")
+    launcher.terminate([again])
 
 
 def test_script_shows_the_command_without_the_document(sshd, tmp_path):  # noqa: F811
@@ -377,8 +379,8 @@ def test_terminate_signals_ssh_when_the_remote_program_ignores_eof(sshd, make_la
     took = time.monotonic() - started
     assert 0.4 < took < 0.5 + ssh_module.KILL_AFTER_S + 1, took
     status = launcher.status([job])[job]
-    assert status.detail.startswith("ended by terminate(): the remote command was still there"), status.detail
-    assert "ssh got SIGTERM (exit code 255)" in status.detail, status.detail
+    assert status.detail.startswith("ended by terminate(): the worker was still there"), status.detail
+    assert "its process got SIGTERM (exit code 255)" in status.detail, status.detail
     assert not gone(remote), "the remote program got a signal after all: update the docstrings"
     wait_for(lambda: gone(remote), 10, "the remote program to end by itself")
 

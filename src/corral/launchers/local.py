@@ -4,45 +4,39 @@ Unlike the executor's own pool (``launcher=None``), whose workers are joined to 
 by socket pairs, these dial the executor's broker over TCP with CurveZMQ like any
 remote worker: the same path as an SSH host or a batch job, with nothing to install.
 It suits autoscaling on one large machine, and trying a launcher's settings before
-a cluster.
+a cluster.  Each worker is a ``corral worker -`` process of the client, its launch
+document on its standard input (``processes.py``).
 """
 
 from __future__ import annotations
 
+import collections
 import os
-from collections.abc import Sequence
 
-from .base import JobStatus, Launcher, WorkerLaunch
-from .processes import ProcessJob, ProcessJobs
+from .base import WorkerLaunch
+from .processes import ProcessLauncher
+
+HOST = "localhost"  # the host part of a Local job id ("localhost/PID")
 
 
-class Local(Launcher):
-    """Start each worker as a process of ours (``corral worker -``), its launch document on its stdin."""
+class Local(ProcessLauncher):
+    """Start each worker as a process of ours on this machine; its job id is ``localhost/PID``."""
 
     kind = "local"
     poll_interval = 0.5
-    lifeline = True
-
-    def __init__(self, python: str | None = None):
-        super().__init__(python)
-        self.jobs = ProcessJobs()
 
     def default_host(self) -> str:
         return "127.0.0.1"
 
-    def launch(self, launch: WorkerLaunch) -> str:
-        argv = [self.python, *launch.command[1:]]
-        job = ProcessJob(argv, launch.stdin, env={**os.environ, **launch.env}, cwd=launch.cwd)
-        return self.jobs.add(str(job.proc.pid), job)
+    def pick(self, running: collections.Counter) -> str:
+        return HOST
 
-    def status(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        return self.jobs.status(job_ids)
+    def argv(self, host: str, launch: WorkerLaunch) -> tuple[list[str], dict | None, str | None]:
+        cwd = launch.cwd if launch.cwd and os.path.isdir(launch.cwd) else None
+        return [self.python, *launch.command[1:]], {**os.environ, **launch.env}, cwd
 
-    def terminate(self, job_ids: Sequence[str]) -> None:
-        self.jobs.terminate(job_ids)
-
-    def close(self) -> None:
-        self.jobs.close()
+    def cannot_run(self, exc: OSError) -> str:
+        return f"could not run {self.python}: {exc.strerror or exc}"
 
     def __repr__(self) -> str:
         return "Local()"

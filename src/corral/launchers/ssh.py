@@ -33,91 +33,18 @@ machine's software), or ``python=``.
 from __future__ import annotations
 
 import collections
-import os
 import re
-import select
 import shlex
-import signal
-import subprocess
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from .base import JobState, JobStatus, Launcher, LaunchFailed, WorkerLaunch, example_launch
-
-# Seconds a worker has, once its standard input closed, to hand its tasks back and leave
-# (the worker answers the end of its lifeline at once; the rest is the connection's close)
-# before its ssh process gets SIGTERM: long enough for a slow link, short enough that a
-# shutdown does not seem to hang.
-GRACE_S = 5.0
-KILL_AFTER_S = 2.0  # seconds between SIGTERM and SIGKILL of a local ssh process
-TAIL_LINES = 50  # lines of ssh's output (its errors, the worker's last words) kept per launch
-LINE_MAX = 4096  # bytes of one output line kept (a line with no end is cut here)
-FEED_S = 60.0  # seconds, beyond ConnectTimeout, that writing the launch document may take
-OUTPUT_WAIT_S = 0.2  # seconds status() waits for the last output of an ssh process that has just exited
-ENDED_KEPT = 1000  # ended launches whose status (exit code, last output) is kept, the newest; older ones are forgotten
+from .base import LaunchFailed, WorkerLaunch, example_launch
+from .processes import ProcessLauncher
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _BAD_HOST = re.compile(r"[\s\x00-\x1f\x7f/]")
 
 
-class _Tail:
-    """The last ``TAIL_LINES`` lines of a process's output, read by a thread of its own until the end
-    (a process whose pipe nobody reads blocks once the pipe is full)."""
-
-    def __init__(self, stream, name: str):
-        self.lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self._lock = threading.Lock()
-        self._partial = b""
-        self._stream = stream
-        self.thread = threading.Thread(target=self._read, name=f"corral-ssh-output-{name}", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        fd = self._stream.fileno()
-        skipping = False  # the rest of a line longer than LINE_MAX, whose start is kept already
-        try:
-            while chunk := os.read(fd, 65536):
-                *whole, self._partial = (self._partial + chunk).split(b"\n")
-                for line in whole:
-                    if not skipping:
-                        self._add(line)
-                    skipping = False
-                if len(self._partial) > LINE_MAX:
-                    if not skipping:
-                        self._add(self._partial)
-                    skipping, self._partial = True, b""
-        except OSError:
-            pass
-        finally:
-            if self._partial and not skipping:
-                self._add(self._partial)
-            self._partial = b""
-            self._stream.close()
-
-    def _add(self, line: bytes) -> None:
-        with self._lock:
-            self.lines.append(line[:LINE_MAX].decode(errors="replace").rstrip("\r"))
-
-    def text(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
-
-
-@dataclass
-class _Job:
-    host: str
-    proc: subprocess.Popen
-    tail: _Tail
-    terminated: bool = False  # terminate() was called for it
-    signalled: list[str] = field(default_factory=list)  # the signals terminate() had to send
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-
-class SSH(Launcher):
+class SSH(ProcessLauncher):
     """Starts workers on ``hosts`` through the system's OpenSSH client (see the module's docstring).
 
     ``hosts``: names ssh understands (``node1``, ``user@node1``, an alias of ``~/.ssh/config``);
@@ -131,9 +58,6 @@ class SSH(Launcher):
     """
 
     kind = "ssh"
-    # The scaler writes ``"lifeline": true`` into the documents of this launcher's workers: they
-    # leave when their standard input (the connection) closes.
-    lifeline = True
 
     def __init__(self, hosts: Sequence[str], python: str | None = None, ssh_options: Sequence[str] = (),
                  ssh: str = "ssh", workers_per_host: int | None = None, connect_timeout: float = 10):
@@ -186,10 +110,6 @@ class SSH(Launcher):
         self.ssh = ssh
         self.workers_per_host = workers_per_host
         self.connect_timeout = int(round(connect_timeout))
-        self._jobs: dict[str, _Job] = {}  # in launch order
-        self._issued: set[str] = set()  # every job id given out, forgotten ones included: none is given twice
-        self._lock = threading.Lock()  # the scaler's thread and close() may meet
-        self._closed = False
 
     # -- the command ------------------------------------------------------------------
 
@@ -216,158 +136,36 @@ class SSH(Launcher):
         return [self.ssh, *self.ssh_options, "-T", "-o", "BatchMode=yes",
                 "-o", f"ConnectTimeout={self.connect_timeout}", host, "--", self.remote_command(launch)]
 
+    def argv(self, host: str, launch: WorkerLaunch) -> tuple[list[str], dict | None, str | None]:
+        return self.command(host, launch), None, None
+
     def script(self, launch: WorkerLaunch | None = None) -> str:
         launch = launch or example_launch()
         with self._lock:
-            host = self._pick(check_limit=False)
+            running = self.running()
+            host = min(self.hosts, key=lambda h: running[h])
         return (f"# runs on one of: {' '.join(self.hosts)} (the one with the fewest running workers); the launch\n"
                 "# document goes to ssh's standard input, which stays open: the worker leaves when it closes\n"
                 + shlex.join(self.command(host, launch)) + " < LAUNCH-DOCUMENT\n")
 
-    # -- launch, status, terminate ----------------------------------------------------
+    # -- where, and what to say ------------------------------------------------------
 
-    def _running(self) -> collections.Counter:
-        return collections.Counter(job.host for job in self._jobs.values() if job.running())
-
-    def _pick(self, check_limit: bool = True) -> str:
-        running = self._running()
+    def pick(self, running: collections.Counter) -> str:
         host = min(self.hosts, key=lambda h: running[h])  # the first of the least busy
-        if check_limit and self.workers_per_host is not None and running[host] >= self.workers_per_host:
+        if self.workers_per_host is not None and running[host] >= self.workers_per_host:
             raise LaunchFailed(f"every host runs workers_per_host={self.workers_per_host} workers of this "
                                f"launcher already ({', '.join(self.hosts)}): give more hosts, raise "
                                "workers_per_host, or lower max_workers")
         return host
 
-    def launch(self, launch: WorkerLaunch) -> str:
-        with self._lock:
-            if self._closed:
-                raise LaunchFailed("this SSH launcher is closed")
-            host = self._pick()
-            argv = self.command(host, launch)
-            try:
-                # Its own session: a Ctrl-C at the user's terminal reaches Python (which shuts the
-                # executor down, ending the workers in order), not every ssh at once; and ssh has no
-                # terminal to prompt on.
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            except OSError as exc:
-                raise LaunchFailed(f"cannot run the SSH client {self.ssh!r}: {exc}; install OpenSSH's client "
-                                   "(Debian: apt install openssh-client) or give SSH(ssh=its path)") from None
-            job_id = f"{host}/{proc.pid}"
-            serial = 1
-            while job_id in self._issued:  # the pid of an earlier launch's ssh, used again
-                serial += 1
-                job_id = f"{host}/{proc.pid}~{serial}"
-            self._issued.add(job_id)
-            self._jobs[job_id] = _Job(host, proc, _Tail(proc.stdout, job_id))
-            self._forget_old()
-        if not self._feed(proc, launch.stdin):
-            self._stop([proc])
-            with self._lock:
-                self._jobs.pop(job_id, None)
-            raise LaunchFailed(f"ssh to {host} did not take the launch document within "
-                               f"{self.connect_timeout + FEED_S:g} s; the connection was closed")
-        return job_id
+    def cannot_run(self, exc: OSError) -> str:
+        return (f"cannot run the SSH client {self.ssh!r}: {exc}; install OpenSSH's client "
+                "(Debian: apt install openssh-client) or give SSH(ssh=its path)")
 
-    def _forget_old(self) -> None:
-        """Forget the oldest ended launches beyond ``ENDED_KEPT`` (each holds up to TAIL_LINES lines)."""
-        ended = [job_id for job_id, job in self._jobs.items() if not job.running()]
-        for job_id in ended[:max(0, len(ended) - ENDED_KEPT)]:
-            del self._jobs[job_id]
-
-    def _feed(self, proc: subprocess.Popen, data: bytes) -> bool:
-        """Write the document to ssh's standard input, and leave it open; False if that took too long.
-        Bounded: a host that takes the connection but never reads would otherwise hold launch() for
-        ever once the pipe is full.  If ssh ends first (refused, unreachable), its status says why."""
-        fd = proc.stdin.fileno()
-        os.set_blocking(fd, False)
-        view = memoryview(data)
-        deadline = time.monotonic() + self.connect_timeout + FEED_S
-        while view:
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
-                break
-            _, ready, _ = select.select([], [fd], [], min(left, 0.5))
-            if not ready:
-                continue
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                return True  # ssh ended: status() tells why
-        return not view or proc.poll() is not None
-
-    def status(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        with self._lock:
-            return {job_id: self._status(self._jobs.get(job_id)) for job_id in job_ids}
-
-    def _status(self, job: _Job | None) -> JobStatus:
-        if job is None:
-            return JobStatus(JobState.ENDED, "not a job of this launcher (or forgotten)")
-        code = job.proc.poll()
-        if code is None:
-            return JobStatus(JobState.RUNNING)
-        job.tail.thread.join(OUTPUT_WAIT_S)  # its last words, once the pipe is read to its end
-        if job.signalled:  # ssh answers SIGTERM with exit code 255
-            said = (f"ended by terminate(): the remote command was still there {GRACE_S:g} s after its standard "
-                    f"input closed, so ssh got {' then '.join(job.signalled)} (exit code {code})")
-        elif code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
-            said = f"ssh was killed by {name}"
-        elif code == 255:
-            said = "ssh failed (exit code 255: the connection, the login, or the remote command's own 255)"
-        else:
-            said = f"exit code {code}"
-        if job.terminated and not job.signalled:
-            said += " after terminate()"
-        output = job.tail.text()
-        return JobStatus(JobState.ENDED, f"{said}; its last output:\n{output}" if output else said)
-
-    def terminate(self, job_ids: Sequence[str]) -> None:
-        """Close each worker's standard input (it hands back its tasks and leaves), then, after ``GRACE_S``,
-        SIGTERM and SIGKILL the ssh processes still there; reaped.  Ids unknown or ended: nothing to do."""
-        with self._lock:
-            jobs = [self._jobs[job_id] for job_id in job_ids if job_id in self._jobs]
-        for job in jobs:
-            job.terminated = True
-        self._stop([job.proc for job in jobs], jobs)
-
-    def _stop(self, procs: list[subprocess.Popen], jobs: Sequence[_Job] = ()) -> None:
-        for proc in procs:
-            try:
-                proc.stdin.close()  # the lifeline's end
-            except OSError:
-                pass  # its reader has gone (BrokenPipeError on the flush): ssh has ended
-        deadline = time.monotonic() + GRACE_S
-        for how, wait in ((None, GRACE_S), (signal.SIGTERM, KILL_AFTER_S), (signal.SIGKILL, KILL_AFTER_S)):
-            alive = [proc for proc in procs if proc.poll() is None]
-            if not alive:
-                break
-            if how is not None:
-                for proc in alive:
-                    proc.send_signal(how)
-                for job in jobs:
-                    if job.proc in alive:
-                        job.signalled.append(how.name)
-                deadline = time.monotonic() + wait
-            for proc in alive:
-                try:
-                    proc.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-        for job in jobs:
-            job.tail.thread.join(1.0)
-
-    def close(self) -> None:
-        """Terminate every worker still running, reap every ssh process; the launcher takes no more launches."""
-        with self._lock:
-            self._closed = True
-            ids = list(self._jobs)
-        self.terminate(ids)
+    def ended_words(self, code: int) -> str:
+        if code == 255:
+            return "ssh failed (exit code 255: the connection, the login, or the remote command's own 255)"
+        return f"exit code {code}"
 
     def __repr__(self) -> str:
         return f"SSH({self.hosts!r})"
