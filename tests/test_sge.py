@@ -144,6 +144,7 @@ def test_script_directives_prologue_and_no_secret():
     ({"queue": ""}, ValueError, "queue must be a name without spaces"),
     ({"project": 5}, TypeError, "project must be a string"),
     ({"directives": [None]}, TypeError, "must be a list of strings"),
+    ({"output": "/tmp/my output"}, ValueError, "output must be a file's path without spaces"),
 ])
 def test_arguments_are_checked_at_construction(kwargs, error, words):
     with pytest.raises(error, match=words):

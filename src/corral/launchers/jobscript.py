@@ -205,8 +205,9 @@ def output_path(value: str | None) -> str:
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"output must be a file's path, not {type(value).__name__}")
     path = os.fspath(value)
-    if not path or "\n" in path:
-        raise ValueError(f"output must be a file's path, not {value!r}")
+    if not path or any(c.isspace() for c in path):
+        raise ValueError(f"output must be a file's path without spaces (a job directive cannot quote it), "
+                         f"not {value!r}")
     return os.path.abspath(path)
 
 
