@@ -7,9 +7,11 @@ default ``--wall-time auto``): nothing is lost to a walltime.
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
+import time
 
 ASK_TIMEOUT = 10.0  # seconds a squeue/qstat call may take
 
@@ -25,20 +27,43 @@ def time_left() -> float | None:
 
 
 def slurm_time_left(job_id: str) -> float | None:
-    """``squeue -j ID -h -o %L``: [D-]HH:MM:SS left, or UNLIMITED / NOT_SET."""
+    """``squeue -j ID -h -o %L``: what is left as [D-]HH:MM:SS, MM:SS under an hour, or UNLIMITED /
+    NOT_SET / INVALID (None)."""
     out = _ask(["squeue", "-h", "-j", job_id, "-o", "%L"])
     return parse_duration(out) if out else None
 
 
 def sge_time_left(job_id: str) -> float | None:
-    """``qstat -j ID``: the job's h_rt (from its start; we start as it does)."""
+    """``qstat -j ID``'s h_rt (seconds, or HH:MM:SS elsewhere), less the time since the job started
+    (the "submit/start at" of ``qstat -u USER``, local time, to the second).  Grid Engine's
+    ``qstat -j`` does not say when a job started; if the start cannot be found, the whole h_rt."""
     out = _ask(["qstat", "-j", job_id])
     if not out:
         return None
+    limit = None
     for line in out.splitlines():
         if "resource_list" in line and "h_rt=" in line:
-            value = line.split("h_rt=", 1)[1].split(",")[0].strip()
-            return parse_duration(value)
+            limit = parse_duration(line.split("h_rt=", 1)[1].split(",")[0].strip())
+            break
+    if limit is None:
+        return None
+    started = _sge_started(job_id)
+    if started is None:
+        return limit
+    return max(0.0, limit - max(0.0, time.time() - started))
+
+
+def _sge_started(job_id: str) -> float | None:
+    """When a running Grid Engine job started (epoch seconds), from ``qstat -u USER``'s listing."""
+    user = os.environ.get("USER") or getpass.getuser()
+    out = _ask(["qstat", "-s", "r", "-u", user])
+    for line in (out or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 7 and fields[0] == job_id:
+            try:
+                return time.mktime(time.strptime(f"{fields[5]} {fields[6]}", "%m/%d/%Y %H:%M:%S"))
+            except (ValueError, OverflowError):
+                return None
     return None
 
 
