@@ -141,5 +141,5 @@ class Launcher(ABC):
 
 def example_launch() -> WorkerLaunch:
     """A placeholder WorkerLaunch, for ``Launcher.script()`` with no launch."""
-    return WorkerLaunch(name="corral-worker-1", command=(sys.executable, "-m", "corral", "worker", "-"),
+    return WorkerLaunch(name="worker-1", command=(sys.executable, "-m", "corral", "worker", "-"),
                         stdin=b"{}\n", cwd=os.getcwd())

@@ -55,7 +55,7 @@ class FleetOptions:
     def worker_command(self, heartbeat: float, liveness: int, worker_args: list[str]) -> tuple[str, ...]:
         """``corral worker -`` for one launched worker process: it leaves when the broker is silent
         for ``heartbeat`` x ``liveness`` seconds (a client that died), and after its lifetime."""
-        argv = [self.launcher.python, "-m", "corral.cli", "worker", "-", "--processes", "1",
+        argv = [self.launcher.python, "-m", "corral", "worker", "-", "--processes", "1",
                 "--broker-timeout", repr(heartbeat * liveness), *worker_args]
         if self.wall_time is not None:
             argv += ["--wall-time", repr(self.wall_time)]
