@@ -42,6 +42,7 @@ from . import policy
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
+    from ..broker.records import WorkerState
     from ..security.keys import KeyDir
 
 TICK = 0.2  # seconds between the fleet's looks at the broker
@@ -136,6 +137,7 @@ class Fleet:
         self.max_launch_failures = max_launch_failures
         self.numbers = itertools.count(1)
         self.launches: dict[str, Launch] = {}  # in flight or connected, by name
+        self.issued: set[str] = set()  # every launch's name (its key's): a key admits one worker, once
         self.by_ident: dict[bytes, Launch] = {}
         self.idle_since: dict[bytes, float] = {}
         self.connect_delays: collections.deque = collections.deque(maxlen=8)
@@ -162,6 +164,35 @@ class Fleet:
         if (self.backoff.failures >= self.max_launch_failures and not self.by_ident and broker.queue
                 and not self._in_flight()):
             self._give_up(broker)
+
+    def admit(self, user: str | None) -> str | None:
+        """Why a new worker HELLO under the key ``user`` (its ZAP User-Id) must be refused, or None.
+
+        A launch's key admits one worker, once: the worker it was made for.  A second fresh HELLO
+        under it (a worker resuming its session does not say HELLO afresh) is someone else who read
+        the key (Grid Engine keeps job scripts world-readable on the node while they run): refused,
+        and reported."""
+        name = launch_name(user)
+        if name is None or name not in self.issued:
+            return None
+        la = self.launches.get(name)
+        if la is not None and la.ident is None:
+            return None
+        self._note(f"SECURITY: a second worker tried to join with the key of launch {name}, which its own worker "
+                   "has used already: someone else has read that key (a job script readable on its node?); "
+                   "it was refused")
+        return "this launch's key has been used by its worker already"
+
+    def joined(self, w: WorkerState, now: float) -> None:
+        """A worker said HELLO: if it holds a launch's key, that launch is done launching."""
+        la = self.launches.get(launch_name(w.user) or "")
+        if la is None or la.ident is not None:
+            return
+        la.ident, la.state = w.ident, "connected"
+        self.by_ident[w.ident] = la
+        self.counts.connected += 1
+        self.connect_delays.append(now - la.submitted)
+        self.backoff.succeeded()
 
     def expected(self) -> int:
         """Workers connected or on their way (the scheduler's fair share counts them all)."""
@@ -238,22 +269,13 @@ class Fleet:
                                  f"{self.address}{': ' + st.detail if st.detail else ''}", now)
 
     def _follow(self, broker: Broker, now: float) -> None:
-        """Match new workers to their launches; forget launches whose worker left; time out the rest."""
-        for w in broker.workers.values():
-            if w.ident in self.by_ident or not w.user or not w.user.startswith("worker:"):
-                continue
-            la = self.launches.get(w.user.split(":")[1])
-            if la is None or la.ident is not None:
-                continue
-            la.ident, la.state = w.ident, "connected"
-            self.by_ident[w.ident] = la
-            self.counts.connected += 1
-            self.connect_delays.append(now - la.submitted)
-            self.backoff.succeeded()
+        """Forget launches whose worker left; note which are idle; time out launches still on their way."""
         for ident, la in list(self.by_ident.items()):
             w = broker.workers.get(ident)
             if w is None:  # it left, or was lost: its job ends with it (terminate is idempotent)
                 self._end(la)
+            elif w.leaving or (w.ends_at is not None and w.ends_at - now < policy.lead_time(self.connect_delays)):
+                la.retiring = True  # it leaves soon: its replacement is launched now
             elif w.assigned:
                 self.idle_since.pop(ident, None)
             else:
@@ -286,6 +308,7 @@ class Fleet:
         stdin = document.make(self.address, self.broker_key, name, public, secret, sys_path=self.setup[0],
                               initializer=self.setup[1], lifeline=self.launcher.lifeline)
         self.launches[name] = Launch(name, since=now, submitted=now)
+        self.issued.add(name)
         self.counts.launched += 1
         self.thread.put("launch", WorkerLaunch(name=name, command=self.command, stdin=stdin, env=self.env,
                                                cwd=self.cwd, wall_time=self.wall_time))
@@ -341,3 +364,10 @@ class Fleet:
     def _job_words(self, la: Launch) -> str:
         job = f" (job {la.job})" if la.job else ""
         return f"the worker launched as {la.name}{job}"
+
+
+def launch_name(user: str | None) -> str | None:
+    """The key name of a worker's ZAP User-Id (``worker:NAME:KEY``), or None."""
+    if not user or not user.startswith("worker:"):
+        return None
+    return user.split(":")[1]
