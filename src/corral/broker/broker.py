@@ -384,7 +384,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         """STATUS_REPLY's header and payload: counts, then one JSON frame of worker records
         (every connected worker, and the most recent of those that left), which no header
         limit bounds."""
-        workers = [w.summary() for w in (*self.departed, *self.workers.values())]
+        now = time.monotonic()
+        workers = [w.summary(now) for w in (*self.departed, *self.workers.values())]
         running = sum(1 for t in self.tasks.values() if t.started)
         counts = {"queued": len(self.tasks) - running, "running": running, "connected": len(self.workers),
                   "departed": self.departures}
