@@ -193,9 +193,10 @@ class Peers:
             self.worker_leaving(w, body)
         elif kind == Kind.BYE:
             # Neither what it never began nor what its lifetime's end cut off counts an attempt.
-            for gid in protocol.ids(body, "requeue"):
+            requeue, interrupted = protocol.ids(body, "requeue"), protocol.ids(body, "interrupted")
+            for gid in requeue:
                 self.unassign(w, gid, count_attempt=False)
-            for gid in reversed(protocol.ids(body, "interrupted")):
+            for gid in reversed(interrupted):
                 self.unassign(w, gid, count_attempt=False)
             w.left = protocol.reason(body, w.leaving or "shutdown")
             self.worker_gone(w, None)
@@ -231,7 +232,7 @@ class Peers:
     def dismiss(self, w: WorkerState, reason: str) -> None:
         """Ask a worker to leave for good (a scaler's scale-down): SHUTDOWN {"leave": true}.  It
         drains, finishing what it runs, and its LEAVING gives back what it has not begun."""
-        w.credit = 0
+        w.credit, w.leaving = 0, reason  # no credit it grants before its LEAVING counts either
         self.send(self.workers_sock, w.ident, Kind.SHUTDOWN, {"leave": True, "reason": reason})
 
     def attach(self, deliver: Callable[[Kind, dict | None, list], None]) -> ClientState:

@@ -26,15 +26,16 @@ from ..security.credentials import ENV_FILE, ENV_KEYS, Target
 
 
 def read_document(fd: int = 0) -> document.LaunchDocument:
-    """The launch document: the first line on ``fd``, read without reading past it (what follows
-    is the lifeline's, which we watch for its end).  CredentialsError says what is wrong."""
+    """The launch document: the first line on ``fd``.  Read with os.read, never a buffered file,
+    whose buffer could hold the lifeline's end out of ``closed``'s sight; what follows the line
+    on the lifeline means nothing.  CredentialsError says what is wrong."""
     raw = bytearray()
-    while not raw.endswith(b"\n") and len(raw) <= document.MAX_DOCUMENT:
-        chunk = os.read(fd, 1)  # a byte at a time: a buffered read would swallow the lifeline's end
+    while b"\n" not in raw and len(raw) <= document.MAX_DOCUMENT:
+        chunk = os.read(fd, 1 << 16)
         if not chunk:
             break
         raw += chunk
-    return document.parse(bytes(raw))
+    return document.parse(bytes(raw).split(b"\n", 1)[0] + b"\n" if b"\n" in raw else bytes(raw))
 
 
 def target(doc: document.LaunchDocument) -> Target:

@@ -154,6 +154,18 @@ class Lifetime:
         """SHUTDOWN {"leave": true}: the broker wants us gone for good (scaled down), after a drain."""
         self.signalled = protocol.reason(body, "shutdown")
 
+    def answered_within(self, seconds: float) -> bool:
+        """Has the broker said something within ``seconds``?  Waited for in slices, so that a
+        lifetime's end (a signal, the broker's timeout) is seen meanwhile: then we stop."""
+        deadline = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            self.check_lifetime(now)
+            if self.stopping or now >= deadline:
+                return False
+            if self.link.sock.poll(min(RECONNECT_SLICE, deadline - now) * 1000):
+                return True
+
     def give_back(self) -> list[int]:
         """Take out the tasks we hold that have not reached a task process; their ids (a mode's)."""
         return []

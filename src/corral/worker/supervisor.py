@@ -44,7 +44,7 @@ from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import containment, task_process
-from .lifetime import DRAIN_SIGNALS, RECONNECT_SLICE, Lifetime
+from .lifetime import DRAIN_SIGNALS, Lifetime
 from .processes import TaskProcesses
 from .standing import Standing
 
@@ -180,18 +180,6 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
             self.note_waiting()
             backoff = min(backoff * 2, MAX_BACKOFF)
         return False
-
-    def answered_within(self, seconds: float) -> bool:
-        """Has the broker said something within ``seconds``?  Waited for in slices, so that a
-        lifetime's end (a signal, the broker's timeout) is seen meanwhile: then we stop."""
-        deadline = time.monotonic() + seconds
-        while True:
-            now = time.monotonic()
-            self.check_lifetime(now)
-            if self.stopping or now >= deadline:
-                return False
-            if self.link.sock.poll(min(RECONNECT_SLICE, deadline - now) * 1000):
-                return True
 
     def note_waiting(self) -> None:
         """A standalone worker that has no broker yet says so, and for how long (at growing intervals)."""
