@@ -64,6 +64,7 @@ class Lifetime:
         self.leaving: str | None = None  # why we leave for good, once we drain
         self.cut_at: float | None = None  # when what still runs is cut off
         self.signalled: str | None = None  # set by a signal handler or SHUTDOWN, acted on by the loop
+        self.drain_signals = 0  # SIGTERMs (or SIGUSR1s) received
         self.end = self.drain_at = None  # monotonic: the hard end, and when to stop taking tasks
         if config.ends_at is not None:
             left = config.ends_at - time.time()
@@ -144,11 +145,17 @@ class Lifetime:
         return leave_exit if self.leaving is not None and self.standalone else 0
 
     def on_drain_signal(self, signum, frame) -> None:
-        """SIGTERM (SIGUSR1: the lifeline closed) to a standalone worker: drain.  A second one, while
-        draining, leaves at once, as an executor's worker does on the first."""
-        if self.signalled is not None or self.leaving is not None:
+        """SIGTERM (SIGUSR1: the lifeline closed) to a standalone worker: drain.  One while draining
+        already (a wall time's) gives what runs ``term_grace`` seconds at most; a second one leaves
+        at once, as an executor's worker does on the first."""
+        if self.drain_signals:
             self.on_sigterm(signum, frame)
-        self.signalled = DRAIN_SIGNALS.get(signum, "terminated")
+        self.drain_signals += 1
+        if self.leaving is None:
+            self.signalled = DRAIN_SIGNALS.get(signum, "terminated")
+        else:
+            grace_end = time.monotonic() + self.config.term_grace
+            self.cut_at = grace_end if self.cut_at is None else min(self.cut_at, grace_end)
 
     def shutdown_to_leave(self, body: dict) -> None:
         """SHUTDOWN {"leave": true}: the broker wants us gone for good (scaled down), after a drain."""
