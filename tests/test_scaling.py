@@ -184,8 +184,8 @@ def test_tasks_max_and_wall_time_replace_workers_and_lose_nothing(make_executor)
 
 
 def test_wall_time_shorter_than_the_work_loses_no_task(make_executor):
-    """Each worker lives 2 s; tasks of 0.7 s with retries=0 all complete, on replacements."""
-    ex = make_executor(launcher=Local(), max_workers=2, wall_time=2.0, heartbeat=HEARTBEAT)
+    """Each worker lives 4 s (it stops taking tasks after 2); tasks of 0.7 s with retries=0 all complete."""
+    ex = make_executor(launcher=Local(), max_workers=2, wall_time=4.0, heartbeat=HEARTBEAT)
     results = list(ex.options(retries=0).map(nap, [0.7] * 12))
     assert results == [0.7] * 12
     s = ex.summary()

@@ -27,6 +27,7 @@ HEARTBEAT = 1.0  # seconds between heartbeats (the broker's; clients and workers
 LIVENESS = 3  # heartbeats a peer may miss before it counts as lost
 RETRIES = 2  # how often a task whose process died runs again
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
+TERM_GRACE = 10.0  # seconds a standalone worker's running task gets to finish after SIGTERM (corral worker)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
 TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -159,6 +160,14 @@ class WorkerConfig:
     dials again (standalone) instead of leaving (its executor's, whose client is gone);
     ``keys``: with a tcp:// address, the connection file whose worker key it uses;
     ``insecure``: with a tcp:// address and no keys, plain TCP (``security/credentials.py``).
+
+    A worker's lifetime (``worker/lifetime.py``): ``standalone``: started by ``corral
+    worker``, not by an executor's pool, so it leaves for good (exit code LEAVE_EXIT,
+    not replaced) when its lifetime is over, and drains on SIGTERM within ``term_grace``
+    seconds; ``tasks_max``: tasks it runs before it leaves; ``ends_at``: the hard end of
+    its life, in seconds since the epoch (a job's walltime: every process of a ``corral
+    worker``, replacements too, shares one end); ``broker_timeout``: seconds without a
+    word from the broker after which it leaves (None: it dials again forever).
     """
 
     fresh: bool = False
@@ -171,6 +180,11 @@ class WorkerConfig:
     log_level: str | None = None  # print corral's messages from this level up on stderr (None: none)
     keys: str | None = None
     insecure: bool = False
+    standalone: bool = False
+    tasks_max: int | None = None
+    ends_at: float | None = None
+    broker_timeout: float | None = None
+    term_grace: float = TERM_GRACE
 
     def __post_init__(self) -> None:
         if self.prefetch is not None:
@@ -181,6 +195,13 @@ class WorkerConfig:
             check_seconds("idle_timeout", self.idle_timeout)
         if self.max_memory is not None:
             parse_size(self.max_memory)
+        if self.tasks_max is not None:
+            check_count("tasks_max", self.tasks_max, 1)
+        if self.ends_at is not None:
+            check_seconds("ends_at", self.ends_at, zero=True)
+        if self.broker_timeout is not None:
+            check_seconds("broker_timeout", self.broker_timeout)
+        check_seconds("term_grace", self.term_grace, zero=True)
         if self.log_level is not None and self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
 
@@ -189,8 +210,8 @@ class WorkerConfig:
         """May its task process take tasks straight from an embedded broker (a lane)?  Only where
         the supervisor need not see each task: not to count them (max_tasks), weigh the process
         after each (max_memory), time its idleness, or hold a fixed number (prefetch)."""
-        return not (self.fresh or self.spawn or self.max_tasks or self.max_memory or self.idle_timeout) \
-            and self.prefetch is None
+        return not (self.fresh or self.spawn or self.max_tasks or self.max_memory or self.idle_timeout
+                    or self.tasks_max or self.ends_at is not None or self.standalone) and self.prefetch is None
 
     def argv(self) -> list[str]:
         """The options of ``python -m corral.worker`` that say this."""
@@ -215,6 +236,14 @@ class WorkerConfig:
             args += ["--keys", self.keys]
         if self.insecure:
             args.append("--insecure")
+        if self.standalone:
+            args += ["--standalone", "--term-grace", repr(self.term_grace)]
+        if self.tasks_max:
+            args += ["--tasks-max", str(self.tasks_max)]
+        if self.ends_at is not None:
+            args += ["--ends-at", repr(self.ends_at)]
+        if self.broker_timeout is not None:
+            args += ["--broker-timeout", repr(self.broker_timeout)]
         return args
 
     @staticmethod
@@ -230,13 +259,24 @@ class WorkerConfig:
         parser.add_argument("--log-level", choices=LOG_LEVELS, default=None, help="print corral's messages")
         parser.add_argument("--keys", default=None, help="with a tcp:// address: a connection file with a worker key")
         parser.add_argument("--insecure", action="store_true", help="with a tcp:// address: plain TCP")
+        parser.add_argument("--standalone", action="store_true",
+                            help="started by corral worker: leave for good (exit 5) at the end of its lifetime")
+        parser.add_argument("--term-grace", type=seconds(zero=True), default=TERM_GRACE,
+                            help="standalone: seconds a running task gets to finish after SIGTERM")
+        parser.add_argument("--tasks-max", type=integer(1), default=None, help="leave after N tasks")
+        parser.add_argument("--ends-at", type=seconds(zero=True), default=None,
+                            help="the hard end of its life, in seconds since the epoch")
+        parser.add_argument("--broker-timeout", type=seconds(), default=None,
+                            help="leave after this long without a word from the broker")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
         """The configuration ``add_arguments``'s options parsed into."""
         return cls(fresh=args.fresh, prefetch=args.prefetch, max_tasks=args.max_tasks,
                    idle_timeout=args.idle_timeout, max_memory=args.max_memory, spawn=args.spawn,
-                   reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure)
+                   reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure,
+                   standalone=args.standalone, tasks_max=args.tasks_max, ends_at=args.ends_at,
+                   broker_timeout=args.broker_timeout, term_grace=args.term_grace)
 
 
 def usable_cpus() -> int:

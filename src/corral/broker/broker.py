@@ -391,7 +391,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         """STATUS_REPLY's header and payload: counts, then one JSON frame of worker records
         (every connected worker, and the most recent of those that left), which no header
         limit bounds."""
-        workers = [w.summary() for w in (*self.departed, *self.workers.values())]
+        now = time.monotonic()
+        workers = [w.summary(now) for w in (*self.departed, *self.workers.values())]
         running = sum(1 for t in self.tasks.values() if t.started)
         counts = {"queued": len(self.tasks) - running, "running": running, "connected": len(self.workers),
                   "departed": self.departures}
@@ -399,16 +400,11 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
             counts["launches"] = self.fleet.report()
         return counts, [json.dumps(workers, separators=(",", ":")).encode()]
 
-    def retire(self, w: WorkerState, reason: str) -> None:
-        """Tell a worker to leave for good (its job ends with it): it gets no more tasks."""
-        w.credit = 0
-        self.send(self.workers_sock, w.ident, Kind.SHUTDOWN, {"leave": True, "reason": reason})
-
     def close(self) -> None:
         """Tell the workers to leave (launched ones for good), stop the pool or the fleet, close the sockets."""
         for w in list(self.workers.values()):
             if self.fleet:
-                self.retire(w, "shutdown")
+                self.dismiss(w, "shutdown")  # a launched worker's job ends with it
             else:
                 self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
         if self.fleet:

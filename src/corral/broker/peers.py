@@ -126,6 +126,8 @@ class Peers:
             progress_at=now,
             user=user,
         )
+        if "ends_in" in body:  # a job's walltime: the scaler may start its replacement ahead
+            w.ends_at = now + protocol.seconds(body["ends_in"], "ends_in")
         if body.get("broken"):
             if self.trusts(w):
                 self.break_pool(f"the initializer failed in worker {w.name}:\n{protocol.text(body['broken'])}")
@@ -136,7 +138,14 @@ class Peers:
         if link is not None and link.lane is not None and isinstance(body.get("lane"), int):
             w.epoch = body["lane"]
             self.lanes[ident] = w
+        if self.fleet is not None:
+            refused = self.fleet.admit(user)  # a launch's key admits its own worker, once
+            if refused:
+                self.refuse(sock, ident, w, refused)
+                return
         self.workers[ident] = w
+        if self.fleet is not None:
+            self.fleet.joined(w, now)
         welcome = {"heartbeat": self.heartbeat, "liveness": self.liveness}
         if not w.paired:  # a worker elsewhere may resume on a new connection (sessions.py)
             welcome["session"] = self.open_session(w)
@@ -187,9 +196,16 @@ class Peers:
             self.began(w, started)
         elif kind == Kind.CANCELLED:
             self.cancel_verdict(w, body)
+        elif kind == Kind.LEAVING:
+            self.worker_leaving(w, body)
         elif kind == Kind.BYE:
-            for gid in protocol.ids(body, "requeue"):
+            # Neither what it never began nor what its lifetime's end cut off counts an attempt.
+            requeue, interrupted = protocol.ids(body, "requeue"), protocol.ids(body, "interrupted")
+            for gid in requeue:
                 self.unassign(w, gid, count_attempt=False)
+            for gid in reversed(interrupted):
+                self.unassign(w, gid, count_attempt=False)
+            w.left = protocol.reason(body, w.leaving or "shutdown")
             self.worker_gone(w, None)
         elif kind == Kind.HEARTBEAT:
             if body.get("preparing") is True:  # starting a task process, or importing ahead: making progress
@@ -207,8 +223,24 @@ class Peers:
             raise ProtocolError(f"workers do not send {kind.name}")
 
     def grant(self, w: WorkerState, body: dict) -> None:
-        """A worker's credit: more tasks it can take (never more than any worker holds)."""
-        w.credit = min(w.credit + count(body.get("credit", 0)), protocol.MAX_CREDIT)
+        """A worker's credit: more tasks it can take (never more than any worker holds); none
+        for a worker that is leaving."""
+        credit = count(body.get("credit", 0))
+        w.credit = 0 if w.leaving else min(w.credit + credit, protocol.MAX_CREDIT)
+
+    def worker_leaving(self, w: WorkerState, body: dict) -> None:
+        """LEAVING: the worker drains before it leaves for good.  It gets nothing more, and the tasks
+        it gives back, never begun, go to the front of the queue, in order, no attempt counted."""
+        w.leaving = protocol.reason(body, "leaving")
+        w.credit = 0
+        for gid in reversed(protocol.ids(body, "requeue")):
+            self.unassign(w, gid, count_attempt=False)
+
+    def dismiss(self, w: WorkerState, reason: str) -> None:
+        """Ask a worker to leave for good (a scaler's scale-down): SHUTDOWN {"leave": true}.  It
+        drains, finishing what it runs, and its LEAVING gives back what it has not begun."""
+        w.credit, w.leaving = 0, reason  # no credit it grants before its LEAVING counts either
+        self.send(self.workers_sock, w.ident, Kind.SHUTDOWN, {"leave": True, "reason": reason})
 
     def attach(self, deliver: Callable[[Kind, dict | None, list], None]) -> ClientState:
         """Connect a client in this thread (an Executor's embedded broker): no socket.

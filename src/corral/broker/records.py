@@ -59,8 +59,12 @@ class WorkerState:
     stopping: int = 0  # the task whose process we asked the worker to stop
     stop_reason: str = ""  # why: "timeout" or "killed"
     task_time: float | None = None  # moving average of how long its tasks take
+    # Its lifetime (worker/lifetime.py): when it must end, why it drains (LEAVING), why it went.
+    ends_at: float | None = None  # monotonic: its hard end, from HELLO's "ends_in" (a job's walltime)
+    leaving: str | None = None  # LEAVING's reason: it takes nothing more
+    left: str | None = None  # why it went: BYE's or LEAVING's reason, "shutdown", "refused" or "lost"
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, now: float) -> dict[str, Any]:
         """Its record in a STATUS_REPLY."""
         return {
             "worker": self.name,
@@ -71,6 +75,9 @@ class WorkerState:
             "busy_s": round(self.busy, 6),
             "errors": self.errors,
             "alive": self.alive,
+            "leaving": self.leaving,
+            "left": self.left,
+            "ends_in": None if self.ends_at is None or not self.alive else round(max(0.0, self.ends_at - now), 3),
         }
 
 

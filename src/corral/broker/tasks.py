@@ -130,6 +130,8 @@ class TaskTable:
         if not w.alive:
             return
         w.alive = False
+        if w.left is None:  # it said no BYE: it was lost, or we refused it
+            w.left = "lost" if why is not None else "refused"
         self.workers.pop(w.ident, None)
         self.sessions.pop(w.session, None)
         self.lanes.pop(w.ident, None)

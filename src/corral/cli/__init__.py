@@ -16,10 +16,10 @@ import os
 import sys
 
 from .. import __version__
-from ..config import HEARTBEAT, LIVENESS
+from ..config import HEARTBEAT, LIVENESS, TERM_GRACE
 from ..errors import CredentialsError, CurveUnavailableError, InsecureAddressError
 from .argtypes import broker as broker_target
-from .argtypes import connect_address, integer, listen_address, seconds, size
+from .argtypes import connect_address, integer, listen_address, seconds, size, wall_time
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")
     worker.add_argument("address", type=broker_target, metavar="FILE|ADDRESS",
                         help="the connection file the broker (or corral keys add-worker) wrote; or an address, "
-                             "tcp://HOST:PORT with --keys or --insecure, or ipc://PATH")
+                             "tcp://HOST:PORT with --keys or --insecure, or ipc://PATH; or -: a launcher's "
+                             "launch document on standard input")
     worker.add_argument("--keys", metavar="FILE", default=None,
                         help="with a tcp:// address: the connection file whose worker key to use")
     worker.add_argument("--insecure", action="store_true",
@@ -69,7 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tasks each process holds (default: about 10 ms of work, at least 2)")
     worker.add_argument("--max-tasks-per-child", type=integer(1), default=None,
                         help="replace a task process after N tasks")
-    worker.add_argument("--idle-timeout", type=seconds(), default=None, help="a process idle this long exits (seconds)")
+    worker.add_argument("--idle-timeout", type=seconds(), default=None,
+                        help="a process idle this long leaves for good (seconds)")
+    worker.add_argument("--tasks-max", type=integer(1), default=None,
+                        help="a process leaves for good after running N tasks")
+    worker.add_argument("--wall-time", type=wall_time, default="auto", metavar="SECONDS|auto|none",
+                        help="the processes leave for good before this many seconds are up, finishing or handing "
+                             "back their tasks; auto (default): the time left to the SLURM or Grid Engine job "
+                             "we run in, none outside one")
+    worker.add_argument("--broker-timeout", type=seconds(), default=None, metavar="SECONDS",
+                        help="a process leaves for good after this long without a word from the broker "
+                             "(default: it dials again forever)")
+    worker.add_argument("--term-grace", type=seconds(zero=True), default=TERM_GRACE, metavar="SECONDS",
+                        help="on SIGTERM, seconds a running task gets to finish before it is cut off and handed "
+                             "back (default %(default)s)")
     worker.add_argument("--max-memory", type=size, default=None, help="replace a task process above this RSS, e.g. 2GB")
     worker.set_defaults(func=_command("worker", "cmd_worker"), parser=worker)
 

@@ -47,6 +47,17 @@ def broker(text: str) -> str:
     return connect_address(text)
 
 
+def wall_time(text: str) -> float | str | None:
+    """``--wall-time``: ``auto``, ``none`` (None), or a number of seconds > 0."""
+    word = text.strip().lower()
+    if word in ("auto", "none"):
+        return "auto" if word == "auto" else None
+    try:
+        return seconds()(text)
+    except ArgumentTypeError:
+        raise ArgumentTypeError(f"expected a number of seconds > 0, auto or none, not {text!r}") from None
+
+
 def level(args: argparse.Namespace) -> str:
     """The level of corral's messages a command prints on stderr: INFO, or DEBUG with -v."""
     return "DEBUG" if args.verbose else "INFO"

@@ -98,6 +98,8 @@ class LocalPool:
         bootstrap: str | None = None,
         shm: str | None = None,
         spin: float = SPIN,
+        env: dict[str, str] | None = None,
+        leave_notes: str | None = None,
     ):
         self.address = address
         self.size = size
@@ -105,6 +107,10 @@ class LocalPool:
         self.bootstrap = bootstrap
         self.shm = shm
         self.spin = spin  # seconds a lane's task process polls before it sleeps (poller.Spin)
+        # The environment workers start with (default ours): a launched worker's keys travel here,
+        # never on a command line, where every user of the machine sees them.
+        self.env = env
+        self.leave_notes = leave_notes  # a directory where a worker that leaves for good says why
         self.connect: Callable[..., None] | None = None  # set by the broker when address is None
         # A persistent worker's task process takes tasks from the broker directly, on a lane,
         # where its supervisor need not see each task (WorkerConfig.laned).
@@ -122,11 +128,13 @@ class LocalPool:
             cmd += ["--bootstrap", self.bootstrap]
         if self.shm:
             cmd += ["--shm", self.shm]
+        if self.leave_notes:
+            cmd += ["--leave-notes", self.leave_notes]
         return cmd
 
     def start_one(self) -> int:
         """Start one worker; its pid."""
-        env = dict(os.environ)
+        env = dict(os.environ if self.env is None else self.env)
         # corral itself must import in the worker even if it is only on our sys.path.
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))

@@ -178,9 +178,9 @@ class Fleet:
         la = self.launches.get(name)
         if la is not None and la.ident is None:
             return None
-        self._note(f"SECURITY: a second worker tried to join with the key of launch {name}, which its own worker "
-                   "has used already: someone else has read that key (a job script readable on its node?); "
-                   "it was refused")
+        self._note(f"refused a worker that said HELLO afresh with the key of launch {name}, which its worker has "
+                   "used already (a launch's key admits one worker, once): if that was not its worker coming back "
+                   "after it was dropped, someone has read the key (a job script readable on its node?)")
         return "this launch's key has been used by its worker already"
 
     def joined(self, w: WorkerState, now: float) -> None:
@@ -323,7 +323,7 @@ class Fleet:
             if w is not None:
                 self.by_ident[ident].retiring = True
                 self.counts.retired += 1
-                broker.retire(w, "idle")
+                broker.dismiss(w, "idle")
 
     def _give_up(self, broker: Broker) -> None:
         """No worker could start: the queued tasks fail with LaunchError, saying why."""

@@ -49,12 +49,13 @@ class Kind(IntEnum):
     BYE = 10  # C->B, W->B: orderly disconnect
     STATUS = 11  # C->B: asks for the broker's view (workers, queue)
     STATUS_REPLY = 12  # B->C: answer to STATUS
-    SHUTDOWN = 13  # B->W: finish the current task, then exit
+    SHUTDOWN = 13  # B->W: stop and exit; with "leave": drain, then leave for good
     ERROR = 14  # B->C, B->W: a request was refused; ``code`` says why (UNKNOWN_PEER: say HELLO again)
     KILL = 15  # C->B, B->W: stop these running tasks' processes (or all of a client's)
     CANCELLED = 16  # W->B, B->C: verdicts on CANCEL: ids dropped before they ran, ids already running
     LANE = 17  # W->B: the worker's task process reads its lane now, taking tasks of this epoch
     ENDED = 18  # W->B: the worker's task process on a lane ended: how, and the task it was running
+    LEAVING = 19  # W->B: the worker drains before it leaves for good: no more tasks; "requeue" the unstarted
 
 
 class Status(IntEnum):
@@ -84,6 +85,18 @@ def stopped(reason: str, timeout: Any, how: str) -> dict[str, Any]:
         return {"error": ERR_TIMEOUT, "message": f"the task ran longer than its timeout of {timeout} s and was "
                                                  f"stopped: {how}"}
     return {"error": ERR_KILLED, "message": f"the task was killed: {how}"}
+
+
+# Why a worker leaves for good (LEAVING, BYE "reason"), kept in its record; a peer's other words are
+# cut to MAX_REASON characters.
+LEAVE_REASONS = ("wall_time", "tasks_max", "idle", "terminated", "lifeline", "broker_timeout", "shutdown")
+MAX_REASON = 40
+
+
+def reason(body: dict[str, Any], default: str) -> str:
+    """A LEAVING, BYE or SHUTDOWN body's ``reason``: a short string (``default`` where it has none)."""
+    value = body.get("reason")
+    return value[:MAX_REASON] if isinstance(value, str) and value else default
 
 
 MAX_CREDIT = 512  # tasks a worker may hold at once (credit it may grant): more is a mistake

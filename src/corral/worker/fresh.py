@@ -86,7 +86,7 @@ class FreshWorker(PersistentWorker):
 
         ``fork=False``: only to the spare, which is there already.
         """
-        if not self.pending or self.stopping or self.inflight or self.warming_up():
+        if not self.pending or self.stopping or self.inflight or self.room_left() == 0 or self.warming_up():
             return
         spare, self.spare = self.spare, None
         if spare is not None and spare.template is not None and not spare.template.check():
@@ -119,7 +119,7 @@ class FreshWorker(PersistentWorker):
 
         Not with an initializer, which would run in a process that may never get a task.
         """
-        if self.spare is None and self.setup[1] is None and not (self.stopping or self.broken):
+        if self.spare is None and self.setup[1] is None and not (self.stopping or self.broken or self.leaving):
             if self.template is None or not self.template.importing:  # its FORK would wait behind the import
                 self.spare = self.start_process()
 

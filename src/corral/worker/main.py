@@ -20,7 +20,7 @@ from . import task_process
 from .fresh import FreshWorker
 from .laned import LaneWorker
 from .persistent import PersistentWorker
-from .supervisor import Supervisor
+from .supervisor import LEAVE_EXIT, Supervisor
 
 
 class _ClientFiles:
@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", default=None, help="file with the pickled sys.path and initializer")
     p.add_argument("--parent", type=int, default=None, help="exit when this process is gone")
     p.add_argument("--shm", default=None, help="the client's directory for large buffers (shm.py)")
+    p.add_argument("--leave-notes", default=None,
+                   help="a directory where, leaving for good, we write why, in a file named by our pid")
     args = p.parse_args(argv)
     if (args.address is None) == (args.fd is None):
         p.error("give either the broker's address or --fd")
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if files is not None:
         worker.on_terminated = files.after_sigterm
     code = worker.run()
+    if code == LEAVE_EXIT and args.leave_notes:
+        note(args.leave_notes, worker.leaving)
     if files is not None and worker.link.eof:
         # Our broker's socket pair closed: the client died.  Its files are ours to remove; the
         # parent-death signal that would do it may come after we are gone.  The kernel closes a
@@ -160,3 +164,15 @@ def main(argv: list[str] | None = None) -> int:
         files.remove_if_client_dies(2.0)
     return code
 
+
+
+def note(directory: str, reason: str) -> None:
+    """Tell the ``corral worker`` that started us why we left for good: a file named by our pid
+    (written whole, then renamed, so that it never reads half of it)."""
+    path = os.path.join(directory, str(os.getpid()))
+    try:
+        with open(path + ".new", "w") as f:
+            f.write(reason)
+        os.replace(path + ".new", path)
+    except OSError:
+        pass  # it has gone, or removed its directory: no one to tell

@@ -91,13 +91,16 @@ class PersistentWorker(Supervisor):
         """How many tasks to hold (queued here plus in the task process)."""
         estimate = self.estimate()
         if not self.adaptive or estimate is None:
-            return self.prefetch
-        return max(self.prefetch, min(MAX_CREDIT, int(CREDIT_HORIZON / max(estimate, 1e-6))))
+            want = self.prefetch
+        else:
+            want = max(self.prefetch, min(MAX_CREDIT, int(CREDIT_HORIZON / max(estimate, 1e-6))))
+        room = self.room_left()  # tasks_max: no more than we will run (lifetime.py)
+        return want if room is None else min(want, room)
 
     def flush(self) -> None:
         """Send the results gathered this turn in one RESULT, with the credit to top up."""
         held = len(self.pending) + len(self.inflight)
-        credit = 0 if self.stopping or self.broken else max(0, self.want() - held - self.granted)
+        credit = 0 if self.stopping or self.broken or self.leaving else max(0, self.want() - held - self.granted)
         self.granted += credit
         if self.results:
             if self.sent is not None:
@@ -132,7 +135,7 @@ class PersistentWorker(Supervisor):
             self.sent.expire(self.heartbeat * self.liveness)
             sent += self.sent.ids()
         begun = [self.current.gid] if self.current is not None and self.current.started else []
-        self.granted = 0 if self.stopping or self.broken else max(0, self.want() - len(held))
+        self.granted = 0 if self.stopping or self.broken or self.leaving else max(0, self.want() - len(held))
         return {"holding": held, "started": begun, "sent": sent, "credit": self.granted}
 
     def resend(self, gids: list) -> None:
@@ -147,6 +150,13 @@ class PersistentWorker(Supervisor):
 
     def idle(self) -> bool:
         return self.current is None and not self.pending
+
+    def give_back(self) -> list[int]:
+        given, self.pending = [t.gid for t in self.pending], deque()
+        return given
+
+    def running(self) -> list[int]:
+        return [self.current.gid] if self.current is not None else []
 
     def preparing(self) -> bool:
         return bool(self.pending) and self.current is None and (self.proc is None or not self.proc.ready)
@@ -214,7 +224,7 @@ class PersistentWorker(Supervisor):
 
         ``fork=False``: only to a process that is there already.
         """
-        if not self.pending or self.stopping:
+        if not self.pending or self.stopping or self.room_left(len(self.inflight)) == 0:
             return
         if self.proc is None:
             if not fork:
@@ -257,6 +267,8 @@ class PersistentWorker(Supervisor):
         if estimate is None or estimate > PIPELINE_TASK_TIME:
             return False  # not known to be short: keep tasks here, where they can still be cancelled
         if self.max_tasks and self.proc.tasks + len(self.inflight) >= self.max_tasks:
+            return False
+        if self.room_left(len(self.inflight)) == 0:
             return False
         return len(self.inflight) < PIPELINE_TASKS and self.pipe_bytes + task.size <= PIPELINE_BYTES
 
@@ -381,6 +393,7 @@ class PersistentWorker(Supervisor):
         busy = now - task.started if task.started else 0.0
         self.busy += busy
         self.idle_since = now
+        self.tasks_done += 1
         if task.started and status != Status.FAILED:
             self.task_time = smooth(self.task_time, busy)
         self.results.append(protocol.result_entry(task.gid, status, len(frames), meta))

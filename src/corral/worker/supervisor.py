@@ -44,10 +44,12 @@ from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import containment, task_process
+from .lifetime import DRAIN_SIGNALS, Lifetime
 from .processes import TaskProcesses
 from .standing import Standing
 
 REFUSED_EXIT = 4  # our exit code when the broker refused our key at the handshake: no point starting again
+LEAVE_EXIT = 5  # our exit code when our lifetime is over (lifetime.py): corral worker does not replace us
 
 if TYPE_CHECKING:
     pass
@@ -58,7 +60,7 @@ MAX_BACKOFF = 10.0  # seconds between tries to reach a broker that went silent, 
 _log = logger("worker")
 
 
-class Supervisor(TaskProcesses, Standing):
+class Supervisor(TaskProcesses, Standing, Lifetime):
     """A worker's supervisor: its link to the broker, its loop, and its task processes' lives.
 
     ``config`` says what the worker is (``config.WorkerConfig``); the rest is how it
@@ -110,6 +112,7 @@ class Supervisor(TaskProcesses, Standing):
         # orphans of our task processes, and keep them in a cgroup where we may.
         self.family = containment.Family()
         self.last_sweep = self.started_at = time.monotonic()
+        self.start_lifetime(self.started_at)
         self.on_terminated: Callable[[], None] | None = None  # called by on_sigterm before we exit
         self.before_connect()
         self.ctx = _zmq().Context() if fd is None else None
@@ -144,6 +147,7 @@ class Supervisor(TaskProcesses, Standing):
             "pid": os.getpid(),
             "fresh": self.fresh,
             **self.hello_extra(),
+            **self.lifetime_hello(),
             **(resume or {}),
         }
         if self.broken:
@@ -168,9 +172,11 @@ class Supervisor(TaskProcesses, Standing):
             self.link.close(linger=0)
             self.connect()
             self.hello()
-            if self.link.sock.poll(backoff * 1000):
+            if self.answered_within(backoff):
                 self.last_heard = time.monotonic()
                 return True
+            if self.stopping:
+                break
             self.note_waiting()
             backoff = min(backoff * 2, MAX_BACKOFF)
         return False
@@ -202,6 +208,9 @@ class Supervisor(TaskProcesses, Standing):
             if self.broken:
                 return 3
             signal.signal(signal.SIGTERM, self.on_sigterm)
+            if self.standalone:  # a signal to leave for good: drain first (lifetime.py)
+                for each in DRAIN_SIGNALS:
+                    signal.signal(each, self.on_drain_signal)
             waits = _zmq().Poller() if self.fd is None else poller.FdPoller()
             while not self.stopping:
                 link = self.link.poll_key  # writable matters only while output waits
@@ -240,8 +249,9 @@ class Supervisor(TaskProcesses, Standing):
                     if not self.reconnect():
                         break
             self.flush()
-            self.send(Kind.BYE, {"requeue": self.unstarted()})  # they go back to the queue
-            return 0
+            # What never began goes back to the queue; what we cut off (our lifetime ended) too.
+            self.send(Kind.BYE, {"requeue": self.unstarted(), **self.farewell()})
+            return self.exit_code(LEAVE_EXIT)
         finally:
             # Task processes go with whatever their tasks started (containment.py); stdout and
             # stderr were flushed after each task, and they run no atexit handlers anyway.
@@ -283,7 +293,7 @@ class Supervisor(TaskProcesses, Standing):
 
     def poll_timeout(self) -> float:
         """Seconds the loop may sleep: a heartbeat, or until the next thing due (``due``)."""
-        due = self.due()
+        due = min((t for t in (self.due(), self.lifetime_due()) if t is not None), default=None)
         return self.heartbeat if due is None else max(0.0, min(self.heartbeat, due - time.monotonic()))
 
     def due(self) -> float | None:
@@ -301,6 +311,8 @@ class Supervisor(TaskProcesses, Standing):
             messages, self.stopping = [], True
         if self.link.eof:
             self.stopping = True  # the broker closed its socket pair: its process is gone
+        if messages:
+            self.heard = time.monotonic()
         for msg in messages:
             try:
                 self.handle(msg)
@@ -320,6 +332,8 @@ class Supervisor(TaskProcesses, Standing):
         elif kind == Kind.KILL:
             self.kill(set(protocol.ids(body)), signal.SIGKILL if body.get("signal") == "SIGKILL" else signal.SIGTERM,
                       protocol.seconds(body.get("grace", 0.0), "grace"))
+        elif kind == Kind.SHUTDOWN and body.get("leave") is True:
+            self.shutdown_to_leave(body)
         elif kind == Kind.SHUTDOWN:
             self.stopping = True
         elif kind == Kind.WELCOME:
@@ -370,8 +384,10 @@ class Supervisor(TaskProcesses, Standing):
         if self.parent_gone():
             self.stopping = True
             return True
-        if self.idle_timeout and self.idle() and now - self.idle_since > self.idle_timeout:
-            self.stopping = True
+        if self.idle_timeout and self.idle() and now - self.idle_since > self.idle_timeout and not self.leaving:
+            self.begin_leaving("idle", now)
+        self.check_lifetime(now)
+        if self.stopping:
             return True
         if now - self.last_sent >= self.heartbeat:
             self.send(Kind.HEARTBEAT, {"preparing": True} if self.preparing() else None)
