@@ -53,7 +53,7 @@ from ..errors import ProtocolError
 from ..local.pool import LocalPool
 from ..logs import Throttle, logger
 from ..security.guard import Guard
-from ..security.keys import KeyDir
+from ..security.keys import KeyDir, MemoryKeys
 from ..tuning import BACKLOG_RETRY, DRAIN_LIMIT
 from ..wire import poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
@@ -92,7 +92,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         heartbeat: float = HEARTBEAT,
         liveness: int = LIVENESS,
         embedded: bool = False,
-        keys: KeyDir | None = None,
+        keys: KeyDir | MemoryKeys | None = None,
         insecure: bool = False,
         fleet: Fleet | None = None,
         log=None,

@@ -217,19 +217,18 @@ class Executor(_StdExecutor):
         """The embedded broker listening on TCP (CurveZMQ) for the workers its fleet launches."""
         from ..scaling import listen
         from ..scaling.fleet import Fleet
-        from ..security.keys import KeyDir
+        from ..security.keys import MemoryKeys
 
         init = None
         if config.initializer is not None:
             init = serialization.dumps((config.initializer, tuple(config.initargs)), "the initializer")[0]
         launcher = options.launcher
         bind_host, dial_host, port = listen.choose(launcher.default_host(), options.advertise, options.interface)
-        self._tmpdir = tempfile.mkdtemp(prefix="corral-")
+        keys = MemoryKeys()  # each launch's key is added as it is made; nothing on disk
+        broker, port = listen.bind_router(
+            lambda address: Broker(None, address, keys=keys, embedded=True, heartbeat=config.heartbeat,
+                                   liveness=config.liveness), bind_host, port)
         try:
-            keys = KeyDir(os.path.join(self._tmpdir, "keys"))  # each launch's key is added as it is made
-            broker, port = listen.bind_router(
-                lambda address: Broker(None, address, keys=keys, embedded=True, heartbeat=config.heartbeat,
-                                       liveness=config.liveness), bind_host, port)
             worker_args = []
             if config.fresh:
                 worker_args.append("--fresh")
@@ -246,7 +245,7 @@ class Executor(_StdExecutor):
                 idle_timeout=options.idle_timeout, launch_timeout=options.launch_timeout, sys_path=list(sys.path),
                 initializer=init, cwd=fleet_cwd(), wall_time=options.wall_time)
         except BaseException:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            broker.close()
             raise
         self._broker = broker
         self.worker_address = address

@@ -43,7 +43,7 @@ from . import policy
 if TYPE_CHECKING:
     from ..broker.broker import Broker
     from ..broker.records import WorkerState
-    from ..security.keys import KeyDir
+    from ..security.keys import KeyDir, MemoryKeys
 
 TICK = 0.2  # seconds between the fleet's looks at the broker
 MAX_LAUNCH_FAILURES = 3  # failures in a row, with no worker connected, before queued tasks fail
@@ -119,7 +119,7 @@ class LauncherThread:
 class Fleet:
     """The launched workers of one executor's broker (see the module's docstring)."""
 
-    def __init__(self, launcher: Launcher, keys: KeyDir, address: str, command: tuple[str, ...], *,
+    def __init__(self, launcher: Launcher, keys: KeyDir | MemoryKeys, address: str, command: tuple[str, ...], *,
                  min_workers: int, max_workers: int, idle_timeout: float, launch_timeout: float,
                  sys_path: list[str], initializer: bytes | None, env: dict[str, str] | None = None,
                  cwd: str | None = None, wall_time: float | None = None,

@@ -20,7 +20,7 @@ from .. import addresses
 from ..errors import InsecureAddressError
 from ..wire import sockets
 from .credentials import require_curve, warn_insecure
-from .keys import ROLES, KeyDir
+from .keys import ROLES, KeyDir, MemoryKeys
 
 _FAILED = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "its handshake failed",
@@ -32,7 +32,7 @@ _FAILED = {
 class Guard:
     """What makes a broker's listeners secure: its keys, ZAP handler and handshake monitors."""
 
-    def __init__(self, ctx: zmq.Context, keys: KeyDir | None, insecure: bool, complain):
+    def __init__(self, ctx: zmq.Context, keys: KeyDir | MemoryKeys | None, insecure: bool, complain):
         self.ctx = ctx
         self.keys = keys
         self.insecure = insecure

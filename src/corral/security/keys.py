@@ -166,6 +166,43 @@ class KeyDir:
         return keys
 
 
+class MemoryKeys:
+    """A ``KeyDir`` that lives in memory: the executor's own broker, whose workers it launches itself.
+
+    Its keys exist only for as long as the executor does: nothing is written to disk, so
+    nothing (the broker's secret key least of all) is left behind by a client that is
+    killed.  The ZAP handler's thread reads the allow-lists while the broker's thread
+    changes them: each change replaces a list whole, so a reader sees one or the other.
+    """
+
+    def __init__(self) -> None:
+        self._broker = zmq.curve_keypair()
+        self._lists: dict[str, dict[bytes, str]] = {role: {} for role in ROLES}
+
+    def broker_keys(self) -> tuple[bytes, bytes]:
+        return self._broker
+
+    def add(self, role: str, name: str) -> tuple[bytes, bytes]:
+        """Allow a new peer ``name`` in ``role``; its (public, secret) pair, kept nowhere here."""
+        check_name(name)
+        if any(name in names.values() for names in self._lists.values()):
+            raise CredentialsError(f"a peer named {name!r} exists already")
+        public, secret = zmq.curve_keypair()
+        self._lists[role] = {**self._lists[role], public: name}
+        return public, secret
+
+    def revoke(self, name: str) -> Peer:
+        for role, names in self._lists.items():
+            for public, known in names.items():
+                if known == name:
+                    self._lists[role] = {k: v for k, v in names.items() if k != public}
+                    return Peer(name, role, public.decode())
+        raise CredentialsError(f"no client or worker is named {name!r}")
+
+    def allowed(self, role: str) -> dict[bytes, str]:
+        return self._lists[role]
+
+
 def write_connection(path: str | os.PathLike, address: str, broker_key: bytes,
                      peers: dict[str, tuple[str, bytes, bytes]]) -> Path:
     """Write a connection file (mode 0600, replaced atomically): the broker's address and
