@@ -229,3 +229,22 @@ def test_launched_workers_leave_when_their_client_is_killed(tmp_path):
     for proc in alive:
         proc.kill()
     assert not alive, [p.pid for p in alive]
+
+
+def test_a_launched_worker_that_cannot_reach_its_broker_says_why(tmp_path):
+    """It gives up after --broker-timeout, saying the address it dialled and why (here: refused)."""
+    import zmq
+
+    from corral.launchers import document
+    from helpers import corral_cmd, free_port
+
+    broker_public, _ = zmq.curve_keypair()
+    public, secret = zmq.curve_keypair()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    doc = document.make(address, broker_public, "local-1", public, secret)
+    done = subprocess.run(corral_cmd("worker", "-", "--processes", "1", "--broker-timeout", "1"), input=doc,
+                          capture_output=True, timeout=60)
+    said = done.stderr.decode()
+    assert done.returncode == 0, said
+    assert f"never reached the broker at {address}: connection refused" in said, said
+    assert secret.decode() not in said

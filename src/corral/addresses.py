@@ -15,6 +15,7 @@ will, with ``getaddrinfo``, so the judgement matches what the socket really does
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -150,3 +151,30 @@ def needs_ipv6(address: str) -> bool:
         return False  # an IPv4 address: no need to ask the resolver
     found = _resolve(end.host)
     return bool(found) and all(ip.version == 6 for ip in found)
+
+
+def why_unreachable(address: str, timeout: float = 2.0) -> str:
+    """Why a peer that dialled ``address`` heard nothing from a broker there, as far as one plain
+    TCP connection can tell (a launched worker says it before it gives up, so that its launch's
+    failure names the cause: the wrong address, a firewall, or a broker with other keys)."""
+    try:
+        end = parse(address)
+    except AddressError as exc:
+        return str(exc)
+    if end.scheme != "tcp":
+        return "no broker answered on that socket" + ("" if os.path.exists(end.path) else " (no such file)")
+    try:
+        with socket.create_connection((end.host, end.port), timeout=timeout):
+            pass
+    except socket.gaierror as exc:
+        return f"the host name {end.host!r} does not resolve here ({exc.strerror})"
+    except ConnectionRefusedError:
+        return (f"connection refused: nothing listens on port {end.port} of {end.host} (the executor or broker "
+                "has stopped, or the address is not its own)")
+    except TimeoutError:
+        return (f"no answer from {end.host} within {timeout:g} s (a firewall drops the packets, the host is down, "
+                "or the address is one this machine cannot reach: advertise= or interface= chooses another)")
+    except OSError as exc:
+        return f"{exc.strerror or exc} (an address this machine cannot reach: advertise= or interface= chooses another)"
+    return ("a TCP connection to it succeeds, but no broker answered with the keys this worker holds (another "
+            "program on that port, or a broker that does not know this worker's key)")

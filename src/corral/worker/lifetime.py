@@ -132,6 +132,10 @@ class Lifetime:
         self.cut_at = min(cuts) if cuts else None
         ends = f"; what runs is cut off in {max(0.0, self.cut_at - now):.1f} s" if self.cut_at is not None else ""
         self.say(f"leaving ({words(why, self.config)}){ends if self.running() else ''}")
+        if why == "broker_timeout" and not self.welcomed and self.fd is None:
+            from ..addresses import why_unreachable
+
+            self.warn(f"never reached the broker at {self.address}: {why_unreachable(self.address)}")
         self.send(Kind.LEAVING, {"reason": why, "requeue": self.give_back()})
 
     def farewell(self) -> dict:
