@@ -276,6 +276,45 @@ class BatchLauncher(Launcher):
         """The job's output file, its patterns filled in; None if it cannot be known here."""
         raise NotImplementedError
 
+    # -- submitting and cancelling: the same steps, each resource manager's own commands and words --
+
+    gone: tuple[str, ...] = ()  # what the cancel command says of jobs that ended already: no error
+
+    def submit_argv(self) -> list[str]:
+        """The command that reads a job script on its standard input and prints the job's id."""
+        raise NotImplementedError
+
+    def job_id(self, printed: str) -> str:
+        """The job id in what the submit command printed."""
+        raise NotImplementedError
+
+    def cancel_argv(self, ids: list[str]) -> list[str]:
+        """The command that ends these jobs."""
+        raise NotImplementedError
+
+    def launch(self, launch: WorkerLaunch) -> str:
+        argv = self.submit_argv()
+        done = run(argv, f"the {type(self).__name__} launcher", stdin=self.secret_script(launch))
+        if done.returncode != 0:
+            raise LaunchFailed(f"{argv[0]} refused the job of {launch.name}: {words(done)}")
+        job = self.job_id(done.stdout.strip())
+        if not job.isdigit():
+            raise LaunchFailed(f"{argv[0]} did not print a job id for {launch.name}: {words(done)}")
+        self._names[job] = job_name(launch)
+        return job
+
+    def terminate(self, job_ids: Sequence[str]) -> None:
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return
+        argv = self.cancel_argv(ids)
+        done = run(argv, f"the {type(self).__name__} launcher")
+        # Jobs that already ended, are being deleted, or were forgotten are no error.
+        said = f"{done.stdout or ''}\n{done.stderr or ''}".splitlines()
+        problems = [line for line in said if line.strip() and not any(word in line for word in self.gone)]
+        if done.returncode != 0 and problems:
+            raise LaunchFailed(f"{argv[0]} failed: {' '.join(' '.join(problems).split())}")
+
     def ended(self, job_id: str, detail: str) -> JobStatus:
         """An ENDED status, with the last lines of the job's output when it can be read."""
         path = self.output_file(job_id)

@@ -80,15 +80,16 @@ class SGE(BatchLauncher):
             lines.append(f"-P {self.project}")
         return lines
 
-    def launch(self, launch: WorkerLaunch) -> str:
-        done = run(["qsub", "-terse"], "the SGE launcher", stdin=self.secret_script(launch))
-        if done.returncode != 0:
-            raise LaunchFailed(f"qsub refused the job of {launch.name}: {words(done)}")
-        job = done.stdout.strip().split(".")[0]
-        if not job.isdigit():
-            raise LaunchFailed(f"qsub did not print a job id for {launch.name}: {words(done)}")
-        self._names[job] = job_name(launch)
-        return job
+    gone = GONE
+
+    def submit_argv(self) -> list[str]:
+        return ["qsub", "-terse"]
+
+    def job_id(self, printed: str) -> str:
+        return printed.split(".")[0]  # "ID.TASKS" for an array job
+
+    def cancel_argv(self, ids: list[str]) -> list[str]:
+        return ["qdel", *ids]
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         ids = list(dict.fromkeys(job_ids))
@@ -120,17 +121,6 @@ class SGE(BatchLauncher):
             else:  # r, t (starting), R (restarted), s/S/T (suspended), d (being deleted)
                 found[job] = JobStatus(JobState.RUNNING, state)
         return found
-
-    def terminate(self, job_ids: Sequence[str]) -> None:
-        ids = list(dict.fromkeys(job_ids))
-        if not ids:
-            return
-        done = run(["qdel", *ids], "the SGE launcher")
-        # Jobs that already ended or are already being deleted are no error.
-        said = f"{done.stdout}\n{done.stderr}".splitlines()
-        problems = [line for line in said if line.strip() and not any(word in line for word in GONE)]
-        if done.returncode != 0 and problems:
-            raise LaunchFailed(f"qdel failed: {' '.join(' '.join(problems).split())}")
 
     def output_file(self, job_id: str) -> str | None:
         name = self._names.get(job_id)

@@ -77,16 +77,16 @@ class Slurm(BatchLauncher):
             lines.append(f"--qos={self.qos}")
         return lines
 
-    def launch(self, launch: WorkerLaunch) -> str:
-        done = run(["sbatch", "--parsable", *self.submit_options], "the Slurm launcher",
-                   stdin=self.secret_script(launch))
-        if done.returncode != 0:
-            raise LaunchFailed(f"sbatch refused the job of {launch.name}: {words(done)}")
-        job = done.stdout.strip().split(";")[0]
-        if not job.isdigit():
-            raise LaunchFailed(f"sbatch did not print a job id for {launch.name}: {words(done)}")
-        self._names[job] = job_name(launch)
-        return job
+    gone = GONE
+
+    def submit_argv(self) -> list[str]:
+        return ["sbatch", "--parsable", *self.submit_options]
+
+    def job_id(self, printed: str) -> str:
+        return printed.split(";")[0]  # "ID;CLUSTER" on a multi-cluster site
+
+    def cancel_argv(self, ids: list[str]) -> list[str]:
+        return ["scancel", *ids]
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
         ids = list(dict.fromkeys(job_ids))
@@ -120,17 +120,6 @@ class Slurm(BatchLauncher):
             if job not in found:
                 found[job] = self.ended(job, "no longer in squeue")
         return found
-
-    def terminate(self, job_ids: Sequence[str]) -> None:
-        ids = list(dict.fromkeys(job_ids))
-        if not ids:
-            return
-        done = run(["scancel", *ids], "the Slurm launcher")
-        # Jobs that already ended, or that slurmctld forgot, are no error.
-        problems = [line for line in (done.stderr or "").splitlines()
-                    if line.strip() and not any(word in line for word in GONE)]
-        if done.returncode != 0 and problems:
-            raise LaunchFailed(f"scancel failed: {' '.join(' '.join(problems).split())}")
 
     def output_file(self, job_id: str) -> str | None:
         name = self._names.get(job_id)
