@@ -14,10 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import pickle
 import shutil
-import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -35,15 +32,14 @@ from ..broker.broker import Broker
 from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
 from ..errors import SerializationError
 from ..launchers.base import Launcher
-from ..local.pool import LocalPool, refusal
+from ..local.pool import refusal
 from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
-from ..scaling.options import cwd as fleet_cwd
 from ..security.credentials import Target, resolve
 from ..serialization import Call, call_frames
 from ..status import Summary
 from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
 from ..wire import shm
-from . import ioloop
+from . import brokers, ioloop
 from .future import CorralFuture
 from .ioloop import IOLoop
 
@@ -186,7 +182,10 @@ class Executor(_StdExecutor):
         self._shm_dir: str | None = None  # large buffers to and from our own workers (shm.py)
         self._broker: Broker | None = None
         if target is None:
-            target = Target(self._start_embedded(config) if fleet is None else self._start_launched(config, fleet))
+            own = brokers.embedded(config, self._ctx) if fleet is None else brokers.launched(config, fleet)
+            self._broker, self._tmpdir, self._shm_dir = own.broker, own.tmpdir, own.shm_dir
+            self.worker_address = own.worker_address  # where launched workers dial it
+            target = Target("embedded")
         self._address = target.address
         self._io = IOLoop(self._ctx, target.address, config.retries, self._cleanup, config.heartbeat,
                           config.liveness, config.kill_grace, config.spin, target.curve)
@@ -195,61 +194,6 @@ class Executor(_StdExecutor):
         ioloop.live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
-
-    def _start_embedded(self, config: ExecutorConfig) -> str:
-        """The embedded broker and its pool of local workers; their private directories."""
-        init = None
-        if config.initializer is not None:  # before mkdtemp, so that a pickling error leaves no directory behind
-            init = serialization.dumps((config.initializer, tuple(config.initargs)), "the initializer")[0]
-        # mkdtemp makes the directory 0700: only this user can reach the sockets.
-        self._tmpdir = tempfile.mkdtemp(prefix="corral-")
-        self._shm_dir = shm.make_dir(os.path.basename(self._tmpdir))
-        bootstrap = os.path.join(self._tmpdir, "bootstrap.pkl")
-        with open(bootstrap, "wb") as f:
-            pickle.dump((list(sys.path), init), f)
-        pool = LocalPool(None, config.max_workers, config.worker_config(), bootstrap=bootstrap, shm=self._shm_dir,
-                         spin=config.spin)
-        self._broker = Broker(None, context=self._ctx, pool=pool, embedded=True,
-                              heartbeat=config.heartbeat, liveness=config.liveness)
-        return "embedded"
-
-    def _start_launched(self, config: ExecutorConfig, options: FleetOptions) -> str:
-        """The embedded broker listening on TCP (CurveZMQ) for the workers its fleet launches."""
-        from ..scaling import listen
-        from ..scaling.fleet import Fleet
-        from ..security.keys import MemoryKeys
-
-        init = None
-        if config.initializer is not None:
-            init = serialization.dumps((config.initializer, tuple(config.initargs)), "the initializer")[0]
-        launcher = options.launcher
-        bind_host, dial_host, port = listen.choose(launcher.default_host(), options.advertise, options.interface)
-        keys = MemoryKeys()  # each launch's key is added as it is made; nothing on disk
-        broker, port = listen.bind_router(
-            lambda address: Broker(None, address, keys=keys, embedded=True, heartbeat=config.heartbeat,
-                                   liveness=config.liveness), bind_host, port)
-        try:
-            worker_args = []
-            if config.fresh:
-                worker_args.append("--fresh")
-            if config.prefetch is not None:
-                worker_args += ["--prefetch", str(config.prefetch)]
-            if config.max_tasks_per_child and not config.fresh:
-                worker_args += ["--max-tasks-per-child", str(config.max_tasks_per_child)]
-            if config.max_memory:
-                worker_args += ["--max-memory", str(config.max_memory)]
-            address = listen.dial_address(dial_host, port)
-            broker.fleet = Fleet(
-                launcher, keys, address, options.worker_command(config.heartbeat, config.liveness, worker_args),
-                min_workers=options.min_workers, max_workers=options.max_workers,
-                idle_timeout=options.idle_timeout, launch_timeout=options.launch_timeout, sys_path=list(sys.path),
-                initializer=init, cwd=fleet_cwd(), wall_time=options.wall_time)
-        except BaseException:
-            broker.close()
-            raise
-        self._broker = broker
-        self.worker_address = address
-        return "embedded"
 
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done (and has closed the broker): remove files."""

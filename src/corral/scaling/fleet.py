@@ -32,7 +32,7 @@ import itertools
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..launchers import document
 from ..launchers.base import JobState, JobStatus, Launcher, LaunchFailed, WorkerLaunch
@@ -41,8 +41,9 @@ from ..wire import protocol
 from . import policy
 
 if TYPE_CHECKING:
-    from ..broker.broker import Broker
-    from ..broker.records import WorkerState
+    from collections import deque
+
+    from ..broker.records import Task, WorkerState
     from ..security.keys import KeyDir, MemoryKeys
 
 TICK = 0.2  # seconds between the fleet's looks at the broker
@@ -50,6 +51,18 @@ MAX_LAUNCH_FAILURES = 3  # failures in a row, with no worker connected, before q
 CLOSE_TIMEOUT = 60.0  # seconds shutdown waits for the launcher to terminate every job
 KEPT_ERRORS = 20  # launch failures the report keeps (the most recent)
 _log = logger("scaling")
+
+
+class Broker(Protocol):
+    """What the fleet uses of its broker (``broker/broker.py``): its workers and tasks, and two acts."""
+
+    workers: dict[bytes, WorkerState]
+    tasks: dict[int, Task]
+    queue: deque[int]
+
+    def dismiss(self, w: WorkerState, reason: str) -> None: ...
+
+    def fail(self, task: Task, error: str, message: str) -> None: ...
 
 
 @dataclass
