@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 COLUMNS = (("worker", "worker"), ("host", "host"), ("pid", "pid"), ("tasks", "tasks"),
-           ("busy_s", "busy s"), ("errors", "errors"))
+           ("busy_s", "busy s"), ("errors", "errors"), ("left", "left"))  # left: why it went (None: it is here)
 
 
 class Summary(list):
@@ -18,9 +18,10 @@ class Summary(list):
     def __str__(self) -> str:
         rows = [[h for _, h in COLUMNS]]
         for w in self:
-            rows.append([f"{w[k]:.3f}" if k == "busy_s" else str(w[k]) for k, _ in COLUMNS])
+            rows.append([f"{w[k]:.3f}" if k == "busy_s" else "" if w.get(k) is None else str(w[k])
+                         for k, _ in COLUMNS])
         widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-        lines = ["  ".join(c.rjust(n) if i >= 2 else c.ljust(n) for i, (c, n) in enumerate(zip(r, widths)))
+        lines = ["  ".join(c.rjust(n) if 2 <= i < 6 else c.ljust(n) for i, (c, n) in enumerate(zip(r, widths))).rstrip()
                  for r in rows]
         lines.insert(1, "  ".join("-" * n for n in widths))
         total = sum(w["tasks"] for w in self)
