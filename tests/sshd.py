@@ -202,7 +202,7 @@ def start_loopback() -> Sshd:
         raise
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sshd():
     """An sshd on 127.0.0.1 (``Sshd``): ``sshd.ssh_options`` and ``sshd.host`` reach it."""
     reason = unavailable()
