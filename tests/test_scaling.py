@@ -248,3 +248,41 @@ def test_a_launched_worker_that_cannot_reach_its_broker_says_why(tmp_path):
     assert done.returncode == 0, said
     assert f"never reached the broker at {address}: connection refused" in said, said
     assert secret.decode() not in said
+
+
+def test_interface_and_advertise_choose_the_address_workers_dial(make_executor):
+    from helpers import free_port
+
+    ex = make_executor(launcher=Local(), max_workers=1, interface="lo", heartbeat=HEARTBEAT)
+    assert ex.worker_address.startswith("tcp://127.0.0.1:")
+    assert ex.submit(pow, 2, 3).result(timeout=60) == 8
+    port = free_port()
+    ex2 = make_executor(launcher=Local(), max_workers=1, advertise=f"127.0.0.1:{port}", heartbeat=HEARTBEAT)
+    assert ex2.worker_address == f"tcp://127.0.0.1:{port}"
+    assert ex2.submit(pow, 2, 4).result(timeout=60) == 16
+
+
+def test_a_third_party_launcher_is_found_through_its_entry_point(tmp_path):
+    """``corral.launchers.get`` finds a launcher a package names in the ``corral.launchers`` group."""
+    from corral.launchers import get
+
+    assert get("slurm").__name__ == "Slurm" and get("SSH").__name__ == "SSH"
+    with pytest.raises(ValueError, match="no launcher called 'pbs'; known: Local, SSH, Slurm, SGE"):
+        get("pbs")
+    (tmp_path / "corral_pbs.py").write_text(textwrap.dedent("""
+        from corral.launchers import Launcher
+
+        class PBS(Launcher):
+            kind = "pbs"
+            def launch(self, launch): raise NotImplementedError
+            def status(self, job_ids): return {}
+            def terminate(self, job_ids): pass
+    """))
+    info = tmp_path / "corral_pbs-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: corral-pbs\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[corral.launchers]\npbs = corral_pbs:PBS\n")
+    probe = "import corral.launchers as l; cls = l.get('pbs'); print(cls.__name__, cls().kind)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert done.stdout.split() == ["PBS", "pbs"], done.stderr

@@ -177,3 +177,24 @@ def test_commands_missing_mean_unknown_and_launch_failed(monkeypatch, tmp_path):
         launcher.launch(WorkerLaunch(name="x", command=("python3",), stdin=b"{}\n"))
     with pytest.raises(LaunchFailed, match="scancel was not found"):
         launcher.terminate(["1"])
+
+
+@needs_slurm
+def test_a_job_pending_in_the_queue_is_waited_for_and_never_launched_twice(make_executor):
+    """A held job stays PENDING: the executor counts it as a worker on its way (no second launch, no
+    launch_timeout while it waits), says so in its summary, and runs the task once the job is released."""
+    ex = make_executor(launcher=Slurm(submit_options=["--hold"]), max_workers=1, launch_timeout=2,
+                       advertise="127.0.0.1", heartbeat=0.5)
+    fut = ex.submit(pow, 3, 4)
+    deadline = time.monotonic() + 30
+    while ex.summary().launches["pending"] != 1:
+        assert time.monotonic() < deadline, ex.summary().launches
+        time.sleep(0.2)
+    time.sleep(4)  # twice the launch_timeout: a pending job is not timed out
+    launches = ex.summary().launches
+    assert launches["launched"] == 1 and launches["launch_failures"] == 0 and launches["pending"] == 1, launches
+    assert not fut.done()
+    job = next(iter(ex._broker.fleet.launches.values())).job
+    subprocess.run(["scontrol", "release", job], check=True, timeout=20)
+    assert fut.result(timeout=60) == 81
+    assert ex.summary().launches["launched"] == 1
