@@ -8,6 +8,7 @@ test_ssh.py), without their daemons.
 
 from __future__ import annotations
 
+import os
 import signal
 import stat
 import subprocess
@@ -284,5 +285,5 @@ def test_a_third_party_launcher_is_found_through_its_entry_point(tmp_path):
     (info / "entry_points.txt").write_text("[corral.launchers]\npbs = corral_pbs:PBS\n")
     probe = "import corral.launchers as l; cls = l.get('pbs'); print(cls.__name__, cls().kind)"
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.stdout.split() == ["PBS", "pbs"], done.stderr
