@@ -80,6 +80,7 @@ def _keep_mapping(address: str, stop_event: threading.Event, done: list, errors:
         errors.append(exc)
 
 
+@pytest.mark.stress
 @pytest.mark.timeout(300)
 def test_a_live_broker_survives_a_storm_of_mutated_messages():
     address = f"tcp://127.0.0.1:{free_port()}"
@@ -172,6 +173,7 @@ def _answer(router: zmq.Socket, ident: bytes, gid: int, timeout: float = 30) -> 
                 return entry[1], payload
 
 
+@pytest.mark.stress
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("fresh", [False, True])
 def test_a_live_worker_survives_a_storm_from_a_lying_broker(fresh):

@@ -89,6 +89,7 @@ class Killer(threading.Thread):
         return True
 
 
+@pytest.mark.stress
 @pytest.mark.timeout(180)
 def test_soak_under_random_sigkills(make_executor):
     import corral
