@@ -212,6 +212,34 @@ def test_sigterm_drains_and_the_running_task_completes_elsewhere_without_an_atte
             stop(later)
 
 
+def test_sigterm_to_the_whole_job_drains_like_sigterm_to_corral_worker(broker_address, tmp_path):
+    """scancel and a SLURM walltime send SIGTERM to every process of the job at once: corral worker, its
+    worker process, the task process.  The worker still drains: the running task, killed by that
+    SIGTERM (or cut off after the term grace), runs again elsewhere without counting an attempt."""
+    log = tmp_path / "runs"
+    first = worker(broker_address, "--processes", "1", "--term-grace", "1")
+    later = None
+    try:
+        with corral.Executor(address=broker_address, retries=0) as ex:
+            [pid] = joined(ex, 1)
+            fut = ex.submit(first_run_long, str(log), 60)
+            wait_for(lambda: runs(log), what="the task to start")
+            tree = [psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)]
+            assert runs(log)[0] in [p.pid for p in tree]
+            for proc in tree:  # as slurmstepd does: each process of the job, one after another
+                proc.send_signal(signal.SIGTERM)
+            code, said = ended(first, 15)
+            assert code == 0 and "all 1 processes left (terminated)" in said, said
+            later = worker(broker_address, "--processes", "1")
+            assert fut.result(TIMEOUT) == runs(log)[-1]
+            assert len(runs(log)) == 2
+            assert records(ex)[pid]["left"] == "terminated"
+    finally:
+        stop(first)
+        if later is not None:
+            stop(later)
+
+
 def test_a_task_that_ends_within_the_term_grace_is_not_cut_off(broker_address, tmp_path):
     log = tmp_path / "runs"
     proc = worker(broker_address, "--processes", "1", "--term-grace", "20")
