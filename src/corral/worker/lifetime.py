@@ -179,8 +179,9 @@ class Lifetime:
         """Did a task process that exited with ``code``, not stopped by us, die of the SIGTERM that
         ends our whole job (scancel, a walltime: the batch system signals every process of it)?
         Then its task did not fail: it was cut off, and goes back at no attempt's cost.  Our own
-        SIGTERM may come a moment after the task process's: waited for, JOB_SIGNAL_SPREAD s at most."""
-        if not self.standalone or code != -signal.SIGTERM:
+        SIGTERM may come a moment after the task process's: waited for, JOB_SIGNAL_SPREAD s at most.
+        (SIGKILL: a fresh task process whose template the same SIGTERM ended.)"""
+        if not self.standalone or code not in (-signal.SIGTERM, -signal.SIGKILL):
             return False
         deadline = time.monotonic() + JOB_SIGNAL_SPREAD
         while not self.got_sigterm and time.monotonic() < deadline:
