@@ -232,14 +232,37 @@ def test_cpu_bound_map_uses_the_workers(cluster):
 @pytest.mark.timeout(300)
 def test_wall_time_shorter_than_the_work_loses_no_task(cluster):
     """Each worker lives 4 s (it stops taking tasks after 2); 12 tasks of 0.7 s, retries=0, all complete
-    once; the workers are replaced as they go."""
-    ex = cluster.executor(max_workers=2, wall_time=4.0)
+    once; the workers are replaced as they go.  Under SLURM the jobs have a time limit of their own too
+    (a minute: SLURM's least), longer than the workers' wall time."""
+    launcher = cluster.launcher(walltime=60) if cluster.kind == "slurm" else None
+    ex = cluster.executor(launcher, max_workers=2, wall_time=4.0)
     results = list(ex.options(retries=0).map(support.nap, [0.7] * 12))
     assert results == [0.7] * 12
     s = ex.summary()
     assert s.launches["launched"] > 2, s.launches
     assert sum(w["tasks"] for w in s) == 12, str(s)
     assert "wall_time" in {w.get("left") for w in s}, [w.get("left") for w in s]
+
+
+@pytest.mark.parametrize("cluster", [KINDS[1], KINDS[2]], indirect=True)
+@pytest.mark.timeout(300)
+def test_a_worker_learns_its_jobs_time_limit_and_leaves_before_it(cluster):
+    """No wall_time: a worker in a batch job asks its resource manager how long its job has left
+    (``corral worker --wall-time auto``) and tells the broker.  Under Grid Engine, with a limit of 10 s,
+    the work outlasts the workers, which leave before their jobs' end; retries=0, nothing is lost."""
+    limit = 60 if cluster.kind == "slurm" else 10
+    ex = cluster.executor(cluster.launcher(walltime=limit), max_workers=2)
+    assert ex.submit(pow, 2, 3).result(timeout=BOUND) == 8
+    ends = [w["ends_in"] for w in ex.summary() if w["alive"]]
+    assert ends and all(ends) and all(limit - 15 < end <= limit for end in ends), ends
+    if cluster.kind == "slurm":
+        return  # a minute is SLURM's least: the rest is test_wall_time_shorter_than_the_work_loses_no_task's
+    results = list(ex.options(retries=0).map(support.nap, [0.5] * 40))
+    assert results == [0.5] * 40
+    s = ex.summary()
+    assert s.launches["launched"] > 2, s.launches
+    assert "wall_time" in {w.get("left") for w in s}, [w.get("left") for w in s]
+    assert sum(w["tasks"] for w in s) == 41, str(s)
 
 
 @pytest.mark.timeout(300)
