@@ -132,3 +132,8 @@ def corral_processes(kind: str, ids, sshd_pid: int | None = None) -> list[str]:
         if ours:
             found.append(f"{proc.pid}: {line[:160]}")
     return found
+
+
+def netns() -> str:
+    """The network namespace this process runs in (``net:[INODE]``)."""
+    return os.readlink("/proc/self/ns/net")

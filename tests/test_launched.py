@@ -12,6 +12,7 @@ them is left.  test_scaling.py runs the same paths with the Local launcher.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -349,3 +350,42 @@ def test_client_sigkill_leaves_nothing(cluster, tmp_path):
     gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=LEAVE_BOUND)
     assert not alive, f"workers still there after their client died: {alive}"
     cluster.assert_all_gone(ids)
+
+
+NETNS_CLIENT = textwrap.dedent("""
+    import json, sys, corral
+    import launched_support as support
+    host, options, advertise, ids_file = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+    launcher = support.RecordingSSH([host], ssh_options=options, connect_timeout=3, ids_file=ids_file)
+    with corral.Executor(launcher=launcher, max_workers=1, advertise=advertise, heartbeat=0.5) as ex:
+        where = ex.submit(support.netns).result(timeout=60)
+        print(json.dumps({"netns": where, "workers": [w["host"] for w in ex.summary()],
+                          "launches": ex.summary().launches}), flush=True)
+""")
+
+
+@pytest.mark.ssh
+def test_ssh_to_a_second_host_in_a_namespace(sshd_netns, tmp_path):  # noqa: F811
+    """The client runs in one network namespace and advertises its address there; its worker is
+    launched over SSH on the node namespace's sshd, dials back, and runs the task there."""
+    node = sshd_netns
+    ids_file = tmp_path / "ids"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, HERE, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    client = node.run_in_client([sys.executable, "-c", NETNS_CLIENT, node.host, json.dumps(node.ssh_options),
+                                 node.client.ip, str(ids_file)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = client.communicate(timeout=BOUND + 30)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate(timeout=10)
+    ids = ids_file.read_text().split() if ids_file.exists() else []
+    try:
+        assert client.returncode == 0, err[-3000:]
+        said = json.loads(out.strip().splitlines()[-1])
+        assert said["netns"] == os.readlink(f"/proc/{node.pid}/ns/net") != os.readlink("/proc/self/ns/net"), said
+        assert said["launches"]["connected"] == 1 and len(ids) == 1, said
+    finally:
+        wait_for(lambda: not support.corral_processes("ssh", ids, node.pid), LEAVE_BOUND,
+                 lambda: f"the worker and its ssh gone: {support.corral_processes('ssh', ids, node.pid)}")
