@@ -248,11 +248,14 @@ def test_wall_time_shorter_than_the_work_loses_no_task(cluster):
 @pytest.mark.parametrize("cluster", [KINDS[1], KINDS[2]], indirect=True)
 @pytest.mark.timeout(300)
 def test_a_worker_learns_its_jobs_time_limit_and_leaves_before_it(cluster):
-    """No wall_time: a worker in a batch job asks its resource manager how long its job has left
-    (``corral worker --wall-time auto``) and tells the broker.  Under Grid Engine, with a limit of 10 s,
-    the work outlasts the workers, which leave before their jobs' end; retries=0, nothing is lost."""
+    """A worker in a batch job asks its resource manager how long its job has left and tells the
+    broker: with no wall_time (``corral worker --wall-time auto``; Grid Engine here), and with a
+    wall_time longer than the job's limit, which bounds it (SLURM here).  Under Grid Engine, with a
+    limit of 10 s, the work outlasts the workers, which leave before their jobs' end; retries=0,
+    nothing is lost."""
     limit = 60 if cluster.kind == "slurm" else 10
-    ex = cluster.executor(cluster.launcher(walltime=limit), max_workers=2)
+    longer = {"wall_time": 600} if cluster.kind == "slurm" else {}
+    ex = cluster.executor(cluster.launcher(walltime=limit), max_workers=2, **longer)
     assert ex.submit(pow, 2, 3).result(timeout=BOUND) == 8
     ends = [w["ends_in"] for w in ex.summary() if w["alive"]]
     assert ends and all(ends) and all(limit - 15 < end <= limit for end in ends), ends
