@@ -58,7 +58,7 @@ def slurm_missing() -> str | None:
         elif not ((done := _run(["scontrol", "ping"])) and "is UP" in done.stdout):
             _ready["slurm"] = "slurmctld does not answer `scontrol ping` (run .ci/slurm-setup as root)"
         elif not ((done := _run(["sinfo", "-h", "-o", "%t"])) and done.stdout.split()
-                  and done.stdout.split()[0].startswith(("idle", "mix", "alloc"))):
+                  and done.stdout.split()[0].startswith(("idle", "mix", "alloc", "comp"))):
             _ready["slurm"] = "no SLURM node takes jobs (`sinfo`; run .ci/slurm-setup as root)"
         else:
             _ready["slurm"] = None

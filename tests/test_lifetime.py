@@ -7,6 +7,7 @@ lost, none completes twice, none counts an attempt for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -201,6 +202,36 @@ def test_sigterm_drains_and_the_running_task_completes_elsewhere_without_an_atte
             first.send_signal(signal.SIGTERM)
             code, said = ended(first, 15)
             assert time.monotonic() - signalled < 8  # term grace 1 s, a heartbeat to notice, the exit
+            assert code == 0 and "all 1 processes left (terminated)" in said, said
+            later = worker(broker_address, "--processes", "1")
+            assert fut.result(TIMEOUT) == runs(log)[-1]
+            assert len(runs(log)) == 2
+            assert records(ex)[pid]["left"] == "terminated"
+    finally:
+        stop(first)
+        if later is not None:
+            stop(later)
+
+
+@pytest.mark.parametrize("mode", [(), ("--fresh",)], ids=["persistent", "fresh"])
+def test_sigterm_to_the_whole_job_drains_like_sigterm_to_corral_worker(broker_address, tmp_path, mode):
+    """scancel and a SLURM walltime send SIGTERM to every process of the job at once: corral worker, its
+    worker process, the task process.  The worker still drains: the running task, killed by that
+    SIGTERM (or cut off after the term grace), runs again elsewhere without counting an attempt."""
+    log = tmp_path / "runs"
+    first = worker(broker_address, "--processes", "1", "--term-grace", "1", *mode)
+    later = None
+    try:
+        with corral.Executor(address=broker_address, retries=0) as ex:
+            [pid] = joined(ex, 1)
+            fut = ex.submit(first_run_long, str(log), 60)
+            wait_for(lambda: runs(log), what="the task to start")
+            tree = [psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)]
+            assert runs(log)[0] in [p.pid for p in tree]
+            for proc in tree:  # as slurmstepd does: each process of the job, one after another
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGTERM)
+            code, said = ended(first, 15)
             assert code == 0 and "all 1 processes left (terminated)" in said, said
             later = worker(broker_address, "--processes", "1")
             assert fut.result(TIMEOUT) == runs(log)[-1]

@@ -83,9 +83,12 @@ def closed(fd: int = 0, timeout: float = 0.2) -> bool:
 
 def hard_end(value: float | str | None) -> float | None:
     """The hard end of our workers' lives, in seconds since the epoch, for ``--wall-time`` ``value``:
-    ``auto`` asks the batch job we run in (none outside one)."""
-    if value == "auto":
+    ``auto`` asks the batch job we run in (none outside one).  A number of seconds inside a batch job
+    is bounded by the job's own limit too: an executor's ``wall_time`` becomes its jobs' limit, which
+    started before we did (the job's shell, its prologue, our interpreter's start)."""
+    if value is not None:
         from ..launchers.joblimits import time_left
 
-        value = time_left()
+        left = time_left()
+        value = left if value == "auto" else value if left is None else min(value, left)
     return None if value is None else time.time() + value

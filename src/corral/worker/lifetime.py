@@ -35,6 +35,14 @@ from ..wire import protocol
 from ..wire.protocol import Kind
 
 CUT_BEFORE_END = 1.0  # seconds before a hard end at which a running task is cut off (BYE must still leave)
+# A batch system that ends a job (scancel, a SLURM walltime) sends SIGTERM to each of its processes:
+# ``corral worker``, which passes it on to its worker processes, and those processes themselves.  A
+# worker process thus gets it twice, a moment apart: the second one within this many seconds of the
+# first is the same signal, not a second one (which would mean "leave at once").
+SAME_SIGNAL_S = 1.0
+# Seconds a worker whose task process was killed by a SIGTERM it did not send waits for its own:
+# both were sent to the whole job, one process after another.
+JOB_SIGNAL_SPREAD = 0.5
 RECONNECT_SLICE = 0.5  # seconds a reconnecting worker waits at a time, so that a signal or a timeout is seen
 # The signals a standalone worker drains on, and the reason each gives.
 DRAIN_SIGNALS = {signal.SIGTERM: "terminated", signal.SIGUSR1: "lifeline"}
@@ -65,6 +73,9 @@ class Lifetime:
         self.cut_at: float | None = None  # when what still runs is cut off
         self.signalled: str | None = None  # set by a signal handler or SHUTDOWN, acted on by the loop
         self.drain_signals = 0  # SIGTERMs (or SIGUSR1s) received
+        self.drain_signal_at = 0.0  # monotonic: when the first one came
+        self.got_sigterm = False  # one of them was SIGTERM (a batch system's, corral worker's)
+        self.cut_off: list[int] = []  # tasks whose process the signal that ends our job killed
         self.end = self.drain_at = None  # monotonic: the hard end, and when to stop taking tasks
         if config.ends_at is not None:
             left = config.ends_at - time.time()
@@ -142,7 +153,7 @@ class Lifetime:
         """BYE's body beyond ``requeue``: why we leave for good, and what we cut off."""
         if self.leaving is None:
             return {}
-        return {"reason": self.leaving, "interrupted": self.running()}
+        return {"reason": self.leaving, "interrupted": [*self.cut_off, *self.running()]}
 
     def exit_code(self, leave_exit: int) -> int:
         """Our exit code once the loop is over: ``leave_exit`` when a standalone worker's life ended."""
@@ -151,15 +162,35 @@ class Lifetime:
     def on_drain_signal(self, signum, frame) -> None:
         """SIGTERM (SIGUSR1: the lifeline closed) to a standalone worker: drain.  One while draining
         already (a wall time's) gives what runs ``term_grace`` seconds at most; a second one leaves
-        at once, as an executor's worker does on the first."""
+        at once, as an executor's worker does on the first, unless it comes within SAME_SIGNAL_S of
+        the first: that is the same signal to the whole job, passed on by ``corral worker`` too."""
+        now = time.monotonic()
+        if signum == signal.SIGTERM:
+            self.got_sigterm = True
         if self.drain_signals:
+            if now - self.drain_signal_at < SAME_SIGNAL_S:
+                return
             self.on_sigterm(signum, frame)
         self.drain_signals += 1
+        self.drain_signal_at = now
         if self.leaving is None:
             self.signalled = DRAIN_SIGNALS.get(signum, "terminated")
         else:
             grace_end = time.monotonic() + self.config.term_grace
             self.cut_at = grace_end if self.cut_at is None else min(self.cut_at, grace_end)
+
+    def ended_with_the_job(self, code: int | None) -> bool:
+        """Did a task process that exited with ``code``, not stopped by us, die of the SIGTERM that
+        ends our whole job (scancel, a walltime: the batch system signals every process of it)?
+        Then its task did not fail: it was cut off, and goes back at no attempt's cost.  Our own
+        SIGTERM may come a moment after the task process's: waited for, JOB_SIGNAL_SPREAD s at most.
+        (SIGKILL: a fresh task process whose template the same SIGTERM ended.)"""
+        if not self.standalone or code not in (-signal.SIGTERM, -signal.SIGKILL):
+            return False
+        deadline = time.monotonic() + JOB_SIGNAL_SPREAD
+        while not self.got_sigterm and time.monotonic() < deadline:
+            time.sleep(0.01)  # our signal handler runs between these
+        return self.got_sigterm
 
     def shutdown_to_leave(self, body: dict) -> None:
         """SHUTDOWN {"leave": true}: the broker wants us gone for good (scaled down), after a drain."""

@@ -155,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     if files is not None:
         worker.on_terminated = files.after_sigterm
     code = worker.run()
+    if code == LEAVE_EXIT:
+        # Drained, and leaving for good: a SIGTERM still on its way (one sent to the whole job, which
+        # corral worker passes on as well) must not end us now, as it would while the interpreter
+        # exits (which gives SIGTERM its default action back) and make us seem to have crashed.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if code == LEAVE_EXIT and args.leave_notes:
         note(args.leave_notes, worker.leaving)
     if files is not None and worker.link.eof:

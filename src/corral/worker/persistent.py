@@ -374,6 +374,9 @@ class PersistentWorker(Supervisor):
             return
         if task.stop_reason is not None:
             self.report(task, *_stopped(task, task.stop_reason, f"its process {proc.pid} {exit_words(code)}"))
+        elif self.ended_with_the_job(code):  # lifetime.py: handed back at BYE, as if we had cut it off
+            self.say(f"task {task.gid}: its process {proc.pid} {exit_words(code)} with our job; handed back")
+            self.cut_off.append(task.gid)
         elif self.died_initializing(proc):
             message = f"the task process {proc.pid} {exit_words(code)} while running the initializer"
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": message})
