@@ -158,9 +158,9 @@ KINDS = [pytest.param("ssh", marks=pytest.mark.ssh), pytest.param("slurm", marks
          pytest.param("sge", marks=pytest.mark.sge)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def loopback_sshd(request):
-    """The session's test sshd, where one can run (else None), started before any test's leak check."""
+    """The module's test sshd, where one can run (else None), started before any test's leak check."""
     return request.getfixturevalue("sshd") if server.unavailable() is None else None
 
 
