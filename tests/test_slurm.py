@@ -198,3 +198,31 @@ def test_a_job_pending_in_the_queue_is_waited_for_and_never_launched_twice(make_
     subprocess.run(["scontrol", "release", job], check=True, timeout=20)
     assert fut.result(timeout=60) == 81
     assert ex.summary().launches["launched"] == 1
+
+
+@needs_slurm
+def test_a_worker_that_never_reaches_its_broker_says_why_in_its_jobs_status(tmp_path):
+    """Its job's output goes nowhere, yet the launcher's status carries the worker's words: it wrote
+    them in its job's comment before it left."""
+    import zmq
+
+    from corral.launchers import document
+    from helpers import free_port
+
+    broker_public, _ = zmq.curve_keypair()
+    public, secret = zmq.curve_keypair()
+    address = f"tcp://127.0.0.1:{free_port()}"
+    launch = WorkerLaunch(name="unreachable-1", command=(sys.executable, "-m", "corral", "worker", "-",
+                                                         "--processes", "1", "--broker-timeout", "1"),
+                          stdin=document.make(address, broker_public, "unreachable-1", public, secret),
+                          env={"PYTHONPATH": SRC}, cwd=str(tmp_path))
+    launcher = Slurm()
+    job = launcher.launch(launch)
+    try:
+        deadline = time.monotonic() + 60
+        while (status := launcher.status([job])[job]).state is not JobState.ENDED or "refused" not in status.detail:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.3)
+        assert f"never reached the broker at {address}: connection refused" in status.detail, status.detail
+    finally:
+        launcher.terminate([job])

@@ -1,8 +1,11 @@
-"""How long the batch job a worker runs in has left, asked of its resource manager.
+"""What a worker in a batch job asks of its resource manager, and tells it.
 
 A worker started inside a SLURM or Grid Engine job knows its job's hard end by
 itself, so it can stop taking tasks and leave before it (``corral worker``'s
-default ``--wall-time auto``): nothing is lost to a walltime.
+default ``--wall-time auto``): nothing is lost to a walltime.  And a worker that
+never reached its broker writes why in its SLURM job's comment (``tell_job``),
+where the launcher's ``squeue`` reads it: the failed launch is reported with the
+worker's own words even when the job's output goes nowhere.
 """
 
 from __future__ import annotations
@@ -24,6 +27,22 @@ def time_left() -> float | None:
     if os.environ.get("JOB_ID") and os.environ.get("SGE_ROOT"):
         return sge_time_left(os.environ["JOB_ID"])
     return None
+
+
+COMMENT_MAX = 240  # characters of a message kept in a SLURM job's comment
+
+
+def tell_job(message: str) -> None:
+    """Leave ``message`` where this job's launcher looks: a SLURM job's comment (users may set their own
+    jobs' comments).  Elsewhere, and if it fails, nothing: the message is on standard error too."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and shutil.which("scontrol"):
+        text = " ".join(message.split())[:COMMENT_MAX]
+        try:
+            subprocess.run(["scontrol", "update", f"JobId={job}", f"Comment={text}"], capture_output=True,
+                           timeout=ASK_TIMEOUT, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
 
 
 def slurm_time_left(job_id: str) -> float | None:

@@ -94,7 +94,7 @@ class Slurm(BatchLauncher):
             return {}
         try:
             done = run(["squeue", "--noheader", "--states=all", "--user", self.user, "--jobs", ",".join(ids),
-                        "--format=%i|%T|%r"], "the Slurm launcher")
+                        "--format=%i|%T|%r|%k"], "the Slurm launcher")
         except LaunchFailed as exc:
             return {job: JobStatus(JobState.UNKNOWN, str(exc)) for job in ids}
         if done.returncode != 0:
@@ -104,12 +104,15 @@ class Slurm(BatchLauncher):
         found: dict[str, JobStatus] = {}
         for line in done.stdout.splitlines():
             job, _, rest = line.strip().partition("|")
-            state, _, reason = rest.partition("|")
+            state, _, rest = rest.partition("|")
+            reason, _, comment = rest.partition("|")  # the comment last: it may hold a "|"
             if job not in ids:
                 continue
             state = state.split()[0] if state.strip() else "UNKNOWN"
             why = "" if reason in ("", "None") else f" ({reason})"
             detail = f"{state.lower()}{why}"
+            if comment.strip() and comment.strip() != "(null)":  # the worker's own words (joblimits.tell_job)
+                detail += f": {comment.strip()}"
             if state in PENDING:
                 found[job] = JobStatus(JobState.PENDING, detail)
             elif state in RUNNING:

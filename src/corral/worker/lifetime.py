@@ -146,7 +146,11 @@ class Lifetime:
         if why == "broker_timeout" and not self.welcomed and self.fd is None:
             from ..addresses import why_unreachable
 
-            self.warn(f"never reached the broker at {self.address}: {why_unreachable(self.address)}")
+            why = f"never reached the broker at {self.address}: {why_unreachable(self.address)}"
+            self.warn(why)
+            from ..launchers.joblimits import tell_job
+
+            tell_job(why)
         self.send(Kind.LEAVING, {"reason": why, "requeue": self.give_back()})
 
     def farewell(self) -> dict:
