@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 import netns
@@ -121,6 +122,10 @@ PrintLastLog no
 MaxStartups 100
 MaxSessions 100
 LogLevel VERBOSE
+# A login shell that runs `pyenv init` (root's, on the CI machines) takes pyenv's rehash lock; a
+# session the tests end in that instant leaves the lock behind, and every later login then waits
+# 60 s for it.  Sessions of this server give up on the lock at once (rehashing is not their job).
+SetEnv PYENV_REHASH_TIMEOUT=0
 """)
     hosts = [f"Host {alias}\n    HostName {address}\n    Port {port}\n    IdentityFile {directory}/client_key\n"
              for alias in aliases]
@@ -208,12 +213,27 @@ def sshd():
     reason = unavailable()
     if reason:
         pytest.skip(reason)
+    started = time.time()
     server = start_loopback()
     try:
         yield server
     finally:
         stop(server.proc)
         shutil.rmtree(server.dir, ignore_errors=True)
+        drop_stale_rehash_lock(started)
+
+
+def drop_stale_rehash_lock(since: float) -> None:
+    """Remove pyenv's rehash lock if one of this server's login shells left it (made since ``since``,
+    and no rehash runs now): a session ended in the middle of `pyenv init` leaves it behind."""
+    lock = Path(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))) / "shims" / ".pyenv-shim"
+    try:
+        if lock.stat().st_mtime < since:
+            return
+    except OSError:
+        return
+    if not any("pyenv-rehash" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        lock.unlink(missing_ok=True)
 
 
 class NetnsSshd(Sshd):
