@@ -29,7 +29,7 @@ RETRIES = 2  # how often a task whose process died runs again
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
 TERM_GRACE = 10.0  # seconds a standalone worker's running task gets to finish after SIGTERM (corral worker)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
-TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout")
+TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout", "after")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -144,6 +144,10 @@ def check_task_options(options: dict) -> dict:
     flag = options.get("retry_on_timeout")
     if flag is not None and not isinstance(flag, bool):
         raise ValueError(f"retry_on_timeout must be True or False, not {flag!r}")
+    if options.get("after") is not None:
+        from .client.dependents import check_after
+
+        options = {**options, "after": check_after(options["after"])}
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -69,6 +69,14 @@ class LaunchError(CorralError, RuntimeError):
     """
 
 
+class DependencyError(CorralError):
+    """A task did not run because a task it depends on failed, or was cancelled or killed.
+
+    Its ``__cause__`` is the dependency's own exception (with the worker's traceback),
+    or a ``CancelledError``.  Tasks that depend on this one fail the same way in turn.
+    """
+
+
 class SecurityWarning(UserWarning):
     """A link is plain TCP (``insecure``): anyone on the network path can read or forge its messages."""
 

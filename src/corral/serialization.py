@@ -21,6 +21,7 @@ be pickled, so the error names it (``args[0].lock``) instead of only saying
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import types
 import weakref
@@ -206,10 +207,15 @@ class Call:
     chunk: list | None = None
 
 
-def call_frames(call: Call, functions: FunctionPickles) -> list:
-    """A call's payload frames; SerializationError names what could not be pickled."""
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def call_frames(call: Call, functions: FunctionPickles, arguments: Any = _NO_CONTEXT) -> list:
+    """A call's payload frames; SerializationError names what could not be pickled.  Its
+    arguments are pickled within ``arguments``, a context (``dependencies.collecting``)."""
     fn = functions.dumps(call.fn, "task.fn")
-    return [fn, *dumps((call.args, call.kwargs, call.chunk), "task", culprit=call)]
+    with arguments:
+        return [fn, *dumps((call.args, call.kwargs, call.chunk), "task", culprit=call)]
 
 
 def restore_builtin_state(exc: BaseException) -> BaseException:

@@ -61,6 +61,7 @@ from ..wire.protocol import Kind
 from ..worker.containment import exit_words
 from . import scheduler
 from .backlog import MAX_BACKLOG, Backlogs
+from .dependencies import Dependencies, Held
 from .lanes import LaneSeats, lane_window
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
@@ -77,9 +78,10 @@ MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most r
 STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
 
 
-class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
+class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
     """The broker: one loop over every socket, which hands each message to the part it concerns
-    (``peers.py``, ``tasks.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``), dispatches (``scheduler.py``),
+    (``peers.py``, ``tasks.py``, ``dependencies.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``), dispatches
+    (``scheduler.py``),
     then sends what each peer is owed this turn, one batch each."""
 
     def __init__(
@@ -131,6 +133,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         self.told_unknown: dict[bytes, float] = {}  # unknown peers answered ERROR, and when (one a heartbeat)
         self.tasks: dict[int, Task] = {}
         self.queue: deque[int] = deque()
+        self.held: dict[int, Held] = {}  # results kept for the tasks that take them (dependencies.py)
         self.workers: dict[bytes, WorkerState] = {}
         self.sessions: dict[str, bytes] = {}  # remote workers' session tokens -> identity (sessions.py)
         self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)
@@ -240,7 +243,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         if self.pool:
             self.pool.accepting = False
         for task in list(self.tasks.values()):
-            self.fail(task, protocol.ERR_BROKEN, message)
+            if task.gid in self.tasks:  # (a dependent fails with its dependency)
+                self.fail(task, protocol.ERR_BROKEN, message)
         self.queue.clear()
         for w in list(self.workers.values()):
             self.send(self.workers_sock, w.ident, Kind.SHUTDOWN)
@@ -258,8 +262,16 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         expected = self.pool.size if self.pool else self.fleet.expected() if self.fleet else 0
         given = scheduler.assign(self.queue, self.tasks, self.workers.values(), expected, now)
         for w, tasks in given:
-            entries = [protocol.task_entry(task.gid, len(task.frames), task.options) for task in tasks]
-            frames = [frame for task in tasks for frame in task.frames]
+            if any(task.deps is not None for task in tasks):  # each with the results it takes (dependencies.py)
+                entries, frames = [], []
+                for task in tasks:
+                    task_frames, options = self.with_results(task) if task.deps is not None else (
+                        task.frames, task.options)
+                    entries.append(protocol.task_entry(task.gid, len(task_frames), options))
+                    frames.extend(task_frames)
+            else:
+                entries = [protocol.task_entry(task.gid, len(task.frames), task.options) for task in tasks]
+                frames = [frame for task in tasks for frame in task.frames]
             self.send(self.workers_sock, w.ident, Kind.TASKS, {"tasks": entries}, frames)
         for w in idle_lanes:
             if w.assigned:  # its task process begins the first of them now
@@ -394,8 +406,9 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         now = time.monotonic()
         workers = [w.summary(now) for w in (*self.departed, *self.workers.values())]
         running = sum(1 for t in self.tasks.values() if t.started)
-        counts = {"queued": len(self.tasks) - running, "running": running, "connected": len(self.workers),
-                  "departed": self.departures}
+        waiting = sum(1 for t in self.tasks.values() if t.waiting)
+        counts = {"queued": len(self.tasks) - running - waiting, "running": running, "waiting": waiting,
+                  "held": len(self.held), "connected": len(self.workers), "departed": self.departures}
         if self.fleet:
             counts["launches"] = self.fleet.report()
         return counts, [json.dumps(workers, separators=(",", ":")).encode()]

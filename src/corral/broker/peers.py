@@ -18,6 +18,7 @@ import zmq
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.protocol import Kind
+from .dependencies import check_dependencies
 from .records import DEFAULT_RETRIES, ClientState, WorkerState
 
 MAX_PEERS = 10_000  # clients and workers at once: HELLOs beyond are refused (each costs memory)
@@ -321,6 +322,8 @@ def check_task(c: ClientState, entry: list, frames: list) -> None:
             raise ProtocolError(f"bad timeout option {options['timeout']!r:.40}")
         if "shm" in options and not (isinstance(options["shm"], list) and len(options["shm"]) <= len(frames)):
             raise ProtocolError("bad shm option")
+        if "deps" in options or "after" in options:
+            check_dependencies(options, len(frames))
 
 
 def retries_of(body: dict) -> int:

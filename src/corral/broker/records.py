@@ -28,6 +28,11 @@ class Task:
     killed: bool = False  # a kill was asked for: never retried
     kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
+    # Dependencies (dependencies.py): the results it takes (held task ids, or inline frames), in
+    # argument order; how many tasks it still waits for; the tasks waiting for it.
+    deps: tuple | None = None
+    waiting: int = 0
+    dependents: list | None = None
 
 
 @dataclass

@@ -83,13 +83,25 @@ class TaskTable:
             w.errors += 1
         self.finish(task, status, payload, meta)
 
-    def finish(self, task: Task, status: Status, payload: list, meta: dict) -> None:
-        """A task's one and only outcome: forward it to its client and forget the task."""
+    def finish(self, task: Task, status: Status, payload: list, meta: dict, cascade: bool = True) -> None:
+        """A task's one and only outcome: forward it to its client and forget the task; then
+        the tasks waiting for it run or fail (``dependencies.py``)."""
         self.drop(task)
         box = self.outbox(task.client)
         box.result(task.cid, status, payload, meta)
         if task.cancelling:  # its cancel came too late; the verdict follows the result
             box.too_late.append(task.cid)
+        if task.dependents and cascade:
+            how = ("done" if status == Status.OK else
+                   "killed" if status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED else "failed")
+            self.dependency_ended(task, status, payload, meta, how)
+
+    def dropped(self, task: Task) -> None:
+        """A task cancelled before it ran: forget it, tell its client, fail what waits for it."""
+        self.drop(task)
+        self.outbox(task.client).dropped.append(task.cid)
+        if task.dependents:
+            self.dependency_ended(task, Status.FAILED, [], {}, "cancelled")
 
     def fail(self, task: Task, error: str, message: str) -> None:
         """End a task with a failure of ``error`` (a protocol ERR_ name)."""
@@ -107,8 +119,7 @@ class TaskTable:
         if task.killed:
             self.fail(task, protocol.ERR_KILLED, f"the task was killed: {why}")
         elif task.cancelling and not started:  # it never ran: the cancel succeeds
-            self.drop(task)
-            self.outbox(task.client).dropped.append(task.cid)
+            self.dropped(task)
         elif started and count_attempt:
             self.retry_or_fail(task, why)
         else:
@@ -160,8 +171,10 @@ class TaskTable:
             return
         gid = self.next_gid
         self.next_gid += 1
-        self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
+        task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
         c.tasks[cid] = gid
+        if ("deps" in options or "after" in options) and not self.wait_for(c, task):
+            return  # it waits for other tasks (dependencies.py), or failed already
         self.queue.append(gid)
 
     def compact(self, frames: list) -> tuple:
@@ -191,8 +204,7 @@ class TaskTable:
             if task is None:
                 box.too_late.append(cid)
             elif task.worker is None:
-                self.drop(task)
-                box.dropped.append(cid)
+                self.dropped(task)
             elif task.worker in self.lanes:  # on its way to a task process, or in it: it runs
                 box.too_late.append(cid)
             elif not task.cancelling:
@@ -212,8 +224,7 @@ class TaskTable:
                 continue  # finished meanwhile: its verdict went out with its result
             task.cancelling = False
             if dropped:
-                self.drop(task)
-                self.outbox(task.client).dropped.append(task.cid)
+                self.dropped(task)
             else:
                 self.outbox(task.client).too_late.append(task.cid)
 
@@ -245,6 +256,8 @@ class TaskTable:
         """Forget a task wherever it is; a queue entry is skipped lazily by dispatch()."""
         self.tasks.pop(task.gid, None)
         self.forget(task)
+        if task.deps is not None:
+            self.release(task)
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
             w.assigned.pop(task.gid, None)
@@ -255,7 +268,7 @@ class TaskTable:
         why = f"terminated by {'kill' if hard else 'terminate'}_workers()"
         running = [self.tasks[g] for g in c.tasks.values() if g in self.tasks]
         for task in running:
-            if task.worker is None:
+            if task.worker is None and task.gid in self.tasks:  # (a dependent may have failed with its dependency)
                 self.kill_queued(task, why)
         self.kill(c, [t.cid for t in running if t.gid in self.tasks], 0.0, sig)
         for task in running:

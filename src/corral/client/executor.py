@@ -27,10 +27,10 @@ from typing import Any
 
 import zmq
 
-from .. import serialization, tuning
+from .. import dependencies, serialization, tuning
 from ..broker.broker import Broker
 from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
-from ..errors import SerializationError
+from ..errors import DependencyError, SerializationError
 from ..launchers.base import Launcher
 from ..local.pool import refusal
 from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
@@ -39,7 +39,7 @@ from ..serialization import Call, call_frames
 from ..status import Summary
 from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
 from ..wire import shm
-from . import brokers, ioloop
+from . import brokers, dependents, ioloop
 from .future import CorralFuture
 from .ioloop import IOLoop
 
@@ -224,7 +224,10 @@ class Executor(_StdExecutor):
         ``retries`` (int >= 0: runs after the first one if the task's worker dies),
         ``timeout`` (seconds: the task's process is killed after this long and
         the future raises TaskTimeoutError), ``retry_on_timeout`` (bool: a
-        timed-out task counts an attempt and runs again within ``retries``).
+        timed-out task counts an attempt and runs again within ``retries``),
+        ``after`` (futures of this executor: the task runs once they have all
+        succeeded, and fails with DependencyError if one does not; futures
+        given as arguments are waited for too, and replaced by their results).
         """
         return TaskOptions(self, check_task_options(options))
 
@@ -234,19 +237,24 @@ class Executor(_StdExecutor):
             options = {**self._defaults, **(options or {})}
         with self._shutdown_lock:
             self._check_open()
+            after = options.get("after") if options else None
+            collector = dependencies.Collector(self._io)  # the futures among the arguments
             try:
-                frames = call_frames(call, self._functions)
-            except SerializationError as exc:
+                frames = call_frames(call, self._functions, dependencies.collecting(collector))
+                waits = None
+                if collector.pending or collector.failed or collector.foreign or after:
+                    options, waits = _with_dependencies(options, collector, after, self._io)
+            except (SerializationError, DependencyError) as exc:
                 fut: Future = Future()  # only this future fails; the executor stays usable
                 fut.set_exception(exc)
                 return fut
             store = self._io.store
             if store is None or len(frames) < 3:
-                return self._io.submit_frames(frames, options)
+                return self._io.submit_frames(frames, options, waits)
             frames, offloaded, paths = store.offload(frames, 2)  # the arguments' large buffers
             if not offloaded:
-                return self._io.submit_frames(frames, options)
-            fut = self._io.submit_frames(frames, {**(options or {}), "shm": offloaded})
+                return self._io.submit_frames(frames, options, waits)
+            fut = self._io.submit_frames(frames, {**(options or {}), "shm": offloaded}, waits)
             # A retried task maps its input again: the files go when the future is done.
             fut.add_done_callback(lambda _, paths=paths: [shm.remove(p) for p in paths])
             return fut
@@ -373,6 +381,16 @@ class TaskOptions:
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._options)
+
+
+def _with_dependencies(options: dict | None, collector, after, loop) -> tuple[dict | None, tuple | None]:
+    """A task's options, with what it waits for (``dependents.prepare``), and the futures it
+    waits for; DependencyError if one has failed already, ValueError for another executor's."""
+    added, waits = dependents.prepare(collector, after, loop)
+    if isinstance(waits, DependencyError):
+        raise waits
+    rest = {k: v for k, v in (options or {}).items() if k != "after"}
+    return ({**rest, **added} if added else rest or None), waits
 
 
 def _next_result(inflight: deque, calls: Iterator[Call], deadline, submit, window: int) -> Any:

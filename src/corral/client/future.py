@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, Protocol
 
+from .. import dependencies
 from ..config import check_seconds
 
 
@@ -120,6 +121,7 @@ class CorralFuture(Future):
 
     _waiters = _MadeOnAppend()
     _done_callbacks = _MadeOnAppend()
+    _waits: Any = None  # a task that waits for others: what it waits for (client/dependents.py)
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
@@ -178,6 +180,10 @@ class CorralFuture(Future):
         self._io.request_kill(self._cid, self._io.kill_grace if grace is None else grace)
         cancel_now(self)  # a task still pending here ends now; a running one when its process is gone
         return True
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        """As a task's argument, a placeholder for its result (``dependencies.py``); else an error."""
+        return dependencies.reduce_future(self)
 
     def _set_killed(self) -> None:
         """End the future as cancelled even though it was running: its process was killed."""

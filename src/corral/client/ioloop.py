@@ -52,6 +52,7 @@ from ..serialization import restore_builtin_state
 from ..wire import protocol, shm
 from ..wire.poller import POLLIN, Spin
 from ..wire.protocol import Kind, Status
+from . import dependents
 from .future import CorralFuture, cancel_now, mark_started, settle
 from .leading import Leading, SigintDeferred
 from .links import DirectLink, Link, SocketLink
@@ -126,10 +127,13 @@ class IOLoop(Standing):
             except OSError:
                 pass  # the loop has finished and closed the pipe
 
-    def submit_frames(self, frames: list, options: dict | None = None) -> CorralFuture:
-        """A new future for a task of these frames; the task leaves with the loop's next SUBMIT."""
+    def submit_frames(self, frames: list, options: dict | None = None, waits: tuple | None = None) -> CorralFuture:
+        """A new future for a task of these frames; the task leaves with the loop's next SUBMIT.
+        ``waits``: the futures it waits for, (arguments, after) (``dependents.py``)."""
         cid = next(self.ids)
         fut = CorralFuture(self, cid)
+        if waits is not None:
+            fut._waits = dependents.Waits(*waits, frames, options)
         self.futures[cid] = fut
         self.outq.append(protocol.task_entry(cid, len(frames), options) + [frames])
         self.wake()
@@ -375,12 +379,20 @@ class IOLoop(Standing):
             elif status == Status.RAISED:
                 exc = serialization.loads(frames, "the exception raised by the task")
                 settle(fut, None, restore_builtin_state(exc) if isinstance(exc, BaseException) else exc)
+            elif meta.get("error") == protocol.ERR_DEPENDENCY:
+                settle(fut, None, dependents.failure(fut._waits, meta))
+            elif meta.get("error") == protocol.ERR_DEPENDENCY_GONE and fut._waits is not None:
+                exc = dependents.send_again(self, fut, meta)
+                if exc is not None:
+                    settle(fut, None, exc)
             else:
                 if meta.get("error") == protocol.ERR_BROKEN and self.broken is None:
                     self.broken = _failure(meta)  # later submits raise, as ProcessPoolExecutor's do
                 settle(fut, None, _failure(meta))
         except SerializationError as exc:
             settle(fut, None, exc)
+        if fut._waits is not None and fut.done():
+            fut._waits = None  # its frames, kept to send it again, and the futures it waited for
 
     def answer_cancel(self, cid: int, dropped: bool) -> None:
         """Answer a ``cancel()`` waiting for the broker's verdict."""

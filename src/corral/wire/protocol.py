@@ -74,6 +74,8 @@ ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
 ERR_TIMEOUT = "timeout"  # the task outran its timeout; its process was killed
 ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went away
 ERR_LAUNCH = "launch"  # no launched worker could be started to run it (the executor's launcher failed)
+ERR_DEPENDENCY = "dependency"  # a task it depends on failed ("how") or was cancelled or killed: it did not run
+ERR_DEPENDENCY_GONE = "dependency_gone"  # tasks it names in deps/after had finished already: send it again
 
 # Codes of ERROR messages.
 UNKNOWN_PEER = "unknown_peer"  # the broker does not know the sender (it restarted, or dropped it): HELLO again
@@ -100,6 +102,7 @@ def reason(body: dict[str, Any], default: str) -> str:
 
 
 MAX_CREDIT = 512  # tasks a worker may hold at once (credit it may grant): more is a mistake
+MAX_DEPENDENCIES = 100_000  # tasks one task may wait for
 MAX_RETRIES = 1000  # a task's retries option: more is a mistake (or an attack on the workers)
 MAX_NAME = 200  # characters of a peer's name or host kept from its HELLO
 MAX_TEXT = 64 << 10  # characters of a traceback or message kept from a peer

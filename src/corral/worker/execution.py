@@ -52,6 +52,23 @@ def unpack_call(frames: list) -> tuple[Callable, tuple, dict | None, list | None
     return fn, args, kwargs, chunk
 
 
+def _unpack_dependent(frames: list, dep_frames: list) -> tuple[Callable, tuple, dict | None, list | None]:
+    """``unpack_call`` for a task whose last frames are its dependencies' results: those are
+    unpickled first, and stand in for the futures in its arguments."""
+    from .. import dependencies
+
+    if not (isinstance(dep_frames, list) and all(type(n) is int and n >= 1 for n in dep_frames)
+            and sum(dep_frames) <= len(frames) - 2):
+        raise SerializationError("cannot unpickle the task in the worker: its dependencies' frames do not add up")
+    total = sum(dep_frames)
+    values, pos = [], len(frames) - total
+    for i, count in enumerate(dep_frames):
+        values.append(serialization.loads(frames[pos: pos + count], f"the result of dependency {i}"))
+        pos += count
+    with dependencies.resolving(values):
+        return unpack_call(frames[: len(frames) - total])
+
+
 def _missing_module_advice(name: str) -> str:
     """What to do when the client pickled something by reference to a module the worker lacks."""
     return (f"The worker cannot import {name!r}, which the client could: install it where the workers run "
@@ -67,12 +84,14 @@ def failed(error: str, message: str) -> Outcome:
     return protocol.Status.FAILED, [], {"error": error, "message": message}
 
 
-def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = None) -> Outcome:
+def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = None,
+            dep_frames: list | None = None) -> Outcome:
     """Unpickle, run and pickle back one task.
 
     With ``shm_dir`` (the client's shared-memory directory), the frames at the
     ``offloaded`` indices name files there, and a large result goes back the same
-    way (its meta lists them).
+    way (its meta lists them).  ``dep_frames``: the task's last frames are the
+    results of the tasks it depends on, this many frames each (``dependencies.py``).
     """
     try:
         if offloaded:
@@ -82,7 +101,10 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
             frames = shm.Store(shm_dir).resolve(frames, offloaded, unlink=False)
         # The call is made here, not through a Call object's method: in a fresh task
         # process every function that runs writes to pages the kernel must copy.
-        fn, args, kwargs, chunk = unpack_call(frames)
+        if dep_frames:
+            fn, args, kwargs, chunk = _unpack_dependent(frames, dep_frames)
+        else:
+            fn, args, kwargs, chunk = unpack_call(frames)
     except (ValueError, OSError) as exc:
         return failed(protocol.ERR_DESERIALIZATION, f"cannot unpickle the task in the worker: {exc}")
     except SerializationError as exc:

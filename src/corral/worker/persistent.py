@@ -440,12 +440,18 @@ def _malformed_task(task: HeldTask) -> str | None:
     if shm is not None and not (isinstance(shm, list) and all(type(i) is int and 2 <= i < len(task.frames)
                                                                for i in shm)):
         return "bad shared-memory frames"
+    deps = task.options.get("dep_frames")
+    if deps is not None and not (isinstance(deps, list) and all(type(n) is int and n >= 1 for n in deps)
+                                 and sum(deps) <= len(task.frames) - 2):
+        return "bad dependency frames"
     return None
 
 
 def task_header(tasks: list[HeldTask]) -> tuple:
-    """The TASK message that hands ``tasks`` to a task process: (gid, frame count, shared-memory frames) each."""
-    return task_process.TASK, [(t.gid, len(t.frames), t.options.get("shm")) for t in tasks]
+    """The TASK message that hands ``tasks`` to a task process: (gid, frame count, shared-memory frames,
+    dependency frames) each."""
+    return task_process.TASK, [(t.gid, len(t.frames), t.options.get("shm"), t.options.get("dep_frames"))
+                               for t in tasks]
 
 
 def _stopped(task: HeldTask, reason: str, how: str) -> tuple[Status, list, dict]:
