@@ -134,6 +134,7 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
         self.tasks: dict[int, Task] = {}
         self.queue: deque[int] = deque()
         self.held: dict[int, Held] = {}  # results kept for the tasks that take them (dependencies.py)
+        self.waiting_tasks = 0  # tasks waiting for others to succeed, not queued yet (dependencies.py)
         self.workers: dict[bytes, WorkerState] = {}
         self.sessions: dict[str, bytes] = {}  # remote workers' session tokens -> identity (sessions.py)
         self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)
@@ -406,7 +407,7 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
         now = time.monotonic()
         workers = [w.summary(now) for w in (*self.departed, *self.workers.values())]
         running = sum(1 for t in self.tasks.values() if t.started)
-        waiting = sum(1 for t in self.tasks.values() if t.waiting)
+        waiting = self.waiting_tasks
         counts = {"queued": len(self.tasks) - running - waiting, "running": running, "waiting": waiting,
                   "held": len(self.held), "connected": len(self.workers), "departed": self.departures}
         if self.fleet:

@@ -81,6 +81,8 @@ class Dependencies:
                 dep.dependents = []
             dep.dependents.append(task.gid)
         task.waiting = len(waits)
+        if waits:
+            self.waiting_tasks += 1
         return not waits
 
     def dependency_ended(self, task: Task, status: Status, payload: list, meta: dict, how: str) -> None:
@@ -114,6 +116,7 @@ class Dependencies:
                 users += 1
             t.waiting -= 1
             if t.waiting == 0:
+                self.waiting_tasks -= 1
                 self.queue.append(gid)
         if users:
             offloaded = meta.get("shm") if isinstance(meta, dict) else None

@@ -258,6 +258,9 @@ class TaskTable:
         self.forget(task)
         if task.deps is not None:
             self.release(task)
+        if task.waiting:  # it ends before what it waited for (dependencies.py)
+            task.waiting = 0
+            self.waiting_tasks -= 1
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
             w.assigned.pop(task.gid, None)

@@ -58,6 +58,7 @@ class Broker(Protocol):
 
     workers: dict[bytes, WorkerState]
     tasks: dict[int, Task]
+    waiting_tasks: int  # of those, the tasks waiting for others (not queued yet)
     queue: deque[int]
 
     def dismiss(self, w: WorkerState, reason: str) -> None: ...
@@ -170,7 +171,7 @@ class Fleet:
         self._outcomes(now)
         self._follow(broker, now)
         self._poll(now)
-        demand = len(broker.tasks)
+        demand = len(broker.tasks) - broker.waiting_tasks  # a task waiting for others cannot run yet
         want = policy.wanted(demand, self.min_workers, self.max_workers)
         self._launch(want, now)
         self._retire(broker, want, now)
