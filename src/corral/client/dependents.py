@@ -108,8 +108,11 @@ def send_again(loop: Any, fut: Any, meta: dict) -> BaseException | None:
             return dependencies.dependency_failed(dep)
         if state is None:
             after.append(dep._cid)
+    # One that is still pending was itself sent again just now (its own dependency had finished):
+    # it goes out first, so the broker knows it when this task arrives.  Any other is lost.
     gone = meta.get("deps") if isinstance(meta.get("deps"), list) else []
-    if any(dependencies.outcome(d) is None for d in (*waits.data, *waits.after) if d._cid in gone):
+    if any(dependencies.outcome(d) is None and d._cid not in loop.futures
+           for d in (*waits.data, *waits.after) if d._cid in gone):
         return DependencyError("the broker lost track of a task this one depends on; submit it again")
     options = {k: v for k, v in waits.options.items() if k not in ("deps", "after")}
     if waits.data:
