@@ -19,6 +19,7 @@ from .errors import (
     SerializationError,
     TaskTimeoutError,
 )
+from .seeds import rng
 
 __version__ = "0.1.0"
 
@@ -59,4 +60,5 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",
+    "rng",
 ]

@@ -321,6 +321,8 @@ def check_task(c: ClientState, entry: list, frames: list) -> None:
             raise ProtocolError(f"bad timeout option {options['timeout']!r:.40}")
         if "shm" in options and not (isinstance(options["shm"], list) and len(options["shm"]) <= len(frames)):
             raise ProtocolError("bad shm option")
+        if "seed" in options and not protocol.valid_seed(options["seed"]):
+            raise ProtocolError(f"bad seed option {options['seed']!r:.60}")
 
 
 def retries_of(body: dict) -> int:

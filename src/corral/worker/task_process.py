@@ -7,7 +7,7 @@ process over a socket pair and reads the outcomes back::
     supervisor (worker.py)                    task process (this module)
       fork/spawn ----------------------------> run the initializer
       <------------------------------- READY | BROKEN traceback
-      TASK [(gid, nframes, shm)...], frames --> unpickle, run, pickle, each in turn
+      TASK [(gid, nframes, shm, seed)...], frames --> unpickle, run, pickle, each in turn
       <----------------------------- DONE gid status meta, frames
       close the socket (or a signal) --------> exit
 
@@ -371,8 +371,8 @@ def answer(conn: Channel, shm_dir: str | None, unpin: Callable[[], None] | None 
     if unpin is not None:
         unpin()
     pos = 0
-    for gid, count, offloaded in header[1]:
-        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded)
+    for gid, count, offloaded, seed in header[1]:
+        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed)
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -445,8 +445,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
         for i, ((gid, _, options), task_frames) in enumerate(tasks):
             page.begin(gid)
             began = time.perf_counter()
-            offloaded = options.get("shm") if isinstance(options, dict) else None
-            status, out, meta = execute(task_frames, shm_dir, offloaded)
+            status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"))
             ended = time.perf_counter()
             flush_stdio()  # what the task printed is out before its future completes
             entries.append(protocol.result_entry(gid, status, len(out), meta))
