@@ -56,10 +56,10 @@ def begin(seed: int, key: Key) -> None:
 
     _task, _generator = _identity(seed, key), None
     random.seed(int.from_bytes(_stream(_task, b"corral.random"), "big"))
-    legacy = sys.modules.get("numpy.random")
-    if legacy is not None:  # its legacy global state (MT19937): seeded from 8 words of 32 bits
-        words = _stream(_task, b"corral.numpy")
-        legacy.seed([int.from_bytes(words[i : i + 4], "little") for i in range(0, 32, 4)])
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:  # its legacy global state (MT19937), from 8 words of 32 bits; numpy 2 may
+        words = _stream(_task, b"corral.numpy")  # import numpy.random only now, on first use
+        numpy.random.seed([int.from_bytes(words[i : i + 4], "little") for i in range(0, 32, 4)])
 
 
 def end() -> None:
