@@ -42,11 +42,10 @@ def _stream(identity: bytes, consumer: bytes) -> bytes:
 def keys(option: list, chunk: int | None) -> list[Key]:
     """The keys of a task's calls, from its ``seed`` option ``[seed, n]`` or ``[seed, n, first]``:
     ``(n,)`` or ``(n, first)`` for a single call, ``(n, first + j)`` for element j of a chunk."""
-    n = tuple(option[1:2])
     if chunk is None:
         return [tuple(option[1:])]
-    first = option[2] if len(option) > 2 else 0
-    return [(*n, first + j) for j in range(chunk)]
+    n, first = option[1], option[2] if len(option) > 2 else 0
+    return [(n, first + j) for j in range(chunk)]
 
 
 def begin(seed: int, key: Key) -> None:
