@@ -20,6 +20,7 @@ from .errors import (
     SerializationError,
     TaskTimeoutError,
 )
+from .seeds import rng
 
 __version__ = "0.1.0"
 
@@ -61,4 +62,5 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",
+    "rng",
 ]

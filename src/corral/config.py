@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .tuning import SPIN
-from .wire.protocol import MAX_RETRIES
+from .wire.protocol import MAX_RETRIES, MAX_SEED
 
 if TYPE_CHECKING:  # argparse is imported by the command line only: an Executor starts sooner without it
     import argparse
@@ -29,7 +29,7 @@ RETRIES = 2  # how often a task whose process died runs again
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
 TERM_GRACE = 10.0  # seconds a standalone worker's running task gets to finish after SIGTERM (corral worker)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
-TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout", "after")
+TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout", "seed", "after")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -62,6 +62,17 @@ def check_count(name: str, value: object, minimum: int, maximum: int | None = No
 def check_retries(value: object) -> int:
     """A number of retries: an integer from 0 to MAX_RETRIES (True is not 1)."""
     return check_count("retries", value, 0, MAX_RETRIES)
+
+
+def check_seed(value: object) -> int:
+    """A seed (``Executor(seed=)``, ``options(seed=)``): an integer from 0 to 2**256 - 1 (True is not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"seed must be an integer from 0 to 2**256 - 1, not {type(value).__name__} {value!r:.40}")
+    if not 0 <= value <= MAX_SEED:
+        sign = "negative " if value < 0 else ""
+        shown = repr(value) if value.bit_length() < 300 else f"a {sign}{value.bit_length()}-bit integer"
+        raise ValueError(f"seed must be an integer from 0 to 2**256 - 1, not {shown:.80}")
+    return value
 
 
 _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3, "GB": 1000**3,
@@ -144,6 +155,8 @@ def check_task_options(options: dict) -> dict:
     flag = options.get("retry_on_timeout")
     if flag is not None and not isinstance(flag, bool):
         raise ValueError(f"retry_on_timeout must be True or False, not {flag!r}")
+    if options.get("seed") is not None:
+        check_seed(options["seed"])
     if options.get("after") is not None:
         from .client.dependents import check_after
 

@@ -324,6 +324,8 @@ def check_task(c: ClientState, entry: list, frames: list) -> None:
             raise ProtocolError("bad shm option")
         if "deps" in options or "after" in options:
             check_dependencies(options, len(frames))
+        if "seed" in options and not protocol.valid_seed(options["seed"]):
+            raise ProtocolError(f"bad seed option {options['seed']!r:.60}")
 
 
 def retries_of(body: dict) -> int:

@@ -11,7 +11,6 @@ temporary directory are removed at shutdown.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import shutil
@@ -39,7 +38,7 @@ from ..serialization import Call, call_frames
 from ..status import Summary
 from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
 from ..wire import shm
-from . import brokers, dependents, ioloop
+from . import brokers, dependents, ioloop, seeds
 from .future import CorralFuture
 from .ioloop import IOLoop
 
@@ -90,6 +89,10 @@ class Executor(_StdExecutor):
             finishes or hands back its tasks first; default: the job's own time
             limit under SLURM or Grid Engine, else none).
         tasks_max: a launched worker leaves after this many tasks.
+        seed: an int >= 0: every task gets its own random streams, derived
+            from the seed and its place in the program, and runs with
+            ``random`` (and numpy's global state) seeded from them; see
+            ``corral.rng()`` and docs/tasks.md.  ``options(seed=)`` overrides it.
         retries: how often a task whose worker died is run again (default 2).
         task_timeout: default per-task time limit in seconds; a task that
             runs longer has its process killed and raises TaskTimeoutError.
@@ -141,6 +144,7 @@ class Executor(_StdExecutor):
         interface: str | None = None,
         wall_time: float | None = None,
         tasks_max: int | None = None,
+        seed: int | None = None,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
@@ -152,6 +156,7 @@ class Executor(_StdExecutor):
         self._max_tasks_per_child = max_tasks_per_child
         self._fresh = config.fresh
         self._defaults = {"timeout": task_timeout} if task_timeout is not None else {}
+        self._seeds = seeds.Numbering(seed)
         if address is None and config.max_workers > MANY_WORKERS:  # refused before anything starts
             problem = refusal(config.max_workers, config.fresh)
             if problem:
@@ -215,7 +220,7 @@ class Executor(_StdExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
-        return self._submit_call(Call(fn, args, kwargs or None))
+        return self._submit_call(Call(fn, args, kwargs or None), self._seeds.submit(None))
 
     def options(self, **options: Any) -> TaskOptions:
         """A view of this executor whose ``submit``/``map`` give every task ``options``.
@@ -225,6 +230,7 @@ class Executor(_StdExecutor):
         ``timeout`` (seconds: the task's process is killed after this long and
         the future raises TaskTimeoutError), ``retry_on_timeout`` (bool: a
         timed-out task counts an attempt and runs again within ``retries``),
+        ``seed`` (int >= 0: reproducible random streams per task, as ``Executor(seed=)``).
         ``after`` (futures of this executor: the task runs once they have all
         succeeded, and fails with DependencyError if one does not; futures
         given as arguments are waited for too, and replaced by their results).
@@ -298,9 +304,9 @@ class Executor(_StdExecutor):
         else:
             calls = (Call(fn, chunk=chunk) for chunk in _chunks(argtuples, chunksize))
         inflight: deque[Future] = deque()
+        submit = self._seeds.map(self._submit_call, options)
         for call in itertools.islice(calls, window):
-            inflight.append(self._submit_call(call, options))
-        submit = functools.partial(self._submit_call, options=options)
+            inflight.append(submit(call))
         return self._map_results(inflight, calls, deadline, chunksize > 1, submit, window)
 
     def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, submit, window: int):
@@ -376,7 +382,7 @@ class TaskOptions:
         return TaskOptions(self._executor, {**self._options, **check_task_options(more)})
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        return self._executor._submit_call(Call(fn, args, kwargs or None), self._options)
+        return self._executor._submit_call(Call(fn, args, kwargs or None), self._executor._seeds.submit(self._options))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:

@@ -194,6 +194,16 @@ def seconds(value: Any, what: str, most: float = 1e9) -> float:
     return float(value)
 
 
+MAX_SEED = 2**256 - 1  # a seed: 256 bits is plenty, and bounds the header
+MAX_POSITION = 2**63 - 1  # a seeded call's number, or an element's index within a map
+
+
+def valid_seed(value: Any) -> bool:
+    """Is ``value`` a ``seed`` task option: ``[seed, n]`` or ``[seed, n, index]``, integers >= 0 (3.6)?"""
+    return (isinstance(value, list) and 2 <= len(value) <= 3 and all(type(v) is int and v >= 0 for v in value)
+            and value[0] <= MAX_SEED and all(v <= MAX_POSITION for v in value[1:]))
+
+
 def timing(body: dict[str, Any], heartbeat: float, liveness: int) -> tuple[float, int]:
     """A WELCOME's heartbeat interval and liveness (the current ones where it names none)."""
     beat = seconds(body.get("heartbeat", heartbeat), "heartbeat", 3600.0)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import builtins
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from tblib import pickling_support
 
-from .. import errors, serialization
+from .. import errors, seeds, serialization
 from ..errors import SerializationError
 from ..wire import protocol, shm
 
@@ -85,12 +86,13 @@ def failed(error: str, message: str) -> Outcome:
 
 
 def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = None,
-            dep_frames: list | None = None) -> Outcome:
+            seed: list | None = None, dep_frames: list | None = None) -> Outcome:
     """Unpickle, run and pickle back one task.
 
     With ``shm_dir`` (the client's shared-memory directory), the frames at the
     ``offloaded`` indices name files there, and a large result goes back the same
-    way (its meta lists them).  ``dep_frames``: the task's last frames are the
+    way (its meta lists them).  With ``seed`` (the task's ``seed`` option), each
+    call runs on its own random streams (``seeds.py``).  ``dep_frames``: the task's last frames are the
     results of the tasks it depends on, this many frames each (``dependencies.py``).
     """
     try:
@@ -110,7 +112,10 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
     except SerializationError as exc:
         return failed(protocol.ERR_DESERIALIZATION, str(exc))
     try:
-        value = [fn(*one) for one in chunk] if chunk is not None else fn(*args, **(kwargs or {}))
+        if seed is not None:
+            value = _seeded(fn, args, kwargs, chunk, seed)
+        else:
+            value = [fn(*one) for one in chunk] if chunk is not None else fn(*args, **(kwargs or {}))
     except BaseException as exc:  # noqa: BLE001 - the stdlib also reports SystemExit etc.
         return _raised(exc)
     try:
@@ -123,6 +128,23 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
         return failed(protocol.ERR_SERIALIZATION, str(exc))
     except BaseException as exc:  # noqa: BLE001 - e.g. sys.exit() in the result's __reduce__
         return _raised(exc)
+
+
+def _seeded(fn: Callable, args: tuple, kwargs: dict | None, chunk: list | None, option: list) -> Any:
+    """The call, or each element of the chunk, right after seeding its own streams (``seeds.begin``).
+    Here, not in ``seeds``: ``_raised`` drops this module's frames from the user's traceback."""
+    keys = seeds.keys(option, None if chunk is None else len(chunk))
+    try:
+        if chunk is None:
+            seeds.begin(option[0], keys[0])
+            return fn(*args, **(kwargs or {}))
+        value = []
+        for one, key in zip(chunk, keys):
+            seeds.begin(option[0], key)
+            value.append(fn(*one))
+        return value
+    finally:
+        seeds.end()
 
 
 _GROUPS = getattr(builtins, "BaseExceptionGroup", ())  # Python 3.11+

@@ -440,6 +440,8 @@ def _malformed_task(task: HeldTask) -> str | None:
     if shm is not None and not (isinstance(shm, list) and all(type(i) is int and 2 <= i < len(task.frames)
                                                                for i in shm)):
         return "bad shared-memory frames"
+    if "seed" in task.options and not protocol.valid_seed(task.options["seed"]):
+        return f"a seed option of {task.options['seed']!r:.60}"
     deps = task.options.get("dep_frames")
     if deps is not None and not (isinstance(deps, list) and all(type(n) is int and n >= 1 for n in deps)
                                  and sum(deps) <= len(task.frames) - 2):
@@ -449,9 +451,9 @@ def _malformed_task(task: HeldTask) -> str | None:
 
 def task_header(tasks: list[HeldTask]) -> tuple:
     """The TASK message that hands ``tasks`` to a task process: (gid, frame count, shared-memory frames,
-    dependency frames) each."""
-    return task_process.TASK, [(t.gid, len(t.frames), t.options.get("shm"), t.options.get("dep_frames"))
-                               for t in tasks]
+    seed option, dependency frames) each."""
+    return task_process.TASK, [(t.gid, len(t.frames), t.options.get("shm"), t.options.get("seed"),
+                                t.options.get("dep_frames")) for t in tasks]
 
 
 def _stopped(task: HeldTask, reason: str, how: str) -> tuple[Status, list, dict]:

@@ -7,7 +7,7 @@ process over a socket pair and reads the outcomes back::
     supervisor (worker.py)                    task process (this module)
       fork/spawn ----------------------------> run the initializer
       <------------------------------- READY | BROKEN traceback
-      TASK [(gid, nframes, shm)...], frames --> unpickle, run, pickle, each in turn
+      TASK [(gid, nframes, shm, seed)...], frames --> unpickle, run, pickle, each in turn
       <----------------------------- DONE gid status meta, frames
       close the socket (or a signal) --------> exit
 
@@ -371,8 +371,8 @@ def answer(conn: Channel, shm_dir: str | None, unpin: Callable[[], None] | None 
     if unpin is not None:
         unpin()
     pos = 0
-    for gid, count, offloaded, dep_frames in header[1]:
-        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, dep_frames)
+    for gid, count, offloaded, seed, dep_frames in header[1]:
+        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames)
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -446,7 +446,8 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
             page.begin(gid)
             began = time.perf_counter()
             if isinstance(options, dict):
-                status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("dep_frames"))
+                status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
+                                            options.get("dep_frames"))
             else:
                 status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()

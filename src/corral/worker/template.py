@@ -253,7 +253,7 @@ def _warm_up(setup: tuple) -> None:
     bare = (setup[0], None, None)  # the user's initializer runs in task processes only
     try:
         for gid in range(WARM_UP_ROUNDS):
-            supervisor.send((task_process.TASK, [(gid, len(task), None, None)]), task)
+            supervisor.send((task_process.TASK, [(gid, len(task), None, None, None)]), task)
             forkperf.after_libc_fork()
             _task_process(theirs.fileno(), bare, None)
             supervisor.recv()
