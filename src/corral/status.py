@@ -9,10 +9,11 @@ COLUMNS = (("worker", "worker"), ("host", "host"), ("pid", "pid"), ("tasks", "ta
 class Summary(list):
     """A list of dicts, one per worker, whose ``str`` is a table."""
 
-    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None):
+    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None, waiting: int = 0):
         super().__init__(workers)
         self.queued = queued
         self.running = running
+        self.waiting = waiting  # tasks waiting for their dependencies (docs/tasks.md)
         self.launches = launches  # an executor with a launcher: what its fleet did (scaling/fleet.py)
 
     def __str__(self) -> str:
@@ -25,7 +26,8 @@ class Summary(list):
                  for r in rows]
         lines.insert(1, "  ".join("-" * n for n in widths))
         total = sum(w["tasks"] for w in self)
-        lines.append(f"{len(self)} workers, {total} tasks, {self.queued} queued, {self.running} running")
+        waiting = f", {self.waiting} waiting for others" if self.waiting else ""
+        lines.append(f"{len(self)} workers, {total} tasks, {self.queued} queued, {self.running} running{waiting}")
         if self.launches:
             f = self.launches
             lines.append(f"launches: {f['launched']} ({f['launches_per_slot']} per worker slot), {f['in_flight']} in "

@@ -368,7 +368,7 @@ class Executor(_StdExecutor):
             raise TimeoutError(f"the broker at {self._address} did not answer a status request within "
                                f"{timeout:g} s{never}") from None
         return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0),
-                       launches=counts.get("launches"))
+                       launches=counts.get("launches"), waiting=counts.get("waiting", 0))
 
 
 class TaskOptions:
