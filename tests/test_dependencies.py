@@ -173,10 +173,10 @@ def test_a_waiting_task_can_be_cancelled_and_killed(make_executor):
     assert counts(ex)["waiting"] == 0
 
 
-def test_a_lost_task_inside_a_graph_gives_every_result_once(make_executor, tmp_path):
+def test_a_lost_task_inside_a_graph_gives_every_result_once(mode_executor, tmp_path):
     """A dependency whose process dies is run again; so is a dependent; each downstream task
     runs once its inputs exist, and every result comes once."""
-    ex = make_executor(2, retries=2)
+    ex = mode_executor(2, retries=2)
     leaves = [ex.submit(slow, i, 0.05) for i in range(8)]
     middle = [ex.submit(die_once, str(tmp_path / f"m{i}"), ex_add) for i, ex_add in enumerate([0] * 2)]
     sums = [ex.submit(add, leaves[i], leaves[i + 1]) for i in range(0, 8, 2)]
