@@ -9,11 +9,15 @@ COLUMNS = (("worker", "worker"), ("host", "host"), ("pid", "pid"), ("tasks", "ta
 class Summary(list):
     """A list of dicts, one per worker, whose ``str`` is a table."""
 
-    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None):
+    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None,
+                 unschedulable: int = 0, unschedulable_reasons: list | None = None):
         super().__init__(workers)
         self.queued = queued
         self.running = running
         self.launches = launches  # an executor with a launcher: what its fleet did (scaling/fleet.py)
+        # Queued tasks that no connected worker could ever run (their resources, their queue), and why.
+        self.unschedulable = unschedulable
+        self.unschedulable_reasons = list(unschedulable_reasons or [])
 
     def __str__(self) -> str:
         rows = [[h for _, h in COLUMNS]]
@@ -26,6 +30,9 @@ class Summary(list):
         lines.insert(1, "  ".join("-" * n for n in widths))
         total = sum(w["tasks"] for w in self)
         lines.append(f"{len(self)} workers, {total} tasks, {self.queued} queued, {self.running} running")
+        if self.unschedulable:
+            lines.append(f"{self.unschedulable} unschedulable: no connected worker could run them")
+            lines.extend(f"  {why}" for why in self.unschedulable_reasons)
         if self.launches:
             f = self.launches
             lines.append(f"launches: {f['launched']} ({f['launches_per_slot']} per worker slot), {f['in_flight']} in "

@@ -64,8 +64,10 @@ from .backlog import MAX_BACKLOG, Backlogs
 from .lanes import LaneSeats, lane_window
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
+from .queue import TaskQueue
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
 from .sessions import Sessions
+from .unplaced import Unplaced
 
 if TYPE_CHECKING:
     from ..scaling.fleet import Fleet
@@ -130,7 +132,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         self.embedded = embedded
         self.told_unknown: dict[bytes, float] = {}  # unknown peers answered ERROR, and when (one a heartbeat)
         self.tasks: dict[int, Task] = {}
-        self.queue: deque[int] = deque()
+        self.queue = TaskQueue(self.tasks)  # by priority, then first in first out (queue.py)
+        self.unplaced = Unplaced()  # queued tasks no connected worker could ever run (unplaced.py)
         self.workers: dict[bytes, WorkerState] = {}
         self.sessions: dict[str, bytes] = {}  # remote workers' session tokens -> identity (sessions.py)
         self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)
@@ -316,6 +319,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
             self.reap_pool()
         if self.fleet:
             self.fleet.tick(self, now)
+        if self.queue:
+            self.unplaced.review(self, now)
         if now - self.last_beat < self.heartbeat:
             return
         self.last_beat = now
@@ -396,6 +401,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         running = sum(1 for t in self.tasks.values() if t.started)
         counts = {"queued": len(self.tasks) - running, "running": running, "connected": len(self.workers),
                   "departed": self.departures}
+        counts.update(self.unplaced.counts(self, now))
         if self.fleet:
             counts["launches"] = self.fleet.report()
         return counts, [json.dumps(workers, separators=(",", ":")).encode()]

@@ -18,6 +18,7 @@ import zmq
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.protocol import Kind
+from .demand import capacity, check_options
 from .records import DEFAULT_RETRIES, ClientState, WorkerState
 
 MAX_PEERS = 10_000  # clients and workers at once: HELLOs beyond are refused (each costs memory)
@@ -126,6 +127,8 @@ class Peers:
             progress_at=now,
             user=user,
         )
+        w.resources, w.queues = capacity(body)
+        w.free = dict(w.resources or {})
         if "ends_in" in body:  # a job's walltime: the scaler may start its replacement ahead
             w.ends_at = now + protocol.seconds(body["ends_in"], "ends_in")
         if body.get("broken"):
@@ -321,6 +324,8 @@ def check_task(c: ClientState, entry: list, frames: list) -> None:
             raise ProtocolError(f"bad timeout option {options['timeout']!r:.40}")
         if "shm" in options and not (isinstance(options["shm"], list) and len(options["shm"]) <= len(frames)):
             raise ProtocolError("bad shm option")
+        if "priority" in options or "resources" in options or "queue" in options:
+            check_options(options)
 
 
 def retries_of(body: dict) -> int:

@@ -28,6 +28,14 @@ class Task:
     killed: bool = False  # a kill was asked for: never retried
     kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
+    # Placement (queue.py, demand.py, unplaced.py): its options' priority and demand (None: asks nothing);
+    # rank: its place in front of its priority after it was handed back (0: its id orders it); why no
+    # connected worker could ever run it (None: one could), and since when (the clock of its timeout).
+    priority: int = 0
+    demand: Any = None
+    rank: int = 0
+    reason: str | None = None
+    stuck_since: float = 0.0
 
 
 @dataclass
@@ -41,7 +49,10 @@ class WorkerState:
     pid: int = 0
     fresh: bool = False
     credit: int = 0
-    assigned: dict = field(default_factory=dict)  # gid -> None, in the order dispatched
+    assigned: dict = field(default_factory=dict)  # gid -> the resources it holds (None: none), in dispatch order
+    resources: dict | None = None  # what it has (HELLO's "resources"); None: nothing named
+    free: dict = field(default_factory=dict)  # what of them no task it holds has asked for
+    queues: frozenset = frozenset((protocol.DEFAULT_QUEUE,))  # the named queues it serves
     tasks: int = 0
     busy: float = 0.0
     errors: int = 0
@@ -78,6 +89,8 @@ class WorkerState:
             "leaving": self.leaving,
             "left": self.left,
             "ends_in": None if self.ends_at is None or not self.alive else round(max(0.0, self.ends_at - now), 3),
+            "resources": self.resources,
+            "queues": sorted(self.queues),
         }
 
 

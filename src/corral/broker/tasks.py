@@ -18,6 +18,7 @@ from ..errors import ProtocolError
 from ..tuning import INTERNED, SMALL_FRAME
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
+from .demand import of_options, release
 from .records import ClientState, Outbox, Task, WorkerState
 
 _NO_OPTIONS: dict = {}  # shared by every task without options; never modified
@@ -50,7 +51,9 @@ class TaskTable:
         if not task.started:  # a short task: its RESULT is also its STARTED
             task.started = True
             task.attempts += 1
-        w.assigned.pop(gid, None)
+        held = w.assigned.pop(gid, None)
+        if held:
+            release(w, held)
         w.tasks += 1
         w.progress_at = time.monotonic()
         error = meta.get("error") if status == Status.FAILED else None
@@ -99,7 +102,7 @@ class TaskTable:
         """Take a task back from a worker: killed, cancelled, retried (an attempt counted if
         ``count_attempt`` and it had begun) or queued again at the front."""
         task = self.tasks.get(gid)
-        w.assigned.pop(gid, None)
+        release(w, w.assigned.pop(gid, None))
         if task is None or task.worker != w.ident:
             return
         started = task.started
@@ -160,7 +163,9 @@ class TaskTable:
             return
         gid = self.next_gid
         self.next_gid += 1
-        self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
+        task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
+        if options and ("priority" in options or "resources" in options or "queue" in options):
+            task.priority, task.demand = of_options(options)
         c.tasks[cid] = gid
         self.queue.append(gid)
 
@@ -247,7 +252,7 @@ class TaskTable:
         self.forget(task)
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
-            w.assigned.pop(task.gid, None)
+            release(w, w.assigned.pop(task.gid, None))
 
     def terminate(self, c: ClientState, hard: bool) -> None:
         """``terminate_workers()``/``kill_workers()``: stop everything this client started."""

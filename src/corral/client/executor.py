@@ -102,6 +102,9 @@ class Executor(_StdExecutor):
         max_memory: a local worker whose task process uses more than this
             resident memory after a task (bytes, or a string like "2GB")
             gets a new task process.
+        resources: what each local worker has for tasks that ask for it with
+            ``options(resources=)``, e.g. ``{"gpu": 1, "mem": "64GB"}``
+            (docs/tasks.md).
         heartbeat, liveness: seconds between heartbeats, and how many may be
             missed before a peer counts as lost (default 1.0 and 3).
         kill_grace: seconds between SIGTERM and SIGKILL for ``Future.kill()``.
@@ -141,10 +144,11 @@ class Executor(_StdExecutor):
         interface: str | None = None,
         wall_time: float | None = None,
         tasks_max: int | None = None,
+        resources: dict[str, int | float | str] | None = None,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
-            prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin,
+            prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin, resources,
         )
         self._config = config
         self._max_workers = config.max_workers
@@ -158,6 +162,9 @@ class Executor(_StdExecutor):
                 raise ValueError(f"max_workers={config.max_workers:,}: {problem}; ask for fewer workers")
         fleet = None
         if launcher is not None:
+            if config.resources:
+                raise ValueError("resources= is what the executor's local workers have; launched workers have none "
+                                 "here: run `corral worker --resources` against a broker instead")
             if config.address is not None or keys is not None or insecure:
                 raise ValueError("launcher= starts workers for the executor's own broker; address=, keys= and "
                                  "insecure= are for a broker elsewhere: give one or the other")
@@ -224,7 +231,10 @@ class Executor(_StdExecutor):
         ``retries`` (int >= 0: runs after the first one if the task's worker dies),
         ``timeout`` (seconds: the task's process is killed after this long and
         the future raises TaskTimeoutError), ``retry_on_timeout`` (bool: a
-        timed-out task counts an attempt and runs again within ``retries``).
+        timed-out task counts an attempt and runs again within ``retries``),
+        ``priority`` (int: higher is dispatched first), ``resources`` (dict:
+        runs only where they are free, held while it runs), ``queue`` (str: runs
+        only on workers serving that named queue); see docs/tasks.md.
         """
         return TaskOptions(self, check_task_options(options))
 
@@ -354,7 +364,8 @@ class Executor(_StdExecutor):
             raise TimeoutError(f"the broker at {self._address} did not answer a status request within "
                                f"{timeout:g} s{never}") from None
         return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0),
-                       launches=counts.get("launches"))
+                       launches=counts.get("launches"), unschedulable=counts.get("unschedulable", 0),
+                       unschedulable_reasons=counts.get("unschedulable_reasons", []))
 
 
 class TaskOptions:

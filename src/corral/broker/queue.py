@@ -1,0 +1,153 @@
+"""The broker's queue of tasks waiting for a worker: by priority, then first in, first out.
+
+Why not one deque: a task with ``options(priority=N)`` must pass the tasks of lower
+priorities, and a task that asks for resources or a named queue (``Demand``,
+``demand.py``) must wait for a worker that has them without holding up the tasks
+behind it that any worker could run.  So the queue keeps one *line* per demand (the
+tasks that ask nothing share one), and within a line one deque per priority.  A
+worker takes the best head among the lines it can serve: the highest priority, then
+the oldest (a task's id orders submissions; one handed back takes a rank before every
+other, so requeued tasks go to the front of their own priority).
+
+The ordinary case costs what the deque did: while every task is plain (one line) and
+of priority 0 (one level), ``append`` and ``take`` touch one deque.
+
+Entries are task ids, kept after the task is dropped (cancelled, killed) and skipped
+lazily, as before; ``len`` counts them too.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from .demand import Demand, fits
+
+if TYPE_CHECKING:
+    from .records import Task, WorkerState
+
+
+class Line:
+    """The queued tasks of one demand: a deque per priority, the highest first."""
+
+    __slots__ = ("levels", "order")
+
+    def __init__(self) -> None:
+        self.levels: dict[int, deque[int]] = {}
+        self.order: list[int] = []  # the priorities in ``levels``, highest first
+
+    def level(self, priority: int) -> deque[int]:
+        level = self.levels.get(priority)
+        if level is None:
+            level = self.levels[priority] = deque()
+            self.order = sorted(self.levels, reverse=True)
+        return level
+
+    def gids(self) -> Iterator[int]:
+        for priority in self.order:
+            yield from self.levels[priority]
+
+
+class TaskQueue:
+    """Task ids waiting for a worker (``Broker.queue``): ``append``, ``appendleft`` (a task handed back,
+    in front of its own priority), ``take`` (the next one a worker may run), ``len``, ``clear``."""
+
+    def __init__(self, tasks: dict[int, Task]):
+        self.tasks = tasks
+        self.plain = Line()  # tasks that ask for no resources and go to the default queue
+        self.lines: dict[Demand, Line] = {}  # the others, by what they ask
+        self.count = 0
+        self.front = -1  # the next rank of a task handed back: before every other
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __iter__(self) -> Iterator[int]:
+        """Every entry (a line at a time, each by priority): for counting and clearing, not dispatch order."""
+        yield from self.plain.gids()
+        for line in self.lines.values():
+            yield from line.gids()
+
+    def clear(self) -> None:
+        self.plain = Line()
+        self.lines.clear()
+        self.count = 0
+
+    def line(self, task: Task) -> Line:
+        if task.demand is None:
+            return self.plain
+        line = self.lines.get(task.demand)
+        if line is None:
+            line = self.lines[task.demand] = Line()
+        return line
+
+    def append(self, gid: int) -> None:
+        """Queue a task behind the others of its priority."""
+        task = self.tasks[gid]
+        self.line(task).level(task.priority).append(gid)
+        self.count += 1
+
+    def appendleft(self, gid: int) -> None:
+        """Queue a task handed back (retried, requeued) in front of the others of its priority."""
+        task = self.tasks[gid]
+        task.rank, self.front = self.front, self.front - 1
+        self.line(task).level(task.priority).appendleft(gid)
+        self.count += 1
+
+    def head(self, line: Line) -> Task | None:
+        """The next task of a line, dropping the entries of tasks gone or taken already."""
+        order, levels, tasks = line.order, line.levels, self.tasks
+        while order:
+            level = levels[order[0]]
+            while level:
+                task = tasks.get(level[0])
+                if task is not None and task.worker is None:
+                    return task
+                level.popleft()  # cancelled while queued, or assigned already (queued twice)
+                self.count -= 1
+            del levels[order[0]]
+            order.pop(0)
+        return None
+
+    def take(self, w: WorkerState | None) -> Task | None:
+        """Take the next task worker ``w`` may run (None: any worker), or None if there is none."""
+        best = best_line = None
+        if w is None or fits(None, w):
+            best = self.head(self.plain)
+            best_line = self.plain
+            if not self.lines:  # the ordinary case: every task is plain
+                return None if best is None else self.pop(best_line)
+        for demand, line in list(self.lines.items()):
+            if w is not None and not fits(demand, w):
+                continue
+            task = self.head(line)
+            if task is None:
+                del self.lines[demand]
+            elif best is None or before(task, best):
+                best, best_line = task, line
+        return None if best is None else self.pop(best_line)
+
+    def popleft(self) -> int | None:
+        """The id of the next task in order, whoever may run it (None: nothing is queued)."""
+        task = self.take(None)
+        return None if task is None else task.gid
+
+    def pop(self, line: Line) -> Task:
+        """Remove the head of ``line`` (``head`` found it)."""
+        self.count -= 1
+        return self.tasks[line.levels[line.order[0]].popleft()]
+
+    def waiting(self, line: Line) -> list[Task]:
+        """The tasks of ``line`` still waiting (in no particular order)."""
+        tasks = [self.tasks.get(gid) for gid in line.gids()]
+        return [t for t in tasks if t is not None and t.worker is None]
+
+def before(a: Task, b: Task) -> bool:
+    """Does ``a`` go before ``b``: a higher priority, or the same and queued first?"""
+    if a.priority != b.priority:
+        return a.priority > b.priority
+    return (a.rank or a.gid) < (b.rank or b.gid)
