@@ -192,6 +192,7 @@ class WorkerConfig:
     term_grace: float = TERM_GRACE
     resources: tuple | None = None  # ((name, amount), ...): what it has for tasks that ask (placement.py)
     queues: tuple | None = None  # the named queues it serves (None: the default one)
+    group: str | None = None  # a token its fellow processes share: they share the resources too (corral worker)
 
     def __post_init__(self) -> None:
         if self.prefetch is not None:
@@ -261,6 +262,8 @@ class WorkerConfig:
             args += ["--resources", ",".join(f"{name}={amount!r}" for name, amount in self.resources)]
         for queue in self.queues or ():
             args += ["--queue", queue]
+        if self.group:
+            args += ["--group", self.group]
         return args
 
     @staticmethod
@@ -286,6 +289,7 @@ class WorkerConfig:
         parser.add_argument("--broker-timeout", type=seconds(), default=None,
                             help="leave after this long without a word from the broker")
         add_placement_arguments(parser)
+        parser.add_argument("--group", default=None, help="share --resources with the processes given this token")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
@@ -295,7 +299,7 @@ class WorkerConfig:
                    reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure,
                    standalone=args.standalone, tasks_max=args.tasks_max, ends_at=args.ends_at,
                    broker_timeout=args.broker_timeout, term_grace=args.term_grace,
-                   resources=args.resources, queues=args.queue)
+                   resources=args.resources, queues=args.queue, group=args.group)
 
 
 def add_placement_arguments(parser: argparse.ArgumentParser) -> None:

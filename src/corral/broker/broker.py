@@ -61,6 +61,7 @@ from ..wire.protocol import Kind
 from ..worker.containment import exit_words
 from . import scheduler
 from .backlog import MAX_BACKLOG, Backlogs
+from .demand import Groups
 from .lanes import LaneSeats, lane_window
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
@@ -134,6 +135,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         self.tasks: dict[int, Task] = {}
         self.queue = TaskQueue(self.tasks)  # by priority, then first in first out (queue.py)
         self.unplaced = Unplaced()  # queued tasks no connected worker could ever run (unplaced.py)
+        self.groups = Groups()  # worker processes that share their resources (demand.py)
         self.workers: dict[bytes, WorkerState] = {}
         self.sessions: dict[str, bytes] = {}  # remote workers' session tokens -> identity (sessions.py)
         self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)

@@ -132,3 +132,40 @@ def why_not(demand: Demand | None, workers: list[WorkerState]) -> str:
             lacking.append(f"{name}={amount:g} (the most a worker has: {name}={most:g})")
     return (f"no connected worker has the resources it asks for: {', '.join(lacking) or 'not all at once'}; "
             "give a worker more with corral worker --resources, or ask for less")
+
+
+class Groups:
+    """Worker processes that share their resources: those of one ``corral worker`` (HELLO's ``group``).
+
+    ``corral worker --resources gpu=1 --processes 8`` has one GPU for its eight processes, not
+    eight: each process says the same ``group`` token, and the broker gives them one ``free``
+    map, so what one of them holds the others cannot take.  A group belongs to one key (a
+    peer cannot join another's), and lasts while one of its processes is connected."""
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, dict] = {}
+        self.members: dict[tuple, int] = {}
+
+    def join(self, w: WorkerState, token: Any) -> None:
+        """``w`` shares the free resources of the group named ``token`` (a new group: its own)."""
+        if token is None or w.resources is None:
+            return
+        if not isinstance(token, str) or not 0 < len(token) <= protocol.MAX_NAME:
+            raise ProtocolError(f"bad HELLO group {token!r:.40}")
+        key = (w.user, token)
+        if key in self.free:
+            w.free = self.free[key]
+        else:
+            self.free[key] = w.free
+        self.members[key] = self.members.get(key, 0) + 1
+        w.group = key
+
+    def leave(self, w: WorkerState) -> None:
+        """``w`` is gone (what it held was given back first)."""
+        key = w.group
+        if key is None:
+            return
+        w.group = None
+        self.members[key] -= 1
+        if not self.members[key]:
+            del self.members[key], self.free[key]

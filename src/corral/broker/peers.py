@@ -129,6 +129,7 @@ class Peers:
         )
         w.resources, w.queues = capacity(body)
         w.free = dict(w.resources or {})
+        self.groups.join(w, body.get("group"))
         if "ends_in" in body:  # a job's walltime: the scaler may start its replacement ahead
             w.ends_at = now + protocol.seconds(body["ends_in"], "ends_in")
         if body.get("broken"):

@@ -53,6 +53,7 @@ class WorkerState:
     resources: dict | None = None  # what it has (HELLO's "resources"); None: nothing named
     free: dict = field(default_factory=dict)  # what of them no task it holds has asked for
     queues: frozenset = frozenset((protocol.DEFAULT_QUEUE,))  # the named queues it serves
+    group: tuple | None = None  # the processes of one corral worker share ``free`` (demand.Groups)
     tasks: int = 0
     busy: float = 0.0
     errors: int = 0

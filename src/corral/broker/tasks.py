@@ -151,6 +151,7 @@ class TaskTable:
             if why is not None:
                 w.errors += 1 if self.tasks.get(gid) and self.tasks[gid].started else 0
             self.unassign(w, gid, count_attempt=True, why=why or f"worker {w.name} left")
+        self.groups.leave(w)
 
     def submit(self, c: ClientState, cid: int, frames: list, options: dict) -> None:
         """Queue a task (checked already: ``_check_task``).  Its small frames are kept as

@@ -295,12 +295,14 @@ def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None
     return [task_id, nframes, options or {}]
 
 
-def placement(resources: tuple | None, queues: tuple | None) -> dict[str, Any]:
-    """What a worker's HELLO says of what it has and serves: ``resources``, ``queues`` (none: nothing named,
-    the default queue)."""
+def placement(resources: tuple | None, queues: tuple | None, group: str | None = None) -> dict[str, Any]:
+    """What a worker's HELLO says of what it has and serves: ``resources`` (shared by the processes of one
+    ``group``), ``queues`` (none: nothing named, the default queue)."""
     body: dict[str, Any] = {}
     if resources:
         body["resources"] = dict(resources)
+        if group:
+            body["group"] = group
     if queues:
         body["queues"] = list(queues)
     return body
