@@ -6,7 +6,7 @@
     (embedded: attach()                                  socket pairs <--Stream-- its pool's workers
      and method calls)   |                                    ^
                          v                                    |
-                  tasks{gid: Task}  --> queue (FIFO) --> dispatch to workers with credit
+                  tasks{gid: Task}  --> queue (prio) --> dispatch to workers with credit
                          ^                                    |
                          +---- RESULT / STARTED batched per client <---+
 

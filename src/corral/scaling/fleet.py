@@ -41,8 +41,7 @@ from ..wire import protocol
 from . import policy
 
 if TYPE_CHECKING:
-    from collections import deque
-
+    from ..broker.queue import TaskQueue
     from ..broker.records import Task, WorkerState
     from ..security.keys import KeyDir, MemoryKeys
 
@@ -58,7 +57,7 @@ class Broker(Protocol):
 
     workers: dict[bytes, WorkerState]
     tasks: dict[int, Task]
-    queue: deque[int]
+    queue: TaskQueue
 
     def dismiss(self, w: WorkerState, reason: str) -> None: ...
 
