@@ -346,7 +346,23 @@ def test_bad_placement_on_the_wire_is_dropped():
                  {"queue": ""}, {"queue": 7}):
         client.send(Kind.SUBMIT, {"tasks": [[1, 2, opts]]}, [b"fn", b"args"])
         assert not broker.tasks, opts
-    for hello in ({"resources": {"gpu": "1"}}, {"queues": []}, {"queues": "gpu"}):
+    for hello in ({"resources": {"gpu": "1"}}, {"queues": []}, {"queues": "gpu"}, {"group": 5}):
         with pytest.raises(ProtocolError):  # the loop drops it (Broker.drain) and logs it
             from_worker(broker, b"bad", Kind.HELLO, {"role": "worker", **hello})
         assert not broker.workers, hello
+
+
+def test_the_processes_of_one_worker_group_share_its_resources():
+    broker = Broker(None)
+    client = Client(broker)
+    client.send(Kind.HELLO, {"role": "client", "retries": 1})
+    a = Worker(broker, b"a", credit=2, resources={"gpu": 1}, group="g1")
+    b = Worker(broker, b"b", credit=2, resources={"gpu": 1}, group="g1")
+    client.send(Kind.SUBMIT, {"tasks": [[i, 2, {"resources": {"gpu": 1}}] for i in range(2)]}, [b"fn", b"args"] * 2)
+    broker.step({})
+    assert len(a.held()) + len(b.held()) == 1  # one GPU between them
+    (holder, other) = (a, b) if a.held() else (b, a)
+    holder.send(Kind.BYE, {"interrupted": holder.held()})  # handed back: free again, for the other
+    broker.step({})
+    assert len(other.held()) == 1 and len(broker.queue) == 1
+    assert broker.groups.members == {(None, "g1"): 1}

@@ -74,13 +74,17 @@ def queue_name(value: Any) -> str:
     return value
 
 
-def capacity(body: dict) -> tuple[dict[str, float] | None, frozenset[str]]:
-    """A worker's HELLO: the resources it has (None: none), and the queues it serves."""
+def capacity(body: dict) -> tuple[dict[str, float] | None, frozenset[str], str | None]:
+    """A worker's HELLO: the resources it has (None: none), the queues it serves, the group it shares
+    its resources with (None: none)."""
     resources = amounts(body["resources"], "HELLO resources") if "resources" in body else None
     queues = body.get("queues", [protocol.DEFAULT_QUEUE])
     if not isinstance(queues, list) or not 0 < len(queues) <= protocol.MAX_QUEUES:
         raise ProtocolError(f"bad HELLO queues: not a list of 1 to {protocol.MAX_QUEUES} names")
-    return (dict(resources) if resources else None), frozenset(queue_name(q) for q in queues)
+    group = body.get("group")
+    if group is not None and (not isinstance(group, str) or not 0 < len(group) <= protocol.MAX_NAME):
+        raise ProtocolError(f"bad HELLO group {group!r:.40}")
+    return (dict(resources) if resources else None), frozenset(queue_name(q) for q in queues), group
 
 
 def fits(demand: Demand | None, w: WorkerState) -> bool:
@@ -146,12 +150,10 @@ class Groups:
         self.free: dict[tuple, dict] = {}
         self.members: dict[tuple, int] = {}
 
-    def join(self, w: WorkerState, token: Any) -> None:
+    def join(self, w: WorkerState, token: str | None) -> None:
         """``w`` shares the free resources of the group named ``token`` (a new group: its own)."""
         if token is None or w.resources is None:
             return
-        if not isinstance(token, str) or not 0 < len(token) <= protocol.MAX_NAME:
-            raise ProtocolError(f"bad HELLO group {token!r:.40}")
         key = (w.user, token)
         if key in self.free:
             w.free = self.free[key]

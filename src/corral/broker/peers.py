@@ -127,9 +127,8 @@ class Peers:
             progress_at=now,
             user=user,
         )
-        w.resources, w.queues = capacity(body)
+        w.resources, w.queues, group = capacity(body)
         w.free = dict(w.resources or {})
-        self.groups.join(w, body.get("group"))
         if "ends_in" in body:  # a job's walltime: the scaler may start its replacement ahead
             w.ends_at = now + protocol.seconds(body["ends_in"], "ends_in")
         if body.get("broken"):
@@ -147,6 +146,7 @@ class Peers:
             if refused:
                 self.refuse(sock, ident, w, refused)
                 return
+        self.groups.join(w, group)
         self.workers[ident] = w
         if self.fleet is not None:
             self.fleet.joined(w, now)

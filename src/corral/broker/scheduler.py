@@ -47,6 +47,8 @@ def assign(queue: TaskQueue, tasks: dict[int, Task], workers: Iterable[WorkerSta
                 continue
             task.worker = w.ident
             w.assigned[task.gid] = hold(w, task)
+            if task.reason is not None:  # a worker that can run it came since it was found unschedulable
+                task.reason = None
             w.credit -= 1
             given.setdefault(w.ident, (w, []))[1].append(task)
             if w.credit <= 0 or len(w.assigned) >= share:

@@ -40,11 +40,11 @@ class Unplaced:
         if not force and now - self.last < REVIEW:
             return
         self.last = now
-        workers = [w for w in broker.workers.values() if w.alive]
+        workers = broker.workers.values()  # connected ones only (worker_gone takes them out)
         count, reasons, flagged, overdue = 0, [], set(), []
         for demand in [None, *broker.queue.lines]:
             if workers and not any(could_ever(demand, w) for w in workers):
-                reason = why_not(demand, workers)
+                reason = why_not(demand, list(workers))
                 flagged.add(demand)
             elif demand in self.flagged:
                 reason = None  # a worker that could run them came
