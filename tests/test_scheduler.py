@@ -241,7 +241,7 @@ def placed_tasks(*options: dict) -> tuple[TaskQueue, dict]:
     queue = TaskQueue(table)
     for gid, opts in enumerate(options, 1):
         task = table[gid] = Task(gid, b"client", gid, (b"f", b"a"), opts)
-        task.priority, task.demand = of_options(opts)
+        task.place = of_options(opts)
         queue.append(gid)
     return queue, table
 
@@ -264,9 +264,11 @@ def test_higher_priority_first_and_first_in_first_out_within_a_priority():
 
 
 def test_a_task_handed_back_goes_to_the_front_of_its_own_priority():
+    from corral.broker.demand import of_options
+
     queue, table = placed_tasks({"priority": 1}, {}, {})
     table[4] = Task(4, b"client", 4, (b"f", b"a"), {})
-    table[5] = Task(5, b"client", 5, (b"f", b"a"), {"priority": 1}, priority=1)
+    table[5] = Task(5, b"client", 5, (b"f", b"a"), {"priority": 1}, place=of_options({"priority": 1}))
     queue.appendleft(4)  # handed back (a lost worker's): in front of its priority, not of the queue
     queue.appendleft(5)
     assert [queue.popleft() for _ in range(5)] == [5, 1, 4, 2, 3]
@@ -330,7 +332,7 @@ def test_an_unschedulable_task_is_counted_with_its_reason_and_fails_after_its_ti
     assert counts["unschedulable"] == 2
     assert any("gpu=4 (the most a worker has: gpu=1)" in r for r in counts["unschedulable_reasons"])
     assert any("serves queue 'nowhere'" in r for r in counts["unschedulable_reasons"])
-    broker.unplaced.review(broker, broker.tasks[1].stuck_since + 0.25, force=True)
+    broker.unplaced.review(broker, broker.tasks[1].place.stuck_since + 0.25, force=True)
     broker.flush()
     status, meta, _ = client.results()[1]
     assert status == Status.FAILED and meta["error"] == protocol.ERR_TIMEOUT and "gpu=4" in meta["message"]

@@ -35,12 +35,34 @@ class Demand(NamedTuple):
     needs: tuple[tuple[str, float], ...]
 
 
-def of_options(options: dict) -> tuple[int, Demand | None]:
-    """A task's priority and demand (None: no resources, the default queue), from its checked options."""
+class Place:
+    """Where a task stands in the queue, beyond its id (``Task.place``; None for the ordinary task):
+    its priority, its demand (None: no resources, the default queue), its rank in front of its
+    priority once handed back (0: its id orders it), and why no connected worker could ever run it,
+    since when (``unplaced.py``)."""
+
+    __slots__ = ("demand", "priority", "rank", "reason", "stuck_since")
+
+    def __init__(self, priority: int = 0, demand: Demand | None = None) -> None:
+        self.priority, self.demand, self.rank = priority, demand, 0
+        self.reason: str | None = None
+        self.stuck_since = 0.0
+
+
+def of_options(options: dict) -> Place | None:
+    """A task's place, from its checked options (None: priority 0, no resources, the default queue)."""
     queue = options.get("queue", protocol.DEFAULT_QUEUE)
     needs = tuple(sorted(options.get("resources", {}).items()))
     demand = None if queue == protocol.DEFAULT_QUEUE and not needs else Demand(queue, needs)
-    return options.get("priority", 0), demand
+    priority = options.get("priority", 0)
+    return None if demand is None and not priority else Place(priority, demand)
+
+
+def place_of(task: Task) -> Place:
+    """A task's place, made now for an ordinary one (handed back, or found unschedulable)."""
+    if task.place is None:
+        task.place = Place()
+    return task.place
 
 
 def check_options(options: dict) -> None:
@@ -98,12 +120,17 @@ def fits(demand: Demand | None, w: WorkerState) -> bool:
 
 
 def hold(w: WorkerState, task: Task) -> tuple | None:
-    """Set aside on ``w`` what ``task`` needs, from now until its outcome; what was held (None: nothing)."""
-    if task.demand is None or not task.demand.needs:
+    """Set aside on ``w`` what ``task`` needs, from now until its outcome; what was held (None: nothing).
+    A task found unschedulable before is no longer: it has a worker."""
+    place = task.place
+    if place is None:
         return None
-    for name, amount in task.demand.needs:
+    place.reason = None
+    if place.demand is None or not place.demand.needs:
+        return None
+    for name, amount in place.demand.needs:
         w.free[name] -= amount
-    return task.demand.needs
+    return place.demand.needs
 
 
 def release(w: WorkerState, held: tuple | None) -> None:

@@ -22,7 +22,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from .demand import Demand, fits
+from ..wire.protocol import DEFAULT_QUEUE
+from .demand import Demand, fits, place_of
 
 if TYPE_CHECKING:
     from .records import Task, WorkerState
@@ -77,35 +78,44 @@ class TaskQueue:
         self.lines.clear()
         self.count = 0
 
-    def line(self, task: Task) -> Line:
-        if task.demand is None:
-            return self.plain
-        line = self.lines.get(task.demand)
+    def level(self, task: Task) -> deque[int]:
+        """The deque of ``task``'s priority in the line of its demand."""
+        place = task.place
+        if place is None:
+            return self.plain.level(0)
+        if place.demand is None:
+            return self.plain.level(place.priority)
+        line = self.lines.get(place.demand)
         if line is None:
-            line = self.lines[task.demand] = Line()
-        return line
+            line = self.lines[place.demand] = Line()
+        return line.level(place.priority)
 
     def append(self, gid: int) -> None:
         """Queue a task behind the others of its priority."""
         task = self.tasks[gid]
-        self.line(task).level(task.priority).append(gid)
+        level = self.plain.levels.get(0) if task.place is None else None  # the ordinary task's: at once
+        (level if level is not None else self.level(task)).append(gid)
         self.count += 1
 
     def appendleft(self, gid: int) -> None:
         """Queue a task handed back (retried, requeued) in front of the others of its priority."""
         task = self.tasks[gid]
-        task.rank, self.front = self.front, self.front - 1
-        self.line(task).level(task.priority).appendleft(gid)
+        place_of(task).rank, self.front = self.front, self.front - 1
+        self.level(task).appendleft(gid)
         self.count += 1
 
-    def head(self, line: Line) -> Task | None:
-        """The next task of a line, dropping the entries of tasks gone or taken already."""
+    def head(self, line: Line, take: bool = False) -> Task | None:
+        """The next task of a line (taken off it with ``take``), dropping the entries of tasks gone or
+        taken already."""
         order, levels, tasks = line.order, line.levels, self.tasks
         while order:
             level = levels[order[0]]
             while level:
                 task = tasks.get(level[0])
                 if task is not None and task.worker is None:
+                    if take:
+                        level.popleft()
+                        self.count -= 1
                     return task
                 level.popleft()  # cancelled while queued, or assigned already (queued twice)
                 self.count -= 1
@@ -115,12 +125,12 @@ class TaskQueue:
 
     def take(self, w: WorkerState | None) -> Task | None:
         """Take the next task worker ``w`` may run (None: any worker), or None if there is none."""
+        serves_plain = w is None or DEFAULT_QUEUE in w.queues  # fits(None, w)
+        if not self.lines:  # the ordinary case: every task asks nothing
+            return self.head(self.plain, True) if serves_plain else None
         best = best_line = None
-        if w is None or fits(None, w):
-            best = self.head(self.plain)
-            best_line = self.plain
-            if not self.lines:  # the ordinary case: every task is plain
-                return None if best is None else self.pop(best_line)
+        if serves_plain:
+            best, best_line = self.head(self.plain), self.plain
         for demand, line in list(self.lines.items()):
             if w is not None and not fits(demand, w):
                 continue
@@ -148,6 +158,12 @@ class TaskQueue:
 
 def before(a: Task, b: Task) -> bool:
     """Does ``a`` go before ``b``: a higher priority, or the same and queued first?"""
-    if a.priority != b.priority:
-        return a.priority > b.priority
-    return (a.rank or a.gid) < (b.rank or b.gid)
+    return order(a) < order(b)
+
+
+def order(task: Task) -> tuple[int, int]:
+    """``task``'s place in the queue: its priority, highest first, then its rank (or its id)."""
+    place = task.place
+    if place is None:
+        return 0, task.gid
+    return -place.priority, place.rank or task.gid

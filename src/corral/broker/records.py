@@ -28,14 +28,14 @@ class Task:
     killed: bool = False  # a kill was asked for: never retried
     kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
-    # Placement (queue.py, demand.py, unplaced.py): its options' priority and demand (None: asks nothing);
-    # rank: its place in front of its priority after it was handed back (0: its id orders it); why no
-    # connected worker could ever run it (None: one could), and since when (the clock of its timeout).
-    priority: int = 0
-    demand: Any = None
-    rank: int = 0
-    reason: str | None = None
-    stuck_since: float = 0.0
+    # Its priority, what it asks of a worker, its rank when handed back, why it is unschedulable
+    # (demand.Place); None for a task of priority 0 that asks nothing (one slot: a queued task stays small).
+    place: Any = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why no connected worker could ever run it (unplaced.py); None: one could."""
+        return None if self.place is None else self.place.reason
 
 
 @dataclass

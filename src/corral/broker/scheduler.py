@@ -46,9 +46,7 @@ def assign(queue: TaskQueue, tasks: dict[int, Task], workers: Iterable[WorkerSta
                 ready.remove(w)
                 continue
             task.worker = w.ident
-            w.assigned[task.gid] = hold(w, task)
-            if task.reason is not None:  # a worker that can run it came since it was found unschedulable
-                task.reason = None
+            w.assigned[task.gid] = None if task.place is None else hold(w, task)
             w.credit -= 1
             given.setdefault(w.ident, (w, []))[1].append(task)
             if w.credit <= 0 or len(w.assigned) >= share:

@@ -166,7 +166,7 @@ class TaskTable:
         self.next_gid += 1
         task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
         if options and ("priority" in options or "resources" in options or "queue" in options):
-            task.priority, task.demand = of_options(options)
+            task.place = of_options(options)
         c.tasks[cid] = gid
         self.queue.append(gid)
 
@@ -253,7 +253,9 @@ class TaskTable:
         self.forget(task)
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
-            release(w, w.assigned.pop(task.gid, None))
+            held = w.assigned.pop(task.gid, None)
+            if held:
+                release(w, held)
 
     def terminate(self, c: ClientState, hard: bool) -> None:
         """``terminate_workers()``/``kill_workers()``: stop everything this client started."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..wire import protocol
-from .demand import could_ever, why_not
+from .demand import could_ever, place_of, why_not
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -53,13 +53,15 @@ class Unplaced:
             line = broker.queue.plain if demand is None else broker.queue.lines[demand]
             for task in broker.queue.waiting(line):
                 if reason is None:
-                    task.reason = None
+                    if task.place is not None:
+                        task.place.reason = None
                     continue
-                if task.reason is None:
-                    task.reason, task.stuck_since = reason, now
+                place = place_of(task)
+                if place.reason is None:
+                    place.reason, place.stuck_since = reason, now
                 count += 1
                 timeout = task.options.get("timeout")
-                if timeout is not None and now - task.stuck_since >= timeout:
+                if timeout is not None and now - place.stuck_since >= timeout:
                     overdue.append(task)
             if reason is not None and len(reasons) < MAX_REASONS:
                 reasons.append(reason)
