@@ -115,29 +115,34 @@ def test_an_unschedulable_task_is_shown_by_summary_and_fails_after_its_timeout(m
 
 
 def test_resources_and_queues_on_a_standalone_broker(broker_address, tmp_path):
-    """One `corral worker` with a GPU for its two processes, one that serves the queue "io" (and the
-    default one): GPU tasks only on the first, one at a time; io tasks only on the second."""
+    """Two `corral worker`s: one GPU for the two processes of the first; two GPUs for the one process
+    of the second, which serves the queue "io" too. A task asking for 2 GPUs runs only on the second,
+    io tasks only there; neither ever runs more GPU tasks at once than it has GPUs."""
     log = tmp_path / "log"
-    gpu = start_worker(broker_address, "--processes", "2", "--resources", "gpu=1,mem=8GB")
-    io = start_worker(broker_address, "--processes", "1", "--queue", "io", "--queue", "default")
+    one = start_worker(broker_address, "--processes", "2", "--resources", "gpu=1,mem=8GB")
+    two = start_worker(broker_address, "--processes", "1", "--resources", "gpu=2", "--queue", "io",
+                       "--queue", "default")
     try:
         with corral.Executor(address=broker_address, retries=0) as ex:
             workers = wait_for(lambda: all_of(ex.summary(), 3), what="3 worker processes")
-            gpu_pids = {w["pid"] for w in workers if w["resources"] == {"gpu": 1, "mem": 8_000_000_000}}
-            io_pids = {w["pid"] for w in workers if w["queues"] == ["default", "io"]}
-            assert len(gpu_pids) == 2 and len(io_pids) == 1
-            futures = [ex.options(resources={"gpu": 1}).submit(note, str(log), "gpu", 0.15) for _ in range(4)]
+            one_pids = {w["pid"] for w in workers if w["resources"] == {"gpu": 1, "mem": 8_000_000_000}}
+            two_pids = {w["pid"] for w in workers if w["queues"] == ["default", "io"]}
+            assert len(one_pids) == 2 and len(two_pids) == 1
+            futures = [ex.options(resources={"gpu": 1}).submit(note, str(log), "gpu1", 0.15) for _ in range(4)]
+            futures += [ex.options(resources={"gpu": 2}).submit(note, str(log), "gpu2", 0.1) for _ in range(2)]
             futures += [ex.options(queue="io").submit(note, str(log), "io", 0.05) for _ in range(3)]
             futures += [ex.submit(note, str(log), "plain", 0.05) for _ in range(3)]
             for fut in futures:
                 fut.result(TIMEOUT)
     finally:
-        stop(gpu)
-        stop(io)
+        stop(one)
+        stop(two)
     runs = ran(log)
-    assert {pid for label, pid, *_ in runs if label == "gpu"} <= gpu_pids
-    assert {pid for label, pid, *_ in runs if label == "io"} <= io_pids
-    assert most_at_once([r for r in runs if r[0] == "gpu"]) == 1  # one GPU between the two processes
+    assert {pid for label, pid, *_ in runs if label in ("gpu2", "io")} <= two_pids
+    assert {pid for label, pid, *_ in runs if label == "gpu1"} <= one_pids | two_pids
+    on_one = [r for r in runs if r[0] == "gpu1" and r[1] in one_pids]
+    assert on_one and most_at_once(on_one) <= 1  # one GPU between the first worker's two processes
+    assert most_at_once([r for r in runs if r[1] in two_pids and r[0].startswith("gpu")]) <= 1  # its only process
 
 
 @pytest.mark.parametrize(("options", "error", "words"), [
