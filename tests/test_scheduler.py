@@ -336,8 +336,10 @@ def test_an_unschedulable_task_is_counted_with_its_reason_and_fails_after_its_ti
     broker.flush()
     status, meta, _ = client.results()[1]
     assert status == Status.FAILED and meta["error"] == protocol.ERR_TIMEOUT and "gpu=4" in meta["message"]
+    assert broker.tasks[2].reason is not None and len(broker.queue.lines) == 2
     Worker(broker, b"io", credit=1, queues=["nowhere"])  # it fits now: no longer unschedulable
     assert broker.status()[0]["unschedulable"] == 0 and broker.tasks[2].reason is None
+    assert len(broker.queue.lines) == 1  # the gpu=4 line, empty since its task failed, is forgotten
 
 
 def test_bad_placement_on_the_wire_is_dropped():

@@ -141,6 +141,13 @@ class TaskQueue:
                 best, best_line = task, line
         return None if best is None else self.pop(best_line)
 
+    def prune(self) -> None:
+        """Forget the lines whose tasks have all gone (cancelled, failed, taken): lines no worker fits are
+        not looked at by ``take``, and while one is left the ordinary case is not taken."""
+        for demand, line in list(self.lines.items()):
+            if self.head(line) is None:
+                del self.lines[demand]
+
     def popleft(self) -> int | None:
         """The id of the next task in order, whoever may run it (None: nothing is queued)."""
         task = self.take(None)

@@ -40,6 +40,7 @@ class Unplaced:
         if not force and now - self.last < REVIEW:
             return
         self.last = now
+        broker.queue.prune()
         workers = broker.workers.values()  # connected ones only (worker_gone takes them out)
         count, reasons, flagged, overdue = 0, [], set(), []
         for demand in [None, *broker.queue.lines]:
