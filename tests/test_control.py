@@ -271,7 +271,7 @@ def test_absurd_constructor_options_are_refused(bad):
 def test_task_options_are_checked():
     with corral.Executor(1) as ex:
         with pytest.raises(TypeError, match="valid options: retries, timeout, retry_on_timeout"):
-            ex.options(priority=3)
+            ex.options(urgency=3)
         for bad in ({"timeout": 0}, {"timeout": -2}, {"timeout": "1s"}, {"timeout": float("inf")},
                     {"retry_on_timeout": "yes"}):
             with pytest.raises(ValueError):

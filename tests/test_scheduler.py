@@ -7,18 +7,23 @@ messages are handed to ``receive``), so its task accounting can be driven step b
 
 from __future__ import annotations
 
-from collections import deque
+import pytest
 
 from corral.broker import scheduler
 from corral.broker.broker import Broker
+from corral.broker.queue import TaskQueue
 from corral.broker.records import Task, WorkerState
+from corral.errors import ProtocolError
 from corral.wire import protocol
 from corral.wire.protocol import Kind, Status
 
 
-def tasks(n: int) -> tuple[deque, dict]:
+def tasks(n: int) -> tuple[TaskQueue, dict]:
     table = {gid: Task(gid, b"client", gid, (b"f", b"a"), {}) for gid in range(1, n + 1)}
-    return deque(table), table
+    queue = TaskQueue(table)
+    for gid in table:
+        queue.append(gid)
+    return queue, table
 
 
 def worker(name: str, credit: int, holding: int = 0) -> WorkerState:
@@ -128,11 +133,11 @@ def test_a_task_that_kills_every_worker_fails_once_its_retries_are_spent():
 class Worker:
     """A worker attached to a broker in this thread: what the broker sends it, decoded."""
 
-    def __init__(self, broker: Broker, ident: bytes, credit: int = 1):
+    def __init__(self, broker: Broker, ident: bytes, credit: int = 1, **hello):
         self.got: list[tuple[Kind, dict, list]] = []
         broker.local[ident] = lambda kind, body, frames: self.got.append((kind, body or {}, list(frames)))
         self.broker, self.ident = broker, ident
-        self.send(Kind.HELLO, {"role": "worker", "name": ident.decode()})
+        self.send(Kind.HELLO, {"role": "worker", "name": ident.decode(), **hello})
         self.send(Kind.READY, {"credit": credit})
 
     def send(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
@@ -223,3 +228,145 @@ def test_a_killed_task_ends_and_is_never_retried():
     status, meta, _ = client.results()[7]
     assert status == Status.FAILED and meta["error"] == protocol.ERR_WORKER_LOST
     assert not broker.tasks and len(w.sent(Kind.TASKS)) == 1  # queue entries of gone tasks are skipped later
+
+
+# -- priorities, resources, queues (broker/queue.py, demand.py, unplaced.py) ----------------------
+
+
+def placed_tasks(*options: dict) -> tuple[TaskQueue, dict]:
+    """Tasks 1, 2, ... with these options (priority, resources, queue), queued in that order."""
+    from corral.broker.demand import of_options
+
+    table = {}
+    queue = TaskQueue(table)
+    for gid, opts in enumerate(options, 1):
+        task = table[gid] = Task(gid, b"client", gid, (b"f", b"a"), opts)
+        task.place = of_options(opts)
+        queue.append(gid)
+    return queue, table
+
+
+def placed_worker(name: str, credit: int, resources: dict | None = None, queues=("default",)) -> WorkerState:
+    w = worker(name, credit)
+    w.resources, w.free, w.queues = resources, dict(resources or {}), frozenset(queues)
+    return w
+
+
+def gids_given(given) -> dict[str, list[int]]:
+    return {w.name: [t.gid for t in got] for w, got in given}
+
+
+def test_higher_priority_first_and_first_in_first_out_within_a_priority():
+    queue, table = placed_tasks({}, {"priority": 5}, {}, {"priority": 5}, {"priority": -1}, {"priority": 9})
+    given = scheduler.assign(queue, table, [placed_worker("w", credit=10)], 0, 0.0)
+    assert gids_given(given) == {"w": [6, 2, 4, 1, 3, 5]}
+    assert not queue
+
+
+def test_a_task_handed_back_goes_to_the_front_of_its_own_priority():
+    from corral.broker.demand import of_options
+
+    queue, table = placed_tasks({"priority": 1}, {}, {})
+    table[4] = Task(4, b"client", 4, (b"f", b"a"), {})
+    table[5] = Task(5, b"client", 5, (b"f", b"a"), {"priority": 1}, place=of_options({"priority": 1}))
+    queue.appendleft(4)  # handed back (a lost worker's): in front of its priority, not of the queue
+    queue.appendleft(5)
+    assert [queue.popleft() for _ in range(5)] == [5, 1, 4, 2, 3]
+
+
+def test_a_task_that_fits_no_worker_now_does_not_hold_up_those_behind_it():
+    queue, table = placed_tasks({"resources": {"gpu": 1}}, {"resources": {"gpu": 1}}, {}, {"queue": "io"}, {})
+    gpu = placed_worker("gpu", credit=10, resources={"gpu": 1})
+    given = scheduler.assign(queue, table, [gpu], 0, 0.0)
+    assert gids_given(given) == {"gpu": [1, 3, 5]}  # the second gpu task waits for the first one's outcome
+    assert gpu.free == {"gpu": 0} and gpu.assigned[1] == (("gpu", 1),) and gpu.assigned[3] is None
+    io = placed_worker("io", credit=10, queues=("io",))
+    assert gids_given(scheduler.assign(queue, table, [gpu, io], 0, 0.0)) == {"io": [4]}
+    assert len(queue) == 1  # task 2
+
+
+def test_resources_are_held_until_the_outcome_and_prefetch_counts():
+    broker = Broker(None)
+    client = Client(broker)
+    client.send(Kind.HELLO, {"role": "client", "retries": 1})
+    w = Worker(broker, b"w", credit=4, resources={"gpu": 2, "mem": 64e9})
+    client.send(Kind.SUBMIT, {"tasks": [[i, 2, {"resources": {"gpu": 1, "mem": 16e9}}] for i in range(3)]},
+                [b"fn", b"args"] * 3)
+    broker.step({})
+    first = w.held()
+    assert len(first) == 2 and broker.workers[b"w"].free == {"gpu": 0, "mem": 32e9}
+    w.send(Kind.RESULT, {"results": [protocol.result_entry(first[0], Status.OK, 1, {})], "credit": 1}, [b"r"])
+    broker.step({})
+    assert len(w.held()) == 2 and broker.workers[b"w"].free == {"gpu": 0, "mem": 32e9}
+    w.send(Kind.BYE, {"requeue": w.held()})  # handed back: nothing leaks, the tasks wait again
+    assert len(broker.queue) == 2 and not broker.workers
+
+
+def test_a_requeued_task_keeps_its_priority():
+    broker = Broker(None)
+    client = Client(broker)
+    client.send(Kind.HELLO, {"role": "client", "retries": 1})
+    w1 = Worker(broker, b"w1", credit=1)
+    client.send(Kind.SUBMIT, {"tasks": [[1, 2, {"priority": 3}]]}, [b"fn", b"args"])
+    broker.step({})
+    assert w1.held()
+    client.send(Kind.SUBMIT, {"tasks": [[2, 2, {"priority": 3}], [3, 2, {}], [4, 2, {"priority": 7}]]},
+                [b"fn", b"args"] * 3)
+    w1.send(Kind.STARTED, {"ids": w1.held()})
+    broker.worker_gone(broker.workers[b"w1"], "worker w1 was killed by SIGKILL")
+    w2 = Worker(broker, b"w2", credit=4)
+    broker.step({})
+    cids = {t.gid: t.cid for t in broker.tasks.values()}
+    assert [cids[g] for g in w2.held()] == [4, 1, 2, 3]
+
+
+def test_an_unschedulable_task_is_counted_with_its_reason_and_fails_after_its_timeout():
+    broker = Broker(None)
+    client = Client(broker)
+    client.send(Kind.HELLO, {"role": "client", "retries": 1})
+    Worker(broker, b"w", credit=2, resources={"gpu": 1})
+    client.send(Kind.SUBMIT, {"tasks": [[1, 2, {"resources": {"gpu": 4}, "timeout": 0.2}],
+                                        [2, 2, {"queue": "nowhere"}]]}, [b"fn", b"args"] * 2)
+    broker.step({})
+    counts, _ = broker.status()
+    assert counts["unschedulable"] == 2
+    assert any("gpu=4 (the most a worker has: gpu=1)" in r for r in counts["unschedulable_reasons"])
+    assert any("serves queue 'nowhere'" in r for r in counts["unschedulable_reasons"])
+    broker.unplaced.review(broker, broker.tasks[1].place.stuck_since + 0.25, force=True)
+    broker.flush()
+    status, meta, _ = client.results()[1]
+    assert status == Status.FAILED and meta["error"] == protocol.ERR_TIMEOUT and "gpu=4" in meta["message"]
+    assert broker.tasks[2].reason is not None and len(broker.queue.lines) == 2
+    Worker(broker, b"io", credit=1, queues=["nowhere"])  # it fits now: no longer unschedulable
+    assert broker.status()[0]["unschedulable"] == 0 and broker.tasks[2].reason is None
+    assert len(broker.queue.lines) == 1  # the gpu=4 line, empty since its task failed, is forgotten
+
+
+def test_bad_placement_on_the_wire_is_dropped():
+    broker = Broker(None)
+    client = Client(broker)
+    client.send(Kind.HELLO, {"role": "client"})
+    for opts in ({"priority": 1.5}, {"priority": True}, {"resources": {"gpu": -1}}, {"resources": [1]},
+                 {"queue": ""}, {"queue": 7}):
+        client.send(Kind.SUBMIT, {"tasks": [[1, 2, opts]]}, [b"fn", b"args"])
+        assert not broker.tasks, opts
+    for hello in ({"resources": {"gpu": "1"}}, {"queues": []}, {"queues": "gpu"}, {"group": 5}):
+        with pytest.raises(ProtocolError):  # the loop drops it (Broker.drain) and logs it
+            from_worker(broker, b"bad", Kind.HELLO, {"role": "worker", **hello})
+        assert not broker.workers, hello
+
+
+def test_the_processes_of_one_worker_group_share_its_resources():
+    broker = Broker(None)
+    client = Client(broker)
+    client.send(Kind.HELLO, {"role": "client", "retries": 1})
+    a = Worker(broker, b"a", credit=2, resources={"gpu": 1}, group="g1")
+    b = Worker(broker, b"b", credit=2, resources={"gpu": 1}, group="g1")
+    client.send(Kind.SUBMIT, {"tasks": [[i, 2, {"resources": {"gpu": 1}}] for i in range(2)]}, [b"fn", b"args"] * 2)
+    broker.step({})
+    assert len(a.held()) + len(b.held()) == 1  # one GPU between them
+    (holder, other) = (a, b) if a.held() else (b, a)
+    holder.send(Kind.BYE, {"interrupted": holder.held()})  # handed back: free again, for the other
+    broker.step({})
+    assert len(other.held()) == 1 and len(broker.queue) == 1
+    assert broker.groups.members == {(None, "g1"): 1}

@@ -29,7 +29,7 @@ RETRIES = 2  # how often a task whose process died runs again
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
 TERM_GRACE = 10.0  # seconds a standalone worker's running task gets to finish after SIGTERM (corral worker)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
-TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout", "seed", "after")
+TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout", "priority", "resources", "queue", "seed", "after")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -161,7 +161,12 @@ def check_task_options(options: dict) -> dict:
         from .client.dependents import check_after
 
         options = {**options, "after": check_after(options["after"])}
-    return {k: v for k, v in options.items() if v is not None}
+    checked = {k: v for k, v in options.items() if v is not None}
+    if "priority" in checked or "resources" in checked or "queue" in checked:
+        from .placement import check_placement
+
+        checked.update(check_placement(checked))
+    return checked
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,9 @@ class WorkerConfig:
     ends_at: float | None = None
     broker_timeout: float | None = None
     term_grace: float = TERM_GRACE
+    resources: tuple | None = None  # ((name, amount), ...): what it has for tasks that ask (placement.py)
+    queues: tuple | None = None  # the named queues it serves (None: the default one)
+    group: str | None = None  # a token its fellow processes share: they share the resources too (corral worker)
 
     def __post_init__(self) -> None:
         if self.prefetch is not None:
@@ -219,6 +227,12 @@ class WorkerConfig:
         if self.broker_timeout is not None:
             check_seconds("broker_timeout", self.broker_timeout)
         check_seconds("term_grace", self.term_grace, zero=True)
+        if self.resources is not None or self.queues is not None:
+            from .placement import check_worker
+
+            resources, queues = check_worker(self.resources, self.queues)
+            object.__setattr__(self, "resources", resources)  # frozen: set once, as checked
+            object.__setattr__(self, "queues", queues)
         if self.log_level is not None and self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
 
@@ -261,6 +275,12 @@ class WorkerConfig:
             args += ["--ends-at", repr(self.ends_at)]
         if self.broker_timeout is not None:
             args += ["--broker-timeout", repr(self.broker_timeout)]
+        if self.resources:
+            args += ["--resources", ",".join(f"{name}={amount!r}" for name, amount in self.resources)]
+        for queue in self.queues or ():
+            args += ["--queue", queue]
+        if self.group:
+            args += ["--group", self.group]
         return args
 
     @staticmethod
@@ -285,6 +305,8 @@ class WorkerConfig:
                             help="the hard end of its life, in seconds since the epoch")
         parser.add_argument("--broker-timeout", type=seconds(), default=None,
                             help="leave after this long without a word from the broker")
+        add_placement_arguments(parser)
+        parser.add_argument("--group", default=None, help="share --resources with the processes given this token")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
@@ -293,7 +315,18 @@ class WorkerConfig:
                    idle_timeout=args.idle_timeout, max_memory=args.max_memory, spawn=args.spawn,
                    reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure,
                    standalone=args.standalone, tasks_max=args.tasks_max, ends_at=args.ends_at,
-                   broker_timeout=args.broker_timeout, term_grace=args.term_grace)
+                   broker_timeout=args.broker_timeout, term_grace=args.term_grace,
+                   resources=args.resources, queues=args.queue, group=args.group)
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--resources`` and ``--queue``: the worker's own parser's and ``corral worker``'s."""
+    from .placement import queue_arg, resources_arg
+
+    parser.add_argument("--resources", type=resources_arg, default=None, metavar="NAME=AMOUNT,...",
+                        help="what tasks may ask of this worker, e.g. gpu=1,mem=64GB (held while they run)")
+    parser.add_argument("--queue", type=queue_arg, action="append", default=None, metavar="NAME",
+                        help="serve this named queue (repeatable; default: the queue 'default')")
 
 
 def usable_cpus() -> int:
@@ -325,6 +358,7 @@ class ExecutorConfig:
     liveness: int = LIVENESS
     kill_grace: float = KILL_GRACE
     spin: float = SPIN
+    resources: Any = None  # each local worker's, for tasks that ask (placement.py): sorted (name, amount) pairs
 
     def __post_init__(self) -> None:
         from . import addresses
@@ -363,10 +397,15 @@ class ExecutorConfig:
             raise ValueError(f"spin must be a number of seconds from 0 to {MAX_SPIN:g}, not {self.spin!r}")
         self.spin = float(self.spin)
         self.fresh = bool(self.fresh) or self.max_tasks_per_child == 1
-        if self.address is not None and (self.idle_timeout or self.max_memory or self.prefetch is not None):
+        if self.resources is not None:
+            from .placement import check_worker
+
+            self.resources = check_worker(self.resources, None)[0]
+        if self.address is not None and (self.idle_timeout or self.max_memory or self.prefetch is not None
+                                         or self.resources):
             raise ValueError(
-                "idle_timeout, max_memory and prefetch configure the workers an Executor starts itself; "
-                "with address= give them to `corral worker` instead."
+                "idle_timeout, max_memory, prefetch and resources configure the workers an Executor starts "
+                "itself; with address= give them to `corral worker` instead."
             )
         if self.address is not None and self.initializer is not None:
             raise ValueError(
@@ -384,5 +423,5 @@ class ExecutorConfig:
         return WorkerConfig(
             fresh=self.fresh, prefetch=None if self.prefetch is None else self.prefetch + 1,
             max_tasks=None if self.fresh else self.max_tasks_per_child, idle_timeout=self.idle_timeout,
-            max_memory=self.max_memory, spawn=self.spawn,
+            max_memory=self.max_memory, spawn=self.spawn, resources=self.resources,
         )

@@ -9,12 +9,16 @@ COLUMNS = (("worker", "worker"), ("host", "host"), ("pid", "pid"), ("tasks", "ta
 class Summary(list):
     """A list of dicts, one per worker, whose ``str`` is a table."""
 
-    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None, waiting: int = 0):
+    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None,
+                 unschedulable: int = 0, unschedulable_reasons: list | None = None, waiting: int = 0):
         super().__init__(workers)
         self.queued = queued
         self.running = running
         self.waiting = waiting  # tasks waiting for their dependencies (docs/tasks.md)
         self.launches = launches  # an executor with a launcher: what its fleet did (scaling/fleet.py)
+        # Queued tasks that no connected worker could ever run (their resources, their queue), and why.
+        self.unschedulable = unschedulable
+        self.unschedulable_reasons = list(unschedulable_reasons or [])
 
     def __str__(self) -> str:
         rows = [[h for _, h in COLUMNS]]
@@ -28,6 +32,9 @@ class Summary(list):
         total = sum(w["tasks"] for w in self)
         waiting = f", {self.waiting} waiting for others" if self.waiting else ""
         lines.append(f"{len(self)} workers, {total} tasks, {self.queued} queued, {self.running} running{waiting}")
+        if self.unschedulable:
+            lines.append(f"{self.unschedulable} unschedulable: no connected worker could run them")
+            lines.extend(f"  {why}" for why in self.unschedulable_reasons)
         if self.launches:
             f = self.launches
             lines.append(f"launches: {f['launched']} ({f['launches_per_slot']} per worker slot), {f['in_flight']} in "

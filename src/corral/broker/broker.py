@@ -6,7 +6,7 @@
     (embedded: attach()                                  socket pairs <--Stream-- its pool's workers
      and method calls)   |                                    ^
                          v                                    |
-                  tasks{gid: Task}  --> queue (FIFO) --> dispatch to workers with credit
+                  tasks{gid: Task}  --> queue (prio) --> dispatch to workers with credit
                          ^                                    |
                          +---- RESULT / STARTED batched per client <---+
 
@@ -61,12 +61,15 @@ from ..wire.protocol import Kind
 from ..worker.containment import exit_words
 from . import scheduler
 from .backlog import MAX_BACKLOG, Backlogs
+from .demand import Groups
 from .dependencies import Dependencies, Held
 from .lanes import LaneSeats, lane_window
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
+from .queue import TaskQueue
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
 from .sessions import Sessions
+from .unplaced import Unplaced
 
 if TYPE_CHECKING:
     from ..scaling.fleet import Fleet
@@ -132,9 +135,11 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
         self.embedded = embedded
         self.told_unknown: dict[bytes, float] = {}  # unknown peers answered ERROR, and when (one a heartbeat)
         self.tasks: dict[int, Task] = {}
-        self.queue: deque[int] = deque()
+        self.queue = TaskQueue(self.tasks)  # by priority, then first in first out (queue.py)
         self.held: dict[int, Held] = {}  # results kept for the tasks that take them (dependencies.py)
         self.waiting_tasks = 0  # tasks waiting for others to succeed, not queued yet (dependencies.py)
+        self.unplaced = Unplaced()  # queued tasks no connected worker could ever run (unplaced.py)
+        self.groups = Groups()  # worker processes that share their resources (demand.py)
         self.workers: dict[bytes, WorkerState] = {}
         self.sessions: dict[str, bytes] = {}  # remote workers' session tokens -> identity (sessions.py)
         self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)
@@ -329,6 +334,8 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
             self.reap_pool()
         if self.fleet:
             self.fleet.tick(self, now)
+        if self.queue:
+            self.unplaced.review(self, now)
         if now - self.last_beat < self.heartbeat:
             return
         self.last_beat = now
@@ -410,6 +417,7 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
         waiting = self.waiting_tasks
         counts = {"queued": len(self.tasks) - running - waiting, "running": running, "waiting": waiting,
                   "held": len(self.held), "connected": len(self.workers), "departed": self.departures}
+        counts.update(self.unplaced.counts(self, now))
         if self.fleet:
             counts["launches"] = self.fleet.report()
         return counts, [json.dumps(workers, separators=(",", ":")).encode()]

@@ -126,7 +126,7 @@ class Dependencies:
                 payload = shm.Store(self.pool.shm).resolve(payload, offloaded, unlink=False)
             self.held[task.gid] = Held(tuple(payload), users)
 
-    def release(self, task: Task) -> None:
+    def release_results(self, task: Task) -> None:
         """``task`` has its outcome: the results it took are held for one task fewer."""
         for gid in {d for d in task.deps if type(d) is int}:
             held = self.held.get(gid)

@@ -18,6 +18,7 @@ import zmq
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.protocol import Kind
+from .demand import capacity, check_options
 from .dependencies import check_dependencies
 from .records import DEFAULT_RETRIES, ClientState, WorkerState
 
@@ -127,6 +128,8 @@ class Peers:
             progress_at=now,
             user=user,
         )
+        w.resources, w.queues, group = capacity(body)
+        w.free = dict(w.resources or {})
         if "ends_in" in body:  # a job's walltime: the scaler may start its replacement ahead
             w.ends_at = now + protocol.seconds(body["ends_in"], "ends_in")
         if body.get("broken"):
@@ -144,6 +147,7 @@ class Peers:
             if refused:
                 self.refuse(sock, ident, w, refused)
                 return
+        self.groups.join(w, group)
         self.workers[ident] = w
         if self.fleet is not None:
             self.fleet.joined(w, now)
@@ -326,6 +330,8 @@ def check_task(c: ClientState, entry: list, frames: list) -> None:
             check_dependencies(options, len(frames))
         if "seed" in options and not protocol.valid_seed(options["seed"]):
             raise ProtocolError(f"bad seed option {options['seed']!r:.60}")
+        if "priority" in options or "resources" in options or "queue" in options:
+            check_options(options)
 
 
 def retries_of(body: dict) -> int:

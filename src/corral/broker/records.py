@@ -33,6 +33,14 @@ class Task:
     deps: tuple | None = None
     waiting: int = 0
     dependents: list | None = None
+    # Its priority, what it asks of a worker, its rank when handed back, why it is unschedulable
+    # (demand.Place); None for a task of priority 0 that asks nothing (one slot: a queued task stays small).
+    place: Any = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why no connected worker could ever run it (unplaced.py); None: one could."""
+        return None if self.place is None else self.place.reason
 
 
 @dataclass
@@ -46,7 +54,11 @@ class WorkerState:
     pid: int = 0
     fresh: bool = False
     credit: int = 0
-    assigned: dict = field(default_factory=dict)  # gid -> None, in the order dispatched
+    assigned: dict = field(default_factory=dict)  # gid -> the resources it holds (None: none), in dispatch order
+    resources: dict | None = None  # what it has (HELLO's "resources"); None: nothing named
+    free: dict = field(default_factory=dict)  # what of them no task it holds has asked for
+    queues: frozenset = frozenset((protocol.DEFAULT_QUEUE,))  # the named queues it serves
+    group: tuple | None = None  # the processes of one corral worker share ``free`` (demand.Groups)
     tasks: int = 0
     busy: float = 0.0
     errors: int = 0
@@ -83,6 +95,8 @@ class WorkerState:
             "leaving": self.leaving,
             "left": self.left,
             "ends_in": None if self.ends_at is None or not self.alive else round(max(0.0, self.ends_at - now), 3),
+            "resources": self.resources,
+            "queues": sorted(self.queues),
         }
 
 

@@ -1,19 +1,21 @@
-"""Which worker gets which queued task: today, fair share (``assign``).
+"""Which worker gets which queued task: fair share, priorities, resources and queues (``assign``).
 
-Priorities, dependencies and resources plug in here: ``assign`` sees the queue,
-the tasks and the workers with room, and hands out tasks without sending anything,
-so it can be tested in process.
+``assign`` sees the queue, the tasks and the workers with room, and hands out tasks
+without sending anything, so it can be tested in process.  Which task a worker gets
+next is the queue's to say (``queue.TaskQueue.take``: the highest priority first, the
+oldest within one, among the tasks whose resources and queue that worker has free).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 
+from .demand import hold
+from .queue import TaskQueue
 from .records import Task, WorkerState
 
 
-def assign(queue: deque[int], tasks: dict[int, Task], workers: Iterable[WorkerState], pool_size: int,
+def assign(queue: TaskQueue, tasks: dict[int, Task], workers: Iterable[WorkerState], pool_size: int,
            now: float) -> list[tuple[WorkerState, list[Task]]]:
     """Take tasks off the front of ``queue`` for the workers with credit; what each one got, in order.
 
@@ -23,7 +25,10 @@ def assign(queue: deque[int], tasks: dict[int, Task], workers: Iterable[WorkerSt
     many, and must not take a burst of long ones that the others could run (a pool's
     workers count even before they connect).  A queue entry whose task has gone
     (cancelled, or assigned already) is skipped.  Each task given is marked as the
-    worker's (``task.worker``, ``worker.assigned``), and uses one credit.
+    worker's (``task.worker``, ``worker.assigned``, with the resources it holds there
+    until its outcome), and uses one credit.  A worker for which no queued task fits
+    (its queues, its free resources) is left out of the round: the tasks that fit
+    nowhere now wait without holding up the others.
     """
     workers = list(workers)
     ready = sorted((w for w in workers if w.credit > 0), key=lambda w: len(w.assigned))
@@ -36,15 +41,12 @@ def assign(queue: deque[int], tasks: dict[int, Task], workers: Iterable[WorkerSt
     given: dict[bytes, tuple[WorkerState, list[Task]]] = {}
     while ready and queue:
         for w in list(ready):
-            task = None
-            while task is None and queue:
-                task = tasks.get(queue.popleft())
-                if task is not None and task.worker is not None:
-                    task = None  # cancelled while queued
-            if task is None:
-                break
+            task = queue.take(w)
+            if task is None:  # nothing queued fits it (or nothing is queued)
+                ready.remove(w)
+                continue
             task.worker = w.ident
-            w.assigned[task.gid] = None
+            w.assigned[task.gid] = None if task.place is None else hold(w, task)
             w.credit -= 1
             given.setdefault(w.ident, (w, []))[1].append(task)
             if w.credit <= 0 or len(w.assigned) >= share:

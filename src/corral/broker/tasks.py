@@ -18,6 +18,7 @@ from ..errors import ProtocolError
 from ..tuning import INTERNED, SMALL_FRAME
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
+from .demand import of_options, release
 from .records import ClientState, Outbox, Task, WorkerState
 
 _NO_OPTIONS: dict = {}  # shared by every task without options; never modified
@@ -50,7 +51,9 @@ class TaskTable:
         if not task.started:  # a short task: its RESULT is also its STARTED
             task.started = True
             task.attempts += 1
-        w.assigned.pop(gid, None)
+        held = w.assigned.pop(gid, None)
+        if held:
+            release(w, held)
         w.tasks += 1
         w.progress_at = time.monotonic()
         error = meta.get("error") if status == Status.FAILED else None
@@ -111,7 +114,7 @@ class TaskTable:
         """Take a task back from a worker: killed, cancelled, retried (an attempt counted if
         ``count_attempt`` and it had begun) or queued again at the front."""
         task = self.tasks.get(gid)
-        w.assigned.pop(gid, None)
+        release(w, w.assigned.pop(gid, None))
         if task is None or task.worker != w.ident:
             return
         started = task.started
@@ -159,6 +162,7 @@ class TaskTable:
             if why is not None:
                 w.errors += 1 if self.tasks.get(gid) and self.tasks[gid].started else 0
             self.unassign(w, gid, count_attempt=True, why=why or f"worker {w.name} left")
+        self.groups.leave(w)
 
     def submit(self, c: ClientState, cid: int, frames: list, options: dict) -> None:
         """Queue a task (checked already: ``_check_task``).  Its small frames are kept as
@@ -172,8 +176,10 @@ class TaskTable:
         gid = self.next_gid
         self.next_gid += 1
         task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
+        if options and ("priority" in options or "resources" in options or "queue" in options):
+            task.place = of_options(options)
         c.tasks[cid] = gid
-        if ("deps" in options or "after" in options) and not self.wait_for(c, task):
+        if options and ("deps" in options or "after" in options) and not self.wait_for(c, task):
             return  # it waits for other tasks (dependencies.py), or failed already
         self.queue.append(gid)
 
@@ -257,13 +263,15 @@ class TaskTable:
         self.tasks.pop(task.gid, None)
         self.forget(task)
         if task.deps is not None:
-            self.release(task)
+            self.release_results(task)
         if task.waiting:  # it ends before what it waited for (dependencies.py)
             task.waiting = 0
             self.waiting_tasks -= 1
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
-            w.assigned.pop(task.gid, None)
+            held = w.assigned.pop(task.gid, None)
+            if held:
+                release(w, held)
 
     def terminate(self, c: ClientState, hard: bool) -> None:
         """``terminate_workers()``/``kill_workers()``: stop everything this client started."""

@@ -16,7 +16,7 @@ import os
 import sys
 
 from .. import __version__
-from ..config import HEARTBEAT, LIVENESS, TERM_GRACE
+from ..config import HEARTBEAT, LIVENESS, TERM_GRACE, add_placement_arguments
 from ..errors import CredentialsError, CurveUnavailableError, InsecureAddressError
 from .argtypes import broker as broker_target
 from .argtypes import connect_address, integer, listen_address, seconds, size, wall_time
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on SIGTERM, seconds a running task gets to finish before it is cut off and handed "
                              "back (default %(default)s)")
     worker.add_argument("--max-memory", type=size, default=None, help="replace a task process above this RSS, e.g. 2GB")
+    add_placement_arguments(worker)
     worker.set_defaults(func=_command("worker", "cmd_worker"), parser=worker)
 
     from .keys import add_parser

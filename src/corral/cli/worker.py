@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import sys
 import time
@@ -101,7 +102,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True,
                           log_level=level(args), keys=args.keys, insecure=args.insecure, standalone=True,
                           tasks_max=args.tasks_max, ends_at=launched.hard_end(args.wall_time),
-                          broker_timeout=args.broker_timeout, term_grace=args.term_grace)
+                          broker_timeout=args.broker_timeout, term_grace=args.term_grace,
+                          resources=args.resources, queues=args.queue,
+                          group=secrets.token_hex(8) if args.resources else None)
     # Ours alone (0700): the bootstrap file of a launched worker, and the notes of processes that left.
     private = tempfile.mkdtemp(prefix="corral-")
     try:

@@ -105,6 +105,9 @@ class Executor(_StdExecutor):
         max_memory: a local worker whose task process uses more than this
             resident memory after a task (bytes, or a string like "2GB")
             gets a new task process.
+        resources: what each local worker has for tasks that ask for it with
+            ``options(resources=)``, e.g. ``{"gpu": 1, "mem": "64GB"}``
+            (docs/tasks.md).
         heartbeat, liveness: seconds between heartbeats, and how many may be
             missed before a peer counts as lost (default 1.0 and 3).
         kill_grace: seconds between SIGTERM and SIGKILL for ``Future.kill()``.
@@ -145,10 +148,11 @@ class Executor(_StdExecutor):
         wall_time: float | None = None,
         tasks_max: int | None = None,
         seed: int | None = None,
+        resources: dict[str, int | float | str] | None = None,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
-            prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin,
+            prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin, resources,
         )
         self._config = config
         self._max_workers = config.max_workers
@@ -163,6 +167,9 @@ class Executor(_StdExecutor):
                 raise ValueError(f"max_workers={config.max_workers:,}: {problem}; ask for fewer workers")
         fleet = None
         if launcher is not None:
+            if config.resources:
+                raise ValueError("resources= is what the executor's local workers have; launched workers have none "
+                                 "here: run `corral worker --resources` against a broker instead")
             if config.address is not None or keys is not None or insecure:
                 raise ValueError("launcher= starts workers for the executor's own broker; address=, keys= and "
                                  "insecure= are for a broker elsewhere: give one or the other")
@@ -230,10 +237,13 @@ class Executor(_StdExecutor):
         ``timeout`` (seconds: the task's process is killed after this long and
         the future raises TaskTimeoutError), ``retry_on_timeout`` (bool: a
         timed-out task counts an attempt and runs again within ``retries``),
-        ``seed`` (int >= 0: reproducible random streams per task, as ``Executor(seed=)``).
+        ``seed`` (int >= 0: reproducible random streams per task, as ``Executor(seed=)``),
         ``after`` (futures of this executor: the task runs once they have all
         succeeded, and fails with DependencyError if one does not; futures
-        given as arguments are waited for too, and replaced by their results).
+        given as arguments are waited for too, and replaced by their results),
+        ``priority`` (int: higher is dispatched first), ``resources`` (dict:
+        runs only where they are free, held while it runs), ``queue`` (str: runs
+        only on workers serving that named queue); see docs/tasks.md.
         """
         return TaskOptions(self, check_task_options(options))
 
@@ -368,7 +378,9 @@ class Executor(_StdExecutor):
             raise TimeoutError(f"the broker at {self._address} did not answer a status request within "
                                f"{timeout:g} s{never}") from None
         return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0),
-                       launches=counts.get("launches"), waiting=counts.get("waiting", 0))
+                       launches=counts.get("launches"), waiting=counts.get("waiting", 0),
+                       unschedulable=counts.get("unschedulable", 0),
+                       unschedulable_reasons=counts.get("unschedulable_reasons", []))
 
 
 class TaskOptions:

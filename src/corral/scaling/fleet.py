@@ -41,8 +41,7 @@ from ..wire import protocol
 from . import policy
 
 if TYPE_CHECKING:
-    from collections import deque
-
+    from ..broker.queue import TaskQueue
     from ..broker.records import Task, WorkerState
     from ..security.keys import KeyDir, MemoryKeys
 
@@ -59,7 +58,7 @@ class Broker(Protocol):
     workers: dict[bytes, WorkerState]
     tasks: dict[int, Task]
     waiting_tasks: int  # of those, the tasks waiting for others (not queued yet)
-    queue: deque[int]
+    queue: TaskQueue
 
     def dismiss(self, w: WorkerState, reason: str) -> None: ...
 

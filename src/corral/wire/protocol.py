@@ -37,7 +37,7 @@ MAX_HEADER_BYTES = 1 << 20
 class Kind(IntEnum):
     """Message kinds.  Direction: C client, B broker, W worker."""
 
-    HELLO = 1  # C->B, W->B: first message, announces role and identity facts
+    HELLO = 1  # C->B, W->B: first message, announces role and identity facts (a worker's resources, queues)
     WELCOME = 2  # B->C, B->W: accepts a HELLO; carries the heartbeat interval
     SUBMIT = 3  # C->B: a batch of tasks, entries [task_id, nframes, options]
     CANCEL = 4  # C->B, B->W: task ids to drop if not started yet
@@ -106,6 +106,14 @@ MAX_DEPENDENCIES = 100_000  # tasks one task may wait for
 MAX_RETRIES = 1000  # a task's retries option: more is a mistake (or an attack on the workers)
 MAX_NAME = 200  # characters of a peer's name or host kept from its HELLO
 MAX_TEXT = 64 << 10  # characters of a traceback or message kept from a peer
+# Placement (broker/demand.py): a task's priority, resources and queue; a worker's resources and queues.
+DEFAULT_QUEUE = "default"  # the queue of a task that names none, and the one a worker serves unless told others
+MAX_PRIORITY = 1 << 31  # a priority option is an integer from -MAX_PRIORITY to MAX_PRIORITY
+MAX_RESOURCES = 32  # resources named by one task or one worker
+MAX_RESOURCE_NAME = 64  # characters of a resource's name
+MAX_AMOUNT = 1e18  # an amount of a resource: a number > 0 (bytes of memory fit)
+MAX_QUEUE_NAME = 64  # characters of a queue's name
+MAX_QUEUES = 32  # queues one worker serves
 
 
 # Made once: json.dumps with options builds a new encoder at every call.
@@ -298,6 +306,19 @@ def unpack(body: dict[str, Any], frames: list) -> list:
 def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None) -> list:
     """An entry of SUBMIT or TASKS."""
     return [task_id, nframes, options or {}]
+
+
+def placement(resources: tuple | None, queues: tuple | None, group: str | None = None) -> dict[str, Any]:
+    """What a worker's HELLO says of what it has and serves: ``resources`` (shared by the processes of one
+    ``group``), ``queues`` (none: nothing named, the default queue)."""
+    body: dict[str, Any] = {}
+    if resources:
+        body["resources"] = dict(resources)
+        if group:
+            body["group"] = group
+    if queues:
+        body["queues"] = list(queues)
+    return body
 
 
 def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any] | None = None) -> list:

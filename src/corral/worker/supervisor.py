@@ -146,6 +146,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "fresh": self.fresh,
+            **protocol.placement(self.config.resources, self.config.queues, self.config.group),
             **self.hello_extra(),
             **self.lifetime_hello(),
             **(resume or {}),
