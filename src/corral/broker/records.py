@@ -28,6 +28,8 @@ class Task:
     killed: bool = False  # a kill was asked for: never retried
     kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
+    ran_on: WorkerState | None = None  # the worker its last attempt ran on (taskrecord.py)
+    tries: list | None = None  # why each earlier attempt that began ended (taskrecord.py)
 
 
 @dataclass

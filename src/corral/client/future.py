@@ -16,6 +16,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from typing import Any, Protocol
 
 from ..config import check_seconds
+from .info import TaskInfo, task_info
 
 
 class Loop(Protocol):
@@ -120,6 +121,10 @@ class CorralFuture(Future):
 
     _waiters = _MadeOnAppend()
     _done_callbacks = _MadeOnAppend()
+    # Its record (``info``): what the I/O loop learns; set on the instance only when learned.
+    _meta: dict | None = None  # its RESULT's meta
+    _heard_started: float | None = None  # when the client heard that it began (STARTED)
+    _waiting = False  # held back until the tasks it depends on end
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
@@ -131,6 +136,13 @@ class CorralFuture(Future):
         self._io = io
         self._cid = cid
         self._kill_requested = False
+        self._submitted = time.time()
+
+    @property
+    def info(self) -> TaskInfo:
+        """A snapshot of the task's record: its state, times, where it ran, its attempts and
+        peak memory (``corral.TaskInfo``; docs/tasks.md)."""
+        return task_info(self)
 
     def result(self, timeout: float | None = None) -> Any:
         """As ``Future.result``, running the executor's loop while waiting (``leading.py``)."""
