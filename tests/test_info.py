@@ -132,3 +132,15 @@ def test_attempts_and_why_the_earlier_ones_ended(make_executor, tmp_path, option
     assert info.pid == pid
     (why,) = info.earlier_attempts
     assert "SIGKILL" in why and info.worker in why and socket.gethostname() in why, why
+
+
+def test_a_task_that_cannot_be_pickled_has_a_record(make_executor):
+    """Its future fails at once, with a record that says so: it never ran."""
+    import threading
+
+    ex = make_executor(1)
+    fut = ex.submit(touch_buffer, threading.Lock())
+    with pytest.raises(corral.SerializationError):
+        fut.result(timeout=TIMEOUT)
+    info = fut.info
+    assert (info.state, info.attempts, info.started, info.worker) == ("failed", 0, None, None)

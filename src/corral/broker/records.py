@@ -28,8 +28,9 @@ class Task:
     killed: bool = False  # a kill was asked for: never retried
     kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
-    ran_on: WorkerState | None = None  # the worker its last attempt ran on (taskrecord.py)
-    tries: list | None = None  # why each earlier attempt that began ended (taskrecord.py)
+    # Once an attempt has ended (taskrecord.py): (the worker it ran on, why each earlier begun attempt
+    # ended, or None); one field, for the memory of a million queued tasks.
+    attempted: tuple | None = None
 
 
 @dataclass

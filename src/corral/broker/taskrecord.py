@@ -10,34 +10,27 @@ the broker passes them on as they are, never unpickling anything.
 
 from __future__ import annotations
 
+from ..wire import protocol
 from .records import Task, WorkerState
-
-MAX_TRIES = 32  # earlier attempts' reasons kept per task; a task retried more keeps the last ones
-MAX_TRY_TEXT = 300  # characters of each
 
 
 def ended_on(task: Task, w: WorkerState) -> None:
     """An attempt of ``task`` ended on worker ``w`` (it ran there)."""
-    task.ran_on = w
+    task.attempted = (w, task.attempted[1] if task.attempted else None)
 
 
 def retried(task: Task, why: str) -> None:
-    """A begun attempt of ``task`` ended for ``why``, and it runs again."""
-    tries = task.tries
+    """A begun attempt of ``task`` ended for ``why`` (after ``ended_on``), and it runs again."""
+    w, tries = task.attempted or (None, None)
     if tries is None:
-        tries = task.tries = []
-    elif len(tries) >= MAX_TRIES:
+        tries = []
+        task.attempted = (w, tries)
+    elif len(tries) >= protocol.MAX_TRIES:
         del tries[0]
-    tries.append(why[:MAX_TRY_TEXT])
+    tries.append(why[: protocol.MAX_TRY_TEXT])
 
 
 def stamp(task: Task, meta: dict) -> None:
     """Put the broker's part of ``task``'s record in the meta of its outcome."""
-    w = task.ran_on
-    if w is not None:
-        meta["worker"] = [w.name, w.host]
-    meta["attempts"] = task.attempts
-    if task.tries:
-        meta["tries"] = task.tries
-    elif "tries" in meta:
-        del meta["tries"]  # a worker's word on what only the broker knows
+    w, tries = task.attempted or (None, None)
+    protocol.note_attempts(meta, None if w is None else (w.name, w.host), task.attempts, tries)

@@ -237,7 +237,7 @@ class Executor(_StdExecutor):
             try:
                 frames = call_frames(call, self._functions)
             except SerializationError as exc:
-                fut: Future = Future()  # only this future fails; the executor stays usable
+                fut = CorralFuture(self._io, 0)  # only this future fails; the executor stays usable
                 fut.set_exception(exc)
                 return fut
             store = self._io.store

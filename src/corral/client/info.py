@@ -11,11 +11,9 @@ future pays for its record only when ``info`` is read.
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
 from dataclasses import dataclass
-from typing import Any
 
 from ..wire import protocol
 
@@ -54,17 +52,13 @@ def task_info(fut: Future) -> TaskInfo:
     with fut._condition:
         state, exc = fut._state, fut._exception
     meta: dict = fut._meta or {}
-    ran = meta.get("ran")
-    started, finished, pid, peak = ran if isinstance(ran, list) and len(ran) == 4 else (None,) * 4
-    started, finished = _time(started), _time(finished)
+    record = protocol.read_record(meta)
+    started, finished = record["started"], record["finished"]
     if started is None:
         started = fut._heard_started
-    where = meta.get("worker")
-    worker, host = where if isinstance(where, list) and len(where) == 2 else (None, None)
-    attempts = meta.get("attempts")
-    if type(attempts) is not int or attempts < 0:
+    attempts = record["attempts"]
+    if attempts is None:
         attempts = 1 if state == RUNNING else 0
-    tries = meta.get("tries")
     return TaskInfo(
         state=_state(state, exc, meta, fut._waiting),
         submitted=fut._submitted,
@@ -72,12 +66,12 @@ def task_info(fut: Future) -> TaskInfo:
         finished=finished,
         queue_wait=None if started is None else max(0.0, started - fut._submitted),
         run_time=None if started is None or finished is None else max(0.0, finished - started),
-        worker=worker if isinstance(worker, str) else None,
-        host=host if isinstance(host, str) else None,
-        pid=pid if type(pid) is int and pid > 0 else None,
+        worker=record["worker"],
+        host=record["host"],
+        pid=record["pid"],
         attempts=attempts,
-        earlier_attempts=tuple(t for t in tries if isinstance(t, str)) if isinstance(tries, list) else (),
-        peak_memory=peak if type(peak) is int and peak > 0 else None,
+        earlier_attempts=record["tries"],
+        peak_memory=record["peak"],
     )
 
 
@@ -92,10 +86,3 @@ def _state(state: str, exc: BaseException | None, meta: dict, waiting: bool) -> 
     if state == RUNNING:
         return RUNNING_STATE
     return WAITING if waiting else QUEUED
-
-
-def _time(value: Any) -> float | None:
-    """A wall-clock time from a peer, or None if it is not one."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        return None
-    return float(value)

@@ -290,3 +290,55 @@ def task_entry(task_id: int, nframes: int, options: dict[str, Any] | None = None
 def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any] | None = None) -> list:
     """An entry of RESULT."""
     return [task_id, int(status), nframes, meta or {}]
+
+
+# A task's record in its RESULT meta (3.7; the client's ``future.info``): ``ran`` from the task
+# process, ``worker``, ``attempts`` and ``tries`` from the broker.
+MAX_TRIES = 32  # earlier attempts' reasons kept per task: the last ones
+MAX_TRY_TEXT = 300  # characters of each
+
+
+def note_ran(meta: dict[str, Any], started: float, finished: float, pid: int, peak: int | None) -> None:
+    """The task process's part of a task's record: when it ran, in which process, its peak memory."""
+    meta["ran"] = [started, finished, pid, peak]
+
+
+def note_attempts(meta: dict[str, Any], worker: tuple[str, str] | None, attempts: int, tries: list | None) -> None:
+    """The broker's part: the worker (name, host) the last attempt ran on, the attempts, and why the
+    earlier ones ended; what a worker said of these is replaced."""
+    if worker is not None:
+        meta["worker"] = list(worker)
+    else:
+        meta.pop("worker", None)
+    meta["attempts"] = attempts
+    if tries:
+        meta["tries"] = tries
+    else:
+        meta.pop("tries", None)
+
+
+def read_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """A task's record from a RESULT meta, each field None (``tries`` empty) where it is missing or
+    malformed: started, finished, pid, peak, worker, host, attempts, tries."""
+    ran = meta.get("ran")
+    started, finished, pid, peak = ran if isinstance(ran, list) and len(ran) == 4 else (None,) * 4
+    where = meta.get("worker")
+    worker, host = where if isinstance(where, list) and len(where) == 2 else (None, None)
+    attempts, tries = meta.get("attempts"), meta.get("tries")
+    return {
+        "started": _wall_time(started),
+        "finished": _wall_time(finished),
+        "pid": pid if type(pid) is int and pid > 0 else None,
+        "peak": peak if type(peak) is int and peak > 0 else None,
+        "worker": worker if isinstance(worker, str) else None,
+        "host": host if isinstance(host, str) else None,
+        "attempts": attempts if type(attempts) is int and attempts >= 0 else None,
+        "tries": tuple(t for t in tries if isinstance(t, str)) if isinstance(tries, list) else (),
+    }
+
+
+def _wall_time(value: Any) -> float | None:
+    """A wall-clock time from a peer, or None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e12:
+        return None
+    return float(value)

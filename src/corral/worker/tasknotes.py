@@ -22,6 +22,7 @@ import os
 import sys
 import time
 
+from ..wire import protocol
 from .execution import Outcome, execute
 
 try:
@@ -72,5 +73,5 @@ class TaskNotes:
         status, out, meta = execute(frames, shm_dir, offloaded)
         finished = time.time()
         peak = _high_water()
-        meta["ran"] = [started, finished, self.pid, peak if peak and (exact or peak > before) else None]
+        protocol.note_ran(meta, started, finished, self.pid, peak if peak and (exact or peak > before) else None)
         return status, out, meta
