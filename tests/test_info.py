@@ -70,10 +70,16 @@ def test_a_finished_task_s_record(mode_executor):
         assert small.info.peak_memory < BUFFER
     with pytest.raises(AttributeError):
         info.state = "queued"  # a snapshot
+    # A task shorter than PEAK_MEMORY_TASK: measured only in a fresh process.
+    quick = ex.submit(int)
+    quick.result(timeout=TIMEOUT)
+    assert (quick.info.peak_memory is not None) == (mode_executor.mode == "fresh")
+    assert quick.info.pid is not None and quick.info.run_time < 1
 
 
 def test_every_state(make_executor, tmp_path):
-    """queued behind a busy worker (prefetch 0), running, done, failed, cancelled, lost."""
+    """queued behind a busy worker (prefetch 0), running, done, failed (raised, timed out),
+    cancelled (before it ran, or killed), lost."""
     ex = make_executor(1, prefetch=0, retries=0)
     go = str(tmp_path / "go")
     running = ex.submit(wait_for_file, go)
@@ -94,6 +100,15 @@ def test_every_state(make_executor, tmp_path):
         failed.result(timeout=TIMEOUT)
     assert failed.info.state == "failed"
     assert failed.info.pid is not None and failed.info.run_time is not None
+    timed_out = ex.options(timeout=0.2).submit(time.sleep, 10)
+    with pytest.raises(corral.TaskTimeoutError):
+        timed_out.result(timeout=TIMEOUT)
+    assert (timed_out.info.state, timed_out.info.attempts) == ("failed", 1)
+    killed = ex.submit(time.sleep, 10)
+    wait_for(killed.running)
+    assert killed.kill(grace=0)
+    wait_for(killed.done)
+    assert killed.info.state == "cancelled" and killed.info.worker
     lost = ex.submit(die)
     with pytest.raises(corral.WorkerLostError):
         lost.result(timeout=TIMEOUT)
@@ -144,3 +159,18 @@ def test_a_task_that_cannot_be_pickled_has_a_record(make_executor):
         fut.result(timeout=TIMEOUT)
     info = fut.info
     assert (info.state, info.attempts, info.started, info.worker) == ("failed", 0, None, None)
+
+
+def test_a_record_a_worker_got_wrong_reads_as_unknown():
+    """What a worker says of a task's run is checked: anything malformed reads as unknown."""
+    from corral.wire import protocol
+
+    good = {}
+    protocol.note_ran(good, 1_700_000_000_000_000_000, 1_700_000_000_500_000_000, 42, 1 << 20)
+    record = protocol.read_record(good)
+    assert (record["started"], record["finished"], record["pid"], record["peak"]) == (
+        1_700_000_000.0, 1_700_000_000.5, 42, 1 << 20)
+    for ran in ("1 2", "1 2 3 4 5", "a 2 3", "-1 2 3", "1 2 ³", 7, ["1", "2", "3"], "1 2 0 0"):
+        record = protocol.read_record({"ran": ran, "worker": ["w"], "host": 3, "attempts": -1, "tries": "x"})
+        assert record["pid"] is None and record["peak"] is None, ran
+        assert (record["worker"], record["host"], record["attempts"], record["tries"]) == (None, None, None, ())

@@ -3,7 +3,7 @@ each earlier attempt ended.
 
 Only the broker sees a task across its attempts: it notes the worker an attempt ended
 on and the reason a begun attempt was retried, and stamps them into the meta of the
-task's one RESULT to its client (``worker`` ``[name, host]``, ``attempts``, ``tries``).
+task's one RESULT to its client (``worker``, ``host``, ``attempts``, ``tries``).
 The task process's own notes (``ran``: times, pid, peak memory) are already there;
 the broker passes them on as they are, never unpickling anything.
 """
@@ -33,4 +33,7 @@ def retried(task: Task, why: str) -> None:
 def stamp(task: Task, meta: dict) -> None:
     """Put the broker's part of ``task``'s record in the meta of its outcome."""
     w, tries = task.attempted or (None, None)
-    protocol.note_attempts(meta, None if w is None else (w.name, w.host), task.attempts, tries)
+    if w is None:
+        protocol.note_attempts(meta, None, None, task.attempts, tries)
+    else:
+        protocol.note_attempts(meta, w.name, w.host, task.attempts, tries)

@@ -298,19 +298,21 @@ MAX_TRIES = 32  # earlier attempts' reasons kept per task: the last ones
 MAX_TRY_TEXT = 300  # characters of each
 
 
-def note_ran(meta: dict[str, Any], started: float, finished: float, pid: int, peak: int | None) -> None:
-    """The task process's part of a task's record: when it ran, in which process, its peak memory."""
-    meta["ran"] = [started, finished, pid, peak]
+def note_ran(meta: dict[str, Any], started_ns: int, finished_ns: int, pid: int, peak: int | None) -> None:
+    """The task process's part of a task's record: ``"START RUN PID [PEAK]"``, integers: when it
+    began (microseconds since the epoch), how long it ran (microseconds), in which process, and
+    its peak memory (bytes) if known.  One string: the broker passes it on without parsing it."""
+    ran = f"{started_ns // 1000} {(finished_ns - started_ns) // 1000} {pid}"
+    meta["ran"] = ran if peak is None else f"{ran} {peak}"
 
 
-def note_attempts(meta: dict[str, Any], worker: tuple[str, str] | None, attempts: int, tries: list | None) -> None:
-    """The broker's part: the worker (name, host) the last attempt ran on, the attempts, and why the
-    earlier ones ended; what a worker said of these is replaced."""
-    if worker is not None:
-        meta["worker"] = list(worker)
-    else:
-        meta.pop("worker", None)
-    meta["attempts"] = attempts
+def note_attempts(meta: dict[str, Any], worker: str | None, host: str | None, attempts: int,
+                  tries: list | None) -> None:
+    """The broker's part: the worker (name and host) the last attempt ran on, the attempts, and why
+    the earlier ones ended; what a worker said of these is replaced.  Strings and an int, no list
+    unless there were earlier attempts: a client keeps the meta of every finished future, and the
+    garbage collector does not watch a dict of such values."""
+    meta["worker"], meta["host"], meta["attempts"] = worker, host, attempts
     if tries:
         meta["tries"] = tries
     else:
@@ -320,10 +322,14 @@ def note_attempts(meta: dict[str, Any], worker: tuple[str, str] | None, attempts
 def read_record(meta: dict[str, Any]) -> dict[str, Any]:
     """A task's record from a RESULT meta, each field None (``tries`` empty) where it is missing or
     malformed: started, finished, pid, peak, worker, host, attempts, tries."""
+    started = finished = pid = peak = None
     ran = meta.get("ran")
-    started, finished, pid, peak = ran if isinstance(ran, list) and len(ran) == 4 else (None,) * 4
-    where = meta.get("worker")
-    worker, host = where if isinstance(where, list) and len(where) == 2 else (None, None)
+    fields = ran.split(" ", 4) if isinstance(ran, str) else ()
+    if len(fields) in (3, 4) and all(f.isascii() and f.isdigit() and len(f) <= 20 for f in fields):
+        start, took, pid = (int(f) for f in fields[:3])
+        started, finished = start / 1e6, (start + took) / 1e6
+        peak = int(fields[3]) if len(fields) == 4 else None
+    worker, host = meta.get("worker"), meta.get("host")
     attempts, tries = meta.get("attempts"), meta.get("tries")
     return {
         "started": _wall_time(started),

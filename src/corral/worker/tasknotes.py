@@ -2,18 +2,20 @@
 
 Only the task process knows when a task really began and ended, which process ran
 it, and how much memory that process needed meanwhile; these go back in the
-task's RESULT meta as ``ran``: ``[started, finished, pid, peak]`` (wall-clock
-seconds, the process id, peak resident bytes or null).
+task's RESULT meta as ``ran`` (``protocol.note_ran``).
 
-The peak must cost next to nothing, or short tasks would pay for it: reading
-``/proc/self/status`` takes ~20 us, a tenth of a no-op's round trip.  So a
-persistent task process keeps ``/proc/self/clear_refs`` open and writes ``5`` to
-it before each task (Linux resets the process's high-water mark of resident
-memory to what it holds now, ~1 us), and reads the high-water mark after the
-task with ``getrusage`` (~1 us).  A fresh task process exists for one task: its
-high-water mark since the fork is the task's already.  Where ``clear_refs``
-cannot be written (not Linux, or not allowed), the peak is known only when the
-task raised the process's high-water mark, and is null otherwise.
+The notes must cost next to nothing, or short tasks would pay for them: two
+clock reads and one short string per task.  The peak memory costs ~2 us more
+(reading ``/proc/self/status`` would cost 20 us), so a persistent task process
+measures it only for tasks that ran ``PEAK_MEMORY_TASK`` (1 ms) or longer: it
+reads the process's high-water mark of resident memory with ``getrusage``, then
+writes ``5`` to ``/proc/self/clear_refs``, which resets that mark to what the
+process holds now, ready for the next task.  The mark a measured task reads is
+therefore the peak since the last measured task ended: shorter tasks in between
+count too.  A fresh task process runs one task: its mark since the fork is the
+task's, always read.  Where ``clear_refs`` cannot be written (not Linux, or not
+allowed), a persistent process's peak is known only when the mark rose since
+the last reading.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import sys
 import time
 
+from ..tuning import PEAK_MEMORY_TASK
 from ..wire import protocol
 from .execution import Outcome, execute
 
@@ -32,6 +35,7 @@ except ImportError:  # not a POSIX system
 
 # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
 _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
+_MEASURE_NS = int(PEAK_MEMORY_TASK * 1e9)
 
 
 def _high_water() -> int:
@@ -52,26 +56,39 @@ class TaskNotes:
         self.pid = os.getpid()
         self.once = once
         self.clear_fd: int | None = None
+        self.last = 0  # the mark last read, where it cannot be reset
         if not once:
             try:
                 self.clear_fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
             except OSError:
-                pass  # not Linux, or not allowed: the delta below
+                pass  # not Linux, or not allowed
+            self.reset()  # what the process needed to start is no task's
 
     def run(self, frames: list, shm_dir: str | None, offloaded: list | None) -> Outcome:
         """``execution.execute`` the task, with its ``ran`` in the outcome's meta."""
-        exact = self.once
-        if self.clear_fd is not None:
-            try:
-                os.write(self.clear_fd, b"5")
-                exact = True
-            except OSError:
-                os.close(self.clear_fd)
-                self.clear_fd = None
-        before = 0 if exact else _high_water()
-        started = time.time()
+        started = time.time_ns()
         status, out, meta = execute(frames, shm_dir, offloaded)
-        finished = time.time()
-        peak = _high_water()
-        protocol.note_ran(meta, started, finished, self.pid, peak if peak and (exact or peak > before) else None)
+        finished = time.time_ns()
+        peak = self.peak() if self.once or finished - started >= _MEASURE_NS else None
+        protocol.note_ran(meta, started, finished, self.pid, peak)
         return status, out, meta
+
+    def peak(self) -> int | None:
+        """The peak resident bytes since the mark was last reset (None where unknown); reset it."""
+        mark = _high_water()
+        if self.once or self.reset():
+            return mark or None
+        rose, self.last = mark > self.last, mark
+        return mark if rose else None
+
+    def reset(self) -> bool:
+        """Reset the high-water mark to what the process holds now; False where it cannot be."""
+        if self.clear_fd is None:
+            return False
+        try:
+            os.write(self.clear_fd, b"5")
+            return True
+        except OSError:
+            os.close(self.clear_fd)
+            self.clear_fd = None
+            return False
