@@ -293,7 +293,7 @@ def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any
 
 
 # A task's record in its RESULT meta (3.7; the client's ``future.info``): ``ran`` from the task
-# process, ``worker``, ``attempts`` and ``tries`` from the broker.
+# process, ``worker``, ``host``, ``attempts`` and ``tries`` from the broker.
 MAX_TRIES = 32  # earlier attempts' reasons kept per task: the last ones
 MAX_TRY_TEXT = 300  # characters of each
 
@@ -321,30 +321,19 @@ def note_attempts(meta: dict[str, Any], worker: str | None, host: str | None, at
 
 def read_record(meta: dict[str, Any]) -> dict[str, Any]:
     """A task's record from a RESULT meta, each field None (``tries`` empty) where it is missing or
-    malformed: started, finished, pid, peak, worker, host, attempts, tries."""
-    started = finished = pid = peak = None
+    malformed: started, finished (wall-clock seconds), pid, peak, worker, host, attempts, tries."""
+    record: dict[str, Any] = dict.fromkeys(("started", "finished", "pid", "peak"))
     ran = meta.get("ran")
     fields = ran.split(" ", 4) if isinstance(ran, str) else ()
     if len(fields) in (3, 4) and all(f.isascii() and f.isdigit() and len(f) <= 20 for f in fields):
-        start, took, pid = (int(f) for f in fields[:3])
-        started, finished = start / 1e6, (start + took) / 1e6
-        peak = int(fields[3]) if len(fields) == 4 else None
-    worker, host = meta.get("worker"), meta.get("host")
-    attempts, tries = meta.get("attempts"), meta.get("tries")
-    return {
-        "started": _wall_time(started),
-        "finished": _wall_time(finished),
-        "pid": pid if type(pid) is int and pid > 0 else None,
-        "peak": peak if type(peak) is int and peak > 0 else None,
-        "worker": worker if isinstance(worker, str) else None,
-        "host": host if isinstance(host, str) else None,
-        "attempts": attempts if type(attempts) is int and attempts >= 0 else None,
-        "tries": tuple(t for t in tries if isinstance(t, str)) if isinstance(tries, list) else (),
-    }
-
-
-def _wall_time(value: Any) -> float | None:
-    """A wall-clock time from a peer, or None if it is not one."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e12:
-        return None
-    return float(value)
+        start, took, pid, *peak = (int(f) for f in fields)
+        record.update(started=start / 1e6, finished=(start + took) / 1e6, pid=pid or None,
+                      peak=peak[0] or None if peak else None)
+    worker, host, attempts, tries = (meta.get(key) for key in ("worker", "host", "attempts", "tries"))
+    record.update(
+        worker=worker if isinstance(worker, str) else None,
+        host=host if isinstance(host, str) else None,
+        attempts=attempts if type(attempts) is int and attempts >= 0 else None,
+        tries=tuple(t for t in tries if isinstance(t, str)) if isinstance(tries, list) else (),
+    )
+    return record
