@@ -109,7 +109,9 @@ def test_a_lost_workers_tasks_run_elsewhere_and_a_late_result_is_dropped():
     from_worker(broker, b"w1", Kind.RESULT, {"results": [result]}, [b"late"])  # not its task any more
     from_worker(broker, b"w2", Kind.RESULT, {"results": [result]}, [b"right"])
     broker.flush()
-    assert client.results() == {7: (Status.OK, {}, [b"right"])}
+    # The broker's part of its record: where it ran last, its attempts, why the first one ended.
+    record = {"worker": "w2", "host": "?", "attempts": 2, "tries": ["worker w1 left"]}
+    assert client.results() == {7: (Status.OK, record, [b"right"])}
     assert not broker.tasks and not broker.queue
 
 
@@ -191,7 +193,7 @@ def test_a_held_task_is_the_workers_to_cancel_and_one_it_began_still_gives_its_r
     w.send(Kind.RESULT, {"results": [protocol.result_entry(gid, Status.OK, 1, {})]}, [b"done"])
     broker.flush()
     assert verdicts(client) == ([], [7])
-    assert client.results() == {7: (Status.OK, {}, [b"done"])}
+    assert client.results() == {7: (Status.OK, {"worker": "w1", "host": "?", "attempts": 1}, [b"done"])}
 
 
 def test_a_held_task_the_worker_drops_is_cancelled_and_never_runs_elsewhere():

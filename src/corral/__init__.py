@@ -36,6 +36,10 @@ def __getattr__(name: str):
         from .client import executor as client
 
         return getattr(client, name)
+    if name == "TaskInfo":
+        from .client.info import TaskInfo
+
+        return TaskInfo
     if name in errors._LAZY:
         return getattr(errors, name)
     raise AttributeError(f"module 'corral' has no attribute {name!r}")
@@ -59,6 +63,7 @@ __all__ = [
     "ProtocolError",
     "SecurityWarning",
     "SerializationError",
+    "TaskInfo",
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",

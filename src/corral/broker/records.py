@@ -36,6 +36,9 @@ class Task:
     # Its priority, what it asks of a worker, its rank when handed back, why it is unschedulable
     # (demand.Place); None for a task of priority 0 that asks nothing (one slot: a queued task stays small).
     place: Any = None
+    # Once an attempt has ended (taskrecord.py): (the worker it ran on, why each earlier begun attempt
+    # ended, or None); one field, for the memory of a million queued tasks.
+    attempted: tuple | None = None
 
     @property
     def reason(self) -> str | None:

@@ -18,6 +18,7 @@ from ..errors import ProtocolError
 from ..tuning import INTERNED, SMALL_FRAME
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
+from . import taskrecord
 from .demand import of_options, release
 from .records import ClientState, Outbox, Task, WorkerState
 
@@ -71,6 +72,7 @@ class TaskTable:
 
     def settle(self, w: WorkerState, task: Task, status: Status, payload: list, meta: dict) -> None:
         """A task's outcome from its worker: retried if its process died (within ``retries``), else final."""
+        taskrecord.ended_on(task, w)
         error = meta.get("error") if status == Status.FAILED else None
         retry = error == protocol.ERR_WORKER_LOST or (
             error == protocol.ERR_TIMEOUT and task.options.get("retry_on_timeout")
@@ -90,6 +92,7 @@ class TaskTable:
         """A task's one and only outcome: forward it to its client and forget the task; then
         the tasks waiting for it run or fail (``dependencies.py``)."""
         self.drop(task)
+        taskrecord.stamp(task, meta)
         box = self.outbox(task.client)
         box.result(task.cid, status, payload, meta)
         if task.cancelling:  # its cancel came too late; the verdict follows the result
@@ -119,6 +122,8 @@ class TaskTable:
             return
         started = task.started
         task.worker, task.started = None, False
+        if started:
+            taskrecord.ended_on(task, w)
         if task.killed:
             self.fail(task, protocol.ERR_KILLED, f"the task was killed: {why}")
         elif task.cancelling and not started:  # it never ran: the cancel succeeds
@@ -134,6 +139,7 @@ class TaskTable:
         """Queue a task again at the front if it has attempts left, else fail it saying why."""
         retries = task.options.get("retries", self.clients[task.client].retries if task.client in self.clients else 0)
         if task.attempts <= retries:
+            taskrecord.retried(task, why)
             self.queue.appendleft(task.gid)
             return
         plural = "s" if task.attempts != 1 else ""

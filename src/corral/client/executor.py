@@ -261,7 +261,7 @@ class Executor(_StdExecutor):
                 if collector.pending or collector.failed or collector.foreign or after:
                     options, waits = _with_dependencies(options, collector, after, self._io)
             except (SerializationError, DependencyError) as exc:
-                fut: Future = Future()  # only this future fails; the executor stays usable
+                fut = CorralFuture(self._io, 0)  # only this future fails; the executor stays usable
                 fut.set_exception(exc)
                 return fut
             store = self._io.store

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from .. import dependencies
 from ..config import check_seconds
+from .info import TaskInfo, task_info
 
 
 class Loop(Protocol):
@@ -122,6 +123,9 @@ class CorralFuture(Future):
     _waiters = _MadeOnAppend()
     _done_callbacks = _MadeOnAppend()
     _waits: Any = None  # a task that waits for others: what it waits for (client/dependents.py)
+    # Its record (``info``): what the I/O loop learns; set on the instance only when learned.
+    _meta: dict | None = None  # its RESULT's meta
+    _heard_started: float | None = None  # when the client heard that it began (STARTED)
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
@@ -133,6 +137,13 @@ class CorralFuture(Future):
         self._io = io
         self._cid = cid
         self._kill_requested = False
+        self._submitted = time.time()
+
+    @property
+    def info(self) -> TaskInfo:
+        """A snapshot of the task's record: its state, times, where it ran, its attempts and
+        peak memory (``corral.TaskInfo``; docs/tasks.md)."""
+        return task_info(self)
 
     def result(self, timeout: float | None = None) -> Any:
         """As ``Future.result``, running the executor's loop while waiting (``leading.py``)."""
@@ -180,6 +191,12 @@ class CorralFuture(Future):
         self._io.request_kill(self._cid, self._io.kill_grace if grace is None else grace)
         cancel_now(self)  # a task still pending here ends now; a running one when its process is gone
         return True
+
+    @property
+    def _waiting(self) -> bool:
+        """Is its task held back until the tasks it depends on have succeeded (``dependents.py``)?"""
+        waits = self._waits
+        return waits is not None and any(not dep.done() for dep in (*waits.data, *waits.after))
 
     def __reduce_ex__(self, protocol: int) -> tuple:
         """As a task's argument, a placeholder for its result (``dependencies.py``); else an error."""

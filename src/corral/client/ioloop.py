@@ -332,9 +332,11 @@ class IOLoop(Standing):
                     else:
                         self.resolve(entry, payload)
             elif kind == Kind.STARTED:
+                now = time.time()
                 for cid in body.get("ids", ()):
                     fut = self.futures.get(cid)
                     if fut is not None:
+                        fut._heard_started = now
                         mark_started(fut)
             elif kind == Kind.CANCELLED:
                 for cid in body.get("ids", ()):
@@ -370,6 +372,7 @@ class IOLoop(Standing):
         fut = self.futures.pop(cid, None)
         if fut is None or fut.cancelled():
             return
+        fut._meta = meta  # its record (info.py), before callbacks may read it
         if fut._kill_requested or (status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED):
             fut._set_killed()  # after kill(), whatever finished first, the future ends cancelled
             return

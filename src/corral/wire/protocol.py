@@ -324,3 +324,50 @@ def placement(resources: tuple | None, queues: tuple | None, group: str | None =
 def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any] | None = None) -> list:
     """An entry of RESULT."""
     return [task_id, int(status), nframes, meta or {}]
+
+
+# A task's record in its RESULT meta (3.7; the client's ``future.info``): ``ran`` from the task
+# process, ``worker``, ``host``, ``attempts`` and ``tries`` from the broker.
+MAX_TRIES = 32  # earlier attempts' reasons kept per task: the last ones
+MAX_TRY_TEXT = 300  # characters of each
+
+
+def note_ran(meta: dict[str, Any], started_ns: int, finished_ns: int, pid: int, peak: int | None) -> None:
+    """The task process's part of a task's record: ``"START RUN PID [PEAK]"``, integers: when it
+    began (microseconds since the epoch), how long it ran (microseconds), in which process, and
+    its peak memory (bytes) if known.  One string: the broker passes it on without parsing it."""
+    ran = f"{started_ns // 1000} {(finished_ns - started_ns) // 1000} {pid}"
+    meta["ran"] = ran if peak is None else f"{ran} {peak}"
+
+
+def note_attempts(meta: dict[str, Any], worker: str | None, host: str | None, attempts: int,
+                  tries: list | None) -> None:
+    """The broker's part: the worker (name and host) the last attempt ran on, the attempts, and why
+    the earlier ones ended; what a worker said of these is replaced.  Strings and an int, no list
+    unless there were earlier attempts: a client keeps the meta of every finished future, and the
+    garbage collector does not watch a dict of such values."""
+    meta["worker"], meta["host"], meta["attempts"] = worker, host, attempts
+    if tries:
+        meta["tries"] = tries
+    else:
+        meta.pop("tries", None)
+
+
+def read_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """A task's record from a RESULT meta, each field None (``tries`` empty) where it is missing or
+    malformed: started, finished (wall-clock seconds), pid, peak, worker, host, attempts, tries."""
+    record: dict[str, Any] = dict.fromkeys(("started", "finished", "pid", "peak"))
+    ran = meta.get("ran")
+    fields = ran.split(" ", 4) if isinstance(ran, str) else ()
+    if len(fields) in (3, 4) and all(f.isascii() and f.isdigit() and len(f) <= 20 for f in fields):
+        start, took, pid, *peak = (int(f) for f in fields)
+        record.update(started=start / 1e6, finished=(start + took) / 1e6, pid=pid or None,
+                      peak=peak[0] or None if peak else None)
+    worker, host, attempts, tries = (meta.get(key) for key in ("worker", "host", "attempts", "tries"))
+    record.update(
+        worker=worker if isinstance(worker, str) else None,
+        host=host if isinstance(host, str) else None,
+        attempts=attempts if type(attempts) is int and attempts >= 0 else None,
+        tries=tuple(t for t in tries if isinstance(t, str)) if isinstance(tries, list) else (),
+    )
+    return record

@@ -60,7 +60,7 @@ from ..wire.lane import Lane
 from ..wire.poller import Spin
 from ..wire.stream import size_buffers
 from . import containment
-from .execution import execute
+from .tasknotes import TaskNotes
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
 _LENGTHS = struct.Struct("!QI")
@@ -350,20 +350,21 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
             conn.send((BROKEN, broken))
             return 3
         conn.send((READY,))
+    notes = TaskNotes(once)
     if lane is not None:
-        return _serve_lane(*lane, shm_dir or None)
+        return _serve_lane(*lane, shm_dir or None, notes)
     while True:
         try:
-            answer(conn, shm_dir or None, unpin)
+            answer(conn, shm_dir or None, notes, unpin)
         except (EOFError, OSError):
             return 0  # the supervisor closed our socket: time to go
         if once:
             return 0  # the caller leaves with os._exit (run_child, main)
 
 
-def answer(conn: Channel, shm_dir: str | None, unpin: Callable[[], None] | None = None) -> None:
-    """Read one TASK message, run its tasks in order and answer each as it ends (DONE);
-    ``unpin`` first, if given (``serve``).
+def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable[[], None] | None = None) -> None:
+    """Read one TASK message, run its tasks in order (``notes``) and answer each as it ends
+    (DONE); ``unpin`` first, if given (``serve``).
 
     EOFError or OSError when the supervisor has closed the socket.
     """
@@ -372,7 +373,7 @@ def answer(conn: Channel, shm_dir: str | None, unpin: Callable[[], None] | None 
         unpin()
     pos = 0
     for gid, count, offloaded, seed, dep_frames in header[1]:
-        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames)
+        status, out, meta = notes.run(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames)
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -419,7 +420,8 @@ class LanePage:
 
 
 
-def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None) -> int:
+def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None,
+                notes: TaskNotes) -> int:
     """Take tasks from the lane and answer them there as they end, until the broker is gone."""
     link = Lane(socket.socket(fileno=fd), blocking=True)
     task_time = 1.0  # moving average; nothing waits until tasks prove short
@@ -446,10 +448,10 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
             page.begin(gid)
             began = time.perf_counter()
             if isinstance(options, dict):
-                status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
-                                            options.get("dep_frames"))
+                status, out, meta = notes.run(task_frames, shm_dir, options.get("shm"), options.get("seed"),
+                                              options.get("dep_frames"))
             else:
-                status, out, meta = execute(task_frames, shm_dir)
+                status, out, meta = notes.run(task_frames, shm_dir)
             ended = time.perf_counter()
             flush_stdio()  # what the task printed is out before its future completes
             entries.append(protocol.result_entry(gid, status, len(out), meta))

@@ -1,0 +1,95 @@
+"""What a task process notes about each task it runs, for the task's record (``future.info``).
+
+Only the task process knows when a task really began and ended, which process ran
+it, and how much memory that process needed meanwhile; these go back in the
+task's RESULT meta as ``ran`` (``protocol.note_ran``).
+
+The notes must cost next to nothing, or short tasks would pay for them: two
+clock reads and one short string per task.  The peak memory costs ~2 us more
+(reading ``/proc/self/status`` would cost 20 us), so a persistent task process
+measures it only for tasks that ran ``PEAK_MEMORY_TASK`` (1 ms) or longer: it
+reads the process's high-water mark of resident memory with ``getrusage``, then
+writes ``5`` to ``/proc/self/clear_refs``, which resets that mark to what the
+process holds now, ready for the next task.  The mark a measured task reads is
+therefore the peak since the last measured task ended: shorter tasks in between
+count too.  A fresh task process runs one task: its mark since the fork is the
+task's, always read.  Where ``clear_refs`` cannot be written (not Linux, or not
+allowed), a persistent process's peak is known only when the mark rose since
+the last reading.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from ..tuning import PEAK_MEMORY_TASK
+from ..wire import protocol
+from .execution import Outcome, execute
+
+try:
+    import resource
+except ImportError:  # not a POSIX system
+    resource = None  # type: ignore[assignment]
+
+# ru_maxrss is in kilobytes on Linux, in bytes on macOS.
+_RSS_UNIT = 1 if sys.platform == "darwin" else 1024
+_MEASURE_NS = int(PEAK_MEMORY_TASK * 1e9)
+
+
+def _high_water() -> int:
+    """The process's high-water mark of resident memory, in bytes (0 where unknown)."""
+    if resource is None:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
+
+
+class TaskNotes:
+    """Runs tasks in this task process, noting when, where and how much memory (``ran``).
+
+    Made in the task process itself, after the fork (``/proc/self`` is the
+    process that opens it).  ``once``: a fresh task process, which runs one task.
+    """
+
+    def __init__(self, once: bool):
+        self.pid = os.getpid()
+        self.once = once
+        self.clear_fd: int | None = None
+        self.last = 0  # the mark last read, where it cannot be reset
+        if not once:
+            try:
+                self.clear_fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                pass  # not Linux, or not allowed
+            self.reset()  # what the process needed to start is no task's
+
+    def run(self, frames: list, shm_dir: str | None, offloaded: list | None = None, seed: list | None = None,
+            dep_frames: list | None = None) -> Outcome:
+        """``execution.execute`` the task, with its ``ran`` in the outcome's meta."""
+        started = time.time_ns()
+        status, out, meta = execute(frames, shm_dir, offloaded, seed, dep_frames)
+        finished = time.time_ns()
+        peak = self.peak() if self.once or finished - started >= _MEASURE_NS else None
+        protocol.note_ran(meta, started, finished, self.pid, peak)
+        return status, out, meta
+
+    def peak(self) -> int | None:
+        """The peak resident bytes since the mark was last reset (None where unknown); reset it."""
+        mark = _high_water()
+        if self.once or self.reset():
+            return mark or None
+        rose, self.last = mark > self.last, mark
+        return mark if rose else None
+
+    def reset(self) -> bool:
+        """Reset the high-water mark to what the process holds now; False where it cannot be."""
+        if self.clear_fd is None:
+            return False
+        try:
+            os.write(self.clear_fd, b"5")
+            return True
+        except OSError:
+            os.close(self.clear_fd)
+            self.clear_fd = None
+            return False
