@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # argparse is imported by the command line only: an Executor 
 HEARTBEAT = 1.0  # seconds between heartbeats (the broker's; clients and workers adopt it)
 LIVENESS = 3  # heartbeats a peer may miss before it counts as lost
 RETRIES = 2  # how often a task whose process died runs again
+CACHE_SIZE = 1 << 30  # bytes of large objects a worker keeps (refs.py), unless --cache-size says otherwise
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
 TERM_GRACE = 10.0  # seconds a standalone worker's running task gets to finish after SIGTERM (corral worker)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
@@ -202,8 +203,10 @@ class WorkerConfig:
     ends_at: float | None = None
     broker_timeout: float | None = None
     term_grace: float = TERM_GRACE
+    cache_size: int = CACHE_SIZE  # bytes of large objects it keeps (worker/objects.py)
 
     def __post_init__(self) -> None:
+        parse_size(self.cache_size)
         if self.prefetch is not None:
             check_count("prefetch", self.prefetch, 0)
         if self.max_tasks is not None:
@@ -261,6 +264,8 @@ class WorkerConfig:
             args += ["--ends-at", repr(self.ends_at)]
         if self.broker_timeout is not None:
             args += ["--broker-timeout", repr(self.broker_timeout)]
+        if self.cache_size != CACHE_SIZE:
+            args += ["--cache-size", str(self.cache_size)]
         return args
 
     @staticmethod
@@ -285,6 +290,7 @@ class WorkerConfig:
                             help="the hard end of its life, in seconds since the epoch")
         parser.add_argument("--broker-timeout", type=seconds(), default=None,
                             help="leave after this long without a word from the broker")
+        parser.add_argument("--cache-size", type=size, default=CACHE_SIZE, help="bytes of large objects kept")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
@@ -293,7 +299,7 @@ class WorkerConfig:
                    idle_timeout=args.idle_timeout, max_memory=args.max_memory, spawn=args.spawn,
                    reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure,
                    standalone=args.standalone, tasks_max=args.tasks_max, ends_at=args.ends_at,
-                   broker_timeout=args.broker_timeout, term_grace=args.term_grace)
+                   broker_timeout=args.broker_timeout, term_grace=args.term_grace, cache_size=args.cache_size)
 
 
 def usable_cpus() -> int:

@@ -9,12 +9,15 @@ COLUMNS = (("worker", "worker"), ("host", "host"), ("pid", "pid"), ("tasks", "ta
 class Summary(list):
     """A list of dicts, one per worker, whose ``str`` is a table."""
 
-    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None, waiting: int = 0):
+    def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None, waiting: int = 0,
+                 objects: dict | None = None):
         super().__init__(workers)
         self.queued = queued
         self.running = running
         self.waiting = waiting  # tasks waiting for their dependencies (docs/tasks.md)
         self.launches = launches  # an executor with a launcher: what its fleet did (scaling/fleet.py)
+        # Large objects at the broker (broker/objects.py): "stored", their "bytes", and "sent_bytes" to workers.
+        self.objects = objects or {"stored": 0, "bytes": 0, "sent_bytes": 0}
 
     def __str__(self) -> str:
         rows = [[h for _, h in COLUMNS]]

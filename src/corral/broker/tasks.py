@@ -173,6 +173,8 @@ class TaskTable:
         self.next_gid += 1
         task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
         c.tasks[cid] = gid
+        if "refs" in options and not self.use_objects(c, task):
+            return  # an object it needs is not held for its client (objects.py)
         if ("deps" in options or "after" in options) and not self.wait_for(c, task):
             return  # it waits for other tasks (dependencies.py), or failed already
         self.queue.append(gid)
@@ -258,6 +260,8 @@ class TaskTable:
         self.forget(task)
         if task.deps is not None:
             self.release(task)
+        if "refs" in task.options:
+            self.unuse_objects(task)
         if task.waiting:  # it ends before what it waited for (dependencies.py)
             task.waiting = 0
             self.waiting_tasks -= 1
@@ -287,6 +291,7 @@ class TaskTable:
         for gid in list(c.tasks.values()):
             if gid in self.tasks:
                 self.drop(self.tasks[gid])
+        self.objects_client_gone(c)
         self.clients.pop(c.ident, None)
         self.outboxes.pop(c.ident, None)
         self.sessions.pop(c.session, None)

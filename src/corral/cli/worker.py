@@ -101,7 +101,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           idle_timeout=args.idle_timeout, max_memory=args.max_memory, reconnect=True,
                           log_level=level(args), keys=args.keys, insecure=args.insecure, standalone=True,
                           tasks_max=args.tasks_max, ends_at=launched.hard_end(args.wall_time),
-                          broker_timeout=args.broker_timeout, term_grace=args.term_grace)
+                          broker_timeout=args.broker_timeout, term_grace=args.term_grace,
+                          cache_size=args.cache_size)
     # Ours alone (0700): the bootstrap file of a launched worker, and the notes of processes that left.
     private = tempfile.mkdtemp(prefix="corral-")
     try:

@@ -146,6 +146,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "fresh": self.fresh,
+            "cache": self.config.cache_size,  # bytes of large objects we keep (objects.py)
             **self.hello_extra(),
             **self.lifetime_hello(),
             **(resume or {}),

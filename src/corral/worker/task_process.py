@@ -60,7 +60,7 @@ from ..wire.lane import Lane
 from ..wire.poller import Spin
 from ..wire.stream import size_buffers
 from . import containment
-from .execution import execute
+from .execution import execute, object_options
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
 _LENGTHS = struct.Struct("!QI")
@@ -185,6 +185,7 @@ class TaskProcess:
         self.tasks = 0  # tasks it has finished
         self.returncode: int | None = None
         self.pidfd = _pidfd(pid)  # readable once the process has ended
+        self.objects: set = set()  # keys of the large objects it keeps (worker/objects.py)
 
     def fileno(self) -> int:
         """Its socket's descriptor (the task process's end is watched through it)."""
@@ -371,8 +372,9 @@ def answer(conn: Channel, shm_dir: str | None, unpin: Callable[[], None] | None 
     if unpin is not None:
         unpin()
     pos = 0
-    for gid, count, offloaded, seed, dep_frames in header[1]:
-        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames)
+    for gid, count, offloaded, seed, dep_frames, *objects in header[1]:
+        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
+                                    objects[0] if objects else None)
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -447,7 +449,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
             began = time.perf_counter()
             if isinstance(options, dict):
                 status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
-                                            options.get("dep_frames"))
+                                            options.get("dep_frames"), object_options(options))
             else:
                 status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()
