@@ -209,7 +209,7 @@ def valid_seed(value: Any) -> bool:
 
 
 def valid_key(value: Any) -> bool:
-    """Is ``value`` an object's key: 64 lowercase hex digits (a 32-byte BLAKE2b digest, 3.10)?"""
+    """Is ``value`` an object's key: 64 lowercase hex digits (a SHA-256 digest, 3.10)?"""
     return type(value) is str and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 

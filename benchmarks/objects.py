@@ -1,0 +1,137 @@
+"""Large objects sent once: bytes on the wire, corral's ``put`` beside dask's ``scatter``, in one run.
+
+    python benchmarks/objects.py [--mib 100] [--tasks 1000] [--auto 10] [--no-dask]
+
+One numpy array of ``--mib`` MiB is used by ``--tasks`` tasks on two remote workers:
+
+- corral: a standalone ``corral broker`` over CurveZMQ on loopback, and ``corral worker
+  --processes 2`` (two workers); ``ex.put(arr)``, then the tasks take the Ref.  Also
+  ``--auto`` tasks that take the array itself (content addressing: hashed at each submit);
+- dask: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``,
+  ``client.scatter(arr, broadcast=True)``, then ``client.map`` over the future.
+
+Each reports the bytes sent on the loopback interface (psutil's counters for ``lo``: every
+byte any process sent there, so run it on a quiet machine) from before the object is stored
+to the last result, the time that took, and, for corral, the broker's own count of the
+object bytes it sent to workers.  Ray is not installed here; it would be ``ray.put``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+
+import corral
+
+MiB = 1 << 20
+
+
+def pick(a, i: int) -> float:
+    return float(a[i % a.size])
+
+
+def lo_sent() -> int:
+    return psutil.net_io_counters(pernic=True)["lo"].bytes_sent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_corral(home: str) -> tuple[list, str]:
+    """A broker over CurveZMQ and ``corral worker --processes 2``; the processes and the connection file."""
+    env = {**os.environ, "CORRAL_HOME": home, "PYTHONPATH": os.pathsep.join(
+        filter(None, [os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH")]))}
+    broker = subprocess.Popen([sys.executable, "-m", "corral", "broker", "--listen",
+                               f"tcp://127.0.0.1:{free_port()}"], stderr=subprocess.PIPE, text=True, env=env)
+    connection = None
+    while connection is None:
+        line = broker.stderr.readline()
+        if not line:
+            raise RuntimeError("the broker did not start")
+        if "connection file " in line:
+            connection = line.split("connection file ", 1)[1].split(" (")[0].strip()
+    worker = subprocess.Popen([sys.executable, "-m", "corral", "worker", connection, "--processes", "2"],
+                              stderr=subprocess.DEVNULL, env=env)
+    return [worker, broker], connection
+
+
+def run_corral(arr: np.ndarray, tasks: int, auto: int) -> dict:
+    import tempfile
+
+    home = tempfile.mkdtemp(prefix="corral-bench-")
+    procs, connection = start_corral(home)
+    try:
+        with corral.Executor(address=connection) as ex:
+            ex.submit(pick, np.zeros(4), 0).result(60)  # both connected, the function imported
+            while len(ex.summary()) < 2:
+                time.sleep(0.1)
+            before, began = lo_sent(), time.perf_counter()
+            ref = ex.put(arr)
+            results = [f.result(600) for f in [ex.submit(pick, ref, i) for i in range(tasks)]]
+            took, wire = time.perf_counter() - began, lo_sent() - before
+            sent = ex.summary().objects["sent_bytes"]
+            assert results == [float(arr[i % arr.size]) for i in range(tasks)]
+            out = {"put_wire_mib": wire / MiB, "put_s": took, "put_broker_sent_mib": sent / MiB}
+            del ref
+            if auto:
+                before, began = lo_sent(), time.perf_counter()
+                results = [f.result(600) for f in [ex.submit(pick, arr, i) for i in range(auto)]]
+                out.update(auto_wire_mib=(lo_sent() - before) / MiB, auto_s=time.perf_counter() - began,
+                           auto_broker_sent_mib=(ex.summary().objects["sent_bytes"] - sent) / MiB)
+        return out
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_dask(arr: np.ndarray, tasks: int) -> dict:
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.submit(pick, np.zeros(4), 0).result()
+        before, began = lo_sent(), time.perf_counter()
+        fut = client.scatter(arr, broadcast=True)
+        results = client.gather(client.map(pick, [fut] * tasks, range(tasks)))
+        took, wire = time.perf_counter() - began, lo_sent() - before
+        assert results == [float(arr[i % arr.size]) for i in range(tasks)]
+        return {"wire_mib": wire / MiB, "s": took}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=100)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--auto", type=int, default=10, help="tasks that take the array itself (0: none)")
+    parser.add_argument("--no-dask", action="store_true")
+    args = parser.parse_args()
+    arr = np.random.default_rng(0).random(args.mib * MiB // 8)
+    report = {"mib": args.mib, "tasks": args.tasks, "corral": run_corral(arr, args.tasks, args.auto)}
+    if not args.no_dask:
+        report["dask"] = run_dask(arr, args.tasks)
+    report["naive_mib"] = args.mib * args.tasks  # the array sent with every task
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
