@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -30,6 +31,15 @@ def writable(a):
 
 def bump(a):
     a += 1  # each task's own copy on write: the next task sees the original
+    return float(a.sum())
+
+
+def kill_supervisor_once(a, marker):
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os.kill(os.getppid(), 9)  # the worker's supervisor: its cache goes with it
+        time.sleep(30)
     return float(a.sum())
 
 
@@ -111,6 +121,16 @@ def test_a_worker_killed_with_refs_in_use(make_executor, tmp_path):
     marker = str(tmp_path / "died")
     assert ex.submit(die_once, ref, marker).result(30) == 300_000.0  # retried; the new process gets it again
     assert ex.submit(total, ref).result(30) == 300_000.0
+
+
+def test_a_restarted_worker_gets_its_objects_again(remote, make_executor, tmp_path):
+    ex = make_executor(address=remote("--processes", "1"))
+    ref = ex.put(np.ones(300_000))
+    assert ex.submit(total, ref).result(30) == 300_000.0
+    marker = str(tmp_path / "died")
+    assert ex.submit(kill_supervisor_once, ref, marker).result(60) == 300_000.0  # on the worker that replaced it
+    assert os.path.exists(marker)
+    assert ex.summary().objects["sent_bytes"] >= 2 * ref.nbytes
 
 
 def test_a_ref_of_another_executor_is_refused(make_executor):
