@@ -90,6 +90,7 @@ def run_corral(arr: np.ndarray, tasks: int, auto: int) -> dict:
                 results = [f.result(600) for f in [ex.submit(pick, arr, i) for i in range(auto)]]
                 out.update(auto_wire_mib=(lo_sent() - before) / MiB, auto_s=time.perf_counter() - began,
                            auto_broker_sent_mib=(ex.summary().objects["sent_bytes"] - sent) / MiB)
+            out["workers_lost"] = sum(1 for w in ex.summary() if not w["alive"])  # went silent: sent again
         return out
     finally:
         for proc in procs:

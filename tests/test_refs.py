@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import corral
+from corral.client.objects import LINGER_OBJECTS
 from helpers import free_port, start_broker, start_worker, stop, wait_for
 
 MiB = 1 << 20
@@ -90,7 +91,10 @@ def test_large_arguments_are_sent_once(remote, make_executor):
     assert (arr == 1).all()
     sent = ex.summary().objects["sent_bytes"]
     assert arr.nbytes <= sent <= 2 * arr.nbytes + 1000  # once per worker at most, not 40 times
-    wait_for(lambda: ex.summary().objects["stored"] == 0, what="the broker dropping the array")
+    assert ex.summary().objects["stored"] == 1  # kept a while, for the next task that takes it
+    others = [np.full(MiB // 8, float(i)) for i in range(LINGER_OBJECTS)]
+    assert [ex.submit(total, a).result(30) for a in others] == [float(a.sum()) for a in others]
+    wait_for(lambda: ex.summary().objects["stored"] == LINGER_OBJECTS, what="the broker dropping the first")
 
 
 def test_cache_bound_evicts_and_sends_again(remote, make_executor):

@@ -15,7 +15,8 @@ While a task is pickled, each ``Ref`` in it (an argument, or a closure's variabl
 becomes a placeholder (``Collector``), and each out-of-band buffer of its arguments
 of ``AUTO_OBJECT_BYTES`` or more becomes an object of its own (a *blob*): its frame
 travels as an empty one, and the SUBMIT's ``blobs`` says which object stands there.
-The same array given to a thousand tasks then reaches each worker once.  Not with
+The same array given to a thousand tasks then reaches each worker once; the last few
+stay a while after their tasks (``LINGER_OBJECTS``), for the next task that takes them.  Not with
 an embedded broker's shared memory (``wire/shm.py``), where a large argument is
 written to a file per task, which its task process maps: hashing a buffer (about
 0.5 GB/s) costs more than the one copy that writing it takes (several GB/s), and
@@ -31,6 +32,7 @@ import hashlib
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 from .. import refs, serialization
@@ -40,6 +42,10 @@ from ..wire import protocol, shm
 from ..wire.protocol import Kind
 
 AUTO_OBJECT_BYTES = 1 << 20  # an argument's buffer this large is sent once per worker, by its content
+# The large arguments used last stay at the broker after their tasks are done, so that one task
+# at a time with the same array does not send it again each time: this many, this many bytes.
+LINGER_OBJECTS = 4
+LINGER_BYTES = 1 << 30
 
 
 class Handle:
@@ -88,6 +94,8 @@ class Objects:
         self.store = store
         self.lock = threading.RLock()  # a handle's end (a weakref callback) may come in any thread, at any time
         self.live: dict[str, weakref.ref] = {}
+        self.recent: OrderedDict[str, tuple[Handle, int]] = OrderedDict()  # large arguments used last
+        self.recent_bytes = 0
 
     def put(self, obj: Any) -> Ref:
         """``Executor.put``: pickle ``obj`` once, send it once; its Ref."""
@@ -108,6 +116,7 @@ class Objects:
             if view.nbytes >= AUTO_OBJECT_BYTES:
                 key = digest(b"b", [view])
                 handles[key] = self.handle(key, [view], 0)
+                self.linger(handles[key], view.nbytes)
                 frames[i] = b""
                 blobs.append([i, key])
         if not handles:
@@ -133,6 +142,17 @@ class Objects:
             meta = {"shm": offloaded} if offloaded else {}
             self.loop.post_object(Kind.PUT, {"objects": [[key, len(kept), meta]]}, kept)
         return handle
+
+    def linger(self, handle: Handle, nbytes: int) -> None:
+        """Keep ``handle`` among the large arguments used last (the oldest let go past the bounds)."""
+        with self.lock:
+            old = self.recent.pop(handle.key, None)
+            if old is not None:
+                self.recent_bytes -= old[1]
+            self.recent[handle.key] = (handle, nbytes)
+            self.recent_bytes += nbytes
+            while len(self.recent) > LINGER_OBJECTS or (self.recent_bytes > LINGER_BYTES and len(self.recent) > 1):
+                self.recent_bytes -= self.recent.popitem(last=False)[1][1]
 
     def keep(self, key: str, frames: list, first: int) -> tuple[list, list]:
         """The frames to send, copied (the caller may change its buffers later), the large ones as files
