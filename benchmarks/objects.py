@@ -10,10 +10,11 @@ One numpy array of ``--mib`` MiB is used by ``--tasks`` tasks on two remote work
 - dask: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``,
   ``client.scatter(arr, broadcast=True)``, then ``client.map`` over the future.
 
-Each reports the bytes sent on the loopback interface (psutil's counters for ``lo``: every
-byte any process sent there, so run it on a quiet machine) from before the object is stored
-to the last result, the time that took, and, for corral, the broker's own count of the
-object bytes it sent to workers.  Ray is not installed here; it would be ``ray.put``.
+Each reports, from before the object is stored to the last result: the bytes sent on the
+loopback interface (psutil's counters for ``lo``: every process's, so only a quiet machine
+gives the benchmark's own; run it a few times and take the smallest), the time that took,
+and, for corral, the broker's own count of the object bytes it sent to workers.  Ray is not
+installed here; it would be ``ray.put``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def pick(a, i: int) -> float:
 
 def lo_sent() -> int:
     return psutil.net_io_counters(pernic=True)["lo"].bytes_sent
+
+
+class Count:
+    """What a stretch of the benchmark sent on loopback, in MiB; how long it took."""
+
+    def __enter__(self) -> Count:
+        self.lo, self.began = lo_sent(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lo = (lo_sent() - self.lo) / MiB
+        self.took = time.perf_counter() - self.began
 
 
 def free_port() -> int:
@@ -77,18 +90,18 @@ def run_corral(arr: np.ndarray, tasks: int, auto: int) -> dict:
             ex.submit(pick, np.zeros(4), 0).result(60)  # both connected, the function imported
             while len(ex.summary()) < 2:
                 time.sleep(0.1)
-            before, began = lo_sent(), time.perf_counter()
-            ref = ex.put(arr)
-            results = [f.result(600) for f in [ex.submit(pick, ref, i) for i in range(tasks)]]
-            took, wire = time.perf_counter() - began, lo_sent() - before
+            with Count() as put:
+                ref = ex.put(arr)
+                results = [f.result(600) for f in [ex.submit(pick, ref, i) for i in range(tasks)]]
             sent = ex.summary().objects["sent_bytes"]
             assert results == [float(arr[i % arr.size]) for i in range(tasks)]
-            out = {"put_wire_mib": wire / MiB, "put_s": took, "put_broker_sent_mib": sent / MiB}
+            out = {"put_lo_mib": put.lo, "put_s": put.took,
+                   "put_broker_sent_mib": sent / MiB}
             del ref
             if auto:
-                before, began = lo_sent(), time.perf_counter()
-                results = [f.result(600) for f in [ex.submit(pick, arr, i) for i in range(auto)]]
-                out.update(auto_wire_mib=(lo_sent() - before) / MiB, auto_s=time.perf_counter() - began,
+                with Count() as passed:
+                    results = [f.result(600) for f in [ex.submit(pick, arr, i) for i in range(auto)]]
+                out.update(auto_lo_mib=passed.lo, auto_s=passed.took,
                            auto_broker_sent_mib=(ex.summary().objects["sent_bytes"] - sent) / MiB)
             out["workers_lost"] = sum(1 for w in ex.summary() if not w["alive"])  # went silent: sent again
         return out
@@ -111,12 +124,11 @@ def run_dask(arr: np.ndarray, tasks: int) -> dict:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         client.submit(pick, np.zeros(4), 0).result()
-        before, began = lo_sent(), time.perf_counter()
-        fut = client.scatter(arr, broadcast=True)
-        results = client.gather(client.map(pick, [fut] * tasks, range(tasks)))
-        took, wire = time.perf_counter() - began, lo_sent() - before
+        with Count() as scattered:
+            fut = client.scatter(arr, broadcast=True)
+            results = client.gather(client.map(pick, [fut] * tasks, range(tasks)))
         assert results == [float(arr[i % arr.size]) for i in range(tasks)]
-        return {"wire_mib": wire / MiB, "s": took}
+        return {"lo_mib": scattered.lo, "s": scattered.took}
 
 
 def main() -> None:
