@@ -165,3 +165,38 @@ def test_the_broker_refuses_what_only_it_may_say():
                 {"refs": [key], "blobs": [[1, key]]}, {"refs": [key, key]}, {"blobs": [[2, key]]}):
         with pytest.raises(ProtocolError):
             check_refs(bad, 3)
+
+
+def test_the_broker_keeps_one_copy_and_fails_tasks_without_it():
+    from corral.broker.broker import Broker
+    from corral.wire.protocol import Kind, Status
+
+    broker = Broker(None)
+    try:
+        got: list = []
+        c = broker.attach(lambda kind, body, frames: got.append((kind, body)))
+        key = "cd" * 32
+        broker.from_client(c, Kind.SUBMIT, {"tasks": [[1, 2, {"refs": [key]}]]}, [b"f", b"a"])
+        broker.from_client(c, Kind.PUT, {"objects": [[key, 1, {}]]}, [b"x" * 100])
+        broker.from_client(c, Kind.PUT, {"objects": [[key, 1, {}]]}, [b"x" * 100])  # a second handle
+        assert broker.objects_status() == {"stored": 1, "bytes": 100, "sent_bytes": 0}
+        broker.from_client(c, Kind.SUBMIT, {"tasks": [[2, 2, {"refs": [key]}]]}, [b"f", b"a"])
+        broker.from_client(c, Kind.RELEASE, {"keys": [key, key]}, [])
+        assert broker.objects_status()["stored"] == 1  # task 2 still needs it
+        broker.cancel(c, [2])
+        assert broker.objects_status()["stored"] == 0
+        broker.flush()
+        (entry,) = [e for kind, body in got if kind == Kind.RESULT for e in body["results"]]
+        assert entry[0] == 1 and entry[1] == Status.FAILED and entry[3]["error"] == "object"
+    finally:
+        broker.close()
+
+
+def test_an_object_the_broker_lost_raises_object_error(make_executor):
+    ex = make_executor(1)
+    ref = ex.put(np.ones(10))
+    assert ex.submit(total, ref).result(30) == 10.0
+    ex._broker.objects.clear()  # as a broker that restarted: it holds nothing
+    with pytest.raises(corral.ObjectError, match="put"):
+        ex.submit(total, ref).result(30)
+    assert ex.submit(total, ex.put(np.ones(11))).result(30) == 11.0
