@@ -231,8 +231,8 @@ class Executor(_StdExecutor):
         task, the Ref (an argument, or anywhere inside one or in a closure) is the object,
         unpickled once per task process and shared by its tasks: its buffers (a numpy
         array's data) are read-only.  The broker drops it when the Refs are gone and no
-        task needs it.  Arguments' buffers of 1 MiB or more are sent once like this
-        without asking (docs/tasks.md, "Large objects sent once").
+        task needs it.  With a broker elsewhere, arguments' buffers of 1 MiB or more are
+        sent once like this without asking (docs/tasks.md, "Large objects sent once").
         """
         self._check_open()
         return self._objects.put(obj)
