@@ -1,7 +1,7 @@
 """Large objects sent once: ``corral.Ref``, what it pickles as, and the task process's objects.
 
 ``Executor.put(obj)`` pickles ``obj`` once and names the pickle by its content (a
-SHA-256 digest, its *key*); the broker keeps one copy per key, and each worker a
+SHA-256 digest, salted per executor: its *key*); the broker keeps one copy per key, and each worker a
 bounded cache of them (``broker/objects.py``, ``worker/objects.py``).  A ``Ref`` met
 while a task's function and arguments are pickled becomes a placeholder naming its
 key (``Ref.__reduce_ex__``; the client's ``Collector`` notes it, so that the task's
@@ -47,7 +47,7 @@ class Ref:
 
     @property
     def key(self) -> str:
-        """The object's key: the hex SHA-256 digest of its pickle."""
+        """The object's key: the hex SHA-256 digest of its pickle (and a secret of its executor)."""
         return self._handle.key
 
     def __repr__(self) -> str:

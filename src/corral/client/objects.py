@@ -1,9 +1,12 @@
 """The client's half of large objects: ``Executor.put``, and large arguments sent once.
 
-An object is named by the SHA-256 digest of its frames (its *key*), so the same
-content has the same key whoever sends it.  SHA-256, not BLAKE2b: with the SHA
-instructions of current x86 and ARM processors it hashes about twice as fast (a
-large argument is hashed at every submit).  This executor keeps one ``Handle`` per
+An object is named by the SHA-256 digest of its frames and of a secret of this
+executor (its *key*), so the same content has the same key in every task of the
+executor; the secret keeps another client of a shared broker from sending other
+content under a key of ours (it cannot know one), so no client's tasks ever get
+another's object.  SHA-256, not BLAKE2b: with the SHA instructions of current x86
+and ARM processors it hashes about twice as fast (a large argument is hashed at
+every submit).  This executor keeps one ``Handle`` per
 key while anything uses it: the ``Ref``s that ``put`` returned, and the futures of
 the tasks that need it (until they are done).  The first handle of a key sends a
 PUT with the object's frames; when the last user of a handle is gone (the garbage
@@ -58,9 +61,9 @@ class Handle:
         self.owner = owner
 
 
-def digest(kind: bytes, frames: list) -> str:
+def digest(secret: bytes, kind: bytes, frames: list) -> str:
     """The key of an object (``kind``: b"p" a pickle, b"b" a raw buffer) made of ``frames``."""
-    h = hashlib.sha256(kind)
+    h = hashlib.sha256(secret + kind)
     for frame in frames:
         view = memoryview(frame).cast("B")
         h.update(view.nbytes.to_bytes(8, "big"))
@@ -94,13 +97,14 @@ class Objects:
         self.store = store
         self.lock = threading.RLock()  # a handle's end (a weakref callback) may come in any thread, at any time
         self.live: dict[str, weakref.ref] = {}
+        self.secret = os.urandom(32)  # in every key (see the module docstring)
         self.recent: OrderedDict[str, tuple[Handle, int]] = OrderedDict()  # large arguments used last
         self.recent_bytes = 0
 
     def put(self, obj: Any) -> Ref:
         """``Executor.put``: pickle ``obj`` once, send it once; its Ref."""
         frames = serialization.dumps(obj, "the object given to put()")
-        key = digest(b"p", frames)
+        key = digest(self.secret, b"p", frames)
         return Ref(self.handle(key, frames, 1), sum(memoryview(f).nbytes for f in frames))
 
     def prepare(self, frames: list, options: dict | None, collector: Collector) -> tuple[list, dict | None, list]:
@@ -114,7 +118,7 @@ class Objects:
         for i in range(2 if self.store is None else len(frames), len(frames)):  # see the module docstring
             view = memoryview(frames[i])
             if view.nbytes >= AUTO_OBJECT_BYTES:
-                key = digest(b"b", [view])
+                key = digest(self.secret, b"b", [view])
                 handles[key] = self.handle(key, [view], 0)
                 self.linger(handles[key], view.nbytes)
                 frames[i] = b""
