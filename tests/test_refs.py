@@ -119,8 +119,9 @@ def test_released_when_the_refs_are_dropped(make_executor):
     assert not [n for n in os.listdir(ex._shm_dir)], "the objects' files are removed"
 
 
-def test_a_worker_killed_with_refs_in_use(make_executor, tmp_path):
-    ex = make_executor(1, max_tasks_per_child=10**9)
+@pytest.mark.parametrize("options", [{}, {"max_tasks_per_child": 10**9}], ids=["lane", "supervised"])
+def test_a_task_process_killed_with_refs_in_use(make_executor, tmp_path, options):
+    ex = make_executor(1, **options)
     ref = ex.put(np.ones(300_000))
     marker = str(tmp_path / "died")
     assert ex.submit(die_once, ref, marker).result(30) == 300_000.0  # retried; the new process gets it again
