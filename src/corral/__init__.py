@@ -15,11 +15,13 @@ from .errors import (
     DependencyError,
     InsecureAddressError,
     LaunchError,
+    ObjectError,
     ProtocolError,
     SecurityWarning,
     SerializationError,
     TaskTimeoutError,
 )
+from .refs import Ref
 from .seeds import rng
 
 __version__ = "0.1.0"
@@ -60,7 +62,9 @@ __all__ = [
     "Executor",
     "InsecureAddressError",
     "LaunchError",
+    "ObjectError",
     "ProtocolError",
+    "Ref",
     "SecurityWarning",
     "SerializationError",
     "TaskInfo",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # argparse is imported by the command line only: an Executor 
 HEARTBEAT = 1.0  # seconds between heartbeats (the broker's; clients and workers adopt it)
 LIVENESS = 3  # heartbeats a peer may miss before it counts as lost
 RETRIES = 2  # how often a task whose process died runs again
+CACHE_SIZE = 1 << 30  # bytes of large objects a worker keeps (refs.py), unless --cache-size says otherwise
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
 TERM_GRACE = 10.0  # seconds a standalone worker's running task gets to finish after SIGTERM (corral worker)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
@@ -210,8 +211,10 @@ class WorkerConfig:
     resources: tuple | None = None  # ((name, amount), ...): what it has for tasks that ask (placement.py)
     queues: tuple | None = None  # the named queues it serves (None: the default one)
     group: str | None = None  # a token its fellow processes share: they share the resources too (corral worker)
+    cache_size: int = CACHE_SIZE  # bytes of large objects it keeps (worker/objects.py)
 
     def __post_init__(self) -> None:
+        parse_size(self.cache_size)
         if self.prefetch is not None:
             check_count("prefetch", self.prefetch, 0)
         if self.max_tasks is not None:
@@ -281,6 +284,8 @@ class WorkerConfig:
             args += ["--queue", queue]
         if self.group:
             args += ["--group", self.group]
+        if self.cache_size != CACHE_SIZE:
+            args += ["--cache-size", str(self.cache_size)]
         return args
 
     @staticmethod
@@ -307,6 +312,7 @@ class WorkerConfig:
                             help="leave after this long without a word from the broker")
         add_placement_arguments(parser)
         parser.add_argument("--group", default=None, help="share --resources with the processes given this token")
+        parser.add_argument("--cache-size", type=size, default=CACHE_SIZE, help="bytes of large objects kept")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
@@ -316,7 +322,7 @@ class WorkerConfig:
                    reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure,
                    standalone=args.standalone, tasks_max=args.tasks_max, ends_at=args.ends_at,
                    broker_timeout=args.broker_timeout, term_grace=args.term_grace,
-                   resources=args.resources, queues=args.queue, group=args.group)
+                   resources=args.resources, queues=args.queue, group=args.group, cache_size=args.cache_size)
 
 
 def add_placement_arguments(parser: argparse.ArgumentParser) -> None:

@@ -77,6 +77,12 @@ class DependencyError(CorralError):
     """
 
 
+class ObjectError(CorralError):
+    """A task names a large object (a ``corral.Ref``) that its broker no longer holds for this
+    executor: the broker restarted, or the object was released.  ``put()`` it again and submit anew.
+    """
+
+
 class SecurityWarning(UserWarning):
     """A link is plain TCP (``insecure``): anyone on the network path can read or forge its messages."""
 

@@ -103,7 +103,7 @@ class FunctionPickles:
                 return stream
         # In-band only: a cached stream must hold everything the function needs.
         stream = dumps(fn, what, out_of_band=False)[0]
-        if cacheable:
+        if cacheable and b"corral.refs" not in stream:  # a Ref in its globals must be listed by each task
             self.cache[fn] = stream
         return stream
 

@@ -10,7 +10,8 @@ class Summary(list):
     """A list of dicts, one per worker, whose ``str`` is a table."""
 
     def __init__(self, workers, queued: int = 0, running: int = 0, launches: dict | None = None,
-                 unschedulable: int = 0, unschedulable_reasons: list | None = None, waiting: int = 0):
+                 unschedulable: int = 0, unschedulable_reasons: list | None = None, waiting: int = 0,
+                 objects: dict | None = None):
         super().__init__(workers)
         self.queued = queued
         self.running = running
@@ -19,6 +20,8 @@ class Summary(list):
         # Queued tasks that no connected worker could ever run (their resources, their queue), and why.
         self.unschedulable = unschedulable
         self.unschedulable_reasons = list(unschedulable_reasons or [])
+        # Large objects at the broker (broker/objects.py): "stored", their "bytes", and "sent_bytes" to workers.
+        self.objects = objects or {"stored": 0, "bytes": 0, "sent_bytes": 0}
 
     def __str__(self) -> str:
         rows = [[h for _, h in COLUMNS]]

@@ -64,6 +64,7 @@ from .backlog import MAX_BACKLOG, Backlogs
 from .demand import Groups
 from .dependencies import Dependencies, Held
 from .lanes import LaneSeats, lane_window
+from .objects import ObjectStore, Stored
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
 from .queue import TaskQueue
@@ -81,7 +82,7 @@ MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most r
 STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
 
 
-class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
+class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, Sessions):
     """The broker: one loop over every socket, which hands each message to the part it concerns
     (``peers.py``, ``tasks.py``, ``dependencies.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``), dispatches
     (``scheduler.py``),
@@ -140,6 +141,9 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
         self.waiting_tasks = 0  # tasks waiting for others to succeed, not queued yet (dependencies.py)
         self.unplaced = Unplaced()  # queued tasks no connected worker could ever run (unplaced.py)
         self.groups = Groups()  # worker processes that share their resources (demand.py)
+        self.objects: dict[str, Stored] = {}  # large objects by key (objects.py)
+        self.object_bytes = 0  # their size
+        self.object_bytes_sent = 0  # bytes of objects sent to workers
         self.workers: dict[bytes, WorkerState] = {}
         self.sessions: dict[str, bytes] = {}  # remote workers' session tokens -> identity (sessions.py)
         self.departed: deque[WorkerState] = deque(maxlen=MAX_DEPARTED)
@@ -268,11 +272,15 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
         expected = self.pool.size if self.pool else self.fleet.expected() if self.fleet else 0
         given = scheduler.assign(self.queue, self.tasks, self.workers.values(), expected, now)
         for w, tasks in given:
-            if any(task.deps is not None for task in tasks):  # each with the results it takes (dependencies.py)
+            # Each with the results it takes (dependencies.py) and the objects the worker lacks (objects.py).
+            if any(task.deps is not None or "refs" in task.options for task in tasks):
                 entries, frames = [], []
+                needed = self.objects_needed(w) if self.objects else set()
                 for task in tasks:
                     task_frames, options = self.with_results(task) if task.deps is not None else (
                         task.frames, task.options)
+                    if "refs" in options:
+                        task_frames, options = self.with_objects(w, task_frames, options, needed)
                     entries.append(protocol.task_entry(task.gid, len(task_frames), options))
                     frames.extend(task_frames)
             else:
@@ -418,6 +426,8 @@ class Broker(Peers, TaskTable, Dependencies, LaneSeats, PoolLinks, Sessions):
         counts = {"queued": len(self.tasks) - running - waiting, "running": running, "waiting": waiting,
                   "held": len(self.held), "connected": len(self.workers), "departed": self.departures}
         counts.update(self.unplaced.counts(self, now))
+        if self.objects or self.object_bytes_sent:
+            counts["objects"] = self.objects_status()
         if self.fleet:
             counts["launches"] = self.fleet.report()
         return counts, [json.dumps(workers, separators=(",", ":")).encode()]

@@ -20,6 +20,7 @@ from ..wire import protocol
 from ..wire.protocol import Kind
 from .demand import capacity, check_options
 from .dependencies import check_dependencies
+from .objects import check_refs
 from .records import DEFAULT_RETRIES, ClientState, WorkerState
 
 MAX_PEERS = 10_000  # clients and workers at once: HELLOs beyond are refused (each costs memory)
@@ -130,6 +131,8 @@ class Peers:
         )
         w.resources, w.queues, group = capacity(body)
         w.free = dict(w.resources or {})
+        if "cache" in body:  # bytes of large objects it keeps (objects.py)
+            w.cache_size = count(body["cache"], 1 << 50)
         if "ends_in" in body:  # a job's walltime: the scaler may start its replacement ahead
             w.ends_at = now + protocol.seconds(body["ends_in"], "ends_in")
         if body.get("broken"):
@@ -222,6 +225,8 @@ class Peers:
                 self.break_pool(f"the initializer failed in worker {w.name}:\n{protocol.text(body['broken'])}")
             elif type(body.get("lane")) is int:
                 w.epoch, w.answered = body["lane"], 0
+                w.objects.clear()  # a new task process: it keeps no object yet (objects.py)
+                w.object_bytes = 0
             else:
                 raise ProtocolError("LANE without an epoch")
         else:
@@ -291,6 +296,10 @@ class Peers:
                 self.terminate(c, sig == "SIGKILL")
             else:
                 self.kill(c, protocol.ids(body), protocol.seconds(body.get("grace", 0.0), "grace", 1e6))
+        elif kind == Kind.PUT:
+            self.put_objects(c, body, frames)
+        elif kind == Kind.RELEASE:
+            self.release_objects(c, protocol.keys(body))
         elif kind == Kind.STATUS:
             self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, *self.status())
         elif kind == Kind.HEARTBEAT:
@@ -332,6 +341,8 @@ def check_task(c: ClientState, entry: list, frames: list) -> None:
             raise ProtocolError(f"bad seed option {options['seed']!r:.60}")
         if "priority" in options or "resources" in options or "queue" in options:
             check_options(options)
+        if "refs" in options or "blobs" in options or "ref_frames" in options or "forget" in options:
+            check_refs(options, len(frames))
 
 
 def retries_of(body: dict) -> int:
@@ -347,8 +358,8 @@ def seconds(value: Any) -> float:
     return protocol.seconds(value, "number of seconds")
 
 
-def count(value: Any) -> int:
-    """A peer's count, 0 to 1,000,000 (ProtocolError if it is not one)."""
-    if type(value) is not int or value < 0 or value > 1_000_000:
+def count(value: Any, most: int = 1_000_000) -> int:
+    """A peer's count, 0 to ``most`` (ProtocolError if it is not one)."""
+    if type(value) is not int or value < 0 or value > most:
         raise ProtocolError(f"bad count {value!r:.40}")
     return value

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..config import CACHE_SIZE as DEFAULT_CACHE  # a worker that says nothing of its cache
 from ..config import RETRIES as DEFAULT_RETRIES  # a client that says nothing of them
 from ..wire import protocol
 from ..wire.lane import Lane
@@ -83,6 +85,10 @@ class WorkerState:
     ends_at: float | None = None  # monotonic: its hard end, from HELLO's "ends_in" (a job's walltime)
     leaving: str | None = None  # LEAVING's reason: it takes nothing more
     left: str | None = None  # why it went: BYE's or LEAVING's reason, "shutdown", "refused" or "lost"
+    # The model of its cache of large objects (objects.py): key -> size, least recently used first.
+    objects: OrderedDict = field(default_factory=OrderedDict)
+    object_bytes: int = 0
+    cache_size: int = DEFAULT_CACHE
 
     def summary(self, now: float) -> dict[str, Any]:
         """Its record in a STATUS_REPLY."""

@@ -185,6 +185,8 @@ class TaskTable:
         if options and ("priority" in options or "resources" in options or "queue" in options):
             task.place = of_options(options)
         c.tasks[cid] = gid
+        if options and "refs" in options and not self.use_objects(c, task):
+            return  # an object it needs is not held for its client (objects.py)
         if options and ("deps" in options or "after" in options) and not self.wait_for(c, task):
             return  # it waits for other tasks (dependencies.py), or failed already
         self.queue.append(gid)
@@ -270,6 +272,8 @@ class TaskTable:
         self.forget(task)
         if task.deps is not None:
             self.release_results(task)
+        if "refs" in task.options:
+            self.unuse_objects(task)
         if task.waiting:  # it ends before what it waited for (dependencies.py)
             task.waiting = 0
             self.waiting_tasks -= 1
@@ -301,6 +305,7 @@ class TaskTable:
         for gid in list(c.tasks.values()):
             if gid in self.tasks:
                 self.drop(self.tasks[gid])
+        self.objects_client_gone(c)
         self.clients.pop(c.ident, None)
         self.outboxes.pop(c.ident, None)
         self.sessions.pop(c.session, None)

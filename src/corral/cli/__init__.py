@@ -16,7 +16,7 @@ import os
 import sys
 
 from .. import __version__
-from ..config import HEARTBEAT, LIVENESS, TERM_GRACE, add_placement_arguments
+from ..config import CACHE_SIZE, HEARTBEAT, LIVENESS, TERM_GRACE, add_placement_arguments
 from ..errors import CredentialsError, CurveUnavailableError, InsecureAddressError
 from .argtypes import broker as broker_target
 from .argtypes import connect_address, integer, listen_address, seconds, size, wall_time
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "back (default %(default)s)")
     worker.add_argument("--max-memory", type=size, default=None, help="replace a task process above this RSS, e.g. 2GB")
     add_placement_arguments(worker)
+    worker.add_argument("--cache-size", type=size, default=CACHE_SIZE,
+                        help="bytes of large objects (Executor.put, large arguments) each worker process keeps, "
+                             "e.g. 4GiB (default 1 GiB)")
     worker.set_defaults(func=_command("worker", "cmd_worker"), parser=worker)
 
     from .keys import add_parser

@@ -104,7 +104,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           tasks_max=args.tasks_max, ends_at=launched.hard_end(args.wall_time),
                           broker_timeout=args.broker_timeout, term_grace=args.term_grace,
                           resources=args.resources, queues=args.queue,
-                          group=secrets.token_hex(8) if args.resources else None)
+                          group=secrets.token_hex(8) if args.resources else None,
+                          cache_size=args.cache_size)
     # Ours alone (0700): the bootstrap file of a launched worker, and the notes of processes that left.
     private = tempfile.mkdtemp(prefix="corral-")
     try:

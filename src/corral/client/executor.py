@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from .. import dependencies, serialization, tuning
+from .. import dependencies, refs, serialization, tuning
 from ..broker.broker import Broker
 from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
 from ..errors import DependencyError, SerializationError
@@ -38,7 +38,7 @@ from ..serialization import Call, call_frames
 from ..status import Summary
 from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
 from ..wire import shm
-from . import brokers, dependents, ioloop, seeds
+from . import brokers, dependents, ioloop, objects, seeds
 from .future import CorralFuture
 from .ioloop import IOLoop
 
@@ -203,6 +203,7 @@ class Executor(_StdExecutor):
                           config.liveness, config.kill_grace, config.spin, target.curve)
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
+        self._objects = objects.Objects(self._io, self._io.store)  # put(), and large arguments sent once
         ioloop.live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
@@ -228,6 +229,20 @@ class Executor(_StdExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
         return self._submit_call(Call(fn, args, kwargs or None), self._seeds.submit(None))
+
+    def put(self, obj: Any) -> refs.Ref:
+        """Store ``obj`` once; a ``corral.Ref`` that stands for it in any task of this executor.
+
+        ``obj`` is pickled now and sent to the broker once; each worker gets it once,
+        with the first task there that uses it, and keeps it in a bounded cache.  In a
+        task, the Ref (an argument, or anywhere inside one or in a closure) is the object,
+        unpickled once per task process and shared by its tasks: its buffers (a numpy
+        array's data) are read-only.  The broker drops it when the Refs are gone and no
+        task needs it.  With a broker elsewhere, arguments' buffers of 1 MiB or more are
+        sent once like this without asking (docs/tasks.md, "Large objects sent once").
+        """
+        self._check_open()
+        return self._objects.put(obj)
 
     def options(self, **options: Any) -> TaskOptions:
         """A view of this executor whose ``submit``/``map`` give every task ``options``.
@@ -255,8 +270,11 @@ class Executor(_StdExecutor):
             self._check_open()
             after = options.get("after") if options else None
             collector = dependencies.Collector(self._io)  # the futures among the arguments
+            used = objects.Collector(self._objects)  # the Refs in the call, the function's closure too
             try:
-                frames = call_frames(call, self._functions, dependencies.collecting(collector))
+                with refs.collecting(used):
+                    frames = call_frames(call, self._functions, dependencies.collecting(collector))
+                frames, options, handles = self._objects.prepare(frames, options, used)
                 waits = None
                 if collector.pending or collector.failed or collector.foreign or after:
                     options, waits = _with_dependencies(options, collector, after, self._io)
@@ -266,11 +284,11 @@ class Executor(_StdExecutor):
                 return fut
             store = self._io.store
             if store is None or len(frames) < 3:
-                return self._io.submit_frames(frames, options, waits)
+                return objects.hold(self._io.submit_frames(frames, options, waits), handles)
             frames, offloaded, paths = store.offload(frames, 2)  # the arguments' large buffers
             if not offloaded:
-                return self._io.submit_frames(frames, options, waits)
-            fut = self._io.submit_frames(frames, {**(options or {}), "shm": offloaded}, waits)
+                return objects.hold(self._io.submit_frames(frames, options, waits), handles)
+            fut = objects.hold(self._io.submit_frames(frames, {**(options or {}), "shm": offloaded}, waits), handles)
             # A retried task maps its input again: the files go when the future is done.
             fut.add_done_callback(lambda _, paths=paths: [shm.remove(p) for p in paths])
             return fut
@@ -380,7 +398,8 @@ class Executor(_StdExecutor):
         return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0),
                        launches=counts.get("launches"), waiting=counts.get("waiting", 0),
                        unschedulable=counts.get("unschedulable", 0),
-                       unschedulable_reasons=counts.get("unschedulable_reasons", []))
+                       unschedulable_reasons=counts.get("unschedulable_reasons", []),
+                       objects=counts.get("objects"))
 
 
 class TaskOptions:

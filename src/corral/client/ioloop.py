@@ -43,6 +43,7 @@ from ..errors import (
     BrokerLostError,
     DeserializationError,
     LaunchError,
+    ObjectError,
     SerializationError,
     TaskTimeoutError,
     WorkerLostError,
@@ -93,6 +94,7 @@ class IOLoop(Standing):
         self.kill_grace = kill_grace
         self.futures: dict[int, CorralFuture] = {}
         self.outq: deque = deque()
+        self.objects_out: deque = deque()  # PUT and RELEASE, in order, ahead of the SUBMITs after them (objects.py)
         self.cancels: deque = deque()
         self.cancel_verdicts: dict[int, Future] = {}
         self.status_asked: deque[Future] = deque()  # summary() calls whose STATUS is not sent yet
@@ -138,6 +140,11 @@ class IOLoop(Standing):
         self.outq.append(protocol.task_entry(cid, len(frames), options) + [frames])
         self.wake()
         return fut
+
+    def post_object(self, kind: Kind, body: dict, frames: list = ()) -> None:
+        """Have the loop send a PUT or a RELEASE (``objects.py``), from any thread."""
+        self.objects_out.append((kind, body, frames))
+        self.wake()
 
     def cancel(self, futures: list[CorralFuture]) -> list[bool]:
         """Cancel futures whose tasks have not started; one round trip for all of them."""
@@ -290,14 +297,15 @@ class IOLoop(Standing):
         requests = []
         while self.cancels:
             requests.append(self.cancels.popleft())
-        if self.outq:
-            entries, frames = [], []
-            while self.outq:
-                *entry, task_frames = self.outq.popleft()
-                entries.append(entry)
-                frames.extend(task_frames)
-            for chunk, chunk_frames in protocol.batches(entries, frames, 1):
-                link.post(Kind.SUBMIT, {"tasks": chunk}, chunk_frames)
+        entries, frames = [], []
+        while self.outq:
+            *entry, task_frames = self.outq.popleft()
+            entries.append(entry)
+            frames.extend(task_frames)
+        while self.objects_out:  # taken after the tasks: those that use an object were queued after its PUT
+            link.post(*self.objects_out.popleft())
+        for chunk, chunk_frames in protocol.batches(entries, frames, 1):
+            link.post(Kind.SUBMIT, {"tasks": chunk}, chunk_frames)
         cancels, kills = [], {}
         for kind, cid, extra in requests:
             if kind == Kind.CANCEL:
@@ -428,6 +436,8 @@ def _failure(meta: dict) -> BaseException:
         return TaskTimeoutError(message)
     if error == protocol.ERR_LAUNCH:
         return LaunchError(message)
+    if error == protocol.ERR_OBJECT:
+        return ObjectError(message)
     if error == protocol.ERR_BROKEN:
         return BrokenProcessPool(
             f"A worker's initializer failed; the executor is broken and takes no more work.\n{message}"

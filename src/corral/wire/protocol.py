@@ -56,6 +56,8 @@ class Kind(IntEnum):
     LANE = 17  # W->B: the worker's task process reads its lane now, taking tasks of this epoch
     ENDED = 18  # W->B: the worker's task process on a lane ended: how, and the task it was running
     LEAVING = 19  # W->B: the worker drains before it leaves for good: no more tasks; "requeue" the unstarted
+    PUT = 20  # C->B: objects to keep by content hash, entries [key, nframes, meta] (docs/protocol.md 3.10)
+    RELEASE = 21  # C->B: "keys": objects this client holds once fewer
 
 
 class Status(IntEnum):
@@ -76,6 +78,7 @@ ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went 
 ERR_LAUNCH = "launch"  # no launched worker could be started to run it (the executor's launcher failed)
 ERR_DEPENDENCY = "dependency"  # a task it depends on failed ("how") or was cancelled or killed: it did not run
 ERR_DEPENDENCY_GONE = "dependency_gone"  # tasks it names in deps/after had finished already: send it again
+ERR_OBJECT = "object"  # an object it names in refs is not held for its client (put it again)
 
 # Codes of ERROR messages.
 UNKNOWN_PEER = "unknown_peer"  # the broker does not know the sender (it restarted, or dropped it): HELLO again
@@ -103,6 +106,7 @@ def reason(body: dict[str, Any], default: str) -> str:
 
 MAX_CREDIT = 512  # tasks a worker may hold at once (credit it may grant): more is a mistake
 MAX_DEPENDENCIES = 100_000  # tasks one task may wait for
+MAX_REFS = 1000  # objects one task may name (refs), and entries of one PUT or RELEASE
 MAX_RETRIES = 1000  # a task's retries option: more is a mistake (or an attack on the workers)
 MAX_NAME = 200  # characters of a peer's name or host kept from its HELLO
 MAX_TEXT = 64 << 10  # characters of a traceback or message kept from a peer
@@ -210,6 +214,39 @@ def valid_seed(value: Any) -> bool:
     """Is ``value`` a ``seed`` task option: ``[seed, n]`` or ``[seed, n, index]``, integers >= 0 (3.6)?"""
     return (isinstance(value, list) and 2 <= len(value) <= 3 and all(type(v) is int and v >= 0 for v in value)
             and value[0] <= MAX_SEED and all(v <= MAX_POSITION for v in value[1:]))
+
+
+def valid_key(value: Any) -> bool:
+    """Is ``value`` an object's key: 64 lowercase hex digits (a SHA-256 digest, 3.10)?"""
+    return type(value) is str and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def object_entries(body: dict[str, Any], frames: list) -> list[tuple[str, list, list]]:
+    """A PUT's objects: (key, frames, shared-memory frame indices) each; ProtocolError if malformed."""
+    entries = body.get("objects")
+    if not isinstance(entries, list) or len(entries) > MAX_REFS:
+        raise ProtocolError("PUT without a list of objects")
+    out, pos = [], 0
+    for entry in entries:
+        if (not isinstance(entry, list) or len(entry) != 3 or not valid_key(entry[0]) or type(entry[1]) is not int
+                or not 1 <= entry[1] <= len(frames) - pos or not isinstance(entry[2], dict)):
+            raise ProtocolError(f"malformed PUT entry {entry!r:.80}")
+        shm = entry[2].get("shm", [])
+        if not isinstance(shm, list) or any(type(i) is not int or not 0 <= i < entry[1] for i in shm):
+            raise ProtocolError("bad shm list in a PUT entry")
+        out.append((entry[0], frames[pos: pos + entry[1]], shm))
+        pos += entry[1]
+    if pos != len(frames):
+        raise ProtocolError(f"PUT: entries name {pos} frames, message has {len(frames)}")
+    return out
+
+
+def keys(body: dict[str, Any], key: str = "keys") -> list[str]:
+    """A list of object keys from a header (none if absent); ProtocolError if it is anything else."""
+    value = body.get(key, ())
+    if not isinstance(value, list) or len(value) > MAX_REFS or not all(valid_key(k) for k in value):
+        raise ProtocolError(f"{key!r} is not a list of at most {MAX_REFS} object keys")
+    return value
 
 
 def timing(body: dict[str, Any], heartbeat: float, liveness: int) -> tuple[float, int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tblib import pickling_support
 
-from .. import errors, seeds, serialization
+from .. import errors, refs, seeds, serialization
 from ..errors import SerializationError
 from ..wire import protocol, shm
 
@@ -80,22 +80,35 @@ def _missing_module_advice(name: str) -> str:
 Outcome = tuple[protocol.Status, list, dict]
 
 
+OBJECT_OPTIONS = ("refs", "ref_frames", "forget", "blobs")  # what ``execute`` passes to refs.objects
+
+
+def object_options(options: dict) -> dict | None:
+    """The options of a task that concern its large objects (``refs.py``), or None."""
+    if "refs" not in options and "forget" not in options:
+        return None
+    return {k: options[k] for k in OBJECT_OPTIONS if k in options}
+
+
 def failed(error: str, message: str) -> Outcome:
     """The outcome of a task that failed with ``error`` (a protocol ERR_ name)."""
     return protocol.Status.FAILED, [], {"error": error, "message": message}
 
 
 def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = None,
-            seed: list | None = None, dep_frames: list | None = None) -> Outcome:
+            seed: list | None = None, dep_frames: list | None = None, objects: dict | None = None) -> Outcome:
     """Unpickle, run and pickle back one task.
 
     With ``shm_dir`` (the client's shared-memory directory), the frames at the
     ``offloaded`` indices name files there, and a large result goes back the same
     way (its meta lists them).  With ``seed`` (the task's ``seed`` option), each
     call runs on its own random streams (``seeds.py``).  ``dep_frames``: the task's last frames are the
-    results of the tasks it depends on, this many frames each (``dependencies.py``).
+    results of the tasks it depends on, this many frames each (``dependencies.py``).  ``objects``: the
+    options that name the large objects it uses, and carry those not here yet (``refs.py``).
     """
     try:
+        if objects:
+            frames = refs.objects.receive(objects, frames, shm_dir)
         if offloaded:
             if shm_dir is None:
                 raise SerializationError("cannot unpickle the task in the worker: it names shared-memory "
@@ -107,7 +120,7 @@ def execute(frames: list, shm_dir: str | None = None, offloaded: list | None = N
             fn, args, kwargs, chunk = _unpack_dependent(frames, dep_frames)
         else:
             fn, args, kwargs, chunk = unpack_call(frames)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, KeyError, TypeError) as exc:
         return failed(protocol.ERR_DESERIALIZATION, f"cannot unpickle the task in the worker: {exc}")
     except SerializationError as exc:
         return failed(protocol.ERR_DESERIALIZATION, str(exc))

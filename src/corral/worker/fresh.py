@@ -18,7 +18,7 @@ import signal
 import time
 
 from ..tuning import IMPORT_PATIENCE, SLOW_IMPORT, WARM_BYTES, WARM_MAX
-from . import task_process
+from . import objects, task_process
 from .persistent import PersistentWorker, task_header
 from .template import Template, TemplateGone
 
@@ -97,7 +97,7 @@ class FreshWorker(PersistentWorker):
         task = self.pending.popleft()
         proc = spare or self.start_process()
         try:
-            proc.conn.send(task_header([task]), task.frames)
+            proc.conn.send(*objects.batch([task], self.objects, proc, task_header([task])))
         except OSError:  # it died before it got the task
             self.retire(proc)
             self.pending.appendleft(task)

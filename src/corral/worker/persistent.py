@@ -32,8 +32,9 @@ from ..tuning import CREDIT_HORIZON, PIPELINE_BYTES, PIPELINE_TASK_TIME, PIPELIN
 from ..wire import protocol
 from ..wire.protocol import MAX_CREDIT, Kind, Status
 from ..wire.resend import SentResults
-from . import task_process
+from . import objects, task_process
 from .containment import exit_words
+from .objects import ObjectCache
 from .supervisor import Supervisor
 
 
@@ -72,6 +73,12 @@ class PersistentWorker(Supervisor):
         self.busy = 0.0  # seconds those tasks ran, together
         # A worker elsewhere keeps what it sent a while, for a session resumed after a reset (resend.py).
         self.sent = SentResults() if self.fd is None else None
+        self.objects = ObjectCache()  # the large objects the broker sent us (objects.py)
+
+    def hello(self, resume: dict | None = None) -> None:
+        if resume is None:  # the broker starts a new model of our cache: so do we
+            self.objects.clear()
+        super().hello(resume)
 
     # -- what we hold ---------------------------------------------------------------
 
@@ -175,8 +182,14 @@ class PersistentWorker(Supervisor):
     def take(self, entries: list) -> None:
         for entry, frames in entries:
             self.granted = max(0, self.granted - 1)
-            task = HeldTask(entry[0], frames, entry[2], size=sum(f.nbytes for f in frames))
-            problem = _malformed_task(task)
+            options, problem = entry[2], None
+            if "refs" in options or "forget" in options:
+                try:
+                    frames, options = self.objects.take(frames, options)
+                except ValueError as exc:
+                    problem = str(exc)
+            task = HeldTask(entry[0], frames, options, size=sum(f.nbytes for f in frames))
+            problem = problem or _malformed_task(task)
             if problem:  # never queued: a task we cannot run must not reach the task process
                 self.report(task, Status.FAILED, [], {"error": protocol.ERR_DESERIALIZATION,
                                                       "message": f"the worker got a malformed task: {problem}"})
@@ -244,9 +257,9 @@ class PersistentWorker(Supervisor):
             self.pipe_bytes += task.size
         if not batch:
             return
-        frames = [f for task in batch for f in task.frames]
+        header, frames = objects.batch(batch, self.objects, self.proc, task_header(batch))
         try:
-            self.proc.conn.send(task_header(batch), frames)
+            self.proc.conn.send(header, frames)
         except OSError:  # the task process died: the tasks of this batch never reached it
             for task in batch:
                 self.inflight.pop()

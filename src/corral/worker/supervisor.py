@@ -147,6 +147,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
             "pid": os.getpid(),
             "fresh": self.fresh,
             **protocol.placement(self.config.resources, self.config.queues, self.config.group),
+            "cache": self.config.cache_size,  # bytes of large objects we keep (objects.py)
             **self.hello_extra(),
             **self.lifetime_hello(),
             **(resume or {}),

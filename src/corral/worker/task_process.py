@@ -60,6 +60,7 @@ from ..wire.lane import Lane
 from ..wire.poller import Spin
 from ..wire.stream import size_buffers
 from . import containment
+from .execution import object_options
 from .tasknotes import TaskNotes
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
@@ -185,6 +186,7 @@ class TaskProcess:
         self.tasks = 0  # tasks it has finished
         self.returncode: int | None = None
         self.pidfd = _pidfd(pid)  # readable once the process has ended
+        self.objects: set = set()  # keys of the large objects it keeps (worker/objects.py)
 
     def fileno(self) -> int:
         """Its socket's descriptor (the task process's end is watched through it)."""
@@ -372,8 +374,9 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
     if unpin is not None:
         unpin()
     pos = 0
-    for gid, count, offloaded, seed, dep_frames in header[1]:
-        status, out, meta = notes.run(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames)
+    for gid, count, offloaded, seed, dep_frames, *objects in header[1]:
+        status, out, meta = notes.run(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
+                                      objects[0] if objects else None)
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -449,7 +452,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
             began = time.perf_counter()
             if isinstance(options, dict):
                 status, out, meta = notes.run(task_frames, shm_dir, options.get("shm"), options.get("seed"),
-                                              options.get("dep_frames"))
+                                              options.get("dep_frames"), object_options(options))
             else:
                 status, out, meta = notes.run(task_frames, shm_dir)
             ended = time.perf_counter()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 from ..tuning import PEAK_MEMORY_TASK
 from ..wire import protocol
@@ -65,10 +66,10 @@ class TaskNotes:
             self.reset()  # what the process needed to start is no task's
 
     def run(self, frames: list, shm_dir: str | None, offloaded: list | None = None, seed: list | None = None,
-            dep_frames: list | None = None) -> Outcome:
+            dep_frames: list | None = None, objects: Any = None) -> Outcome:
         """``execution.execute`` the task, with its ``ran`` in the outcome's meta."""
         started = time.time_ns()
-        status, out, meta = execute(frames, shm_dir, offloaded, seed, dep_frames)
+        status, out, meta = execute(frames, shm_dir, offloaded, seed, dep_frames, objects)
         finished = time.time_ns()
         peak = self.peak() if self.once or finished - started >= _MEASURE_NS else None
         protocol.note_ran(meta, started, finished, self.pid, peak)
