@@ -56,13 +56,11 @@ class TaskNotes:
     def __init__(self, once: bool):
         self.pid = os.getpid()
         self.once = once
-        self.clear_fd: int | None = None
+        # Opened for each reset, not held: a task's code sees no descriptor of ours but its
+        # supervisor's socket (the open costs about 2 us, paid by tasks of 1 ms or more).
+        self.resettable = not once
         self.last = 0  # the mark last read, where it cannot be reset
         if not once:
-            try:
-                self.clear_fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
-            except OSError:
-                pass  # not Linux, or not allowed
             self.reset()  # what the process needed to start is no task's
 
     def run(self, frames: list, shm_dir: str | None, offloaded: list | None = None, seed: list | None = None,
@@ -85,12 +83,18 @@ class TaskNotes:
 
     def reset(self) -> bool:
         """Reset the high-water mark to what the process holds now; False where it cannot be."""
-        if self.clear_fd is None:
+        if not self.resettable:
             return False
         try:
-            os.write(self.clear_fd, b"5")
+            fd = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            self.resettable = False  # not Linux, or not allowed
+            return False
+        try:
+            os.write(fd, b"5")
             return True
         except OSError:
-            os.close(self.clear_fd)
-            self.clear_fd = None
+            self.resettable = False
             return False
+        finally:
+            os.close(fd)
