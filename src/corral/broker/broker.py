@@ -66,6 +66,7 @@ from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
 from .sessions import Sessions
+from .spill import Spill
 
 if TYPE_CHECKING:
     from ..scaling.fleet import Fleet
@@ -96,6 +97,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         insecure: bool = False,
         fleet: Fleet | None = None,
         log=None,
+        spill: Spill | None = None,
     ):
         # A CurveZMQ broker's ZAP handler serves its whole context, and a context has room for one:
         # without a context of the caller's, such a broker makes its own (and ends it when it closes).
@@ -138,6 +140,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         self.clients: dict[bytes, ClientState] = {}
         self.outboxes: dict[bytes, Outbox] = {}
         self.backlogs = Backlogs()  # what peers that are not reading are owed (backlog.py)
+        self.spill = spill or Spill(log=self.log)  # queued payloads past a memory budget go to disk (spill.py)
         self.next_gid = 1
         self.interned: dict[bytes, bytes] = {}
         self.local: dict[bytes, Callable] = {}  # attached clients in this thread: ident -> deliver
@@ -178,7 +181,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
             self.close()
 
     def start(self) -> None:
-        """Start the pool's workers, if there is a pool."""
+        """Start the pool's workers, if there is a pool; remove dead brokers' spill directories."""
+        self.spill.start()
         if self.pool:
             self.pool.fill()
 
@@ -201,6 +205,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
             if happened:
                 self.serve_stream(ident, link, happened)
         self.dispatch()
+        if self.spill.due():
+            self.spill.turn()  # after dispatch, which may have taken what would have spilled
         if self.lanes:
             self.lane_timers(time.monotonic())  # before the flush, which sends the STARTED it adds
         if self.backlogs:
@@ -212,8 +218,12 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
     # -- the listening sockets -----------------------------------------------------
 
     def drain(self, sock: zmq.Socket, limit: int = DRAIN_LIMIT) -> None:
-        """Handle the messages waiting on a ROUTER (at most ``limit``: the loop's other work goes on)."""
+        """Handle the messages waiting on a ROUTER (at most ``limit``: the loop's other work goes on; none more
+        while queued payloads over the memory budget wait to be spilled, which this turn does: ``spill.py``)."""
+        spill = self.spill
         for _ in range(limit):
+            if spill.held > spill.budget and spill.full():
+                return  # this turn spills what arrived (step) before it reads more: memory stays near the budget
             try:
                 msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -258,8 +268,11 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         expected = self.pool.size if self.pool else self.fleet.expected() if self.fleet else 0
         given = scheduler.assign(self.queue, self.tasks, self.workers.values(), expected, now)
         for w, tasks in given:
-            entries = [protocol.task_entry(task.gid, len(task.frames), task.options) for task in tasks]
-            frames = [frame for task in tasks for frame in task.frames]
+            payloads = self.outgoing(w, tasks)  # read back from disk if spilled (spill.py)
+            if not payloads:
+                continue
+            entries = [protocol.task_entry(task.gid, len(frames), task.options) for task, frames in payloads]
+            frames = [frame for _, task_frames in payloads for frame in task_frames]
             self.send(self.workers_sock, w.ident, Kind.TASKS, {"tasks": entries}, frames)
         for w in idle_lanes:
             if w.assigned:  # its task process begins the first of them now
@@ -427,6 +440,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         for sock in self.routers:
             sock.close()
         self.guard.close()
+        self.spill.close()
         if self.own_ctx:
             self.ctx.term()
 

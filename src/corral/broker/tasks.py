@@ -160,9 +160,10 @@ class TaskTable:
             return
         gid = self.next_gid
         self.next_gid += 1
-        self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
+        task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
         c.tasks[cid] = gid
         self.queue.append(gid)
+        self.spill.add(task)
 
     def compact(self, frames: list) -> tuple:
         """A tuple, not a list: one of bytes only is dropped from the garbage collector's
@@ -245,9 +246,25 @@ class TaskTable:
         """Forget a task wherever it is; a queue entry is skipped lazily by dispatch()."""
         self.tasks.pop(task.gid, None)
         self.forget(task)
+        self.spill.release(task)  # its payload's bytes, or its spill file
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
             w.assigned.pop(task.gid, None)
+
+    def outgoing(self, w: WorkerState, tasks: list[Task]) -> list[tuple[Task, tuple]]:
+        """Each task ``w`` was given, with the frames to send it (read back if spilled: ``spill.py``).
+        A task whose spill file cannot be read fails, and ``w`` gets its credit back."""
+        payloads = []
+        for task in tasks:
+            try:
+                payloads.append((task, self.spill.outgoing(task)))
+            except OSError as exc:
+                w.assigned.pop(task.gid, None)
+                w.credit += 1
+                task.worker = None
+                self.fail(task, protocol.ERR_SPILL, f"the broker could not read back the arguments it had spilled "
+                                                    f"to disk: {exc}; its spill directory must stay while it runs")
+        return payloads
 
     def terminate(self, c: ClientState, hard: bool) -> None:
         """``terminate_workers()``/``kill_workers()``: stop everything this client started."""

@@ -102,6 +102,10 @@ class Executor(_StdExecutor):
         max_memory: a local worker whose task process uses more than this
             resident memory after a task (bytes, or a string like "2GB")
             gets a new task process.
+        broker_memory: the executor's own broker keeps queued tasks' payload
+            in memory up to this (bytes, or a string like "2GB"; default: a
+            quarter of the machine's memory) and writes the newest beyond it
+            to files in its private temporary directory (docs/tasks.md).
         heartbeat, liveness: seconds between heartbeats, and how many may be
             missed before a peer counts as lost (default 1.0 and 3).
         kill_grace: seconds between SIGTERM and SIGKILL for ``Future.kill()``.
@@ -141,10 +145,11 @@ class Executor(_StdExecutor):
         interface: str | None = None,
         wall_time: float | None = None,
         tasks_max: int | None = None,
+        broker_memory: int | str | None = None,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
-            prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin,
+            prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin, broker_memory=broker_memory,
         )
         self._config = config
         self._max_workers = config.max_workers

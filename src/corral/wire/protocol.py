@@ -74,6 +74,7 @@ ERR_BROKEN = "broken"  # the worker's initializer failed: the executor is broken
 ERR_TIMEOUT = "timeout"  # the task outran its timeout; its process was killed
 ERR_KILLED = "killed"  # Future.kill(), terminate_workers(), or its client went away
 ERR_LAUNCH = "launch"  # no launched worker could be started to run it (the executor's launcher failed)
+ERR_SPILL = "spill"  # the broker could not read back the payload it had spilled to disk
 
 # Codes of ERROR messages.
 UNKNOWN_PEER = "unknown_peer"  # the broker does not know the sender (it restarted, or dropped it): HELLO again
