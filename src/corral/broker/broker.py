@@ -148,6 +148,7 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         self.running = True
         self.last_beat = 0.0
         self.last_reap = 0.0
+        self.deferred = False  # messages were left unread to spill first (drain)
 
     def _router(self, address: str) -> zmq.Socket:
         """A ROUTER bound to ``address`` (``wire.sockets``; a CurveZMQ one for TCP, ``Guard``), with as
@@ -163,6 +164,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         timeout = 0.1 if self.pool or self.fleet else self.heartbeat / 2
         if self.backlogs:
             timeout = min(timeout, BACKLOG_RETRY)
+        if self.spill.pending():
+            return 0.0  # more to spill, or messages left unread meanwhile
         if self.lanes:
             now = time.monotonic()
             for w in self.lanes.values():
@@ -207,6 +210,9 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         self.dispatch()
         if self.spill.due():
             self.spill.turn()  # after dispatch, which may have taken what would have spilled
+            if self.deferred:  # peers' messages wait unread: their silence is ours, not theirs
+                self.deferred = False
+                self.excuse_silence(time.monotonic())
         if self.lanes:
             self.lane_timers(time.monotonic())  # before the flush, which sends the STARTED it adds
         if self.backlogs:
@@ -223,7 +229,8 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
         spill = self.spill
         for _ in range(limit):
             if spill.held > spill.budget and spill.full():
-                return  # this turn spills what arrived (step) before it reads more: memory stays near the budget
+                self.deferred = True  # this turn spills what arrived (step) before it reads more
+                return
             try:
                 msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -361,6 +368,12 @@ class Broker(Peers, TaskTable, LaneSeats, PoolLinks, Sessions):
             self.drop_revoked()
         self.told_unknown = {ident: t for ident, t in self.told_unknown.items() if now - t < self.heartbeat}
         self.complain.tick()
+
+    def excuse_silence(self, now: float) -> None:
+        """The broker left its peers' messages unread while it spilled: none of them counts as silent
+        for that time (their heartbeats wait behind the tasks a client sent)."""
+        for peer in (*self.clients.values(), *self.workers.values()):
+            peer.last_seen = now
 
     def knows(self, ident: bytes) -> bool:
         """Is ``ident`` a client or a worker the broker serves (one whose messages wait when it is slow)?"""

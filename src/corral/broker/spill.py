@@ -31,14 +31,17 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 
 from .records import Task
 
 MIN_SPILL = 4096  # payload bytes below which a task stays in memory: its file would cost more than it saves
 DEFAULT_FRACTION = 4  # the default budget: a quarter of the memory this machine (or cgroup) gives us
 FULL_BACKOFF = 1.0  # seconds without spilling after a write failed (the disk is full)
-BATCH = 16 << 20  # a loop turn reads on until its tasks hold this much over the budget, then spills it all
+BATCH = 16 << 20  # a loop turn reads on until its tasks hold this much over the budget, then spills
+TURN = 32 << 20  # bytes one loop turn writes at most (the loop turns again at once while more is due)
+UNLINKS = 1000  # spill files one loop turn removes at most (a departed client's 100,000 take seconds)
 TRIM_EVERY = 32 << 20  # bytes spilled or read back between two returns of freed memory to the system
 _PREFIX = "corral-spill-"
 
@@ -78,12 +81,13 @@ class Spilled:
         return len(self.sizes) + (self.head is not None)
 
 
-def weight(frames: Iterable) -> int:
+def weight(frames: tuple) -> int:
     """The payload bytes a task's frames hold in memory: all of them but a first frame that is
     ``bytes`` (a pickled function, stored once for the many tasks of a map: ``TaskTable.compact``)."""
-    frames = tuple(frames)
-    first = 1 if frames and type(frames[0]) is bytes else 0
-    return sum(len(f) for f in frames[first:])
+    size = sum(map(len, frames))
+    if frames and type(frames[0]) is bytes:
+        size -= len(frames[0])
+    return size
 
 
 def default_budget() -> int:
@@ -160,6 +164,7 @@ class Spill:
         self.written = 0  # bytes written, all told
         self.full_until = 0.0  # a write failed: try again after this (monotonic)
         self.churn = 0  # bytes spilled or read back since memory was last returned to the system
+        self.ended: deque[int] = deque()  # the tasks whose files are to be removed, a batch each turn
 
     def start(self) -> None:
         """The broker starts: remove what brokers that died left in a shared ``parent``."""
@@ -179,15 +184,25 @@ class Spill:
         spill now?"""
         return self.held > self.budget + BATCH and bool(self.queued) and time.monotonic() >= self.full_until
 
+    def pending(self) -> bool:
+        """Is there payload over the budget that may spill now, or files to remove (the loop should
+        not sleep)?"""
+        return bool(self.ended) or (self.held > self.budget and bool(self.queued)
+                                    and time.monotonic() >= self.full_until)
+
     def due(self) -> bool:
-        """Is there work for ``turn``: payload over the budget, or freed memory to return?"""
-        return self.held > self.budget or self.churn >= TRIM_EVERY
+        """Is there work for ``turn``: payload over the budget, files to remove, freed memory to return?"""
+        return self.held > self.budget or bool(self.ended) or self.churn >= TRIM_EVERY
 
     def turn(self) -> int:
-        """Spill the newest queued tasks until the tasks hold no more than the budget; the bytes written.
+        """Spill the newest queued tasks until the tasks hold no more than the budget, or ``TURN``
+        bytes are written (the loop has other work: it comes back at once); the bytes written.
         Then, every ``TRIM_EVERY`` bytes, hand the memory freed back to the system (``_trim``)."""
+        if self.ended:
+            self._unlink(UNLINKS)
         written = 0
-        while self.held > self.budget and self.queued and time.monotonic() >= self.full_until:
+        while (self.held > self.budget and self.queued and written < TURN
+               and time.monotonic() >= self.full_until):
             gid, task = self.queued.popitem()
             if task.worker is not None or isinstance(task.frames, Spilled):
                 continue
@@ -230,10 +245,7 @@ class Spill:
         if isinstance(task.frames, Spilled):
             task.frames = ()
             self.files -= 1
-            try:
-                os.unlink(self._path(task.gid))
-            except OSError:
-                pass
+            self.ended.append(task.gid)  # removed at the end of this loop turn (``turn``)
         elif task.frames:
             self.held -= weight(task.frames)
             task.frames = ()
@@ -244,12 +256,22 @@ class Spill:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
         self.files = 0
+        self.ended.clear()
         self.queued.clear()
 
     # -- the files -------------------------------------------------------------------
 
     def _path(self, gid: int) -> str:
         return os.path.join(self.directory, str(gid))
+
+    def _unlink(self, most: int) -> None:
+        """Remove the files of up to ``most`` tasks that ended, oldest first."""
+        for _ in range(min(most, len(self.ended))):
+            gid = self.ended.popleft()
+            try:
+                os.unlink(self._path(gid))
+            except OSError:
+                pass
 
     def _write(self, gid: int, frames: tuple) -> Spilled:
         if self.directory is None:
