@@ -10,6 +10,11 @@ worker (``outgoing``: each dispatch, a retry's included) and never kept in
 memory again; its file goes when the task ends, and the directory when the
 broker closes.
 
+Writing goes at the disk's pace, so it is spread over loop turns: the broker
+stops reading messages once its tasks hold ``BATCH`` over the budget (ZeroMQ
+then holds the senders back), and a turn writes at most ``TURN`` bytes and
+removes at most ``UNLINKS`` files before the loop goes on with its other work.
+
 What stays in memory: each task's record and its first frame when it is a
 pickled function shared by many tasks (a map's), and tasks whose payload is
 under ``MIN_SPILL`` bytes (a file would cost more than it saves).  A task

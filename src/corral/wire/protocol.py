@@ -172,7 +172,7 @@ def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> l
 
 
 MAX_BATCH = 2000  # entries per batched message: keeps every header far below MAX_HEADER_BYTES
-BATCH_BYTES = 16 << 20  # a sender ends a batched message once its payload frames reach this
+BATCH_BYTES = 2 << 20  # a sender ends a batched message once its payload frames reach this
 
 
 MAX_IDS = 20_000  # task ids per CANCEL, CANCELLED, STARTED or KILL: at most ~420 KB of JSON
