@@ -216,7 +216,7 @@ def test_a_spilled_task_whose_worker_dies_is_read_back_again(tmp_path, fresh, ma
         stop(broker)
 
 
-def test_cancel_and_a_client_gone_remove_the_files(tmp_path, make_executor):
+def test_cancel_kill_and_a_client_gone_remove_the_files(tmp_path, make_executor):
     spill_dir = tmp_path / "spill"
     spill_dir.mkdir()
     broker = start_broker(f"tcp://127.0.0.1:{free_port()}", "--max-memory", "1", "--spill-dir", str(spill_dir),
@@ -226,7 +226,9 @@ def test_cancel_and_a_client_gone_remove_the_files(tmp_path, make_executor):
         ex = make_executor(address=broker.connection)
         futures = [ex.submit(zlib.crc32, payload(i, 8192)) for i in range(10)]
         wait_for(lambda: len(spill_files(spill_dir)) == 10)
-        assert all(f.cancel() for f in futures[:6])
+        assert all(f.cancel() for f in futures[:5])
+        assert futures[5].kill()  # a queued task killed ends at once
+        wait_for(futures[5].done, timeout=5)
         wait_for(lambda: len(spill_files(spill_dir)) == 4, timeout=5)
         # Another client queues tasks and dies without a word: its files go when the broker gives it up.
         script = ("import corral, sys, zlib\n"
