@@ -252,6 +252,17 @@ def test_cancel_kill_and_a_client_gone_remove_the_files(tmp_path, make_executor)
         stop(broker)
 
 
+def test_a_payload_that_cannot_be_read_back_fails_its_task(spilling_broker, workers, make_executor):
+    ex = make_executor(address=spilling_broker.connection)
+    lost = ex.submit(zlib.crc32, payload(1, 40 * MiB))  # over the 32 MiB budget: it spills
+    [path] = wait_for(lambda: spill_files(spilling_broker.spill_dir))
+    os.unlink(path)
+    workers(spilling_broker.connection, "--processes", "1")
+    with pytest.raises(RuntimeError, match="task failed: spill: the broker could not read back"):
+        lost.result(timeout=30)
+    assert ex.submit(zlib.crc32, payload(2, 40 * MiB)).result(timeout=30) == zlib.crc32(payload(2, 40 * MiB))
+
+
 @pytest.mark.parametrize(("argv", "expected"), [
     (["--max-memory", "lots"], "error: argument --max-memory: expected a size"),
     (["--max-memory", "0"], "error: argument --max-memory: expected a size"),
