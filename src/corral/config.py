@@ -80,8 +80,8 @@ _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G"
           "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1000**4, "TB": 1000**4, "TIB": 1024**4}
 
 
-def parse_size(value: int | str | None) -> int | None:
-    """``max_memory``: an int of bytes, or a string such as "512MB" or "2GiB"."""
+def parse_size(value: int | str | None, name: str = "max_memory") -> int | None:
+    """``max_memory`` (or the size called ``name``): an int of bytes, or a string such as "512MB" or "2GiB"."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -91,9 +91,9 @@ def parse_size(value: int | str | None) -> int | None:
         try:
             value = int(float(number) * _UNITS[unit])
         except (ValueError, KeyError, OverflowError):  # OverflowError: "inf"
-            raise ValueError(f"max_memory {value!r} is not a size; use bytes or a string like '512MB' or '2GiB'")
+            raise ValueError(f"{name} {value!r} is not a size; use bytes or a string like '512MB' or '2GiB'")
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"max_memory must be a positive number of bytes, not {value!r}")
+        raise ValueError(f"{name} must be a positive number of bytes, not {value!r}")
     return value
 
 
@@ -365,6 +365,7 @@ class ExecutorConfig:
     kill_grace: float = KILL_GRACE
     spin: float = SPIN
     resources: Any = None  # each local worker's, for tasks that ask (placement.py): sorted (name, amount) pairs
+    broker_memory: int | str | None = None  # the embedded broker's budget for queued payloads (broker/spill.py)
 
     def __post_init__(self) -> None:
         from . import addresses
@@ -413,6 +414,10 @@ class ExecutorConfig:
                 "idle_timeout, max_memory, prefetch and resources configure the workers an Executor starts "
                 "itself; with address= give them to `corral worker` instead."
             )
+        self.broker_memory = parse_size(self.broker_memory, "broker_memory")
+        if self.address is not None and self.broker_memory is not None:
+            raise ValueError("broker_memory is the executor's own broker's memory budget; with address= the "
+                             "broker is elsewhere: start it with `corral broker --max-memory SIZE` instead.")
         if self.address is not None and self.initializer is not None:
             raise ValueError(
                 "initializer runs in the workers an Executor starts itself; with address= the "

@@ -79,6 +79,10 @@ INTERNED = 1024  # distinct first frames (pickled functions) of queued tasks sto
 # heartbeats, so that a flood from some peers (a SUBMIT is up to 2,000 tasks) cannot keep the
 # others waiting for their heartbeats past their liveness.
 DRAIN_LIMIT = 1000
+# Messages a peer may have waiting in a broker's ROUTER before ZeroMQ stops reading its connection
+# (ZeroMQ's default is 1,000): a client sending tasks of 1 MiB to a broker that spills them at the
+# disk's pace would otherwise park a GiB there, beyond the broker's memory budget (broker/spill.py).
+ROUTER_RCVHWM = 100
 
 # -- the client ------------------------------------------------------------------------------
 

@@ -70,6 +70,7 @@ from .peers import MALFORMED, Peers
 from .queue import TaskQueue
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
 from .sessions import Sessions
+from .spill import Spill
 from .unplaced import Unplaced
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         insecure: bool = False,
         fleet: Fleet | None = None,
         log=None,
+        spill: Spill | None = None,
     ):
         # A CurveZMQ broker's ZAP handler serves its whole context, and a context has room for one:
         # without a context of the caller's, such a broker makes its own (and ends it when it closes).
@@ -151,6 +153,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         self.clients: dict[bytes, ClientState] = {}
         self.outboxes: dict[bytes, Outbox] = {}
         self.backlogs = Backlogs()  # what peers that are not reading are owed (backlog.py)
+        self.spill = spill or Spill(log=self.log)  # queued payloads past a memory budget go to disk (spill.py)
         self.next_gid = 1
         self.interned: dict[bytes, bytes] = {}
         self.local: dict[bytes, Callable] = {}  # attached clients in this thread: ident -> deliver
@@ -158,6 +161,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         self.running = True
         self.last_beat = 0.0
         self.last_reap = 0.0
+        self.deferred = False  # messages were left unread to spill first (drain)
 
     def _router(self, address: str) -> zmq.Socket:
         """A ROUTER bound to ``address`` (``wire.sockets``; a CurveZMQ one for TCP, ``Guard``), with as
@@ -173,6 +177,8 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         timeout = 0.1 if self.pool or self.fleet else self.heartbeat / 2
         if self.backlogs:
             timeout = min(timeout, BACKLOG_RETRY)
+        if self.spill.pending():
+            return 0.0  # more to spill, or messages left unread meanwhile
         if self.lanes:
             now = time.monotonic()
             for w in self.lanes.values():
@@ -191,7 +197,8 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             self.close()
 
     def start(self) -> None:
-        """Start the pool's workers, if there is a pool."""
+        """Start the pool's workers, if there is a pool; remove dead brokers' spill directories."""
+        self.spill.start()
         if self.pool:
             self.pool.fill()
 
@@ -214,6 +221,11 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             if happened:
                 self.serve_stream(ident, link, happened)
         self.dispatch()
+        if self.spill.due():
+            self.spill.turn()  # after dispatch, which may have taken what would have spilled
+            if self.deferred:  # peers' messages wait unread: their silence is ours, not theirs
+                self.deferred = False
+                self.excuse_silence(time.monotonic())
         if self.lanes:
             self.lane_timers(time.monotonic())  # before the flush, which sends the STARTED it adds
         if self.backlogs:
@@ -225,8 +237,13 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
     # -- the listening sockets -----------------------------------------------------
 
     def drain(self, sock: zmq.Socket, limit: int = DRAIN_LIMIT) -> None:
-        """Handle the messages waiting on a ROUTER (at most ``limit``: the loop's other work goes on)."""
+        """Handle the messages waiting on a ROUTER (at most ``limit``: the loop's other work goes on; none more
+        while queued payloads over the memory budget wait to be spilled, which this turn does: ``spill.py``)."""
+        spill = self.spill
         for _ in range(limit):
+            if spill.held > spill.budget and spill.full():
+                self.deferred = True  # this turn spills what arrived (step) before it reads more
+                return
             try:
                 msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -272,20 +289,24 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         expected = self.pool.size if self.pool else self.fleet.expected() if self.fleet else 0
         given = scheduler.assign(self.queue, self.tasks, self.workers.values(), expected, now)
         for w, tasks in given:
+            payloads = self.outgoing(w, tasks)  # read back from disk if spilled (spill.py)
+            if not payloads:
+                continue
             # Each with the results it takes (dependencies.py) and the objects the worker lacks (objects.py).
-            if any(task.deps is not None or "refs" in task.options for task in tasks):
+            if any(task.deps is not None or "refs" in task.options for task, _ in payloads):
                 entries, frames = [], []
                 needed = self.objects_needed(w) if self.objects else set()
-                for task in tasks:
-                    task_frames, options = self.with_results(task) if task.deps is not None else (
-                        task.frames, task.options)
+                for task, task_frames in payloads:
+                    options = task.options
+                    if task.deps is not None:
+                        task_frames, options = self.with_results(task, task_frames)
                     if "refs" in options:
                         task_frames, options = self.with_objects(w, task_frames, options, needed)
                     entries.append(protocol.task_entry(task.gid, len(task_frames), options))
                     frames.extend(task_frames)
             else:
-                entries = [protocol.task_entry(task.gid, len(task.frames), task.options) for task in tasks]
-                frames = [frame for task in tasks for frame in task.frames]
+                entries = [protocol.task_entry(task.gid, len(frames), task.options) for task, frames in payloads]
+                frames = [frame for _, task_frames in payloads for frame in task_frames]
             self.send(self.workers_sock, w.ident, Kind.TASKS, {"tasks": entries}, frames)
         for w in idle_lanes:
             if w.assigned:  # its task process begins the first of them now
@@ -377,6 +398,12 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         self.told_unknown = {ident: t for ident, t in self.told_unknown.items() if now - t < self.heartbeat}
         self.complain.tick()
 
+    def excuse_silence(self, now: float) -> None:
+        """The broker left its peers' messages unread while it spilled: none of them counts as silent
+        for that time (their heartbeats wait behind the tasks a client sent)."""
+        for peer in (*self.clients.values(), *self.workers.values()):
+            peer.last_seen = now
+
     def knows(self, ident: bytes) -> bool:
         """Is ``ident`` a client or a worker the broker serves (one whose messages wait when it is slow)?"""
         return ident in self.clients or ident in self.workers
@@ -459,6 +486,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         for sock in self.routers:
             sock.close()
         self.guard.close()
+        self.spill.close()
         if self.own_ctx:
             self.ctx.term()
 

@@ -41,22 +41,32 @@ class Held:
 class Dependencies:
     """The dependency half of ``Broker``: waiting tasks, held results, failures passed on."""
 
-    def wait_for(self, c: ClientState, task: Task) -> bool:
-        """Link a new task to what it waits for; True if it can be queued now.  A dependency
-        that has finished already fails the task with ERR_DEPENDENCY_GONE (the client
-        sends it again with that result inline)."""
+    def take_inline(self, task: Task) -> tuple[list, list]:
+        """A new task's ``deps`` and ``after`` options, taken off its options, for ``wait_for``:
+        in ``deps``, a result sent inline is its frames, taken off the task's."""
         options = task.options
-        data, after = options.get("deps") or (), options.get("after") or ()
+        data = options.get("deps") or ()
         task.options = {k: v for k, v in options.items() if k not in ("deps", "after")}
         inline = sum(d[0] for d in data if type(d) is list)
-        frames = task.frames
+        frames, tail, pos, deps = task.frames, (), 0, []
         if inline:
             task.frames, tail = frames[: len(frames) - inline], frames[len(frames) - inline:]
-        deps, gone, pos = [], [], 0
         for d in data:
             if type(d) is list:
                 deps.append(tuple(tail[pos: pos + d[0]]))
                 pos += d[0]
+            else:
+                deps.append(d)
+        return deps, options.get("after") or []
+
+    def wait_for(self, c: ClientState, task: Task, data: list, after: list) -> bool:
+        """Link a new task to what it waits for (``take_inline``'s); True if it can be queued now.
+        A dependency that has finished already fails the task with ERR_DEPENDENCY_GONE (the
+        client sends it again with that result inline)."""
+        deps, gone = [], []
+        for d in data:
+            if type(d) is tuple:
+                deps.append(d)
                 continue
             gid = c.tasks.get(d)
             if gid is None or gid == task.gid:
@@ -135,10 +145,10 @@ class Dependencies:
                 if held.users <= 0:
                     del self.held[gid]
 
-    def with_results(self, task: Task) -> tuple[tuple | list, dict]:
-        """A dependent task's frames and options for its worker: its own frames, then those of
-        each result it takes ("dep_frames": how many each)."""
-        frames, counts = list(task.frames), []
+    def with_results(self, task: Task, frames: tuple | list) -> tuple[list, dict]:
+        """A dependent task's frames and options for its worker: its own ``frames``, then those
+        of each result it takes ("dep_frames": how many each)."""
+        frames, counts = list(frames), []
         for d in task.deps:
             result = d if type(d) is tuple else self.held[d].frames
             frames.extend(result)

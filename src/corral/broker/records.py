@@ -22,7 +22,7 @@ class Task:
     gid: int
     client: bytes
     cid: int
-    frames: tuple
+    frames: tuple  # its payload; a spill.Spilled handle while on disk (read it with Spill.outgoing)
     options: dict
     attempts: int = 0
     worker: bytes | None = None

@@ -185,9 +185,11 @@ class TaskTable:
         if options and ("priority" in options or "resources" in options or "queue" in options):
             task.place = of_options(options)
         c.tasks[cid] = gid
+        waits = self.take_inline(task) if options and ("deps" in options or "after" in options) else None
+        self.spill.add(task)  # counted from here on (results sent inline apart): its end releases it (spill.py)
         if options and "refs" in options and not self.use_objects(c, task):
             return  # an object it needs is not held for its client (objects.py)
-        if options and ("deps" in options or "after" in options) and not self.wait_for(c, task):
+        if waits is not None and not self.wait_for(c, task, *waits):
             return  # it waits for other tasks (dependencies.py), or failed already
         self.queue.append(gid)
 
@@ -274,6 +276,7 @@ class TaskTable:
             self.release_results(task)
         if "refs" in task.options:
             self.unuse_objects(task)
+        self.spill.release(task)  # its payload's bytes, or its spill file
         if task.waiting:  # it ends before what it waited for (dependencies.py)
             task.waiting = 0
             self.waiting_tasks -= 1
@@ -282,6 +285,21 @@ class TaskTable:
             held = w.assigned.pop(task.gid, None)
             if held:
                 release(w, held)
+
+    def outgoing(self, w: WorkerState, tasks: list[Task]) -> list[tuple[Task, tuple]]:
+        """Each task ``w`` was given, with the frames to send it (read back if spilled: ``spill.py``).
+        A task whose spill file cannot be read fails, and ``w`` gets its credit back."""
+        payloads = []
+        for task in tasks:
+            try:
+                payloads.append((task, self.spill.outgoing(task)))
+            except OSError as exc:
+                w.assigned.pop(task.gid, None)
+                w.credit += 1
+                task.worker = None
+                self.fail(task, protocol.ERR_SPILL, f"the broker could not read back the arguments it had spilled "
+                                                    f"to disk: {exc}; its spill directory must stay while it runs")
+        return payloads
 
     def terminate(self, c: ClientState, hard: bool) -> None:
         """``terminate_workers()``/``kill_workers()``: stop everything this client started."""

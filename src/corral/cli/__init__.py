@@ -19,7 +19,7 @@ from .. import __version__
 from ..config import CACHE_SIZE, HEARTBEAT, LIVENESS, TERM_GRACE, add_placement_arguments
 from ..errors import CredentialsError, CurveUnavailableError, InsecureAddressError
 from .argtypes import broker as broker_target
-from .argtypes import connect_address, integer, listen_address, seconds, size, wall_time
+from .argtypes import connect_address, integer, listen_address, seconds, size, wall_time, writable_directory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="heartbeat interval in seconds (default %(default)s)")
     broker.add_argument("--liveness", type=integer(1), default=LIVENESS,
                         help="heartbeats missed before a peer is lost (default %(default)s)")
+    broker.add_argument("--max-memory", type=size, default=None, metavar="SIZE",
+                        help="queued tasks' payload kept in memory, e.g. 2GB; the newest beyond it are spilled "
+                             "to disk (default: a quarter of this machine's memory)")
+    broker.add_argument("--spill-dir", type=writable_directory, default=None, metavar="DIR",
+                        help="where spilled payloads go, in a private corral-spill-* directory (default: $TMPDIR)")
     broker.set_defaults(func=_command("broker", "cmd_broker"), parser=broker)
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")

@@ -10,6 +10,7 @@ never a traceback.  The rules themselves live with the library's own checks
 from __future__ import annotations
 
 import argparse
+import os
 from argparse import ArgumentTypeError
 
 from .. import addresses
@@ -45,6 +46,16 @@ def broker(text: str) -> str:
     if "://" not in text:
         return text  # a connection file: read, and checked, when the command runs (security/credentials.py)
     return connect_address(text)
+
+
+def writable_directory(text: str) -> str:
+    """A directory that exists and this user may make files in."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if not os.path.isdir(path):
+        raise ArgumentTypeError(f"no such directory: {text!r}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ArgumentTypeError(f"cannot write in the directory {text!r}")
+    return path
 
 
 def wall_time(text: str) -> float | str | None:

@@ -14,13 +14,14 @@ import sys
 
 from .. import addresses
 from ..errors import CredentialsError
-from ..logs import setup
+from ..logs import logger, setup
 from .argtypes import level
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
     """``corral broker``: serve until SIGTERM or Ctrl-C."""
     from ..broker.broker import Broker
+    from ..broker.spill import Spill
     from ..security.credentials import require_curve, warn_insecure
     from ..security.provision import provision
 
@@ -43,8 +44,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
             print(f"corral broker: {exc}", file=sys.stderr)
             return 1
     setup(level(args))
+    log = logger("broker").warning
     broker = Broker(args.listen, heartbeat=args.heartbeat, liveness=args.liveness, keys=keys,
-                    insecure=args.insecure)
+                    insecure=args.insecure, log=log, spill=Spill(args.max_memory, args.spill_dir, log=log))
     secure = " (CurveZMQ)" if keys is not None else " (plain TCP)" if tcp else ""
     print(f"corral broker listening on {args.listen}{secure}", file=sys.stderr, flush=True)
     if connection is not None:

@@ -23,6 +23,7 @@ import zmq
 
 from .. import serialization
 from ..broker.broker import Broker
+from ..broker.spill import Spill
 from ..config import ExecutorConfig
 from ..local.pool import LocalPool
 from ..scaling.options import FleetOptions
@@ -59,7 +60,7 @@ def embedded(config: ExecutorConfig, ctx: zmq.Context) -> OwnBroker:
     pool = LocalPool(None, config.max_workers, config.worker_config(), bootstrap=bootstrap, shm=shm_dir,
                      spin=config.spin)
     broker = Broker(None, context=ctx, pool=pool, embedded=True, heartbeat=config.heartbeat,
-                    liveness=config.liveness)
+                    liveness=config.liveness, spill=Spill(config.broker_memory, tmpdir, private=True))
     return OwnBroker(broker, tmpdir, shm_dir)
 
 
@@ -75,7 +76,7 @@ def launched(config: ExecutorConfig, options: FleetOptions) -> OwnBroker:
     keys = MemoryKeys()  # each launch's key is added as it is made; nothing on disk
     broker, port = listen.bind_router(
         lambda address: Broker(None, address, keys=keys, embedded=True, heartbeat=config.heartbeat,
-                               liveness=config.liveness), bind_host, port)
+                               liveness=config.liveness, spill=Spill(config.broker_memory)), bind_host, port)
     try:
         address = listen.dial_address(dial_host, port)
         command = options.worker_command(config.heartbeat, config.liveness, worker_arguments(config))

@@ -108,6 +108,10 @@ class Executor(_StdExecutor):
         resources: what each local worker has for tasks that ask for it with
             ``options(resources=)``, e.g. ``{"gpu": 1, "mem": "64GB"}``
             (docs/tasks.md).
+        broker_memory: the executor's own broker keeps queued tasks' payload
+            in memory up to this (bytes, or a string like "2GB"; default: a
+            quarter of the machine's memory) and writes the newest beyond it
+            to files in its private temporary directory (docs/tasks.md).
         heartbeat, liveness: seconds between heartbeats, and how many may be
             missed before a peer counts as lost (default 1.0 and 3).
         kill_grace: seconds between SIGTERM and SIGKILL for ``Future.kill()``.
@@ -149,10 +153,12 @@ class Executor(_StdExecutor):
         tasks_max: int | None = None,
         seed: int | None = None,
         resources: dict[str, int | float | str] | None = None,
+        broker_memory: int | str | None = None,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
             prefetch, idle_timeout, max_memory, heartbeat, liveness, kill_grace, spin, resources,
+            broker_memory=broker_memory,
         )
         self._config = config
         self._max_workers = config.max_workers

@@ -259,7 +259,10 @@ class IOLoop(Standing):
             if self.wake_r in events:
                 os.read(self.wake_r, 4096)
             self.awake = False
+            sending = time.monotonic()
             self.send_pending(link)
+            if time.monotonic() - sending > self.heartbeat / 2:  # a broker busy spilling did not read:
+                events.update(self.poller.poll(0))  # what it said meanwhile shows it lives
             for kind, body, frames in link.receive(events):
                 if kind != Kind.ERROR:  # a broker that does not know us is no sign that ours lives
                     self.last_heard = time.monotonic()

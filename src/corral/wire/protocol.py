@@ -79,6 +79,7 @@ ERR_LAUNCH = "launch"  # no launched worker could be started to run it (the exec
 ERR_DEPENDENCY = "dependency"  # a task it depends on failed ("how") or was cancelled or killed: it did not run
 ERR_DEPENDENCY_GONE = "dependency_gone"  # tasks it names in deps/after had finished already: send it again
 ERR_OBJECT = "object"  # an object it names in refs is not held for its client (put it again)
+ERR_SPILL = "spill"  # the broker could not read back the payload it had spilled to disk
 
 # Codes of ERROR messages.
 UNKNOWN_PEER = "unknown_peer"  # the broker does not know the sender (it restarted, or dropped it): HELLO again
@@ -186,6 +187,7 @@ def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> l
 
 
 MAX_BATCH = 2000  # entries per batched message: keeps every header far below MAX_HEADER_BYTES
+BATCH_BYTES = 2 << 20  # a sender ends a batched message once its payload frames reach this
 
 
 MAX_IDS = 20_000  # task ids per CANCEL, CANCELLED, STARTED or KILL: at most ~420 KB of JSON
@@ -271,13 +273,33 @@ def id_chunks(ids: list) -> Iterator[list]:
 
 
 def batches(entries: list, frames: list, count_at: int):
-    """Split a batch into messages of at most MAX_BATCH entries, each with its own frames."""
+    """Split a batch into messages of at most MAX_BATCH entries, each with its own frames; a message
+    also ends with the entry that brings its frames to BATCH_BYTES, so that none brings its receiver
+    gigabytes at once (a broker spilling past its memory budget reads on a message at a time)."""
+    if sum(map(len, frames)) >= BATCH_BYTES:
+        yield from _by_bytes(entries, frames, count_at)
+        return
     pos = 0
     for start in range(0, len(entries), MAX_BATCH):
         chunk = entries[start : start + MAX_BATCH]
         n = sum(entry[count_at] for entry in chunk)
         yield chunk, frames[pos : pos + n]
         pos += n
+
+
+def _by_bytes(entries: list, frames: list, count_at: int):
+    """``batches`` of large payloads: entries counted one by one."""
+    start = pos = 0
+    while start < len(entries):
+        end = start
+        n = size = 0
+        while end < len(entries) and end - start < MAX_BATCH and size < BATCH_BYTES:
+            k = entries[end][count_at]
+            size += sum(map(len, frames[pos + n : pos + n + k]))
+            n += k
+            end += 1
+        yield entries[start:end], frames[pos : pos + n]
+        start, pos = end, pos + n
 
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import zmq
 
 from ..addresses import needs_ipv6
+from ..tuning import ROUTER_RCVHWM
 
 ZAP_DOMAIN = "corral"  # what a broker's CurveZMQ ROUTER tells its ZAP handler (security/zap.py)
 
@@ -29,6 +30,7 @@ def router(ctx: zmq.Context, address: str, keys: tuple[bytes, bytes] | None = No
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.setsockopt(zmq.RCVHWM, ROUTER_RCVHWM)  # what a peer's connection may hold unread: tuning.py
     sock.setsockopt(zmq.IPV6, needs_ipv6(address))  # else ZeroMQ cannot bind an IPv6 address
     if keys is not None:
         sock.curve_publickey, sock.curve_secretkey = keys
