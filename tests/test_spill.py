@@ -295,3 +295,39 @@ def test_broker_memory_is_checked(make_executor):
         make_executor(broker_memory=0)
     with pytest.raises(ValueError, match="corral broker --max-memory"):
         make_executor(address="ipc:///tmp/nowhere", broker_memory="1GB")
+
+
+def _crc_plus(data: bytes, extra: int, table: dict) -> int:
+    return zlib.crc32(data) + extra + len(table)
+
+
+def test_spilled_dependents_wait_then_run_with_results_and_objects(tmp_path, make_executor):
+    """Tasks that wait for a dependency and take an object (Executor.put) spill like any other:
+    read back when they run, each with its dependency's result and the object."""
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    broker = start_broker(f"tcp://127.0.0.1:{free_port()}", "--max-memory", "1", "--spill-dir", str(spill_dir))
+    worker = None
+    try:
+        ex = make_executor(address=broker.connection)
+        table = ex.put({i: i for i in range(1000)})
+        gate = tmp_path / "gate"
+        first = ex.submit(_wait_then, str(gate), 7)
+        data = [payload(i, 100_000) for i in range(6)]
+        futures = [ex.submit(_crc_plus, d, first, table) for d in data]
+        worker = start_worker(broker.connection, "--processes", "1", env=_tests_env())
+        wait_for(lambda: len(spill_files(spill_dir)) == 6)  # waiting, and spilled
+        gate.touch()
+        assert [f.result(timeout=30) for f in futures] == [zlib.crc32(d) + 7 + 1000 for d in data]
+        wait_for(lambda: not spill_files(spill_dir), timeout=5)
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(broker)
+
+
+def _wait_then(path: str, value: int) -> int:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
