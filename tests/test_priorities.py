@@ -107,10 +107,12 @@ def test_an_unschedulable_task_is_shown_by_summary_and_fails_after_its_timeout(m
     summary = wait_for(lambda: (s := ex.summary()).unschedulable and s, what="the task to be found unschedulable")
     assert summary.unschedulable == 1 and "gpu=2 (the most a worker has: gpu=1)" in summary.unschedulable_reasons[0]
     assert "1 unschedulable" in str(summary)
+    info = wait_for(lambda: (i := fut.info).unschedulable and i, what="the future to hear it")
+    assert info.state == "queued" and "gpu=2 (the most a worker has: gpu=1)" in info.unschedulable
     assert ex.submit(note, str(tmp_path / "log"), "plain").result(TIMEOUT)  # it holds nothing up
     with pytest.raises(corral.TaskTimeoutError, match="gpu=2"):
         fut.result(TIMEOUT)
-    assert ex.summary().unschedulable == 0
+    assert ex.summary().unschedulable == 0 and fut.info.unschedulable is None and fut.info.state == "failed"
     assert [label for label, *_ in ran(tmp_path / "log")] == ["ok", "plain"]
 
 
@@ -176,3 +178,23 @@ def test_bad_worker_placement_arguments_are_usage_errors(argv):
                           timeout=TIMEOUT)
     assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert f"argument --{argv[0][2:]}" in proc.stderr, proc.stderr
+
+
+def test_a_future_hears_that_its_task_is_unschedulable_and_when_it_no_longer_is(broker_address, tmp_path):
+    """Over CurveZMQ: a task for a queue no worker serves says why in its info; a worker that
+    serves it comes, the record clears, and the task runs there."""
+    first = start_worker(broker_address, "--processes", "1")
+    second = None
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            assert ex.submit(note, str(tmp_path / "log"), "plain").result(TIMEOUT)
+            fut = ex.options(queue="big").submit(note, str(tmp_path / "log"), "big")
+            info = wait_for(lambda: (i := fut.info).unschedulable and i, what="the future to hear it")
+            assert "big" in info.unschedulable and info.state == "queued"
+            second = start_worker(broker_address, "--processes", "1", "--queue", "big")
+            assert fut.result(TIMEOUT)
+            assert fut.info.unschedulable is None and fut.info.state == "done"
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                stop(proc)

@@ -313,8 +313,12 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
                 self.next_head(w, now)
 
     def flush(self) -> None:
-        """Send each client what this turn owes it: STARTED, RESULT, then CANCELLED verdicts."""
+        """Send each client what this turn owes it: STARTED, RESULT, then CANCELLED verdicts, and
+        which of its queued tasks no connected worker could ever run (UNPLACED)."""
         for ident, box in self.outboxes.items():
+            for reason, cids in box.unplaced.items():
+                for chunk in protocol.id_chunks(cids):
+                    self.send(self.clients_sock, ident, Kind.UNPLACED, {"ids": chunk, "reason": reason})
             if box.started:
                 for chunk in protocol.id_chunks(box.started):
                     self.send(self.clients_sock, ident, Kind.STARTED, {"ids": chunk})

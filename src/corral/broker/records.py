@@ -143,6 +143,7 @@ class Outbox:
         self.started: list = []
         self.dropped: list = []  # cancel verdicts: dropped before they ran
         self.too_late: list = []  # cancel verdicts: too late, they ran (or run)
+        self.unplaced: dict = {}  # reason (None: no longer) -> ids of queued tasks no worker could run (unplaced.py)
 
     def result(self, cid: int, status: Status, frames: list, meta: dict) -> None:
         """A task's outcome, for this turn's RESULT to the client."""

@@ -54,12 +54,15 @@ class Unplaced:
             line = broker.queue.plain if demand is None else broker.queue.lines[demand]
             for task in broker.queue.waiting(line):
                 if reason is None:
-                    if task.place is not None:
+                    if task.place is not None and task.place.reason is not None:
                         task.place.reason = None
+                        broker.outbox(task.client).unplaced.setdefault(None, []).append(task.cid)
                     continue
                 place = place_of(task)
                 if place.reason is None:
                     place.reason, place.stuck_since = reason, now
+                    # Its client hears it once (future.info), and again only if it changes.
+                    broker.outbox(task.client).unplaced.setdefault(reason, []).append(task.cid)
                 count += 1
                 timeout = task.options.get("timeout")
                 if timeout is not None and now - place.stuck_since >= timeout:

@@ -123,6 +123,7 @@ class CorralFuture(Future):
     _waiters = _MadeOnAppend()
     _done_callbacks = _MadeOnAppend()
     _waits: Any = None  # a task that waits for others: what it waits for (client/dependents.py)
+    _unplaced: str | None = None  # why no connected worker could ever run its queued task (UNPLACED)
     # Its record (``info``): what the I/O loop learns; set on the instance only when learned.
     _meta: dict | None = None  # its RESULT's meta
     _heard_started: float | None = None  # when the client heard that it began (STARTED)

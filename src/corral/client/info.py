@@ -45,6 +45,7 @@ class TaskInfo:
     attempts: int  # attempts that began (retries included)
     earlier_attempts: tuple[str, ...]  # why each earlier attempt ended, oldest first
     peak_memory: int | None  # peak resident bytes of its process while it ran (see docs/tasks.md)
+    unschedulable: str | None = None  # queued, and no connected worker could ever run it: why
 
 
 def task_info(fut: Future) -> TaskInfo:
@@ -72,6 +73,7 @@ def task_info(fut: Future) -> TaskInfo:
         attempts=attempts,
         earlier_attempts=record["tries"],
         peak_memory=record["peak"],
+        unschedulable=fut._unplaced if state not in (FINISHED, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED) else None,
     )
 
 

@@ -342,6 +342,13 @@ class IOLoop(Standing):
                         self.held_outcomes.append((entry, payload))
                     else:
                         self.resolve(entry, payload)
+            elif kind == Kind.UNPLACED:
+                reason = body.get("reason")
+                reason = protocol.text(reason, 1000) if reason is not None else None
+                for cid in body.get("ids", ()):
+                    fut = self.futures.get(cid)
+                    if fut is not None:
+                        fut._unplaced = reason
             elif kind == Kind.STARTED:
                 now = time.time()
                 for cid in body.get("ids", ()):

@@ -58,6 +58,7 @@ class Kind(IntEnum):
     LEAVING = 19  # W->B: the worker drains before it leaves for good: no more tasks; "requeue" the unstarted
     PUT = 20  # C->B: objects to keep by content hash, entries [key, nframes, meta] (docs/protocol.md 3.10)
     RELEASE = 21  # C->B: "keys": objects this client holds once fewer
+    UNPLACED = 22  # B->C: "ids" of queued tasks no connected worker could ever run, and "reason" (null: now one can)
 
 
 class Status(IntEnum):
