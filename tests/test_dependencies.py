@@ -209,17 +209,15 @@ def test_a_dependency_finished_before_its_dependent_arrived(make_executor):
     knows the dependency; the client sends the task again with the result inline."""
     ex = make_executor(1)
     a = ex.submit(slow, 5, 0.2)
-    collector = dependencies.Collector(ex._io)
-    frames = call_frames(Call(add, (a, 1)), ex._functions, dependencies.collecting(collector))
-    assert collector.pending == [a]
+    arguments = dependencies.Arguments(ex._io)
+    frames = call_frames(Call(add, (a, 1)), ex._functions, arguments)
+    assert arguments.collector.pending == [a]
     assert a.result(TIMEOUT) == 5  # finished and forgotten by the broker before the dependent arrives
     late = ex._io.submit_frames(frames, {"deps": [a._cid]}, ([a], []))
     assert late.result(TIMEOUT) == 6
     failed = ex.submit(fail, "gone")
     failed.exception(TIMEOUT)
-    collector = dependencies.Collector(ex._io)
-    # Pickled as if it were still pending:
-    collector.pending.append(failed)
+    # Sent as if it had been pickled while the dependency was still pending:
     late_fail = ex._io.submit_frames(frames, {"deps": [failed._cid]}, ([failed], []))
     assert isinstance(late_fail.exception(TIMEOUT), corral.DependencyError)
 

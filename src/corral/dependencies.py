@@ -1,6 +1,6 @@
 """Futures as arguments: what a ``CorralFuture`` becomes in a task's pickle, and back.
 
-In the caller's thread, while a task's arguments are pickled (``Collector``), each
+In the caller's thread, while a task's arguments are pickled (``Arguments``), each
 future of this executor found in them (at any depth: in lists, dicts, sets, objects)
 becomes a placeholder::
 
@@ -56,23 +56,33 @@ class Collector:
         return argument, (i,)
 
 
-@contextlib.contextmanager
-def collecting(collector: Collector) -> Iterator[Collector]:
-    """Pickle a task's arguments within this block: the futures in them go to ``collector``."""
-    _local.collector = collector
-    try:
-        yield collector
-    finally:
-        _local.collector = None
+class Arguments:
+    """A context to pickle one task's arguments in: the futures met go to ``collector``, made
+    for the first one (a class, not a generator: it is entered for every task submitted)."""
+
+    __slots__ = ("collector", "loop")
+
+    def __init__(self, loop: Any):
+        self.loop = loop
+        self.collector: Collector | None = None
+
+    def __enter__(self) -> Arguments:
+        _local.arguments = self
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _local.arguments = None
 
 
 def reduce_future(fut: Any) -> tuple:
     """``CorralFuture.__reduce_ex__``: a placeholder while a task's arguments are pickled."""
-    collector = getattr(_local, "collector", None)
-    if collector is None:
+    arguments = getattr(_local, "arguments", None)
+    if arguments is None:
         raise TypeError("a corral future can be pickled only as an argument of a task submitted to its own "
                         "executor (its result is passed to the task): pass future.result() instead")
-    return collector.reduce(fut)
+    if arguments.collector is None:
+        arguments.collector = Collector(arguments.loop)
+    return arguments.collector.reduce(fut)
 
 
 def outcome(fut: Any) -> str | None:

@@ -17,11 +17,9 @@ once, however many tasks use it.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 from .wire import shm
@@ -67,13 +65,20 @@ class Ref:
         return self
 
 
-@contextlib.contextmanager
-def collecting(collector: Any) -> Iterator[Any]:
-    """Pickle a task within this block: the Refs met go to ``collector`` (``client/objects.py``)."""
-    _local.collector = collector
-    try:
-        yield collector
-    finally:
+class Collecting:
+    """A context to pickle a task in: the Refs met go to ``collector`` (``client/objects.py``).
+    A class, not a generator: it is entered for every task submitted."""
+
+    __slots__ = ("collector",)
+
+    def __init__(self, collector: Any):
+        self.collector = collector
+
+    def __enter__(self) -> Any:
+        _local.collector = self.collector
+        return self.collector
+
+    def __exit__(self, *exc_info: Any) -> None:
         _local.collector = None
 
 

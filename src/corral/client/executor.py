@@ -275,14 +275,15 @@ class Executor(_StdExecutor):
         with self._shutdown_lock:
             self._check_open()
             after = options.get("after") if options else None
-            collector = dependencies.Collector(self._io)  # the futures among the arguments
+            arguments = dependencies.Arguments(self._io)  # the futures among the arguments
             used = objects.Collector(self._objects)  # the Refs in the call, the function's closure too
             try:
-                with refs.collecting(used):
-                    frames = call_frames(call, self._functions, dependencies.collecting(collector))
+                with refs.Collecting(used):
+                    frames = call_frames(call, self._functions, arguments)
                 frames, options, handles = self._objects.prepare(frames, options, used)
                 waits = None
-                if collector.pending or collector.failed or collector.foreign or after:
+                if arguments.collector is not None or after:
+                    collector = arguments.collector or dependencies.Collector(self._io)
                     options, waits = _with_dependencies(options, collector, after, self._io)
             except (SerializationError, DependencyError) as exc:
                 fut = CorralFuture(self._io, 0)  # only this future fails; the executor stays usable
