@@ -12,6 +12,7 @@ pickled call: the broker forwards it, and a retry carries it again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class Numbering:
         each gets ``[seed, n, index of its first element]``."""
         options, seed, n = self._seed_and_number(options)
         if seed is None:
-            return lambda call: submit_call(call, options)
+            return functools.partial(submit_call, options=options)  # no Python frame of ours per task
         position = 0  # of the next element: the map's tasks are submitted in order, by its one consumer
 
         def submit(call: Call) -> Future:
