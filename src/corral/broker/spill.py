@@ -89,6 +89,8 @@ class Spilled:
 def weight(frames: tuple) -> int:
     """The payload bytes a task's frames hold in memory: all of them but a first frame that is
     ``bytes`` (a pickled function, stored once for the many tasks of a map: ``TaskTable.compact``)."""
+    if len(frames) == 2 and type(frames[0]) is bytes:
+        return len(frames[1])  # most tasks: a function shared or small, and one pickle of arguments
     size = sum(map(len, frames))
     if frames and type(frames[0]) is bytes:
         size -= len(frames[0])

@@ -280,7 +280,9 @@ class Executor(_StdExecutor):
             try:
                 with refs.Collecting(used):
                     frames = call_frames(call, self._functions, arguments)
-                frames, options, handles = self._objects.prepare(frames, options, used)
+                handles: list = []
+                if used.handles or used.foreign or (self._objects.store is None and len(frames) > 2):
+                    frames, options, handles = self._objects.prepare(frames, options, used)
                 waits = None
                 if arguments.collector is not None or after:
                     collector = arguments.collector or dependencies.Collector(self._io)
