@@ -294,7 +294,7 @@ class TaskTable:
             try:
                 payloads.append((task, self.spill.outgoing(task)))
             except OSError as exc:
-                w.assigned.pop(task.gid, None)
+                release(w, w.assigned.pop(task.gid, None))  # its resources too, as unassign gives them back
                 w.credit += 1
                 task.worker = None
                 self.fail(task, protocol.ERR_SPILL, f"the broker could not read back the arguments it had spilled "
