@@ -13,7 +13,7 @@ from concurrent.futures import CancelledError
 import pytest
 
 import corral
-from corral import dependencies
+from corral.client.gathering import Gathering
 from corral.serialization import Call, call_frames
 from helpers import wait_for
 
@@ -209,9 +209,9 @@ def test_a_dependency_finished_before_its_dependent_arrived(make_executor):
     knows the dependency; the client sends the task again with the result inline."""
     ex = make_executor(1)
     a = ex.submit(slow, 5, 0.2)
-    arguments = dependencies.Arguments(ex._io)
-    frames = call_frames(Call(add, (a, 1)), ex._functions, arguments)
-    assert arguments.collector.pending == [a]
+    met = Gathering(ex._io, ex._objects)
+    frames = call_frames(Call(add, (a, 1)), ex._functions, met)
+    assert met.take()[0].pending == [a]
     assert a.result(TIMEOUT) == 5  # finished and forgotten by the broker before the dependent arrives
     late = ex._io.submit_frames(frames, {"deps": [a._cid]}, ([a], []))
     assert late.result(TIMEOUT) == 6

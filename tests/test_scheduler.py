@@ -21,8 +21,8 @@ from corral.wire.protocol import Kind, Status
 def tasks(n: int) -> tuple[TaskQueue, dict]:
     table = {gid: Task(gid, b"client", gid, (b"f", b"a"), {}) for gid in range(1, n + 1)}
     queue = TaskQueue(table)
-    for gid in table:
-        queue.append(gid)
+    for task in table.values():
+        queue.append(task)
     return queue, table
 
 
@@ -244,7 +244,7 @@ def placed_tasks(*options: dict) -> tuple[TaskQueue, dict]:
     for gid, opts in enumerate(options, 1):
         task = table[gid] = Task(gid, b"client", gid, (b"f", b"a"), opts)
         task.place = of_options(opts)
-        queue.append(gid)
+        queue.append(task)
     return queue, table
 
 

@@ -1,6 +1,6 @@
 """Futures as arguments: what a ``CorralFuture`` becomes in a task's pickle, and back.
 
-In the caller's thread, while a task's arguments are pickled (``Arguments``), each
+In the caller's thread, while a task's arguments are pickled (``client/gathering.py``), each
 future of this executor found in them (at any depth: in lists, dicts, sets, objects)
 becomes a placeholder::
 
@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from . import serialization
 from .errors import DependencyError
 
 _local = threading.local()
@@ -56,33 +57,14 @@ class Collector:
         return argument, (i,)
 
 
-class Arguments:
-    """A context to pickle one task's arguments in: the futures met go to ``collector``, made
-    for the first one (a class, not a generator: it is entered for every task submitted)."""
-
-    __slots__ = ("collector", "loop")
-
-    def __init__(self, loop: Any):
-        self.loop = loop
-        self.collector: Collector | None = None
-
-    def __enter__(self) -> Arguments:
-        _local.arguments = self
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        _local.arguments = None
-
-
 def reduce_future(fut: Any) -> tuple:
     """``CorralFuture.__reduce_ex__``: a placeholder while a task's arguments are pickled."""
-    arguments = getattr(_local, "arguments", None)
-    if arguments is None:
-        raise TypeError("a corral future can be pickled only as an argument of a task submitted to its own "
-                        "executor (its result is passed to the task): pass future.result() instead")
-    if arguments.collector is None:
-        arguments.collector = Collector(arguments.loop)
-    return arguments.collector.reduce(fut)
+    gathering = serialization.gathering()
+    if gathering is None or not gathering.arguments:
+        raise (serialization.GatheringNeeded if gathering is None else TypeError)(
+            "a corral future can be pickled only as an argument of a task submitted to its own executor (its "
+            "result is passed to the task): pass future.result() instead")
+    return gathering.reduce_future(fut)
 
 
 def outcome(fut: Any) -> str | None:

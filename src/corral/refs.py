@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import mmap
 import os
-import threading
 from typing import Any
 
+from . import serialization
 from .wire import shm
-
-_local = threading.local()
 
 
 class Ref:
@@ -52,34 +50,18 @@ class Ref:
         return f"<corral.Ref {self.key[:12]} ({self.nbytes:,} bytes)>"
 
     def __reduce_ex__(self, protocol: int) -> tuple:
-        collector = getattr(_local, "collector", None)
-        if collector is None:
-            raise TypeError("a corral.Ref can be pickled only in a task submitted to the executor that made it "
-                            "(it stands for the object there); pickle the object itself to send it elsewhere")
-        return collector.reference(self)
+        gathering = serialization.gathering()
+        if gathering is None:
+            raise serialization.GatheringNeeded(
+                "a corral.Ref can be pickled only in a task submitted to the executor that made it (it stands for "
+                "the object there); pickle the object itself to send it elsewhere")
+        return gathering.reference(self)
 
     def __copy__(self) -> Ref:
         return self
 
     def __deepcopy__(self, memo: dict) -> Ref:
         return self
-
-
-class Collecting:
-    """A context to pickle a task in: the Refs met go to ``collector`` (``client/objects.py``).
-    A class, not a generator: it is entered for every task submitted."""
-
-    __slots__ = ("collector",)
-
-    def __init__(self, collector: Any):
-        self.collector = collector
-
-    def __enter__(self) -> Any:
-        _local.collector = self.collector
-        return self.collector
-
-    def __exit__(self, *exc_info: Any) -> None:
-        _local.collector = None
 
 
 # -- in the task process ---------------------------------------------------------------

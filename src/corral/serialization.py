@@ -21,8 +21,8 @@ be pickled, so the error names it (``args[0].lock``) instead of only saying
 
 from __future__ import annotations
 
-import contextlib
 import pickle
+import threading
 import types
 import weakref
 from collections.abc import Callable
@@ -40,6 +40,12 @@ _MAX_DEPTH = 6
 # The modules someone asked cloudpickle to pickle by value (register_pickle_by_value),
 # a set cloudpickle fills in place: looked at before every pickle.
 _BY_VALUE = getattr(cloudpickle.cloudpickle, "_PICKLE_BY_VALUE_MODULES", frozenset())
+
+
+class GatheringNeeded(TypeError):
+    """What a corral future or ``Ref`` raises when it is pickled while no gathering is active
+    (``client/gathering.py``).  Outside a task's pickling it is the user's TypeError, whose
+    message says what to do; within ``call_frames`` it means: pickle the call again, gathering."""
 
 
 def dumps(obj: Any, what: str | Callable[[], str] = "object", culprit: Any = None,
@@ -63,6 +69,8 @@ def dumps(obj: Any, what: str | Callable[[], str] = "object", culprit: Any = Non
     if not _BY_VALUE:  # else cloudpickle must pickle those modules' contents by value
         try:
             stream = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
+        except GatheringNeeded:
+            raise
         except Exception:  # noqa: BLE001 - cloudpickle gets its turn, and the blame if it fails too
             stream = None
         if stream is not None and b"__main__" in stream:
@@ -71,6 +79,8 @@ def dumps(obj: Any, what: str | Callable[[], str] = "object", culprit: Any = Non
         buffers.clear()
         try:
             stream = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
+        except GatheringNeeded:
+            raise
         except Exception as exc:
             path, reason = _find_culprit(obj if culprit is None else culprit, what() if callable(what) else what)
             raise SerializationError(f"cannot pickle {path}: {reason}") from exc
@@ -207,15 +217,30 @@ class Call:
     chunk: list | None = None
 
 
-_NO_CONTEXT = contextlib.nullcontext()
+_pickling = threading.local()  # ``task``: the gathering of the call this thread pickles now, if any
 
 
-def call_frames(call: Call, functions: FunctionPickles, arguments: Any = _NO_CONTEXT) -> list:
-    """A call's payload frames; SerializationError names what could not be pickled.  Its
-    arguments are pickled within ``arguments``, a context (``dependencies.collecting``)."""
-    fn = functions.dumps(call.fn, "task.fn")
-    with arguments:
+def gathering() -> Any:
+    """What the call this thread pickles now reports to (``client/gathering.py``), or None: where
+    a corral future or Ref met in the pickle goes (their ``__reduce_ex__``)."""
+    return getattr(_pickling, "task", None)
+
+
+def call_frames(call: Call, functions: FunctionPickles, gathering: Any = None) -> list:
+    """A call's payload frames; SerializationError names what could not be pickled.  With
+    ``gathering`` (``client/gathering.Gathering``), the futures and Refs met are noted there:
+    Refs anywhere, futures among the arguments only (``gathering.arguments``).  Without, a
+    future or Ref met raises GatheringNeeded."""
+    if gathering is None:
+        return [functions.dumps(call.fn, "task.fn"), *dumps((call.args, call.kwargs, call.chunk), "task", culprit=call)]
+    outer = getattr(_pickling, "task", None)  # (a call pickled while another is: its own, then the other's again)
+    _pickling.task = gathering
+    try:
+        fn = functions.dumps(call.fn, "task.fn")
+        gathering.arguments = True
         return [fn, *dumps((call.args, call.kwargs, call.chunk), "task", culprit=call)]
+    finally:
+        _pickling.task = outer
 
 
 def restore_builtin_state(exc: BaseException) -> BaseException:

@@ -177,7 +177,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         timeout = 0.1 if self.pool or self.fleet else self.heartbeat / 2
         if self.backlogs:
             timeout = min(timeout, BACKLOG_RETRY)
-        if self.spill.pending():
+        if self.spill.work and self.spill.pending():
             return 0.0  # more to spill, or messages left unread meanwhile
         if self.lanes:
             now = time.monotonic()
@@ -221,7 +221,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             if happened:
                 self.serve_stream(ident, link, happened)
         self.dispatch()
-        if self.spill.due():
+        if self.spill.work:
             self.spill.turn()  # after dispatch, which may have taken what would have spilled
             if self.deferred:  # peers' messages wait unread: their silence is ours, not theirs
                 self.deferred = False
@@ -280,7 +280,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
 
     def dispatch(self) -> None:
         """Hand queued tasks to workers with room for them (``scheduler.assign``), one TASKS each."""
-        if not self.queue:
+        if not self.queue.count:
             return
         for w in self.lanes.values():  # a lane's worker grants no credit: its window is ours to size
             w.credit = 0 if w.epoch is None else max(0, lane_window(w) - len(w.assigned))
@@ -289,25 +289,9 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         expected = self.pool.size if self.pool else self.fleet.expected() if self.fleet else 0
         given = scheduler.assign(self.queue, self.tasks, self.workers.values(), expected, now)
         for w, tasks in given:
-            payloads = self.outgoing(w, tasks)  # read back from disk if spilled (spill.py)
-            if not payloads:
-                continue
-            # Each with the results it takes (dependencies.py) and the objects the worker lacks (objects.py).
-            if any(task.deps is not None or "refs" in task.options for task, _ in payloads):
-                entries, frames = [], []
-                needed = self.objects_needed(w) if self.objects else set()
-                for task, task_frames in payloads:
-                    options = task.options
-                    if task.deps is not None:
-                        task_frames, options = self.with_results(task, task_frames)
-                    if "refs" in options:
-                        task_frames, options = self.with_objects(w, task_frames, options, needed)
-                    entries.append(protocol.task_entry(task.gid, len(task_frames), options))
-                    frames.extend(task_frames)
-            else:
-                entries = [protocol.task_entry(task.gid, len(frames), task.options) for task, frames in payloads]
-                frames = [frame for _, task_frames in payloads for frame in task_frames]
-            self.send(self.workers_sock, w.ident, Kind.TASKS, {"tasks": entries}, frames)
+            entries, frames = self.outgoing(w, tasks)  # (tasks.py)
+            if entries:
+                self.send(self.workers_sock, w.ident, Kind.TASKS, {"tasks": entries}, frames)
         for w in idle_lanes:
             if w.assigned:  # its task process begins the first of them now
                 self.next_head(w, now)
@@ -316,9 +300,10 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         """Send each client what this turn owes it: STARTED, RESULT, then CANCELLED verdicts, and
         which of its queued tasks no connected worker could ever run (UNPLACED)."""
         for ident, box in self.outboxes.items():
-            for reason, cids in box.unplaced.items():
-                for chunk in protocol.id_chunks(cids):
-                    self.send(self.clients_sock, ident, Kind.UNPLACED, {"ids": chunk, "reason": reason})
+            if box.unplaced:
+                for reason, cids in box.unplaced.items():
+                    for chunk in protocol.id_chunks(cids):
+                        self.send(self.clients_sock, ident, Kind.UNPLACED, {"ids": chunk, "reason": reason})
             if box.started:
                 for chunk in protocol.id_chunks(box.started):
                     self.send(self.clients_sock, ident, Kind.STARTED, {"ids": chunk})
@@ -367,7 +352,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             self.reap_pool()
         if self.fleet:
             self.fleet.tick(self, now)
-        if self.queue:
+        if self.queue.count:
             self.unplaced.review(self, now)
         if now - self.last_beat < self.heartbeat:
             return

@@ -127,7 +127,7 @@ class Dependencies:
             t.waiting -= 1
             if t.waiting == 0:
                 self.waiting_tasks -= 1
-                self.queue.append(gid)
+                self.queue.append(t)
         if users:
             offloaded = meta.get("shm") if isinstance(meta, dict) else None
             if offloaded and self.pool is not None and self.pool.shm:

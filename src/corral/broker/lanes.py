@@ -67,8 +67,8 @@ class LaneSeats:
         if not task.started:
             task.started = True
             task.attempts += 1
-        if task.kill_with is not None:
-            self.stop_on_lane(w, task, "killed", *task.kill_with)
+        if task.more is not None and task.more.kill_with is not None:
+            self.stop_on_lane(w, task, "killed", *task.more.kill_with)
 
     def stop_on_lane(self, w: WorkerState, task: Task, reason: str, sig: str, grace: float) -> None:
         """Have a lane worker stop its task process, which runs ``task``."""

@@ -10,7 +10,8 @@ the oldest (a task's id orders submissions; one handed back takes a rank before 
 other, so requeued tasks go to the front of their own priority).
 
 The ordinary case costs what the deque did: while every task is plain (one line) and
-of priority 0 (one level), ``append`` and ``take`` touch one deque.
+of priority 0 (one level), that level is ``simple``, and ``append`` and ``take`` touch
+only it.
 
 Entries are task ids, kept after the task is dropped (cancelled, killed) and skipped
 lazily, as before; ``len`` counts them too.
@@ -60,6 +61,12 @@ class TaskQueue:
         self.lines: dict[Demand, Line] = {}  # the others, by what they ask
         self.count = 0
         self.front = -1  # the next rank of a task handed back: before every other
+        self.simple: deque[int] | None = None  # the one deque while every task is plain and of priority 0
+        self.reshaped()
+
+    def reshaped(self) -> None:
+        """Lines or levels came or went: is the queue one deque now (``simple``)?"""
+        self.simple = self.plain.levels.get(0) if not self.lines and self.plain.order == [0] else None
 
     def __len__(self) -> int:
         return self.count
@@ -77,24 +84,29 @@ class TaskQueue:
         self.plain = Line()
         self.lines.clear()
         self.count = 0
+        self.reshaped()
 
     def level(self, task: Task) -> deque[int]:
         """The deque of ``task``'s priority in the line of its demand."""
         place = task.place
-        if place is None:
-            return self.plain.level(0)
-        if place.demand is None:
-            return self.plain.level(place.priority)
-        line = self.lines.get(place.demand)
-        if line is None:
-            line = self.lines[place.demand] = Line()
-        return line.level(place.priority)
+        if place is None or place.demand is None:
+            line = self.plain
+        else:
+            line = self.lines.get(place.demand)
+            if line is None:
+                line = self.lines[place.demand] = Line()
+        level = line.level(0 if place is None else place.priority)
+        if self.simple is None or self.simple is not level:
+            self.reshaped()
+        return level
 
-    def append(self, gid: int) -> None:
+    def append(self, task: Task) -> None:
         """Queue a task behind the others of its priority."""
-        task = self.tasks[gid]
-        level = self.plain.levels.get(0) if task.place is None else None  # the ordinary task's: at once
-        (level if level is not None else self.level(task)).append(gid)
+        simple = self.simple
+        if simple is not None and task.place is None:  # the ordinary task, in the ordinary queue
+            simple.append(task.gid)
+        else:
+            self.level(task).append(task.gid)
         self.count += 1
 
     def appendleft(self, gid: int) -> None:
@@ -119,14 +131,26 @@ class TaskQueue:
                     return task
                 level.popleft()  # cancelled while queued, or assigned already (queued twice)
                 self.count -= 1
+            if len(order) == 1:
+                break  # the last level stays, empty: the next task of its priority needs no new deque
             del levels[order[0]]
             order.pop(0)
+            self.reshaped()
         return None
 
     def take(self, w: WorkerState | None) -> Task | None:
         """Take the next task worker ``w`` may run (None: any worker), or None if there is none."""
+        simple = self.simple
+        if simple is not None and (w is None or DEFAULT_QUEUE in w.queues):  # the ordinary case: ``head``, short
+            tasks = self.tasks
+            while simple:
+                self.count -= 1
+                task = tasks.get(simple.popleft())
+                if task is not None and task.worker is None:
+                    return task
+            return None
         serves_plain = w is None or DEFAULT_QUEUE in w.queues  # fits(None, w)
-        if not self.lines:  # the ordinary case: every task asks nothing
+        if not self.lines:
             return self.head(self.plain, True) if serves_plain else None
         best = best_line = None
         if serves_plain:
@@ -137,6 +161,7 @@ class TaskQueue:
             task = self.head(line)
             if task is None:
                 del self.lines[demand]
+                self.reshaped()
             elif best is None or before(task, best):
                 best, best_line = task, line
         return None if best is None else self.pop(best_line)
@@ -147,6 +172,7 @@ class TaskQueue:
         for demand, line in list(self.lines.items()):
             if self.head(line) is None:
                 del self.lines[demand]
+                self.reshaped()
 
     def popleft(self) -> int | None:
         """The id of the next task in order, whoever may run it (None: nothing is queued)."""

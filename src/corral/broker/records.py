@@ -17,7 +17,11 @@ from ..wire.stream import Stream
 
 @dataclass(slots=True)
 class Task:
-    """A task the broker holds, from SUBMIT to its one outcome: where it is, and how often it ran."""
+    """A task the broker holds, from SUBMIT to its one outcome: where it is, and how often it ran.
+
+    What few tasks need (dependencies, a kill on a lane, a record of earlier attempts) is
+    in ``more``, made on first use, so that a million queued tasks stay small; read it
+    through the properties below, or test ``more`` first where every task passes."""
 
     gid: int
     client: bytes
@@ -28,24 +32,74 @@ class Task:
     worker: bytes | None = None
     started: bool = False
     killed: bool = False  # a kill was asked for: never retried
-    kill_with: tuple | None = None  # (signal, grace): killed on a lane before it began: stop it when it does
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
-    # Dependencies (dependencies.py): the results it takes (held task ids, or inline frames), in
-    # argument order; how many tasks it still waits for; the tasks waiting for it.
-    deps: tuple | None = None
-    waiting: int = 0
-    dependents: list | None = None
     # Its priority, what it asks of a worker, its rank when handed back, why it is unschedulable
-    # (demand.Place); None for a task of priority 0 that asks nothing (one slot: a queued task stays small).
+    # (demand.Place); None for a task of priority 0 that asks nothing.
     place: Any = None
-    # Once an attempt has ended (taskrecord.py): (the worker it ran on, why each earlier begun attempt
-    # ended, or None); one field, for the memory of a million queued tasks.
-    attempted: tuple | None = None
+    more: TaskMore | None = None
 
     @property
     def reason(self) -> str | None:
         """Why no connected worker could ever run it (unplaced.py); None: one could."""
         return None if self.place is None else self.place.reason
+
+    def extra(self) -> TaskMore:
+        """Its ``more``, made now if it has none."""
+        more = self.more
+        if more is None:
+            more = self.more = TaskMore()
+        return more
+
+    @property
+    def deps(self) -> tuple | None:
+        """The results it takes, in argument order: held task ids, or inline frames (dependencies.py)."""
+        return None if self.more is None else self.more.deps
+
+    @deps.setter
+    def deps(self, value: tuple | None) -> None:
+        self.extra().deps = value
+
+    @property
+    def waiting(self) -> int:
+        """How many of the tasks it depends on have not succeeded yet (dependencies.py)."""
+        return 0 if self.more is None else self.more.waiting
+
+    @waiting.setter
+    def waiting(self, value: int) -> None:
+        self.extra().waiting = value
+
+    @property
+    def dependents(self) -> list | None:
+        """The ids of the tasks waiting for it (dependencies.py)."""
+        return None if self.more is None else self.more.dependents
+
+    @dependents.setter
+    def dependents(self, value: list | None) -> None:
+        self.extra().dependents = value
+
+    @property
+    def kill_with(self) -> tuple | None:
+        """(signal, grace): killed on a lane before it began: stop it when it does."""
+        return None if self.more is None else self.more.kill_with
+
+    @kill_with.setter
+    def kill_with(self, value: tuple | None) -> None:
+        self.extra().kill_with = value
+
+
+@dataclass(slots=True)
+class TaskMore:
+    """The fields of a ``Task`` that few tasks need (``Task.more``)."""
+
+    deps: tuple | None = None
+    waiting: int = 0
+    dependents: list | None = None
+    kill_with: tuple | None = None
+    # Its record across attempts (taskrecord.py): the worker its last ended attempt ran on, and why
+    # each earlier begun attempt ended.
+    ran_on: Any = None
+    tries: list | None = None
+    weight: int = 0  # its payload's bytes, counted by the broker's Spill (spill.py); 0: not counted
 
 
 @dataclass
@@ -143,7 +197,14 @@ class Outbox:
         self.started: list = []
         self.dropped: list = []  # cancel verdicts: dropped before they ran
         self.too_late: list = []  # cancel verdicts: too late, they ran (or run)
-        self.unplaced: dict = {}  # reason (None: no longer) -> ids of queued tasks no worker could run (unplaced.py)
+        # reason (None: no longer) -> ids of queued tasks no worker could run (unplaced.py); made on first use
+        self.unplaced: dict | None = None
+
+    def unplace(self, reason: str | None, cid: int) -> None:
+        """No connected worker could ever run a queued task, for ``reason`` (None: now one could)."""
+        if self.unplaced is None:
+            self.unplaced = {}
+        self.unplaced.setdefault(reason, []).append(cid)
 
     def result(self, cid: int, status: Status, frames: list, meta: dict) -> None:
         """A task's outcome, for this turn's RESULT to the client."""

@@ -33,14 +33,16 @@ def assign(queue: TaskQueue, tasks: dict[int, Task], workers: Iterable[WorkerSta
     workers = list(workers)
     ready = sorted((w for w in workers if w.credit > 0), key=lambda w: len(w.assigned))
     held = sum(len(w.assigned) for w in workers)
-    share = max(1, (len(queue) + held) // max(len(workers), pool_size, 1))
+    share = max(1, (queue.count + held) // max(len(workers), pool_size, 1))
     ready = [w for w in ready if len(w.assigned) < share]
     for w in ready:
         if not w.assigned:  # it holds nothing yet: its clock for starting what it gets begins now
             w.progress_at = now
     given: dict[bytes, tuple[WorkerState, list[Task]]] = {}
-    while ready and queue:
+    while ready and queue.count:  # (its count: no call to __bool__, in a loop that runs every turn)
         for w in list(ready):
+            if not queue.count:
+                break
             task = queue.take(w)
             if task is None:  # nothing queued fits it (or nothing is queued)
                 ready.remove(w)

@@ -2,7 +2,7 @@
 
 The broker holds every queued task's frames until a worker takes it.  100,000
 queued tasks of 1 MiB each would be 100 GiB of memory; with a budget, the
-broker counts the payload bytes its tasks hold and, once a loop turn leaves
+broker counts the payload bytes of its tasks that may spill and, once a loop turn leaves
 more than the budget, writes the payload of the *newest* queued tasks (the
 last to be dispatched) to one file each and keeps only a small handle
 (``Spilled``).  A spilled task's frames are read back when they are sent to a
@@ -17,7 +17,8 @@ removes at most ``UNLINKS`` files before the loop goes on with its other work.
 
 What stays in memory: each task's record and its first frame when it is a
 pickled function shared by many tasks (a map's), and tasks whose payload is
-under ``MIN_SPILL`` bytes (a file would cost more than it saves).  A task
+under ``MIN_SPILL`` bytes (a file would cost more than it saves): those are not
+counted, and their end costs the broker nothing here.  A task
 already sent to a worker is not spilled: its frames are kept for a retry, and
 such tasks are few (what the workers hold).
 
@@ -165,13 +166,15 @@ class Spill:
         self.private = private
         self.log = log or (lambda message: None)
         self.directory: str | None = None  # made at the first spill
-        self.held = 0  # payload bytes the tasks hold in memory
+        self.held = 0  # payload bytes in memory of the tasks that may spill (MIN_SPILL or more each)
         self.queued: dict[int, Task] = {}  # tasks in memory that may spill, oldest first
         self.files = 0  # tasks spilled, whose files exist
         self.written = 0  # bytes written, all told
         self.full_until = 0.0  # a write failed: try again after this (monotonic)
         self.churn = 0  # bytes spilled or read back since memory was last returned to the system
         self.ended: deque[int] = deque()  # the tasks whose files are to be removed, a batch each turn
+        # ``due()``, kept up to date where what it depends on changes: the broker reads it every loop turn.
+        self.work = False
 
     def start(self) -> None:
         """The broker starts: remove what brokers that died left in a shared ``parent``."""
@@ -180,11 +183,17 @@ class Spill:
                 self.log(f"removed the spill directory {path} of a broker that died")
 
     def add(self, task: Task) -> None:
-        """A task was queued (SUBMIT): count its payload."""
-        size = weight(task.frames)
-        self.held += size
+        """A task was queued (SUBMIT): count its payload if it may spill (its ``more.weight``,
+        which ``release`` uncounts)."""
+        frames = task.frames
+        # (``weight``, inline for the common task: a function shared or small, one pickle of arguments)
+        size = len(frames[1]) if len(frames) == 2 and type(frames[0]) is bytes else weight(frames)
         if size >= MIN_SPILL:
+            self.held += size
             self.queued[task.gid] = task
+            task.extra().weight = size
+            if self.held > self.budget:
+                self.work = True
 
     def full(self) -> bool:
         """Should the broker read no more this turn: its tasks hold a batch over the budget, which may
@@ -198,7 +207,8 @@ class Spill:
                                     and time.monotonic() >= self.full_until)
 
     def due(self) -> bool:
-        """Is there work for ``turn``: payload over the budget, files to remove, freed memory to return?"""
+        """Is there work for ``turn``: payload over the budget, files to remove, freed memory to return?
+        (Also kept in ``work``, which costs its reader no call.)"""
         return self.held > self.budget or bool(self.ended) or self.churn >= TRIM_EVERY
 
     def turn(self) -> int:
@@ -213,7 +223,7 @@ class Spill:
             gid, task = self.queued.popitem()
             if task.worker is not None or isinstance(task.frames, Spilled):
                 continue
-            size = weight(task.frames)
+            size = task.more.weight
             try:
                 task.frames = self._write(gid, task.frames)
             except OSError as exc:
@@ -230,7 +240,13 @@ class Spill:
         if self.churn >= TRIM_EVERY:
             self.churn = 0
             _trim()
+        self.work = self.due()
         return written
+
+    def untouched(self) -> bool:
+        """Is every queued task's payload in memory, and none large enough to spill (``outgoing`` would
+        return each task's frames as they are)?"""
+        return not self.queued and not self.files
 
     def outgoing(self, task: Task) -> tuple:
         """The frames to send a worker for ``task`` (read back if spilled; OSError if that fails).
@@ -242,20 +258,26 @@ class Spill:
         with open(self._path(task.gid), "rb") as f:
             frames = [f.read(size) for size in spilled.sizes]
         self.churn += sum(spilled.sizes)
+        self.work = self.work or self.churn >= TRIM_EVERY
         if [len(frame) for frame in frames] != list(spilled.sizes):
             raise OSError(f"{self._path(task.gid)} is shorter than the {sum(spilled.sizes)} bytes written")
         return tuple(frames) if spilled.head is None else (spilled.head, *frames)
 
     def release(self, task: Task) -> None:
-        """A task ended (or was dropped): forget its bytes, remove its file."""
+        """A task ended (or was dropped): forget its bytes, remove its file.  (A task whose payload
+        was not counted has nothing here: the broker need not call this for it.)"""
+        more = task.more
+        if more is None or not more.weight:
+            return
         self.queued.pop(task.gid, None)
         if isinstance(task.frames, Spilled):
-            task.frames = ()
             self.files -= 1
             self.ended.append(task.gid)  # removed at the end of this loop turn (``turn``)
-        elif task.frames:
-            self.held -= weight(task.frames)
-            task.frames = ()
+            self.work = True
+        else:
+            self.held -= more.weight
+        task.frames = ()
+        more.weight = 0
 
     def close(self) -> None:
         """Remove the spill directory and everything in it (the broker closes)."""

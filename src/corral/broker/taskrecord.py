@@ -6,6 +6,9 @@ on and the reason a begun attempt was retried, and stamps them into the meta of 
 task's one RESULT to its client (``worker``, ``host``, ``attempts``, ``tries``).
 The task process's own notes (``ran``: times, pid, peak memory) are already there;
 the broker passes them on as they are, never unpickling anything.
+
+A task that ends on its first attempt, as nearly all do, keeps nothing here: the
+worker it ended on is stamped straight from its RESULT (``stamp``'s ``w``).
 """
 
 from __future__ import annotations
@@ -15,25 +18,32 @@ from .records import Task, WorkerState
 
 
 def ended_on(task: Task, w: WorkerState) -> None:
-    """An attempt of ``task`` ended on worker ``w`` (it ran there)."""
-    task.attempted = (w, task.attempted[1] if task.attempted else None)
+    """An attempt of ``task`` that will not be its last ended on worker ``w`` (it ran there)."""
+    task.extra().ran_on = w
 
 
 def retried(task: Task, why: str) -> None:
     """A begun attempt of ``task`` ended for ``why`` (after ``ended_on``), and it runs again."""
-    w, tries = task.attempted or (None, None)
-    if tries is None:
-        tries = []
-        task.attempted = (w, tries)
-    elif len(tries) >= protocol.MAX_TRIES:
-        del tries[0]
-    tries.append(why[: protocol.MAX_TRY_TEXT])
+    more = task.extra()
+    if more.tries is None:
+        more.tries = []
+    elif len(more.tries) >= protocol.MAX_TRIES:
+        del more.tries[0]
+    more.tries.append(why[: protocol.MAX_TRY_TEXT])
 
 
-def stamp(task: Task, meta: dict) -> None:
-    """Put the broker's part of ``task``'s record in the meta of its outcome."""
-    w, tries = task.attempted or (None, None)
-    if w is None:
-        protocol.note_attempts(meta, None, None, task.attempts, tries)
-    else:
-        protocol.note_attempts(meta, w.name, w.host, task.attempts, tries)
+def stamp(task: Task, meta: dict, w: WorkerState | None = None) -> None:
+    """Put the broker's part of ``task``'s record in the meta of its outcome; ``w``: the worker
+    whose RESULT it is (None: it ended without one, on the worker it last ran on, if any)."""
+    more = task.more
+    if more is not None and w is None:
+        w = more.ran_on
+    # Strings and an int, no list unless there were earlier attempts: a client keeps the meta of
+    # every finished future, and the garbage collector does not watch a dict of such values.
+    # What a worker said of these is replaced.
+    meta["worker"], meta["host"], meta["attempts"] = (None, None, task.attempts) if w is None else (
+        w.name, w.host, task.attempts)
+    if more is not None and more.tries:
+        meta["tries"] = more.tries
+    elif "tries" in meta:
+        del meta["tries"]

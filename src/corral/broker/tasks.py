@@ -72,32 +72,33 @@ class TaskTable:
 
     def settle(self, w: WorkerState, task: Task, status: Status, payload: list, meta: dict) -> None:
         """A task's outcome from its worker: retried if its process died (within ``retries``), else final."""
-        taskrecord.ended_on(task, w)
-        error = meta.get("error") if status == Status.FAILED else None
-        retry = error == protocol.ERR_WORKER_LOST or (
-            error == protocol.ERR_TIMEOUT and task.options.get("retry_on_timeout")
-        )
-        if retry and not task.killed:
-            # The task's process died (or outran its timeout and the client asked
-            # for retries): the same as losing a worker.
-            task.worker, task.started = None, False
-            w.errors += 1
-            self.retry_or_fail(task, f"{protocol.text(meta.get('message'))} (on {w.host})", error)
-            return
         if status != Status.OK:
+            error = meta.get("error") if status == Status.FAILED else None
+            retry = error == protocol.ERR_WORKER_LOST or (
+                error == protocol.ERR_TIMEOUT and task.options.get("retry_on_timeout")
+            )
             w.errors += 1
-        self.finish(task, status, payload, meta)
+            if retry and not task.killed:
+                # The task's process died (or outran its timeout and the client asked
+                # for retries): the same as losing a worker.
+                task.worker, task.started = None, False
+                taskrecord.ended_on(task, w)
+                self.retry_or_fail(task, f"{protocol.text(meta.get('message'))} (on {w.host})", error)
+                return
+        self.finish(task, status, payload, meta, w=w)
 
-    def finish(self, task: Task, status: Status, payload: list, meta: dict, cascade: bool = True) -> None:
-        """A task's one and only outcome: forward it to its client and forget the task; then
-        the tasks waiting for it run or fail (``dependencies.py``)."""
+    def finish(self, task: Task, status: Status, payload: list, meta: dict, cascade: bool = True,
+               w: WorkerState | None = None) -> None:
+        """A task's one and only outcome (from worker ``w``'s RESULT, if it came in one): forward it
+        to its client and forget the task; then the tasks waiting for it run or fail
+        (``dependencies.py``)."""
         self.drop(task)
-        taskrecord.stamp(task, meta)
+        taskrecord.stamp(task, meta, w)
         box = self.outbox(task.client)
         box.result(task.cid, status, payload, meta)
         if task.cancelling:  # its cancel came too late; the verdict follows the result
             box.too_late.append(task.cid)
-        if task.dependents and cascade:
+        if cascade and task.more is not None and task.more.dependents:
             how = ("done" if status == Status.OK else
                    "killed" if status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED else "failed")
             self.dependency_ended(task, status, payload, meta, how)
@@ -182,16 +183,20 @@ class TaskTable:
         gid = self.next_gid
         self.next_gid += 1
         task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
-        if options and ("priority" in options or "resources" in options or "queue" in options):
-            task.place = of_options(options)
         c.tasks[cid] = gid
-        waits = self.take_inline(task) if options and ("deps" in options or "after" in options) else None
-        self.spill.add(task)  # counted from here on (results sent inline apart): its end releases it (spill.py)
-        if options and "refs" in options and not self.use_objects(c, task):
+        if not options:  # the ordinary task
+            self.spill.add(task)  # counted from here on if it may spill: its end releases it (spill.py)
+            self.queue.append(task)
+            return
+        if "priority" in options or "resources" in options or "queue" in options:
+            task.place = of_options(options)
+        waits = self.take_inline(task) if "deps" in options or "after" in options else None
+        self.spill.add(task)  # (after the results sent inline are taken apart)
+        if "refs" in options and not self.use_objects(c, task):
             return  # an object it needs is not held for its client (objects.py)
         if waits is not None and not self.wait_for(c, task, *waits):
             return  # it waits for other tasks (dependencies.py), or failed already
-        self.queue.append(gid)
+        self.queue.append(task)
 
     def compact(self, frames: list) -> tuple:
         """A tuple, not a list: one of bytes only is dropped from the garbage collector's
@@ -271,35 +276,61 @@ class TaskTable:
     def drop(self, task: Task) -> None:
         """Forget a task wherever it is; a queue entry is skipped lazily by dispatch()."""
         self.tasks.pop(task.gid, None)
-        self.forget(task)
-        if task.deps is not None:
-            self.release_results(task)
-        if "refs" in task.options:
+        c = self.clients.get(task.client)
+        if c is not None:
+            c.tasks.pop(task.cid, None)
+        more = task.more
+        if more is not None:
+            if more.deps is not None:
+                self.release_results(task)
+            if more.waiting:  # it ends before what it waited for (dependencies.py)
+                more.waiting = 0
+                self.waiting_tasks -= 1
+            if more.weight:
+                self.spill.release(task)  # its payload's bytes, or its spill file
+        if task.options and "refs" in task.options:
             self.unuse_objects(task)
-        self.spill.release(task)  # its payload's bytes, or its spill file
-        if task.waiting:  # it ends before what it waited for (dependencies.py)
-            task.waiting = 0
-            self.waiting_tasks -= 1
         w = self.workers.get(task.worker) if task.worker is not None else None
         if w is not None:
             held = w.assigned.pop(task.gid, None)
             if held:
                 release(w, held)
 
-    def outgoing(self, w: WorkerState, tasks: list[Task]) -> list[tuple[Task, tuple]]:
-        """Each task ``w`` was given, with the frames to send it (read back if spilled: ``spill.py``).
-        A task whose spill file cannot be read fails, and ``w`` gets its credit back."""
-        payloads = []
+    def outgoing(self, w: WorkerState, tasks: list[Task]) -> tuple[list, list]:
+        """The entries and frames of the TASKS that gives ``w`` these tasks: each task's frames (read back
+        if spilled: ``spill.py``), with the results it takes (``dependencies.py``) and the objects ``w``
+        lacks (``objects.py``).  A task whose spill file cannot be read fails instead, and ``w`` gets its
+        credit back."""
+        if self.spill.untouched():  # every task's frames are in memory
+            for task in tasks:
+                if task.more is not None or "refs" in task.options:
+                    break
+            else:  # the ordinary batch, and its short way: plain tasks
+                return ([protocol.task_entry(task.gid, len(task.frames), task.options) for task in tasks],
+                        [frame for task in tasks for frame in task.frames])
+        entries: list = []
+        frames: list = []
+        needed = None  # the objects w lacks (objects.py), once a task needs one
         for task in tasks:
             try:
-                payloads.append((task, self.spill.outgoing(task)))
+                task_frames = self.spill.outgoing(task)
             except OSError as exc:
                 release(w, w.assigned.pop(task.gid, None))  # its resources too, as unassign gives them back
                 w.credit += 1
                 task.worker = None
                 self.fail(task, protocol.ERR_SPILL, f"the broker could not read back the arguments it had spilled "
                                                     f"to disk: {exc}; its spill directory must stay while it runs")
-        return payloads
+                continue
+            options = task.options
+            if task.deps is not None:
+                task_frames, options = self.with_results(task, task_frames)
+            if "refs" in options:
+                if needed is None:
+                    needed = self.objects_needed(w) if self.objects else set()
+                task_frames, options = self.with_objects(w, task_frames, options, needed)
+            entries.append(protocol.task_entry(task.gid, len(task_frames), options))
+            frames.extend(task_frames)
+        return entries, frames
 
     def terminate(self, c: ClientState, hard: bool) -> None:
         """``terminate_workers()``/``kill_workers()``: stop everything this client started."""

@@ -56,13 +56,13 @@ class Unplaced:
                 if reason is None:
                     if task.place is not None and task.place.reason is not None:
                         task.place.reason = None
-                        broker.outbox(task.client).unplaced.setdefault(None, []).append(task.cid)
+                        broker.outbox(task.client).unplace(None, task.cid)
                     continue
                 place = place_of(task)
                 if place.reason is None:
                     place.reason, place.stuck_since = reason, now
                     # Its client hears it once (future.info), and again only if it changes.
-                    broker.outbox(task.client).unplaced.setdefault(reason, []).append(task.cid)
+                    broker.outbox(task.client).unplace(reason, task.cid)
                 count += 1
                 timeout = task.options.get("timeout")
                 if timeout is not None and now - place.stuck_since >= timeout:

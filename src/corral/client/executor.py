@@ -34,12 +34,13 @@ from ..launchers.base import Launcher
 from ..local.pool import refusal
 from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
 from ..security.credentials import Target, resolve
-from ..serialization import Call, call_frames
+from ..serialization import Call, GatheringNeeded, call_frames
 from ..status import Summary
 from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
 from ..wire import shm
 from . import brokers, dependents, ioloop, objects, seeds
 from .future import CorralFuture
+from .gathering import Gathering
 from .ioloop import IOLoop
 
 MANY_WORKERS = 256  # local workers beyond this are checked against what the system lets us start
@@ -210,6 +211,7 @@ class Executor(_StdExecutor):
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
         self._objects = objects.Objects(self._io, self._io.store)  # put(), and large arguments sent once
+        self._gathering = Gathering(self._io, self._objects)
         ioloop.live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
@@ -234,7 +236,8 @@ class Executor(_StdExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
-        return self._submit_call(Call(fn, args, kwargs or None), self._seeds.submit(None))
+        seeded = self._seeds.default is not None  # (the unseeded submit makes no call for its options)
+        return self._submit_call(Call(fn, args, kwargs or None), self._seeds.submit(None) if seeded else None)
 
     def put(self, obj: Any) -> refs.Ref:
         """Store ``obj`` once; a ``corral.Ref`` that stands for it in any task of this executor.
@@ -275,17 +278,22 @@ class Executor(_StdExecutor):
         with self._shutdown_lock:
             self._check_open()
             after = options.get("after") if options else None
-            arguments = dependencies.Arguments(self._io)  # the futures among the arguments
-            used = objects.Collector(self._objects)  # the Refs in the call, the function's closure too
             try:
-                with refs.Collecting(used):
-                    frames = call_frames(call, self._functions, arguments)
+                try:
+                    frames = call_frames(call, self._functions)
+                    found = used = None
+                except GatheringNeeded:  # it holds futures or Refs: pickled again, noting them (gathering.py)
+                    met = self._gathering
+                    try:
+                        frames = call_frames(call, self._functions, met)
+                    finally:
+                        found, used = met.take()
                 handles: list = []
-                if used.handles or used.foreign or (self._objects.store is None and len(frames) > 2):
+                if used is not None or (self._objects.store is None and len(frames) > 2):
                     frames, options, handles = self._objects.prepare(frames, options, used)
                 waits = None
-                if arguments.collector is not None or after:
-                    collector = arguments.collector or dependencies.Collector(self._io)
+                if found is not None or after:
+                    collector = found or dependencies.Collector(self._io)
                     options, waits = _with_dependencies(options, collector, after, self._io)
             except (SerializationError, DependencyError) as exc:
                 fut = CorralFuture(self._io, 0)  # only this future fails; the executor stays usable
@@ -293,7 +301,8 @@ class Executor(_StdExecutor):
                 return fut
             store = self._io.store
             if store is None or len(frames) < 3:
-                return objects.hold(self._io.submit_frames(frames, options, waits), handles)
+                fut = self._io.submit_frames(frames, options, waits)
+                return objects.hold(fut, handles) if handles else fut
             frames, offloaded, paths = store.offload(frames, 2)  # the arguments' large buffers
             if not offloaded:
                 return objects.hold(self._io.submit_frames(frames, options, waits), handles)

@@ -259,9 +259,7 @@ class IOLoop(Standing):
             if self.wake_r in events:
                 os.read(self.wake_r, 4096)
             self.awake = False
-            sending = time.monotonic()
-            self.send_pending(link)
-            if time.monotonic() - sending > self.heartbeat / 2:  # a broker busy spilling did not read:
+            if self.send_pending(link):  # a broker busy spilling did not read for a while:
                 events.update(self.poller.poll(0))  # what it said meanwhile shows it lives
             for kind, body, frames in link.receive(events):
                 if kind != Kind.ERROR:  # a broker that does not know us is no sign that ours lives
@@ -291,12 +289,13 @@ class IOLoop(Standing):
         while self.held_outcomes:
             self.resolve(*self.held_outcomes.popleft())
 
-    def send_pending(self, link: Link) -> None:
+    def send_pending(self, link: Link) -> bool:
         # Take the cancels before the submits: a task cancelled by now was put in
         # outq before that, so its SUBMIT leaves below, ahead of its CANCEL. (Taken
         # after, a task submitted and cancelled meanwhile would be cancelled at the
         # broker before it arrived there, and then run.)
-        """Send what user threads queued: cancels and kills, SUBMIT batches, STATUS requests."""
+        """Send what user threads queued: cancels and kills, SUBMIT batches, STATUS requests.  True: the
+        SUBMITs took long (half a heartbeat) to leave."""
         requests = []
         while self.cancels:
             requests.append(self.cancels.popleft())
@@ -307,8 +306,12 @@ class IOLoop(Standing):
             frames.extend(task_frames)
         while self.objects_out:  # taken after the tasks: those that use an object were queued after its PUT
             link.post(*self.objects_out.popleft())
-        for chunk, chunk_frames in protocol.batches(entries, frames, 1):
-            link.post(Kind.SUBMIT, {"tasks": chunk}, chunk_frames)
+        slow = False
+        if entries:
+            sending = time.monotonic()
+            for chunk, chunk_frames in protocol.batches(entries, frames, 1):
+                link.post(Kind.SUBMIT, {"tasks": chunk}, chunk_frames)
+            slow = time.monotonic() - sending > self.heartbeat / 2
         cancels, kills = [], {}
         for kind, cid, extra in requests:
             if kind == Kind.CANCEL:
@@ -331,6 +334,7 @@ class IOLoop(Standing):
         while self.status_asked:  # one STATUS per call, so that each call gets its own answer
             self.status_waiters.append(self.status_asked.popleft())
             link.post(Kind.STATUS)
+        return slow
 
     def on_message(self, kind: Kind, body: dict, frames: list) -> None:
         """One message from the broker."""

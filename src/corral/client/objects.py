@@ -72,7 +72,7 @@ def digest(secret: bytes, kind: bytes, frames: list) -> str:
 
 
 class Collector:
-    """The Refs met while one task is pickled (``refs.collecting``)."""
+    """The Refs met while one task is pickled (``gathering.Gathering.reference``)."""
 
     def __init__(self, owner: Objects):
         self.owner = owner
@@ -107,13 +107,15 @@ class Objects:
         key = digest(self.secret, b"p", frames)
         return Ref(self.handle(key, frames, 1), sum(memoryview(f).nbytes for f in frames))
 
-    def prepare(self, frames: list, options: dict | None, collector: Collector) -> tuple[list, dict | None, list]:
+    def prepare(self, frames: list, options: dict | None, collector: Collector | None
+                ) -> tuple[list, dict | None, list]:
         """A pickled task's frames and options, with the objects it needs (``refs``, ``blobs``), and
-        the handles its future must hold.  ValueError for a Ref of another executor."""
-        if collector.foreign:
+        the handles its future must hold.  ``collector``: the Refs met (None: none).  ValueError for
+        a Ref of another executor."""
+        if collector is not None and collector.foreign:
             raise ValueError("a corral.Ref of another executor was given to a task: a Ref stands for an object "
                              "only in tasks of the executor whose put() made it; put() the object here too")
-        handles = dict(collector.handles)
+        handles = dict(collector.handles) if collector is not None else {}
         blobs = []
         for i in range(2 if self.store is None else len(frames), len(frames)):  # see the module docstring
             view = memoryview(frames[i])

@@ -45,6 +45,8 @@ class Numbering:
 
     def submit(self, options: dict | None) -> dict | None:
         """The options of one ``submit()`` call's task: its ``seed`` option is ``[seed, n]``."""
+        if self.default is None and not (options and "seed" in options):
+            return options  # unseeded: the ordinary submit
         options, seed, n = self._seed_and_number(options)
         if seed is None:
             return options

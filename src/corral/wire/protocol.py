@@ -277,6 +277,9 @@ def batches(entries: list, frames: list, count_at: int):
     """Split a batch into messages of at most MAX_BATCH entries, each with its own frames; a message
     also ends with the entry that brings its frames to BATCH_BYTES, so that none brings its receiver
     gigabytes at once (a broker spilling past its memory budget reads on a message at a time)."""
+    if len(entries) == 1:  # one task, or one result: a message of its own
+        yield entries, frames
+        return
     if sum(map(len, frames)) >= BATCH_BYTES:
         yield from _by_bytes(entries, frames, count_at)
         return
@@ -387,7 +390,7 @@ def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any
 
 
 # A task's record in its RESULT meta (3.7; the client's ``future.info``): ``ran`` from the task
-# process, ``worker``, ``host``, ``attempts`` and ``tries`` from the broker.
+# process (``note_ran``), ``worker``, ``host``, ``attempts`` and ``tries`` from the broker (``broker/taskrecord.py``).
 MAX_TRIES = 32  # earlier attempts' reasons kept per task: the last ones
 MAX_TRY_TEXT = 300  # characters of each
 
@@ -398,19 +401,6 @@ def note_ran(meta: dict[str, Any], started_ns: int, finished_ns: int, pid: int, 
     its peak memory (bytes) if known.  One string: the broker passes it on without parsing it."""
     ran = f"{started_ns // 1000} {(finished_ns - started_ns) // 1000} {pid}"
     meta["ran"] = ran if peak is None else f"{ran} {peak}"
-
-
-def note_attempts(meta: dict[str, Any], worker: str | None, host: str | None, attempts: int,
-                  tries: list | None) -> None:
-    """The broker's part: the worker (name and host) the last attempt ran on, the attempts, and why
-    the earlier ones ended; what a worker said of these is replaced.  Strings and an int, no list
-    unless there were earlier attempts: a client keeps the meta of every finished future, and the
-    garbage collector does not watch a dict of such values."""
-    meta["worker"], meta["host"], meta["attempts"] = worker, host, attempts
-    if tries:
-        meta["tries"] = tries
-    else:
-        meta.pop("tries", None)
 
 
 def read_record(meta: dict[str, Any]) -> dict[str, Any]:

@@ -450,7 +450,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
         for i, ((gid, _, options), task_frames) in enumerate(tasks):
             page.begin(gid)
             began = time.perf_counter()
-            if isinstance(options, dict):
+            if options and isinstance(options, dict):
                 status, out, meta = notes.run(task_frames, shm_dir, options.get("shm"), options.get("seed"),
                                               options.get("dep_frames"), object_options(options))
             else:
