@@ -165,7 +165,7 @@ def test_a_record_a_worker_got_wrong_reads_as_unknown():
     from corral.wire import protocol
 
     good = {}
-    protocol.note_ran(good, 1_700_000_000_000_000_000, 1_700_000_000_500_000_000, 42, 1 << 20)
+    protocol.note_ran(good, 1_700_000_000_000_000, 500_000, 42, 1 << 20)
     record = protocol.read_record(good)
     assert (record["started"], record["finished"], record["pid"], record["peak"]) == (
         1_700_000_000.0, 1_700_000_000.5, 42, 1 << 20)

@@ -35,15 +35,20 @@ def retried(task: Task, why: str) -> None:
 def stamp(task: Task, meta: dict, w: WorkerState | None = None) -> None:
     """Put the broker's part of ``task``'s record in the meta of its outcome; ``w``: the worker
     whose RESULT it is (None: it ended without one, on the worker it last ran on, if any)."""
-    more = task.more
-    if more is not None and w is None:
-        w = more.ran_on
     # Strings and an int, no list unless there were earlier attempts: a client keeps the meta of
     # every finished future, and the garbage collector does not watch a dict of such values.
     # What a worker said of these is replaced.
-    meta["worker"], meta["host"], meta["attempts"] = (None, None, task.attempts) if w is None else (
-        w.name, w.host, task.attempts)
-    if more is not None and more.tries:
-        meta["tries"] = more.tries
-    elif "tries" in meta:
+    more = task.more
+    if more is not None:
+        if w is None:
+            w = more.ran_on
+        if more.tries:
+            meta["tries"] = more.tries
+    if w is None:
+        meta["worker"] = meta["host"] = None
+    else:
+        meta["worker"] = w.name
+        meta["host"] = w.host
+    meta["attempts"] = task.attempts
+    if "tries" in meta and (more is None or not more.tries):
         del meta["tries"]

@@ -21,6 +21,7 @@ from ..wire.protocol import Kind, Status
 from . import taskrecord
 from .demand import of_options, release
 from .records import ClientState, Outbox, Task, WorkerState
+from .spill import MIN_SPILL
 
 _NO_OPTIONS: dict = {}  # shared by every task without options; never modified
 _STATUSES = frozenset(int(s) for s in Status)
@@ -185,7 +186,10 @@ class TaskTable:
         task = self.tasks[gid] = Task(gid, c.ident, cid, self.compact(frames), options or _NO_OPTIONS)
         c.tasks[cid] = gid
         if not options:  # the ordinary task
-            self.spill.add(task)  # counted from here on if it may spill: its end releases it (spill.py)
+            frames = task.frames
+            if len(frames) != 2 or len(frames[1]) >= MIN_SPILL or type(frames[0]) is not bytes:
+                # (A smaller payload, the common one, is not counted and never spills: no call.)
+                self.spill.add(task)  # counted from here on if it may spill: its end releases it (spill.py)
             self.queue.append(task)
             return
         if "priority" in options or "resources" in options or "queue" in options:

@@ -277,39 +277,54 @@ class Executor(_StdExecutor):
             options = {**self._defaults, **(options or {})}
         with self._shutdown_lock:
             self._check_open()
-            after = options.get("after") if options else None
             try:
+                frames = call_frames(call, self._functions)
+            except GatheringNeeded:  # it holds futures or Refs: pickled again below, noting them (gathering.py)
+                frames = None
+            except SerializationError as exc:
+                return self._failed(exc)
+            if frames is not None and not options and len(frames) < 3:
+                return self._io.submit_frames(frames)  # the ordinary task: no options, futures, Refs or large buffers
+            return self._submit_frames(call, frames, options)
+
+    def _failed(self, exc: BaseException) -> Future:
+        """A future failed with ``exc`` at submit: only it fails, the executor stays usable."""
+        fut = CorralFuture(self._io, 0)
+        fut.set_exception(exc)
+        return fut
+
+    def _submit_frames(self, call: Call, frames: list | None, options: dict | None) -> Future:
+        """``_submit_call``'s general way (its lock held): a call with options, futures (dependencies.py),
+        Refs or large buffers (objects.py); ``frames``: its pickle, None if it must be pickled gathering."""
+        after = options.get("after") if options else None
+        try:
+            found = used = None
+            if frames is None:
+                met = self._gathering
                 try:
-                    frames = call_frames(call, self._functions)
-                    found = used = None
-                except GatheringNeeded:  # it holds futures or Refs: pickled again, noting them (gathering.py)
-                    met = self._gathering
-                    try:
-                        frames = call_frames(call, self._functions, met)
-                    finally:
-                        found, used = met.take()
-                handles: list = []
-                if used is not None or (self._objects.store is None and len(frames) > 2):
-                    frames, options, handles = self._objects.prepare(frames, options, used)
-                waits = None
-                if found is not None or after:
-                    collector = found or dependencies.Collector(self._io)
-                    options, waits = _with_dependencies(options, collector, after, self._io)
-            except (SerializationError, DependencyError) as exc:
-                fut = CorralFuture(self._io, 0)  # only this future fails; the executor stays usable
-                fut.set_exception(exc)
-                return fut
-            store = self._io.store
-            if store is None or len(frames) < 3:
-                fut = self._io.submit_frames(frames, options, waits)
-                return objects.hold(fut, handles) if handles else fut
-            frames, offloaded, paths = store.offload(frames, 2)  # the arguments' large buffers
-            if not offloaded:
-                return objects.hold(self._io.submit_frames(frames, options, waits), handles)
-            fut = objects.hold(self._io.submit_frames(frames, {**(options or {}), "shm": offloaded}, waits), handles)
-            # A retried task maps its input again: the files go when the future is done.
-            fut.add_done_callback(lambda _, paths=paths: [shm.remove(p) for p in paths])
-            return fut
+                    frames = call_frames(call, self._functions, met)
+                finally:
+                    found, used = met.take()
+            handles: list = []
+            if used is not None or (self._objects.store is None and len(frames) > 2):
+                frames, options, handles = self._objects.prepare(frames, options, used)
+            waits = None
+            if found is not None or after:
+                collector = found or dependencies.Collector(self._io)
+                options, waits = _with_dependencies(options, collector, after, self._io)
+        except (SerializationError, DependencyError) as exc:
+            return self._failed(exc)
+        store = self._io.store
+        if store is None or len(frames) < 3:
+            fut = self._io.submit_frames(frames, options, waits)
+            return objects.hold(fut, handles) if handles else fut
+        frames, offloaded, paths = store.offload(frames, 2)  # the arguments' large buffers
+        if not offloaded:
+            return objects.hold(self._io.submit_frames(frames, options, waits), handles)
+        fut = objects.hold(self._io.submit_frames(frames, {**(options or {}), "shm": offloaded}, waits), handles)
+        # A retried task maps its input again: the files go when the future is done.
+        fut.add_done_callback(lambda _, paths=paths: [shm.remove(p) for p in paths])
+        return fut
 
     def map(
         self,

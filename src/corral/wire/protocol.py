@@ -395,12 +395,11 @@ MAX_TRIES = 32  # earlier attempts' reasons kept per task: the last ones
 MAX_TRY_TEXT = 300  # characters of each
 
 
-def note_ran(meta: dict[str, Any], started_ns: int, finished_ns: int, pid: int, peak: int | None) -> None:
+def note_ran(meta: dict[str, Any], started_us: int, took_us: int, pid: int, peak: int | None) -> None:
     """The task process's part of a task's record: ``"START RUN PID [PEAK]"``, integers: when it
     began (microseconds since the epoch), how long it ran (microseconds), in which process, and
     its peak memory (bytes) if known.  One string: the broker passes it on without parsing it."""
-    ran = f"{started_ns // 1000} {(finished_ns - started_ns) // 1000} {pid}"
-    meta["ran"] = ran if peak is None else f"{ran} {peak}"
+    meta["ran"] = f"{started_us} {took_us} {pid}" if peak is None else f"{started_us} {took_us} {pid} {peak}"
 
 
 def read_record(meta: dict[str, Any]) -> dict[str, Any]:

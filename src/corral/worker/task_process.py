@@ -60,7 +60,7 @@ from ..wire.lane import Lane
 from ..wire.poller import Spin
 from ..wire.stream import size_buffers
 from . import containment
-from .execution import object_options
+from .execution import execute, object_options
 from .tasknotes import TaskNotes
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
@@ -365,8 +365,8 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
 
 
 def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable[[], None] | None = None) -> None:
-    """Read one TASK message, run its tasks in order (``notes``) and answer each as it ends
-    (DONE); ``unpin`` first, if given (``serve``).
+    """Read one TASK message, run its tasks in order and answer each as it ends (DONE), with
+    its ``notes``; ``unpin`` first, if given (``serve``).
 
     EOFError or OSError when the supervisor has closed the socket.
     """
@@ -375,8 +375,10 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
         unpin()
     pos = 0
     for gid, count, offloaded, seed, dep_frames, *objects in header[1]:
-        status, out, meta = notes.run(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
-                                      objects[0] if objects else None)
+        began = time.perf_counter()
+        status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
+                                    objects[0] if objects else None)
+        notes.note(meta, began, time.perf_counter())
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -451,11 +453,12 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
             page.begin(gid)
             began = time.perf_counter()
             if options and isinstance(options, dict):
-                status, out, meta = notes.run(task_frames, shm_dir, options.get("shm"), options.get("seed"),
-                                              options.get("dep_frames"), object_options(options))
+                status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
+                                            options.get("dep_frames"), object_options(options))
             else:
-                status, out, meta = notes.run(task_frames, shm_dir)
+                status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()
+            notes.note(meta, began, ended)
             flush_stdio()  # what the task printed is out before its future completes
             entries.append(protocol.result_entry(gid, status, len(out), meta))
             out_frames.extend(out)

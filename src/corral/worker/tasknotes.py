@@ -4,8 +4,10 @@ Only the task process knows when a task really began and ended, which process ra
 it, and how much memory that process needed meanwhile; these go back in the
 task's RESULT meta as ``ran`` (``protocol.note_ran``).
 
-The notes must cost next to nothing, or short tasks would pay for them: two
-clock reads and one short string per task.  The peak memory costs ~2 us more
+The notes must cost next to nothing, or short tasks would pay for them: the
+caller's two ``perf_counter`` reads, which it makes anyway, and one short string
+per task; wall-clock time is ``perf_counter`` plus an offset read again each
+second (``SYNC``), so that a slewed clock cannot drift the record far.  The peak memory costs ~2 us more
 (reading ``/proc/self/status`` would cost 20 us), so a persistent task process
 measures it only for tasks that ran ``PEAK_MEMORY_TASK`` (1 ms) or longer: it
 reads the process's high-water mark of resident memory with ``getrusage``, then
@@ -27,7 +29,6 @@ from typing import Any
 
 from ..tuning import PEAK_MEMORY_TASK
 from ..wire import protocol
-from .execution import Outcome, execute
 
 try:
     import resource
@@ -36,7 +37,7 @@ except ImportError:  # not a POSIX system
 
 # ru_maxrss is in kilobytes on Linux, in bytes on macOS.
 _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
-_MEASURE_NS = int(PEAK_MEMORY_TASK * 1e9)
+SYNC = 1.0  # seconds between two readings of the wall clock's offset from perf_counter
 
 
 def _high_water() -> int:
@@ -47,7 +48,7 @@ def _high_water() -> int:
 
 
 class TaskNotes:
-    """Runs tasks in this task process, noting when, where and how much memory (``ran``).
+    """Notes when, where and with how much memory this task process ran each task (``ran``).
 
     Made in the task process itself, after the fork (``/proc/self`` is the
     process that opens it).  ``once``: a fresh task process, which runs one task.
@@ -60,18 +61,19 @@ class TaskNotes:
         # supervisor's socket (the open costs about 2 us, paid by tasks of 1 ms or more).
         self.resettable = not once
         self.last = 0  # the mark last read, where it cannot be reset
+        self.synced = -SYNC  # when (perf_counter) the offset was last read
+        self.offset = 0.0  # wall-clock seconds minus perf_counter seconds
         if not once:
             self.reset()  # what the process needed to start is no task's
 
-    def run(self, frames: list, shm_dir: str | None, offloaded: list | None = None, seed: list | None = None,
-            dep_frames: list | None = None, objects: Any = None) -> Outcome:
-        """``execution.execute`` the task, with its ``ran`` in the outcome's meta."""
-        started = time.time_ns()
-        status, out, meta = execute(frames, shm_dir, offloaded, seed, dep_frames, objects)
-        finished = time.time_ns()
-        peak = self.peak() if self.once or finished - started >= _MEASURE_NS else None
-        protocol.note_ran(meta, started, finished, self.pid, peak)
-        return status, out, meta
+    def note(self, meta: dict[str, Any], began: float, ended: float) -> None:
+        """Note in its outcome's ``meta`` that a task ran from ``began`` to ``ended`` (``perf_counter``)."""
+        if ended - self.synced >= SYNC:
+            self.synced = time.perf_counter()
+            self.offset = time.time() - self.synced
+        took = ended - began
+        peak = self.peak() if self.once or took >= PEAK_MEMORY_TASK else None
+        protocol.note_ran(meta, int((began + self.offset) * 1e6), int(took * 1e6), self.pid, peak)
 
     def peak(self) -> int | None:
         """The peak resident bytes since the mark was last reset (None where unknown); reset it."""
