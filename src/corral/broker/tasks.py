@@ -307,7 +307,7 @@ class TaskTable:
         credit back."""
         if self.spill.untouched():  # every task's frames are in memory
             for task in tasks:
-                if task.more is not None or "refs" in task.options:
+                if task.more is not None or (task.options and "refs" in task.options):
                     break
             else:  # the ordinary batch, and its short way: plain tasks
                 return ([protocol.task_entry(task.gid, len(task.frames), task.options) for task in tasks],

@@ -168,6 +168,7 @@ class Executor(_StdExecutor):
         self._fresh = config.fresh
         self._defaults = {"timeout": task_timeout} if task_timeout is not None else {}
         self._seeds = seeds.Numbering(seed)
+        self._seed = self._seeds.default
         if address is None and config.max_workers > MANY_WORKERS:  # refused before anything starts
             problem = refusal(config.max_workers, config.fresh)
             if problem:
@@ -236,8 +237,9 @@ class Executor(_StdExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
-        seeded = self._seeds.default is not None  # (the unseeded submit makes no call for its options)
-        return self._submit_call(Call(fn, args, kwargs or None), self._seeds.submit(None) if seeded else None)
+        if self._seed is None:  # the ordinary submit: no call for its options
+            return self._submit_call(Call(fn, args, kwargs or None))
+        return self._submit_call(Call(fn, args, kwargs or None), self._seeds.submit(None))
 
     def put(self, obj: Any) -> refs.Ref:
         """Store ``obj`` once; a ``corral.Ref`` that stands for it in any task of this executor.
