@@ -261,7 +261,7 @@ class Peers:
         # ZeroMQ's own peer identities are a zero byte and four more: this cannot clash.
         ident = b"\0local-%d" % len(self.local)
         self.local[ident] = deliver
-        c = self.clients[ident] = ClientState(ident, DEFAULT_RETRIES, time.monotonic())
+        c = self.clients[ident] = ClientState(ident, DEFAULT_RETRIES, time.monotonic(), local=True)
         return c
 
     def from_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
@@ -279,7 +279,8 @@ class Peers:
     def handle_client(self, c: ClientState, kind: Kind, body: dict, frames: list) -> None:
         """One message from a known client (checked whole before anything is done)."""
         if kind == Kind.SUBMIT:
-            entries = protocol.split_entries(body, "tasks", frames, 3)
+            entries = (protocol.pair_entries(body["tasks"], frames, 1) if c.local  # (built by our own client)
+                       else protocol.split_entries(body, "tasks", frames, 3))
             for entry, payload in entries:  # all of them checked first: a malformed SUBMIT queues nothing
                 check_task(c, entry, payload)
             if len({entry[0] for entry, _ in entries}) != len(entries):

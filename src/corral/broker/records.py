@@ -186,6 +186,7 @@ class ClientState:
     session: str | None = None  # a client elsewhere's token, to resume on a new connection (sessions.py)
     sent: Any = None  # its results sent lately (wire/resend.SentResults), to send again on a resume
     dropped: dict = field(default_factory=dict)  # cid -> when: its cancels that succeeded, lately
+    local: bool = False  # attached in this process (an executor's own broker): its messages are ours
 
 
 class Outbox:

@@ -243,11 +243,6 @@ class Spill:
         self.work = self.due()
         return written
 
-    def untouched(self) -> bool:
-        """Is every queued task's payload in memory, and none large enough to spill (``outgoing`` would
-        return each task's frames as they are)?"""
-        return not self.queued and not self.files
-
     def outgoing(self, task: Task) -> tuple:
         """The frames to send a worker for ``task`` (read back if spilled; OSError if that fails).
         A task sent to a worker does not spill: its frames stay for a retry."""

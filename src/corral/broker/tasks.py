@@ -305,7 +305,8 @@ class TaskTable:
         if spilled: ``spill.py``), with the results it takes (``dependencies.py``) and the objects ``w``
         lacks (``objects.py``).  A task whose spill file cannot be read fails instead, and ``w`` gets its
         credit back."""
-        if self.spill.untouched():  # every task's frames are in memory
+        spill = self.spill
+        if not spill.files and not spill.queued:  # none has spilled, none may (spill.py): all frames in memory
             for task in tasks:
                 if task.more is not None or (task.options and "refs" in task.options):
                     break

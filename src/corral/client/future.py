@@ -120,13 +120,14 @@ class _MadeOnAppend:
 class CorralFuture(Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker, plus ``kill()``."""
 
+    # Slots, not the instance dict: a client holds many futures, and setting an attribute that
+    # __init__ did not set (a result's record) would make each one's dict anew.  The dict stays
+    # for the two lists, made on first append.
+    __slots__ = ("_condition", "_state", "_result", "_exception", "_io", "_cid", "_kill_requested", "_submitted",
+                 "_meta", "_heard_started", "_waits", "_unplaced", "_objects")
+
     _waiters = _MadeOnAppend()
     _done_callbacks = _MadeOnAppend()
-    _waits: Any = None  # a task that waits for others: what it waits for (client/dependents.py)
-    _unplaced: str | None = None  # why no connected worker could ever run its queued task (UNPLACED)
-    # Its record (``info``): what the I/O loop learns; set on the instance only when learned.
-    _meta: dict | None = None  # its RESULT's meta
-    _heard_started: float | None = None  # when the client heard that it began (STARTED)
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
@@ -139,6 +140,12 @@ class CorralFuture(Future):
         self._cid = cid
         self._kill_requested = False
         self._submitted = time.time()
+        self._waits: Any = None  # a task that waits for others: what it waits for (client/dependents.py)
+        self._unplaced: str | None = None  # why no connected worker could ever run its queued task (UNPLACED)
+        # Its record (``info``): what the I/O loop learns.
+        self._meta: dict | None = None  # its RESULT's meta
+        self._heard_started: float | None = None  # when the client heard that it began (STARTED)
+        self._objects: list | None = None  # the handles of the large objects its task uses (objects.py)
 
     @property
     def info(self) -> TaskInfo:

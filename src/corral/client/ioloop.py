@@ -340,7 +340,9 @@ class IOLoop(Standing):
         """One message from the broker."""
         try:
             if kind == Kind.RESULT:
-                for entry, payload in protocol.split_entries(body, "results", frames, 4):
+                entries = (protocol.pair_entries(body["results"], frames, 2) if self.broker is not None  # (ours)
+                           else protocol.split_entries(body, "results", frames, 4))
+                for entry, payload in entries:
                     payload = [f.buffer if isinstance(f, zmq.Frame) else f for f in payload]
                     if self.holding_outcomes:
                         self.held_outcomes.append((entry, payload))

@@ -187,6 +187,17 @@ def split_entries(body: dict[str, Any], key: str, frames: list, width: int) -> l
     return out
 
 
+def pair_entries(entries: list, frames: list, count_at: int) -> list[tuple[list, list]]:
+    """``split_entries`` unchecked, for a message between the parts of one process (an executor and
+    its embedded broker), which built it: each entry with its frames (the count at ``count_at``)."""
+    out, pos = [], 0
+    for entry in entries:
+        n = entry[count_at]
+        out.append((entry, frames[pos : pos + n]))
+        pos += n
+    return out
+
+
 MAX_BATCH = 2000  # entries per batched message: keeps every header far below MAX_HEADER_BYTES
 BATCH_BYTES = 2 << 20  # a sender ends a batched message once its payload frames reach this
 
