@@ -120,14 +120,20 @@ class _MadeOnAppend:
 class CorralFuture(Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` also reaches the broker, plus ``kill()``."""
 
-    # Slots, not the instance dict: a client holds many futures, and setting an attribute that
-    # __init__ did not set (a result's record) would make each one's dict anew.  The dict stays
-    # for the two lists, made on first append.
+    # Slots, not the instance dict, for what every future holds: a client holds many futures, and
+    # setting an attribute that __init__ did not set (a result's record, ``_meta``: unset until
+    # then) would make each one's dict anew.  The dict stays for what few futures get: the two
+    # lists, made on first append, and the attributes below, which read as their class's default
+    # until set.
     __slots__ = ("_condition", "_state", "_result", "_exception", "_io", "_cid", "_kill_requested", "_submitted",
-                 "_meta", "_heard_started", "_waits", "_unplaced", "_objects")
+                 "_meta")
 
     _waiters = _MadeOnAppend()
     _done_callbacks = _MadeOnAppend()
+    _waits: Any = None  # a task that waits for others: what it waits for (client/dependents.py)
+    _unplaced: str | None = None  # why no connected worker could ever run its queued task (UNPLACED)
+    _heard_started: float | None = None  # when the client heard that it began (STARTED; its record)
+    _objects: list | None = None  # the handles of the large objects its task uses (objects.py)
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;
@@ -139,13 +145,7 @@ class CorralFuture(Future):
         self._io = io
         self._cid = cid
         self._kill_requested = False
-        self._submitted = time.time()
-        self._waits: Any = None  # a task that waits for others: what it waits for (client/dependents.py)
-        self._unplaced: str | None = None  # why no connected worker could ever run its queued task (UNPLACED)
-        # Its record (``info``): what the I/O loop learns.
-        self._meta: dict | None = None  # its RESULT's meta
-        self._heard_started: float | None = None  # when the client heard that it began (STARTED)
-        self._objects: list | None = None  # the handles of the large objects its task uses (objects.py)
+        self._submitted = time.time()  # (its RESULT's meta, ``_meta``, is set with its outcome: info.py)
 
     @property
     def info(self) -> TaskInfo:

@@ -52,7 +52,7 @@ def task_info(fut: Future) -> TaskInfo:
     """The record of ``fut``'s task, from what the future holds now."""
     with fut._condition:
         state, exc = fut._state, fut._exception
-    meta: dict = fut._meta or {}
+    meta: dict = getattr(fut, "_meta", None) or {}  # (unset until its outcome)
     record = protocol.read_record(meta)
     started, finished = record["started"], record["finished"]
     if started is None:
