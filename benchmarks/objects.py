@@ -1,6 +1,6 @@
 """Large objects sent once: bytes on the wire, corral's ``put`` beside dask's ``scatter``, in one run.
 
-    python benchmarks/objects.py [--mib 100] [--tasks 1000] [--auto 10] [--no-dask]
+    python benchmarks/objects.py [--mib 100] [--tasks 1000] [--auto 10] [--no-dask] [--no-ray]
 
 One numpy array of ``--mib`` MiB is used by ``--tasks`` tasks on two remote workers:
 
@@ -8,13 +8,17 @@ One numpy array of ``--mib`` MiB is used by ``--tasks`` tasks on two remote work
   --processes 2`` (two workers); ``ex.put(arr)``, then the tasks take the Ref.  Also
   ``--auto`` tasks that take the array itself (content addressing: hashed at each submit);
 - dask: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``,
-  ``client.scatter(arr, broadcast=True)``, then ``client.map`` over the future.
+  ``client.scatter(arr, broadcast=True)``, then ``client.map`` over the future;
+- Ray (where it is installed): a head node with no CPU for the driver and two worker nodes of
+  one CPU each, every node with its own object store (``ray.cluster_utils.Cluster``, all on
+  this machine, so that an object crosses loopback as it would the network); ``ray.put(arr)``,
+  then the tasks take the reference.
 
 Each reports, from before the object is stored to the last result: the bytes sent on the
 loopback interface (psutil's counters for ``lo``: every process's, so only a quiet machine
 gives the benchmark's own; run it a few times and take the smallest), the time that took,
-and, for corral, the broker's own count of the object bytes it sent to workers.  Ray is not
-installed here; it would be ``ray.put``.
+and, for corral, the broker's own count of the object bytes it sent to workers.  Ray's own
+control traffic between its nodes (heartbeats, metrics) counts too.
 """
 
 from __future__ import annotations
@@ -131,17 +135,46 @@ def run_dask(arr: np.ndarray, tasks: int) -> dict:
         return {"lo_mib": scattered.lo, "s": scattered.took}
 
 
+def run_ray(arr: np.ndarray, tasks: int) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False)
+        remote_pick = ray.remote(num_cpus=1)(pick)
+        ray.get([remote_pick.remote(np.zeros(4), i) for i in range(8)])  # both nodes' workers started
+        with Count() as put:
+            ref = ray.put(arr)
+            results = ray.get([remote_pick.remote(ref, i) for i in range(tasks)])
+        assert results == [float(arr[i % arr.size]) for i in range(tasks)]
+        return {"lo_mib": put.lo, "s": put.took}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--auto", type=int, default=10, help="tasks that take the array itself (0: none)")
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     arr = np.random.default_rng(0).random(args.mib * MiB // 8)
     report = {"mib": args.mib, "tasks": args.tasks, "corral": run_corral(arr, args.tasks, args.auto)}
     if not args.no_dask:
         report["dask"] = run_dask(arr, args.tasks)
+    if not args.no_ray:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            report["ray"] = "not installed"
+        else:
+            report["ray"] = run_ray(arr, args.tasks)
     report["naive_mib"] = args.mib * args.tasks  # the array sent with every task
     print(json.dumps(report, indent=1))
 
