@@ -11,8 +11,9 @@ One numpy array of ``--mib`` MiB is used by ``--tasks`` tasks on two remote work
   ``client.scatter(arr, broadcast=True)``, then ``client.map`` over the future;
 - Ray (where it is installed): a head node with no CPU for the driver and two worker nodes of
   one CPU each, every node with its own object store (``ray.cluster_utils.Cluster``, all on
-  this machine, so that an object crosses loopback as it would the network); ``ray.put(arr)``,
-  then the tasks take the reference.
+  this machine, so that an object crosses from one store to another as it would between
+  machines; Ray binds to the machine's own address, whose traffic Linux carries on ``lo``);
+  ``ray.put(arr)``, then the tasks take the reference.
 
 Each reports, from before the object is stored to the last result: the bytes sent on the
 loopback interface (psutil's counters for ``lo``: every process's, so only a quiet machine
