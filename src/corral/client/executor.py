@@ -11,13 +11,10 @@ temporary directory are removed at shutdown.
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future
@@ -36,9 +33,8 @@ from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
 from ..security.credentials import Target, resolve
 from ..serialization import Call, GatheringNeeded, call_frames
 from ..status import Summary
-from ..tuning import MAP_CHUNK_WINDOW, MAP_WINDOW
 from ..wire import shm
-from . import brokers, dependents, ioloop, objects, seeds
+from . import brokers, dependents, ioloop, mapping, objects, seeds
 from .future import CorralFuture
 from .gathering import Gathering
 from .ioloop import IOLoop
@@ -349,40 +345,9 @@ class Executor(_StdExecutor):
         return self._map(fn, iterables, timeout, chunksize, buffersize, None)
 
     def _map(self, fn, iterables, timeout, chunksize, buffersize, options: dict | None) -> Iterator[Any]:
-        """map's work, with per-task ``options`` (``TaskOptions.map``)."""
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None and (not isinstance(buffersize, int) or buffersize < 1):
-            raise ValueError("buffersize must be None or > 0")
-        if buffersize is None:  # chunks are larger units: fewer keep the workers busy
-            if chunksize == 1:
-                buffersize = min(MAP_WINDOW, max(256, 32 * self._max_workers))
-            else:
-                buffersize = min(MAP_CHUNK_WINDOW, max(64, 16 * self._max_workers))
-        window = buffersize
-        deadline = None if timeout is None else time.monotonic() + timeout
-        argtuples = zip(*iterables)
-        if chunksize == 1:
-            calls = (Call(fn, args) for args in argtuples)
-        else:
-            calls = (Call(fn, chunk=chunk) for chunk in _chunks(argtuples, chunksize))
-        inflight: deque[Future] = deque()
-        submit = self._seeds.map(self._submit_call, options)
-        for call in itertools.islice(calls, window):
-            inflight.append(submit(call))
-        return self._map_results(inflight, calls, deadline, chunksize > 1, submit, window)
-
-    def _map_results(self, inflight: deque, calls: Iterator[Call], deadline, chunked: bool, submit, window: int):
-        """Yield a map's results in order, submitting more as the window empties; cancel the rest at the end."""
-        try:
-            while inflight:
-                # Yield straight from the call: no local keeps a yielded result alive (bpo-14406).
-                if chunked:
-                    yield from _next_result(inflight, calls, deadline, submit, window)
-                else:
-                    yield _next_result(inflight, calls, deadline, submit, window)
-        finally:
-            _cancel_all(inflight)
+        """map's work, with per-task ``options`` (``TaskOptions.map``): ``mapping.py``."""
+        return mapping.run(fn, iterables, timeout, chunksize, buffersize, self._max_workers,
+                           self._seeds.map(self._submit_call, options))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers."""
@@ -393,7 +358,7 @@ class Executor(_StdExecutor):
             # calls to its processes, the oldest max_workers tasks are left to run
             # even if no worker has reported starting them yet.
             pending = [f for f in list(self._io.futures.values()) if not f.running()]
-            _cancel_all(pending[self._max_workers:])
+            mapping.cancel_all(pending[self._max_workers:])
         self._io.close_when_done()
         if wait and self._io.thread is not threading.current_thread():
             self._io.thread.join()
@@ -463,40 +428,3 @@ def _with_dependencies(options: dict | None, collector, after, loop) -> tuple[di
         raise waits
     rest = {k: v for k, v in (options or {}).items() if k != "after"}
     return ({**rest, **added} if added else rest or None), waits
-
-
-def _next_result(inflight: deque, calls: Iterator[Call], deadline, submit, window: int) -> Any:
-    """Wait for the oldest task of a map; top the window up once half of it is consumed.
-
-    Refilling by halves sends the next tasks as one batch, instead of one
-    task, and one wake-up of the I/O thread, per result.
-    """
-    remaining = None if deadline is None else deadline - time.monotonic()
-    try:
-        value = inflight[0].result(remaining)
-    except FuturesTimeout:
-        raise FuturesTimeout() from None  # the builtin TimeoutError from Python 3.11; not before
-    inflight.popleft()
-    if len(inflight) <= window // 2:
-        for call in itertools.islice(calls, window - len(inflight)):
-            inflight.append(submit(call))
-    return value
-
-
-def _cancel_all(futures) -> None:
-    """Cancel many futures with one round trip to the broker."""
-    ours = [f for f in futures if isinstance(f, CorralFuture)]
-    if ours:
-        ours[0]._io.cancel(ours)
-    for fut in futures:
-        if not isinstance(fut, CorralFuture):
-            fut.cancel()
-
-
-def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
-    """``iterator`` in lists of ``size`` (the last one shorter)."""
-    while True:
-        chunk = list(itertools.islice(iterator, size))
-        if not chunk:
-            return
-        yield chunk
