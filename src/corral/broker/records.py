@@ -15,13 +15,32 @@ from ..wire.protocol import Status
 from ..wire.stream import Stream
 
 
+class _InMore:
+    """A field of ``Task.more`` read as the task's own (its default while the task has no
+    ``more``) and written so (``more`` made on first write)."""
+
+    def __init__(self, default: Any):
+        self.default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, task: Any, owner: type | None = None) -> Any:
+        if task is None:
+            return self
+        return self.default if task.more is None else getattr(task.more, self.name)
+
+    def __set__(self, task: Any, value: Any) -> None:
+        setattr(task.extra(), self.name, value)
+
+
 @dataclass(slots=True)
 class Task:
     """A task the broker holds, from SUBMIT to its one outcome: where it is, and how often it ran.
 
     What few tasks need (dependencies, a kill on a lane, a record of earlier attempts) is
     in ``more``, made on first use, so that a million queued tasks stay small; read it
-    through the properties below, or test ``more`` first where every task passes."""
+    through the fields below, or test ``more`` first where every task passes."""
 
     gid: int
     client: bytes
@@ -50,41 +69,11 @@ class Task:
             more = self.more = TaskMore()
         return more
 
-    @property
-    def deps(self) -> tuple | None:
-        """The results it takes, in argument order: held task ids, or inline frames (dependencies.py)."""
-        return None if self.more is None else self.more.deps
-
-    @deps.setter
-    def deps(self, value: tuple | None) -> None:
-        self.extra().deps = value
-
-    @property
-    def waiting(self) -> int:
-        """How many of the tasks it depends on have not succeeded yet (dependencies.py)."""
-        return 0 if self.more is None else self.more.waiting
-
-    @waiting.setter
-    def waiting(self, value: int) -> None:
-        self.extra().waiting = value
-
-    @property
-    def dependents(self) -> list | None:
-        """The ids of the tasks waiting for it (dependencies.py)."""
-        return None if self.more is None else self.more.dependents
-
-    @dependents.setter
-    def dependents(self, value: list | None) -> None:
-        self.extra().dependents = value
-
-    @property
-    def kill_with(self) -> tuple | None:
-        """(signal, grace): killed on a lane before it began: stop it when it does."""
-        return None if self.more is None else self.more.kill_with
-
-    @kill_with.setter
-    def kill_with(self, value: tuple | None) -> None:
-        self.extra().kill_with = value
+    # The fields of ``more``, read and written as the task's own (``_InMore``).
+    deps = _InMore(None)  # the results it takes, in argument order: held task ids, or inline frames
+    waiting = _InMore(0)  # how many of the tasks it depends on have not succeeded yet
+    dependents = _InMore(None)  # the ids of the tasks waiting for it (dependencies.py)
+    kill_with = _InMore(None)  # (signal, grace): killed on a lane before it began: stop it when it does
 
 
 @dataclass(slots=True)

@@ -185,9 +185,7 @@ class Spill:
     def add(self, task: Task) -> None:
         """A task was queued (SUBMIT): count its payload if it may spill (its ``more.weight``,
         which ``release`` uncounts)."""
-        frames = task.frames
-        # (``weight``, inline for the common task: a function shared or small, one pickle of arguments)
-        size = len(frames[1]) if len(frames) == 2 and type(frames[0]) is bytes else weight(frames)
+        size = weight(task.frames)
         if size >= MIN_SPILL:
             self.held += size
             self.queued[task.gid] = task

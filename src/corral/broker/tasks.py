@@ -364,12 +364,6 @@ class TaskTable:
         self.outboxes.pop(c.ident, None)
         self.sessions.pop(c.session, None)
 
-    def forget(self, task: Task) -> None:
-        """Remove a task from its client's table."""
-        c = self.clients.get(task.client)
-        if c is not None:
-            c.tasks.pop(task.cid, None)
-
     def outbox(self, client: bytes) -> Outbox:
         """What this turn owes ``client`` (made on first use)."""
         box = self.outboxes.get(client)
