@@ -22,6 +22,7 @@ from .errors import (
     TaskTimeoutError,
 )
 from .refs import Ref
+from .reporting import report
 from .seeds import rng
 
 __version__ = "0.1.0"
@@ -38,6 +39,10 @@ def __getattr__(name: str):
         from .client import executor as client
 
         return getattr(client, name)
+    if name == "progress":  # (client/progress.py: imports tqdm only when a bar is drawn)
+        from .client.progress import progress
+
+        return progress
     if name == "TaskInfo":
         from .client.info import TaskInfo
 
@@ -71,5 +76,7 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerLostError",
     "__version__",
+    "progress",
+    "report",
     "rng",
 ]

@@ -114,3 +114,10 @@ COLLECT_BATCH = 16  # ... or every this many pids to collect
 # The template backs a 2 MiB range of its heap with a huge page if this much of it is in memory
 # already (the rest of the huge page is memory it did not use).
 HUGE_PAGE_FILL = 0.75
+
+# -- progress (reporting.py, client/progress.py) ---------------------------------------------
+
+# A task process sends its task's progress reports (corral.report) at most once per REPORT_INTERVAL
+# seconds, the latest one; a progress bar redraws at most once per BAR_INTERVAL seconds.
+REPORT_INTERVAL = 0.25
+BAR_INTERVAL = 0.1

@@ -67,6 +67,7 @@ from .lanes import LaneSeats, lane_window
 from .objects import ObjectStore, Stored
 from .pairs import PoolLinks
 from .peers import MALFORMED, Peers
+from .progress import Reports
 from .queue import TaskQueue
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
 from .sessions import Sessions
@@ -83,9 +84,10 @@ MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most r
 STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
 
 
-class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, Sessions):
+class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, Sessions, Reports):
     """The broker: one loop over every socket, which hands each message to the part it concerns
-    (``peers.py``, ``tasks.py``, ``dependencies.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``), dispatches
+    (``peers.py``, ``tasks.py``, ``dependencies.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``,
+    ``progress.py``), dispatches
     (``scheduler.py``),
     then sends what each peer is owed this turn, one batch each."""
 

@@ -27,7 +27,7 @@ class LaneSeats:
     """The lane half of ``Broker`` (its ``lanes``: the workers whose task process reads one)."""
 
     def serve_lane(self, ident: bytes, link: PoolLink) -> None:
-        """Take the results a worker's task process wrote on its lane."""
+        """Take the results (and progress reports) a worker's task process wrote on its lane."""
         messages = link.lane.receive()
         w = self.workers.get(ident)
         if link.lane.dropped:
@@ -36,9 +36,12 @@ class LaneSeats:
         for msg in messages:
             try:
                 kind, body = protocol.decode(msg[0])
-                if kind != Kind.RESULT or w is None or ident not in self.lanes:
+                if kind == Kind.RESULT and w is not None and ident in self.lanes:
+                    self.lane_result(w, body, protocol.unpack(body, msg[1:]))
+                elif kind == Kind.PROGRESS and w is not None:  # corral.report() in its task (progress.py)
+                    self.worker_progress(w, body)
+                else:
                     raise ProtocolError(f"{kind.name} on a lane")
-                self.lane_result(w, body, protocol.unpack(body, msg[1:]))
             except MALFORMED as exc:
                 self.complain(f"dropped a malformed message on the lane of worker process {link.pid}: "
                               f"{type(exc).__name__}: {exc}")

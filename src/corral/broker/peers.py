@@ -218,6 +218,8 @@ class Peers:
         elif kind == Kind.HEARTBEAT:
             if body.get("preparing") is True:  # starting a task process, or importing ahead: making progress
                 w.progress_at = time.monotonic()
+        elif kind == Kind.PROGRESS:
+            self.worker_progress(w, body)
         elif kind == Kind.ENDED and w.ident in self.lanes:
             self.lane_ended(w, body)
         elif kind == Kind.LANE and w.ident in self.lanes:

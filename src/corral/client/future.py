@@ -134,6 +134,8 @@ class CorralFuture(Future):
     _unplaced: str | None = None  # why no connected worker could ever run its queued task (UNPLACED)
     _heard_started: float | None = None  # when the client heard that it began (STARTED; its record)
     _objects: list | None = None  # the handles of the large objects its task uses (objects.py)
+    _progress: tuple | None = None  # (fraction, message) its task last reported (reports.py), parts None
+    _progress_watch: Any = None  # a progress bar's callback, called with the future on each report
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;

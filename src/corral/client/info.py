@@ -46,6 +46,8 @@ class TaskInfo:
     earlier_attempts: tuple[str, ...]  # why each earlier attempt ended, oldest first
     peak_memory: int | None  # peak resident bytes of its process while it ran (see docs/tasks.md)
     unschedulable: str | None = None  # queued, and no connected worker could ever run it: why
+    progress: float | None = None  # the fraction done its task last reported (corral.report), 0 to 1
+    progress_message: str | None = None  # the message its task last reported
 
 
 def task_info(fut: Future) -> TaskInfo:
@@ -53,6 +55,7 @@ def task_info(fut: Future) -> TaskInfo:
     with fut._condition:
         state, exc = fut._state, fut._exception
     meta: dict = getattr(fut, "_meta", None) or {}  # (unset until its outcome)
+    progress = getattr(fut, "_progress", None) or (None, None)  # (reports.py)
     record = protocol.read_record(meta)
     started, finished = record["started"], record["finished"]
     if started is None:
@@ -74,6 +77,8 @@ def task_info(fut: Future) -> TaskInfo:
         earlier_attempts=record["tries"],
         peak_memory=record["peak"],
         unschedulable=fut._unplaced if state not in (FINISHED, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED) else None,
+        progress=progress[0],
+        progress_message=progress[1],
     )
 
 

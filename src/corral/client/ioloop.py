@@ -53,7 +53,7 @@ from ..serialization import restore_builtin_state
 from ..wire import protocol, shm
 from ..wire.poller import POLLIN, Spin
 from ..wire.protocol import Kind, Status
-from . import dependents
+from . import dependents, reports
 from .future import CorralFuture, cancel_now, mark_started, settle
 from .leading import Leading, SigintDeferred
 from .links import DirectLink, Link, SocketLink
@@ -381,6 +381,8 @@ class IOLoop(Standing):
                     self.status_waiters.popleft().set_result((workers, body))
             elif kind == Kind.ERROR:
                 self.refused(body)
+            elif kind == Kind.PROGRESS:
+                reports.receive(self.futures, body)  # corral.report() in a running task
         except (protocol.ProtocolError, KeyError, TypeError, ValueError, IndexError) as exc:
             self.complain(f"dropped a malformed message: {type(exc).__name__}: {exc}")
 

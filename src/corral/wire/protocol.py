@@ -59,6 +59,7 @@ class Kind(IntEnum):
     PUT = 20  # C->B: objects to keep by content hash, entries [key, nframes, meta] (docs/protocol.md 3.10)
     RELEASE = 21  # C->B: "keys": objects this client holds once fewer
     UNPLACED = 22  # B->C: "ids" of queued tasks no connected worker could ever run, and "reason" (null: now one can)
+    PROGRESS = 23  # W->B, B->C: in-task progress reports, entries [task_id, fraction, message] (3.11)
 
 
 class Status(IntEnum):
@@ -398,6 +399,35 @@ def placement(resources: tuple | None, queues: tuple | None, group: str | None =
 def result_entry(task_id: int, status: Status, nframes: int, meta: dict[str, Any] | None = None) -> list:
     """An entry of RESULT."""
     return [task_id, int(status), nframes, meta or {}]
+
+
+# In-task progress (PROGRESS, 3.11): ``corral.report()`` in a task, sent by its task process, passed on by
+# the broker to the task's client.  A report's fraction (0 to 1) or message (a string) may be null: unchanged.
+MAX_PROGRESS_TEXT = 256  # characters of a report's message
+MAX_PROGRESS_ENTRIES = 100  # reports in one PROGRESS
+
+
+def progress_entries(body: dict[str, Any]) -> list[tuple[int, float | None, str | None]]:
+    """A PROGRESS's reports: (task id, fraction or None, message or None) each; ProtocolError if malformed."""
+    entries = body.get("progress")
+    if not isinstance(entries, list) or not 0 < len(entries) <= MAX_PROGRESS_ENTRIES:
+        raise ProtocolError(f"PROGRESS without a list of 1 to {MAX_PROGRESS_ENTRIES} reports")
+    out = []
+    for entry in entries:
+        if type(entry) is not list or len(entry) != 3 or type(entry[0]) is not int or entry[0] < 0:
+            raise ProtocolError(f"malformed PROGRESS entry {entry!r:.80}")
+        task_id, fraction, text = entry
+        if fraction is not None and (type(fraction) not in (int, float) or not 0 <= fraction <= 1):
+            raise ProtocolError(f"bad progress fraction {fraction!r:.40}")
+        if text is not None and (type(text) is not str or len(text) > MAX_PROGRESS_TEXT):
+            raise ProtocolError(f"bad progress message {text!r:.40}")
+        out.append((task_id, None if fraction is None else float(fraction), text))
+    return out
+
+
+def progress(task_id: int, fraction: float | None, text: str | None) -> list:
+    """A whole PROGRESS message of one report."""
+    return [encode(Kind.PROGRESS, {"progress": [[task_id, fraction, text]]})]
 
 
 # A task's record in its RESULT meta (3.7; the client's ``future.info``): ``ran`` from the task

@@ -319,7 +319,8 @@ class PersistentWorker(Supervisor):
             self.read_one()  # ends it at the first message not there whole (BlockingIOError)
 
     def read_one(self) -> None:
-        """One message of the task process: READY or BROKEN (fresh), or a task's outcome (DONE)."""
+        """One message of the task process: READY or BROKEN (fresh), a task's outcome (DONE), or its
+        progress (PROGRESS)."""
         proc, task = self.proc, self.current
         try:
             header, frames = proc.conn.recv()
@@ -333,6 +334,10 @@ class PersistentWorker(Supervisor):
             self.report(task, Status.FAILED, [], {"error": protocol.ERR_BROKEN, "message": header[1]})
             self.inflight.clear()
             self.stopping = True
+            return
+        if header[0] == task_process.PROGRESS:  # corral.report() in the running task: to the broker
+            if task is not None and header[1] == task.gid:
+                self.send(Kind.PROGRESS, {"progress": [list(header[1:4])]})
             return
         _, gid, status, meta = header
         if task is None or gid != task.gid:

@@ -51,7 +51,7 @@ import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
-from .. import serialization
+from .. import reporting, serialization
 from ..errors import ProtocolError
 from ..timing import smooth
 from ..tuning import CHANNEL_BUFFER, CHANNEL_READ_CHUNK, RESULT_BATCH_BYTES, RESULT_BATCH_TASK, RESULT_BATCH_TIME
@@ -63,7 +63,7 @@ from . import containment
 from .execution import execute, object_options
 from .tasknotes import TaskNotes
 
-READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
+READY, BROKEN, TASK, DONE, PROGRESS = "ready", "broken", "task", "done", "progress"
 _LENGTHS = struct.Struct("!QI")
 
 
@@ -355,6 +355,7 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
     notes = TaskNotes(once)
     if lane is not None:
         return _serve_lane(*lane, shm_dir or None, notes)
+    reporting.attach(lambda gid, fraction, message: conn.send((PROGRESS, gid, fraction, message)))
     while True:
         try:
             answer(conn, shm_dir or None, notes, unpin)
@@ -376,8 +377,12 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
     pos = 0
     for gid, count, offloaded, seed, dep_frames, *objects in header[1]:
         began = time.perf_counter()
+        reporting.current = gid  # corral.report() in the task (reporting.py)
         status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
                                     objects[0] if objects else None)
+        reporting.current = 0
+        if reporting.used:
+            reporting.finish()  # no report is being written when DONE is
         notes.note(meta, began, time.perf_counter())
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
@@ -429,6 +434,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
                 notes: TaskNotes) -> int:
     """Take tasks from the lane and answer them there as they end, until the broker is gone."""
     link = Lane(socket.socket(fileno=fd), blocking=True)
+    reporting.attach(lambda gid, fraction, message: link.send(protocol.progress(gid, fraction, message)))
     task_time = 1.0  # moving average; nothing waits until tasks prove short
     spin = Spin(spin_limit)
     while True:
@@ -452,11 +458,15 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
         for i, ((gid, _, options), task_frames) in enumerate(tasks):
             page.begin(gid)
             began = time.perf_counter()
+            reporting.current = gid  # corral.report() in the task (reporting.py)
             if options and isinstance(options, dict):
                 status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
                                             options.get("dep_frames"), object_options(options))
             else:
                 status, out, meta = execute(task_frames, shm_dir)
+            reporting.current = 0
+            if reporting.used:
+                reporting.finish()  # no report is being written when a RESULT is
             ended = time.perf_counter()
             notes.note(meta, began, ended)
             flush_stdio()  # what the task printed is out before its future completes
