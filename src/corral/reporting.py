@@ -18,7 +18,9 @@ reports nothing more.
 What an ordinary task pays is two stores and a test: the task process notes
 the running task in ``current`` before it runs it and clears it after, and
 only if ``used`` (this process has called ``report()``) calls ``finish()``,
-which waits for a send in flight: the task process's link to its supervisor
+which puts the report still waiting, if any, in the task's RESULT meta
+(``progress``: the last word reaches the client with the result) and waits
+for a send in flight: the task process's link to its supervisor
 or its lane is written by one thread at a time, and the task's outcome must
 not be written while a report is.  The order matters (``finish`` and
 ``report`` both say why).  Outside a task process ``report()`` checks its
@@ -118,11 +120,14 @@ class Reporter:
                 self.thread.start()
             self.lock.notify()
 
-    def finish(self) -> None:
-        """The task has ended (``current`` is cleared): drop its waiting report, and return only once no
-        report is being sent (what the task process writes next is the task's outcome)."""
+    def finish(self, meta: dict) -> None:
+        """The task has ended (``current`` is cleared): its waiting report goes in its outcome's
+        ``meta`` instead; returns only once no report is being sent (what the task process
+        writes next is the task's outcome)."""
         with self.lock:
-            self.pending = None
+            pending, self.pending = self.pending, None
+        if pending is not None:
+            meta["progress"] = pending[1:]
 
     def _send(self, gid: int, fraction: float | None, message: str | None, now: float) -> None:
         """Send one report (the lock held); a link that has gone is not the task's problem."""
@@ -162,7 +167,8 @@ def attach(send: Send) -> None:
     _link = (send, os.getpid())
 
 
-def finish() -> None:
-    """The running task has ended: called by the task process after it cleared ``current``, if ``used``."""
+def finish(meta: dict) -> None:
+    """The running task has ended: called by the task process after it cleared ``current``, if
+    ``used``, with the meta of the task's outcome, which takes the report still waiting, if any."""
     if _reporter is not None:
-        _reporter.finish()
+        _reporter.finish(meta)

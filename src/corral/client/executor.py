@@ -34,7 +34,7 @@ from ..security.credentials import Target, resolve
 from ..serialization import Call, GatheringNeeded, call_frames
 from ..status import Summary
 from ..wire import shm
-from . import brokers, dependents, ioloop, mapping, objects, seeds
+from . import brokers, dependents, ioloop, mapping, objects, progress, seeds
 from .future import CorralFuture
 from .gathering import Gathering
 from .ioloop import IOLoop
@@ -265,9 +265,12 @@ class Executor(_StdExecutor):
         given as arguments are waited for too, and replaced by their results),
         ``priority`` (int: higher is dispatched first), ``resources`` (dict:
         runs only where they are free, held while it runs), ``queue`` (str: runs
-        only on workers serving that named queue); see docs/tasks.md.
+        only on workers serving that named queue); see docs/tasks.md.  And one for
+        the client alone: ``progress`` (True, or a dict of tqdm keyword arguments:
+        ``map`` draws a progress bar; docs/observability.md).
         """
-        return TaskOptions(self, check_task_options(options))
+        options, bar = progress.take_option(options)  # the client's own: never sent (client/progress.py)
+        return TaskOptions(self, check_task_options(options), bar)
 
     def _submit_call(self, call: Call, options: dict | None = None) -> Future:
         """Pickle a call here, in the caller's thread, and hand it to the I/O loop; its future."""
@@ -344,10 +347,15 @@ class Executor(_StdExecutor):
         """
         return self._map(fn, iterables, timeout, chunksize, buffersize, None)
 
-    def _map(self, fn, iterables, timeout, chunksize, buffersize, options: dict | None) -> Iterator[Any]:
-        """map's work, with per-task ``options`` (``TaskOptions.map``): ``mapping.py``."""
-        return mapping.run(fn, iterables, timeout, chunksize, buffersize, self._max_workers,
-                           self._seeds.map(self._submit_call, options))
+    def _map(self, fn, iterables, timeout, chunksize, buffersize, options: dict | None,
+             bar: dict | None = None) -> Iterator[Any]:
+        """map's work, with per-task ``options`` (``TaskOptions.map``): ``mapping.py``; ``bar``: tqdm's
+        keyword arguments for a progress bar over it (``progress.py``)."""
+        submit = self._seeds.map(self._submit_call, options)
+        if bar is not None:
+            return progress.bar_map(bar, iterables, submit, lambda submit: mapping.run(
+                fn, iterables, timeout, chunksize, buffersize, self._max_workers, submit))
+        return mapping.run(fn, iterables, timeout, chunksize, buffersize, self._max_workers, submit)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking work; finish (or cancel) what is pending; stop the workers."""
@@ -405,19 +413,24 @@ class Executor(_StdExecutor):
 class TaskOptions:
     """``Executor.options(...)``: the executor's ``submit`` and ``map`` with per-task options."""
 
-    def __init__(self, executor: Executor, options: dict):
+    def __init__(self, executor: Executor, options: dict, bar: dict | None = None):
         self._executor = executor
         self._options = options
+        self._bar = bar  # progress=: tqdm's keyword arguments for map's bar (client/progress.py)
 
     def options(self, **more: Any) -> TaskOptions:
-        return TaskOptions(self._executor, {**self._options, **check_task_options(more)})
+        more, bar = progress.take_option(more, self._bar)
+        return TaskOptions(self._executor, {**self._options, **check_task_options(more)}, bar)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        if self._bar is not None:
+            raise TypeError("progress= draws a bar over a map's tasks; a submit makes one task: draw one over "
+                            "the futures you submit with corral.progress(futures)")
         return self._executor._submit_call(Call(fn, args, kwargs or None), self._executor._seeds.submit(self._options))
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
-        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._options)
+        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._options, self._bar)
 
 
 def _with_dependencies(options: dict | None, collector, after, loop) -> tuple[dict | None, tuple | None]:

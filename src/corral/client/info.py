@@ -16,6 +16,7 @@ from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from dataclasses import dataclass
 
 from ..wire import protocol
+from . import reports
 
 QUEUED, WAITING, RUNNING_STATE, DONE, FAILED, CANCELLED_STATE, LOST = (
     "queued", "waiting", "running", "done", "failed", "cancelled", "lost")
@@ -55,7 +56,7 @@ def task_info(fut: Future) -> TaskInfo:
     with fut._condition:
         state, exc = fut._state, fut._exception
     meta: dict = getattr(fut, "_meta", None) or {}  # (unset until its outcome)
-    progress = getattr(fut, "_progress", None) or (None, None)  # (reports.py)
+    progress = reports.latest(fut, meta)
     record = protocol.read_record(meta)
     started, finished = record["started"], record["finished"]
     if started is None:

@@ -5,6 +5,8 @@ as PROGRESS entries under the client's task ids.  Each future keeps the latest
 fraction and message (``_progress``; a part left out keeps what was reported
 before), read by ``future.info`` (``progress``, ``progress_message``), and tells
 the progress bar watching it, if one is (``_progress_watch``, progress.py).
+A report the task made in its last moments, which its task process had not
+sent yet, comes in the meta of the task's RESULT (``progress``) instead.
 """
 
 from __future__ import annotations
@@ -32,3 +34,15 @@ def receive(futures: dict, body: dict) -> None:
                 watch(fut)
             except Exception:  # noqa: BLE001 - a bar's trouble must not stop the I/O thread
                 pass
+
+
+def latest(fut, meta: dict) -> tuple:
+    """(fraction, message) that ``fut``'s task reported last, each None where it reported none."""
+    fraction, text = getattr(fut, "_progress", None) or (None, None)
+    last = meta.get("progress")  # the report sent with its RESULT (reporting.py)
+    if type(last) is list and len(last) == 2:
+        if type(last[0]) in (int, float) and 0 <= last[0] <= 1:
+            fraction = float(last[0])
+        if type(last[1]) is str:
+            text = last[1][: protocol.MAX_PROGRESS_TEXT]
+    return fraction, text

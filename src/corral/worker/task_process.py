@@ -382,7 +382,7 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
                                     objects[0] if objects else None)
         reporting.current = 0
         if reporting.used:
-            reporting.finish()  # no report is being written when DONE is
+            reporting.finish(meta)  # no report is being written when DONE is
         notes.note(meta, began, time.perf_counter())
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
@@ -466,7 +466,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
                 status, out, meta = execute(task_frames, shm_dir)
             reporting.current = 0
             if reporting.used:
-                reporting.finish()  # no report is being written when a RESULT is
+                reporting.finish(meta)  # no report is being written when a RESULT is
             ended = time.perf_counter()
             notes.note(meta, began, ended)
             flush_stdio()  # what the task printed is out before its future completes
