@@ -104,6 +104,12 @@ def _body(rng: random.Random, kind: Kind, role: str, big: bool = False) -> tuple
         return {"lane": rng.choice([0, 1, "x"]), "pid": _id(rng), "how": "x", "begun": rng.choice([0, 5, -1, "x"])}, 0
     if kind == Kind.LANE:
         return {"lane": rng.choice([0, 1, "x", None]), "broken": rng.choice([None, "tb"])}, 0
+    if kind == Kind.PROGRESS:
+        entries = [[_id(rng), rng.choice([0.5, 0, 1, None, -0.1, 1.5, "half", True, float("nan")]),
+                    rng.choice(["m", "m" * 300, None, 5, ["m"]])] for _ in range(rng.choice([0, 1, 3, 101]))]
+        if rng.random() < 0.2:
+            entries = rng.choice(["all", None, [["bad"]], [[1, 2]], {"x": 1}])
+        return {"progress": entries}, 0
     return rng.choice([None, {"x": 1}, {"workers": [1] * 10}]), 0
 
 

@@ -143,8 +143,9 @@ class Bar:
             self.finished += weight
             if fut.exception() is not None:
                 self.failed += 1
-            info = getattr(fut, "info", None)  # (a corral future's record: its attempts)
-            if info is not None and info.attempts > 1:
+            meta = getattr(fut, "_meta", None)  # a corral future's record (info.py), read without building it
+            attempts = meta.get("attempts") if isinstance(meta, dict) else None
+            if type(attempts) is int and attempts > 1:
                 self.retried += 1
         running = 0.0
         for fut in list(self.reporting):
