@@ -8,6 +8,7 @@ process over a socket pair and reads the outcomes back::
       fork/spawn ----------------------------> run the initializer
       <------------------------------- READY | BROKEN traceback
       TASK [(gid, nframes, shm, seed)...], frames --> unpickle, run, pickle, each in turn
+      <------------------- PROGRESS gid fraction message (corral.report, reporting.py)
       <----------------------------- DONE gid status meta, frames
       close the socket (or a signal) --------> exit
 
@@ -25,7 +26,7 @@ it only notes, in a page of memory the two share, how many tasks it has
 begun and which one runs (``LanePage``), so that the supervisor can say,
 when the process dies or must be stopped, which task that concerns::
 
-    broker  --TASKS (lane epoch)-->  task process  --RESULT-->  broker
+    broker  --TASKS (lane epoch)-->  task process  --RESULT (and PROGRESS)-->  broker
                                       page: (tasks begun, task running or 0)
 
 Each message is one write: an 8-byte length, then a 4-byte header length,
@@ -380,10 +381,10 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
         reporting.current = gid  # corral.report() in the task (reporting.py)
         status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
                                     objects[0] if objects else None)
+        notes.note(meta, began, time.perf_counter())
         reporting.current = 0
         if reporting.used:
             reporting.finish(meta)  # no report is being written when DONE is
-        notes.note(meta, began, time.perf_counter())
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -464,10 +465,10 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
                                             options.get("dep_frames"), object_options(options))
             else:
                 status, out, meta = execute(task_frames, shm_dir)
+            ended = time.perf_counter()
             reporting.current = 0
             if reporting.used:
                 reporting.finish(meta)  # no report is being written when a RESULT is
-            ended = time.perf_counter()
             notes.note(meta, began, ended)
             flush_stdio()  # what the task printed is out before its future completes
             entries.append(protocol.result_entry(gid, status, len(out), meta))
