@@ -32,6 +32,8 @@ class TaskInfo:
     began).  A field is None where it is not known (yet): the worker, host, pid,
     finish time and peak memory are known once the task has ended on a worker.
     A chunked ``map`` runs each chunk as one task: its record is the chunk's.
+    ``progress`` and ``progress_message`` are what the task last reported with
+    ``corral.report()`` (``client/reports.py``), while it runs and after.
     """
 
     state: str  # "queued", "waiting", "running", "done", "failed", "cancelled" or "lost"
