@@ -8,12 +8,22 @@ never a task's payload (``source.py``).  The server needs tornado, an optional e
 
 from __future__ import annotations
 
+import hmac
 import weakref
 from typing import Any
 
 from . import listen
 
 EXTRA = "pip install 'corral[dashboard]'"
+
+
+def token_for(secret: bytes) -> str:
+    """The dashboard's password for a client whose CurveZMQ secret key is ``secret``.
+
+    A keyed hash of the key, so that the password shows nothing of the key; the same
+    connection file gives the same password every time, and a new key a new one.
+    """
+    return hmac.new(secret, b"corral dashboard v1", "sha256").hexdigest()[:32]
 
 
 class DashboardUnavailableError(ImportError):
@@ -59,7 +69,7 @@ def _for_executor(executor: Any, where: bool | str, secret: bytes | None):
             raise ValueError(f"dashboard={where!r} listens beyond loopback, where the page asks for a password made "
                              "from a client key: give address= a connection file, or listen on 127.0.0.1 and reach "
                              "it through an SSH tunnel, or run `corral dashboard FILE --listen ...`")
-        token = _server_module().token_for(secret)
+        token = token_for(secret)
     from .maps import Maps
     from .source import snapshot
 

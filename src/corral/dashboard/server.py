@@ -38,15 +38,6 @@ USER = "corral"  # the name the browser asks for; any name is accepted, the pass
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 
-def token_for(secret: bytes) -> str:
-    """The dashboard's password for a client whose CurveZMQ secret key is ``secret``.
-
-    A keyed hash of the key, so that the password shows nothing of the key; the same
-    connection file gives the same password every time, and a new key a new one.
-    """
-    return hmac.new(secret, b"corral dashboard v1", "sha256").hexdigest()[:32]
-
-
 class Sampler:
     """Asks ``read`` for the status every ``period`` seconds; keeps the last answer and a history."""
 
@@ -149,6 +140,11 @@ class _Index(_Page):
             self.finish(f.read())
 
 
+class _NoIcon(_Page):
+    def get(self) -> None:
+        self.set_status(204)
+
+
 class _Status(_Page):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -174,7 +170,8 @@ class Server:
             (r"/", _Index, args),
             (r"/api/status", _Status, {**args, "sampler": self.sampler}),
             (r"/static/(.*)", _Static, {**args, "path": STATIC}),
-        ])
+            (r"/favicon.ico", _NoIcon, args),
+        ], log_function=lambda handler: None)  # no access log on the stderr of the executor's user
         # Bound here, in the caller's thread: an address in use fails the caller at once.
         self._sockets = tornado.netutil.bind_sockets(port, host)
         self.port = self._sockets[0].getsockname()[1]

@@ -50,5 +50,5 @@ def _worker(record: dict) -> dict[str, Any]:
         elif w.get("leaving"):
             w["state"] = "leaving"
         else:
-            w["state"] = "idle"  # summary() does not say which are busy; status() does
+            w["state"] = "connected"  # summary() does not say whether it is busy or idle; status() does
     return w

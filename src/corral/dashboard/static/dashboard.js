@@ -4,7 +4,7 @@
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
-const STREAM_SPAN = 60;  // seconds of tasks the task stream shows
+const STREAM_SPAN = 60;  // the most seconds of tasks the task stream shows (the least: 10)
 const COUNTS = [["queued", "queued"], ["running", "running"], ["waiting", "waiting"], ["done", "done"],
                 ["failed", "failed"], ["connected", "workers"], ["departed", "departed"],
                 ["unschedulable", "unschedulable"]];
@@ -24,6 +24,12 @@ function svg(tag, attrs) {
   const node = document.createElementNS(SVG, tag);
   for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
   return node;
+}
+
+function label(parent, attrs, words) {  // an SVG text node with words, added to parent
+  const node = svg("text", attrs);
+  node.textContent = words;
+  parent.append(node);
 }
 
 function bytes(n) {
@@ -103,7 +109,7 @@ function renderChart(id, history, series) {
   const W = 600, H = 160, pad = 18;
   const rows = history.filter(r => series.some(([key]) => typeof r[key] === "number"));
   if (rows.length < 2) {
-    chart.append(svg("text", {x: 10, y: 20})).textContent = "waiting for data";
+    label(chart, {x: 10, y: 20}, "waiting for data");
     return;
   }
   const t0 = rows[0].t, t1 = rows[rows.length - 1].t;
@@ -112,8 +118,8 @@ function renderChart(id, history, series) {
   const x = t => ((t - t0) / Math.max(1e-9, t1 - t0)) * W;
   const y = v => H - pad - (v / top) * (H - 2 * pad);
   chart.append(svg("line", {class: "axis", x1: 0, x2: W, y1: y(0), y2: y(0)}));
-  chart.append(svg("text", {x: 4, y: 12})).textContent = top.toFixed(top < 10 ? 1 : 0);
-  chart.append(svg("text", {x: 4, y: H - 4})).textContent = "-" + secs(t1 - t0);
+  label(chart, {x: 4, y: 12}, top.toFixed(top < 10 ? 1 : 0));
+  label(chart, {x: 4, y: H - 4}, "-" + secs(t1 - t0));
   for (const [key, cls] of series) {
     line(chart, rows.filter(r => typeof r[key] === "number").map(r => [r.t, r[key]]), cls, x, y);
   }
@@ -149,11 +155,14 @@ function renderStream(events, now) {
   chart.style.display = recent.length ? "" : "none";
   if (!recent.length) return;
   const names = [...new Set(recent.map(e => e.worker ?? "?"))].sort();
-  const rowH = 16, W = 1000, label = 130, H = names.length * rowH + 4;
+  const rowH = 16, W = 1000, left = 130, H = names.length * rowH + 4;
+  const oldest = Math.min(...recent.map(e => e.started ?? e.finished));
+  const span = Math.max(10, Math.min(STREAM_SPAN, now - oldest));
   chart.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  $("stream-span").textContent = `(the last ${Math.round(span)} s; one row per worker)`;
   chart.style.height = H + "px";
-  const x = t => label + Math.max(0, (t - (now - STREAM_SPAN)) / STREAM_SPAN) * (W - label);
-  names.forEach((n, i) => { chart.append(svg("text", {x: 2, y: i * rowH + 13})).textContent = n; });
+  const x = t => left + Math.max(0, (t - (now - span)) / span) * (W - left);
+  names.forEach((n, i) => label(chart, {x: 2, y: i * rowH + 13}, n));
   for (const e of recent) {
     const row = names.indexOf(e.worker ?? "?");
     const start = e.started ?? e.finished;
@@ -241,6 +250,7 @@ async function poll() {
     render(data);
     setConnection(!data.error, data.error ? "broker not answering" : "live");
   } catch (err) {
+    console.error(err);
     setConnection(false, "dashboard not answering");
   }
   setTimeout(poll, period * 1000);
