@@ -285,3 +285,73 @@ def test_the_page_shows_a_running_map_in_chromium(make_executor):
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+# Every key of the status schema (Executor.status(), docs/observability.md), as a broker that has
+# them all would say: the page must show each one.
+NOW = time.time()
+FULL_STATUS = {
+    "time": NOW, "address": "tcp://10.0.0.5:7700",
+    "counts": {"queued": 40, "running": 2, "waiting": 3, "done": 1234, "failed": 5, "connected": 2,
+               "departed": 1, "unschedulable": 0},
+    "rate": {"done_per_s": 12.5, "failed_per_s": 0.1},
+    "queues": {"default": {"queued": 30, "priorities": {"0": 25, "5": 5}}, "gpu": {"queued": 10, "priorities": {}}},
+    "workers": [
+        {"worker": "node1:100", "host": "node1", "pid": 100, "state": "busy",
+         "running": [{"task": 77, "for_s": 3.5}], "tasks": 600, "busy_s": 500.0, "busy_share": 0.83,
+         "rss": 256 * 1024 * 1024, "errors": 2, "left": None, "resources": {}, "queues": ["default"]},
+        {"worker": "node2:200", "host": "node2", "pid": 200, "state": "idle", "running": [], "tasks": 634,
+         "busy_s": 420.0, "busy_share": 0.7, "rss": None, "errors": 3, "left": None, "resources": {},
+         "queues": ["default", "gpu"]},
+        {"worker": "node3:300", "host": "node3", "pid": 300, "state": "gone", "running": [], "tasks": 5,
+         "busy_s": 4.0, "busy_share": 0.1, "rss": None, "errors": 0, "left": "wall_time", "resources": {},
+         "queues": ["default"]},
+    ],
+    "launches": {"launched": 4, "in_flight": 1, "pending": 1, "launch_failures": 0, "retired": 1, "errors": []},
+    "objects": {"stored": 2, "bytes": 3 * 1024 * 1024, "sent_bytes": 6 * 1024 * 1024},
+    "events": [
+        {"task": 75, "worker": "node1:100", "started": NOW - 5, "finished": NOW - 2, "state": "done", "error": None},
+        {"task": 76, "worker": "node2:200", "started": NOW - 4, "finished": NOW - 1, "state": "timeout",
+         "error": "corral.errors.TaskTimeoutError: task ran longer than 3 s"},
+    ],
+    "clients": [{"client": "alice", "submitted": 1300, "done": 1234, "failed": 5, "queued": 40, "running": 2}],
+}
+
+
+def test_the_page_shows_every_field_of_the_status_schema():
+    from corral.dashboard import serve
+
+    driver, profile = browser_or_skip()
+    server = None
+    try:
+        server = serve(lambda: {**FULL_STATUS, "time": time.time()}, "127.0.0.1:0", period=0.2)
+
+        def texts(selector: str) -> list[str]:
+            return driver.execute_script(
+                "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText)", selector)
+
+        driver.get(server.url)
+        wait_for(lambda: len(texts("#workers tbody tr")) == 3, what="the worker rows")
+        tiles = " ".join(texts("#counts .tile")).replace("\n", " ")
+        for shown in ("QUEUED 40", "RUNNING 2", "WAITING 3", "DONE 1234", "FAILED 5", "WORKERS 2", "DEPARTED 1",
+                      "DONE / S 12.5"):
+            assert shown in tiles, (shown, tiles)
+        busy, idle, gone = texts("#workers tbody tr")
+        for shown in ("node1", "busy", "task 77 for 3.5 s", "600", "83%", "256.0 MiB"):
+            assert shown in busy, (shown, busy)
+        assert "default, gpu" in idle and "wall_time" in gone and "gone" in gone
+        assert texts("#failures .failure summary") == [
+            "task 76 timeout on node2:200: corral.errors.TaskTimeoutError: task ran longer than 3 s"]
+        assert len(texts("#stream rect")) == 2
+        assert texts("#queues tbody tr") == ["default\t30\t0: 25, 5: 5", "gpu\t10\t"]
+        assert texts("#clients tbody tr") == ["alice\t1300\t1234\t5\t40\t2"]
+        extra = texts("#extra")[0]
+        assert "4 (1 in flight, 1 pending)" in extra and "2 (3.0 MiB; 6.0 MiB sent)" in extra
+        assert texts("#address") == ["tcp://10.0.0.5:7700"]
+        wait_for(lambda: texts("#throughput polyline"), what="the throughput line")
+        assert driver.execute_script("return document.getElementById('maps-panel').hidden")  # no maps: no panel
+    finally:
+        if server is not None:
+            server.stop()
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -81,4 +81,6 @@ def _for_executor(executor: Any, where: bool | str, secret: bytes | None):
             raise RuntimeError("the executor is gone")
         return snapshot(ex)
 
-    return serve(read, where, token, Maps())
+    server = serve(read, where, token, Maps())
+    weakref.finalize(executor, server.stop)  # dropped without shutdown(): the page goes with it
+    return server
