@@ -4,6 +4,7 @@
     corral broker --listen tcp://127.0.0.1:7700  a standalone broker; prints its connection file (broker.py)
     corral worker FILE [--fresh] [--processes N] worker processes (worker.py)
     corral keys add-worker|add-client|list|revoke   who may connect (keys.py)
+    corral dashboard FILE [--listen HOST:PORT]   a live web page of the broker's workers and tasks (dashboard.py)
 
 Errors a user can fix (a bad connection file, a key name in use) are answered as
 argparse answers a bad argument: the usage line, the message, exit code 2.
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = add_parser(sub)
     keys.set_defaults(func=_command("keys", "cmd_keys"), parser=keys)
+
+    from .dashboard import add_parser as add_dashboard
+
+    dashboard = add_dashboard(sub)
+    dashboard.set_defaults(func=_command("dashboard", "cmd_dashboard"), parser=dashboard)
     return p
 
 

@@ -118,6 +118,11 @@ class Executor(_StdExecutor):
             sleep at once).  Waking a sleeping process costs tens of
             microseconds, most of a short task's round trip; the polling
             yields the CPU to any other process that wants it.
+        dashboard: serve the live dashboard (docs/observability.md) on
+            "HOST:PORT", or True for 127.0.0.1:8787, from a thread of this
+            process until shutdown; ``dashboard_url`` says where.  Beyond
+            loopback it needs address= a connection file, whose client key
+            makes its password.  Needs ``pip install 'corral[dashboard]'``.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class Executor(_StdExecutor):
         seed: int | None = None,
         resources: dict[str, int | float | str] | None = None,
         broker_memory: int | str | None = None,
+        dashboard: bool | str = False,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
@@ -192,6 +198,7 @@ class Executor(_StdExecutor):
             target = None
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
+        self._dashboard = None  # the dashboard's server (dashboard/server.py), with dashboard=
         self._functions = serialization.FunctionPickles()
         self._ctx = zmq.Context()
         self._tmpdir: str | None = None
@@ -212,6 +219,15 @@ class Executor(_StdExecutor):
         ioloop.live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
+        if dashboard:  # the live dashboard (dashboard/__init__.py): it shuts us down if it cannot start
+            from ..dashboard import for_executor
+
+            self._dashboard = for_executor(self, dashboard, target.curve[2] if target.curve else None)
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """Where ``dashboard=`` serves the live dashboard (None without one)."""
+        return self._dashboard.url if self._dashboard is not None else None
 
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done (and has closed the broker): remove files."""
@@ -352,6 +368,8 @@ class Executor(_StdExecutor):
         """map's work, with per-task ``options`` (``TaskOptions.map``): ``mapping.py``; ``bar``: tqdm's
         keyword arguments for a progress bar over it (``progress.py``)."""
         submit = self._seeds.map(self._submit_call, options)
+        if self._dashboard is not None:  # each map's progress on the page (dashboard/maps.py)
+            submit = self._dashboard.maps.track(fn, iterables, chunksize, submit)
         if bar is not None:
             return progress.bar_map(bar, iterables, submit, lambda submit: mapping.run(
                 fn, iterables, timeout, chunksize, buffersize, self._max_workers, submit))
@@ -361,6 +379,8 @@ class Executor(_StdExecutor):
         """Stop taking work; finish (or cancel) what is pending; stop the workers."""
         with self._shutdown_lock:
             self._shutdown = True
+        if self._dashboard is not None:
+            self._dashboard.stop()
         if cancel_futures:
             # Like ProcessPoolExecutor, which has already handed up to max_workers
             # calls to its processes, the oldest max_workers tasks are left to run
