@@ -1,0 +1,359 @@
+"""A joblib parallel backend that runs ``joblib.Parallel`` (and so scikit-learn's ``n_jobs``) on corral.
+
+    import corral.joblib                      # registers the backend "corral"
+    with joblib.parallel_config(backend="corral", n_jobs=8):
+        search.fit(X, y)                      # GridSearchCV, cross_val_score, any joblib.Parallel
+
+joblib hands the backend batches of calls (``BatchedCalls``); each batch is one corral
+task, its result the batch's list of results, and joblib puts them back in order.  With
+no ``executor=`` or ``address=`` the backend starts a local ``corral.Executor`` and keeps
+it between ``Parallel`` calls, as loky keeps its workers: starting one costs a good
+fraction of a second, and scikit-learn makes many short ``Parallel`` calls.  It is shut
+down when a call needs another number of workers, after ``idle_timeout`` seconds without
+a call, by ``corral.joblib.shutdown()``, or at exit.  See docs/joblib.md.
+
+This module is ``corral.joblib``; with absolute imports, ``import joblib`` below is
+joblib itself.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from typing import Any
+
+try:
+    import joblib
+    from joblib._parallel_backends import (
+        AutoBatchingMixin,
+        FallbackToBackend,
+        ParallelBackendBase,
+        SequentialBackend,
+    )
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError("corral.joblib needs joblib: pip install 'corral[joblib]'") from exc
+
+import corral
+
+NAME = "corral"
+IDLE_TIMEOUT = 300.0  # seconds a cached executor waits for the next Parallel call (loky's default too)
+ABORT_WAIT = 30.0  # seconds abort_everything waits for killed tasks to be gone
+
+__all__ = ["CorralBackend", "WorkerTraceback", "register", "shutdown"]
+
+
+class _Cache:
+    """The executor the backend starts when given none, kept for the next ``Parallel`` call.
+
+    One at a time: a call that needs another size (or other executor options) replaces it
+    when no call is using it, or gets one of its own for the call while one is.  A timer
+    shuts it down after ``idle_timeout`` seconds with no call using it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.executor: corral.Executor | None = None
+        self.key: tuple | None = None
+        self.users = 0
+        self.timer: threading.Timer | None = None
+
+    def acquire(self, key: tuple, start: Callable[[], corral.Executor]) -> tuple[corral.Executor, bool]:
+        """An executor for ``key`` and whether it is the cached one (else the caller shuts it down)."""
+        old = None
+        with self.lock:
+            self._stop_timer()
+            if self.executor is not None and self.key == key and _usable(self.executor):
+                self.users += 1
+                return self.executor, True
+            if self.users:  # the cached one is busy with another call: this call gets its own
+                return start(), False
+            old, self.executor, self.key = self.executor, None, None
+        if old is not None:
+            old.shutdown(wait=True)
+        executor = start()
+        with self.lock:
+            if self.executor is None:
+                self.executor, self.key, self.users = executor, key, 1
+                return executor, True
+        return executor, False
+
+    def release(self, executor: corral.Executor, idle_timeout: float) -> None:
+        """A call is done with the cached executor; start the idle timer if it was the last."""
+        with self.lock:
+            if executor is not self.executor:
+                return
+            self.users -= 1
+            if self.users == 0:
+                self._stop_timer()
+                self.timer = threading.Timer(idle_timeout, self._expire, args=(executor,))
+                self.timer.daemon = True
+                self.timer.name = "corral-joblib-idle"
+                self.timer.start()
+
+    def _expire(self, executor: corral.Executor) -> None:
+        with self.lock:
+            if executor is not self.executor or self.users:
+                return
+            self.executor, self.key, self.timer = None, None, None
+        executor.shutdown(wait=True)
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def shutdown(self) -> None:
+        with self.lock:
+            self._stop_timer()
+            executor, self.executor, self.key = self.executor, None, None
+            if executor is not None and self.users:
+                self.executor, self.key = executor, None  # in use: the last release's timer ends it
+                executor = None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+
+_cache = _Cache()
+
+
+def _usable(executor: corral.Executor) -> bool:
+    """Can the kept executor take work (not shut down, its broker not lost)?"""
+    return not executor._shutdown and executor._io.broken is None
+
+
+def shutdown() -> None:
+    """Shut down the executor the backend keeps between calls, now (it restarts when needed).
+
+    A call still using it keeps it until that call ends; the executor then goes after
+    ``idle_timeout``.  Executors passed in with ``executor=`` are never touched.
+    """
+    _cache.shutdown()
+
+
+class WorkerTraceback(Exception):
+    """The traceback of a task's exception, as text: shown as that exception's cause."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+def _keep_traceback(exc: BaseException) -> None:
+    """Keep the task's traceback of ``exc`` as text, before joblib drops it."""
+    if exc.__traceback__ is None or isinstance(exc.__cause__, WorkerTraceback):
+        return
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if exc.__cause__ is None:
+        exc.__cause__ = WorkerTraceback(text)
+    elif hasattr(exc, "add_note"):
+        exc.add_note(f"The task's traceback:\n{text}")
+
+
+class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's ``ParallelBackendBase`` on corral: each batch of calls is one corral task.
+
+    Keyword arguments (``parallel_config(backend="corral", ...)`` passes them on):
+        executor: a ``corral.Executor`` to run on; never shut down by the backend.
+        address: a broker's connection file or address (as ``corral.Executor(address=)``):
+            the backend opens a client executor there, kept like a local one.
+        reuse: keep the executor the backend starts between ``Parallel`` calls (default
+            True); False starts one for each call and shuts it down when the call ends.
+        idle_timeout: seconds a kept executor waits for the next call (default 300).
+        executor_options: further keyword arguments for the ``corral.Executor`` the
+            backend starts, e.g. ``{"task_timeout": 60}`` or ``{"keys": ...}``.
+
+    ``n_jobs=-1`` means every CPU for a local executor, and every connected worker
+    process for an ``executor=`` or ``address=`` one.
+    """
+
+    default_n_jobs = -1  # under parallel_config(backend="corral"), scikit-learn's n_jobs=None uses every worker
+    supports_retrieve_callback = True
+    supports_timeout = True
+    supports_return_generator = True
+    supports_inner_max_num_threads = False
+    uses_threads = False
+    supports_sharedmem = False
+
+    def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, *,
+                 executor: corral.Executor | None = None, address: str | os.PathLike | None = None,
+                 reuse: bool = True, idle_timeout: float = IDLE_TIMEOUT,
+                 executor_options: dict[str, Any] | None = None, **backend_kwargs: Any):
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
+                         **backend_kwargs)
+        if executor is not None and address is not None:
+            raise ValueError("give the corral backend executor= or address=, not both")
+        if executor is not None and not isinstance(executor, corral.Executor):
+            raise TypeError(f"executor= must be a corral.Executor, not {type(executor).__name__}")
+        if executor is not None and executor_options:
+            raise ValueError("executor_options= configure an executor the backend starts; "
+                             "with executor= configure that executor instead")
+        if not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be a number of seconds > 0, not {idle_timeout!r}")
+        self._given = executor
+        self._address = os.fspath(address) if address is not None else None
+        self._reuse = bool(reuse)
+        self._idle_timeout = float(idle_timeout)
+        self._options = dict(executor_options or {})
+        self._executor: corral.Executor | None = None
+        self._cached = False  # is self._executor the cache's (release it), or ours alone (shut it down)?
+        self._lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self._workers: int | None = None  # worker processes of a remote or given executor, at configure
+
+    # -- how many ----------------------------------------------------------------------
+
+    def _local(self) -> bool:
+        """Does the backend start local workers itself (rather than use an executor or a broker)?"""
+        return self._given is None and self._address is None
+
+    def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """How many batches can run at once: ``n_jobs``, or with ``n_jobs < 0`` all but
+        ``-n_jobs - 1`` of the CPUs (local) or of the connected worker processes."""
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        if n_jobs is None:
+            n_jobs = self.default_n_jobs
+        n_jobs = int(n_jobs)
+        if n_jobs > 0:
+            return n_jobs
+        total = joblib.cpu_count() if self._local() else self._count_workers()
+        return max(total + 1 + n_jobs, 1)
+
+    def _count_workers(self) -> int:
+        """Worker processes the executor can run tasks on (asked once per configure)."""
+        if self._workers is None:
+            executor = self._executor or self._given
+            if executor is None:  # address= before configure: not connected yet
+                return 1
+            if executor._broker is not None and getattr(executor, "worker_address", None) is None:  # own local workers
+                self._workers = executor._max_workers
+            else:
+                alive = [w for w in executor.summary() if w.get("left") is None]
+                self._workers = max(len(alive), 1)
+        return self._workers
+
+    # -- a Parallel call -----------------------------------------------------------------
+
+    def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
+                  require: str | None = None, **parallel_kwargs: Any) -> int:
+        """Find or start the executor for this call; the number of batches to run at once."""
+        self.parallel = parallel
+        self._workers = None
+        if self._local():
+            n = self.effective_n_jobs(n_jobs)
+            if n == 1:  # one process: joblib's loop in this process beats one worker
+                raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+            self._open(max_workers=n)
+            return n
+        if n_jobs == 1:
+            raise FallbackToBackend(SequentialBackend(nesting_level=self.nesting_level))
+        self._open()
+        return self.effective_n_jobs(n_jobs)
+
+    def _open(self, max_workers: int | None = None) -> None:
+        """Have ``self._executor`` for this call: the given one, the cached one, or a new one."""
+        if self._executor is not None:  # configured again without terminate (abort_everything)
+            self._close()
+        if self._given is not None:
+            self._given._check_open()
+            self._executor = self._given
+            return
+        kwargs = dict(self._options)
+        if self._address is not None:
+            kwargs["address"] = self._address
+        else:
+            kwargs["max_workers"] = max_workers
+
+        def start() -> corral.Executor:
+            return corral.Executor(**kwargs)
+
+        if self._reuse:
+            key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
+            self._executor, self._cached = _cache.acquire(key, start)
+        else:
+            self._executor, self._cached = start(), False
+
+    def _close(self) -> None:
+        """This call is done with ``self._executor``."""
+        executor, self._executor = self._executor, None
+        if executor is None or executor is self._given:
+            return
+        if self._cached:
+            _cache.release(executor, self._idle_timeout)
+        else:
+            executor.shutdown(wait=True)
+
+    def submit(self, func: Callable[[], Any], callback: Callable[[Future], Any] | None = None) -> Future:
+        """Run one batch as one corral task; joblib's ``callback`` gets its future when it is done."""
+        executor = self._executor
+        if executor is None:
+            raise RuntimeError("the corral backend has no executor: Parallel did not configure it, "
+                               "or it was terminated")
+        future = executor.submit(func)
+        with self._lock:
+            self._pending.add(future)
+        future.add_done_callback(self._done)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    apply_async = submit  # the name joblib before 1.5 calls
+
+    def _done(self, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def retrieve_result_callback(self, future: Future) -> Any:
+        """The batch's list of results, or its exception, as the task raised it.
+
+        joblib drops the traceback of an exception it carries from this callback to the
+        caller, so the task's own traceback is kept as text: as the exception's
+        ``__cause__`` (as loky and ``ProcessPoolExecutor`` do) or, where the task set a
+        cause itself, as a note (Python 3.11+).
+        """
+        exc = future.exception()  # before raising it here adds this process's frames to its traceback
+        if exc is None:
+            return future.result()
+        _keep_traceback(exc)
+        raise exc
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A task failed (or the caller stopped): kill this backend's queued and running tasks.
+
+        Waits until they are gone, so that nothing of the aborted call still runs when
+        ``Parallel`` raises.  Other calls' tasks on the same executor are left alone.
+        """
+        with self._lock:
+            pending, self._pending = list(self._pending), set()
+        for future in pending:
+            if not future.done():
+                if hasattr(future, "kill"):
+                    future.kill()
+                else:
+                    future.cancel()
+        wait_futures(pending, timeout=ABORT_WAIT)
+        self.reset_batch_stats()
+        if not ensure_ready:
+            self._close()
+
+    def terminate(self) -> None:
+        """The ``Parallel`` call is over: give back (or shut down) the executor."""
+        with self._lock:
+            self._pending = set()
+        self._close()
+        self.reset_batch_stats()
+
+
+def register() -> None:
+    """Register the backend with joblib as ``"corral"`` (``import corral.joblib`` does this)."""
+    joblib.register_parallel_backend(NAME, CorralBackend)
+
+
+register()
