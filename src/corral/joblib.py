@@ -230,8 +230,12 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
         """Worker processes the executor can run tasks on (asked once per configure)."""
         if self._workers is None:
             executor = self._executor or self._given
-            if executor is None:  # address= before configure: not connected yet
-                return 1
+            if executor is None:  # address= outside a call (scikit-learn asks how many to split work into)
+                self._open()
+                try:
+                    return self._count_workers()
+                finally:
+                    self._close()
             if executor._broker is not None and getattr(executor, "worker_address", None) is None:  # own local workers
                 self._workers = executor._max_workers
             else:
