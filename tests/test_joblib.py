@@ -62,6 +62,11 @@ def inner_parallel(n):
     return type(backend).__name__, results
 
 
+def inner_corral(n):
+    """A Parallel call inside a task that names the corral backend: it runs in the task's process."""
+    return os.getpid(), Parallel(n_jobs=2, backend="corral")(delayed(pid)(i) for i in range(n))
+
+
 @pytest.fixture(autouse=True)
 def no_kept_executor():
     """The backend keeps its executor between calls: each test ends it (the leak check looks)."""
@@ -180,6 +185,13 @@ def test_nested_parallel_uses_threads_in_the_task():
     with joblib.parallel_config(backend="corral", n_jobs=2):
         got = Parallel()(delayed(inner_parallel)(n) for n in (3, 5))
     assert got == [("ThreadingBackend", [0, 1, 4]), ("ThreadingBackend", [0, 1, 4, 9, 16])]
+
+
+def test_nested_corral_backend_runs_in_the_task():
+    with joblib.parallel_config(backend="corral", n_jobs=2):
+        got = Parallel(batch_size=1)(delayed(inner_corral)(n) for n in (2, 3))
+    for task_pid, inner in got:
+        assert task_pid != os.getpid() and set(inner) == {task_pid}  # no pool of its own in the task
 
 
 def test_given_executor_is_used_and_not_shut_down():

@@ -120,6 +120,17 @@ class _Cache:
 _cache = _Cache()
 
 
+def _forget_after_fork() -> None:
+    """A forked child (a multiprocessing or loky worker running a Parallel call of its own) cannot use
+    its parent's executor, whose I/O thread did not come along: it starts its own when it needs one."""
+    global _cache
+    _cache = _Cache()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def _usable(executor: corral.Executor) -> bool:
     """Can the kept executor take work (not shut down, its broker not lost)?"""
     return not executor._shutdown and executor._io.broken is None
@@ -132,6 +143,25 @@ def shutdown() -> None:
     ``idle_timeout``.  Executors passed in with ``executor=`` are never touched.
     """
     _cache.shutdown()
+
+
+class _Batch:
+    """A joblib batch (``BatchedCalls``) as the corral task: unpickling it in the task process
+    imports this module, so that ``backend="corral"`` means something there too, and while it runs a
+    Parallel call in it that names the backend runs in the task process, not on a pool of its own."""
+
+    __slots__ = ("calls",)
+    running = 0  # batches running in this process (a task process; threads of a nested call see it too)
+
+    def __init__(self, calls: Callable[[], Any]):
+        self.calls = calls
+
+    def __call__(self) -> Any:
+        _Batch.running += 1
+        try:
+            return self.calls()
+        finally:
+            _Batch.running -= 1
 
 
 class WorkerTraceback(Exception):
@@ -221,6 +251,8 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
         if n_jobs is None:
             n_jobs = self.default_n_jobs
         n_jobs = int(n_jobs)
+        if self._local() and _Batch.running:  # a Parallel call inside a corral task: no pool in the task
+            return 1
         if n_jobs > 0:
             return n_jobs
         total = joblib.cpu_count() if self._local() else self._count_workers()
@@ -300,7 +332,7 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
         if executor is None:
             raise RuntimeError("the corral backend has no executor: Parallel did not configure it, "
                                "or it was terminated")
-        future = executor.submit(func)
+        future = executor.submit(_Batch(func))
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
