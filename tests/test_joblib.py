@@ -266,6 +266,37 @@ def test_program_exits_with_the_executor_kept(tmp_path):
     assert pids and wait_for(lambda: all(gone(p) for p in pids), 10, "the workers to end")
 
 
+# Parallel(backend="corral") inside a loky worker, a fresh interpreter that never imported corral.joblib:
+# joblib has no entry points for backends, so there the name is unknown (docs/joblib.md says so).
+NOT_APPLICABLE = ["test_nested_loop[loky-corral]", "test_nested_loop[back_compat_backend-corral]"]
+JOBLIB_SUITE = """
+import sys
+import corral.joblib  # registered before joblib's tests build their lists of backends
+import pytest
+
+
+class NotApplicable:
+    def pytest_collection_modifyitems(self, config, items):
+        skipped = [item for item in items if item.name in NOT_APPLICABLE]
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [item for item in items if item.name not in NOT_APPLICABLE]
+
+
+sys.exit(pytest.main(sys.argv[1:], plugins=[NotApplicable()]))
+""".replace("NOT_APPLICABLE", repr(NOT_APPLICABLE))
+
+
+def test_joblibs_own_backend_tests(tmp_path):
+    """joblib's test_parallel.py, the cases it runs for every registered backend, on "corral"."""
+    pytest.importorskip("joblib.test.test_parallel")
+    args = ["-q", "-p", "no:cacheprovider", "--pyargs", "joblib.test.test_parallel", "-k", "corral",
+            "-W", "ignore::pytest.PytestUnknownMarkWarning", "--timeout", "120"]
+    out = subprocess.run([sys.executable, "-c", JOBLIB_SUITE, *args], capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout
+
+
 # -- scikit-learn ------------------------------------------------------------------------------
 
 
