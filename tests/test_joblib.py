@@ -62,6 +62,14 @@ def inner_parallel(n):
     return type(backend).__name__, results
 
 
+def blas_threads(_=None):
+    """The thread counts of the native thread pools loaded in the task's process."""
+    import numpy  # noqa: F401  (loads its BLAS)
+    from threadpoolctl import threadpool_info
+
+    return sorted({pool["num_threads"] for pool in threadpool_info()})
+
+
 def inner_corral(n):
     """A Parallel call inside a task that names the corral backend: it runs in the task's process."""
     return os.getpid(), Parallel(n_jobs=2, backend="corral")(delayed(pid)(i) for i in range(n))
@@ -192,6 +200,14 @@ def test_nested_corral_backend_runs_in_the_task():
         got = Parallel(batch_size=1)(delayed(inner_corral)(n) for n in (2, 3))
     for task_pid, inner in got:
         assert task_pid != os.getpid() and set(inner) == {task_pid}  # no pool of its own in the task
+
+
+def test_inner_max_num_threads_limits_native_pools():
+    pytest.importorskip("threadpoolctl")
+    pytest.importorskip("numpy")
+    with joblib.parallel_config(backend="corral", n_jobs=2, inner_max_num_threads=1):
+        got = Parallel(batch_size=1)(delayed(blas_threads)(i) for i in range(4))
+    assert all(threads == [1] for threads in got), got
 
 
 def test_given_executor_is_used_and_not_shut_down():

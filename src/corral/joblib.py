@@ -150,18 +150,27 @@ class _Batch:
     imports this module, so that ``backend="corral"`` means something there too, and while it runs a
     Parallel call in it that names the backend runs in the task process, not on a pool of its own."""
 
-    __slots__ = ("calls",)
+    __slots__ = ("calls", "threads")
     running = 0  # batches running in this process (a task process; threads of a nested call see it too)
 
-    def __init__(self, calls: Callable[[], Any]):
+    def __init__(self, calls: Callable[[], Any], threads: int | None = None):
         self.calls = calls
+        self.threads = threads  # inner_max_num_threads: the native thread pools' limit, through threadpoolctl
 
     def __call__(self) -> Any:
         _Batch.running += 1
         try:
-            return self.calls()
+            if self.threads is None:
+                return self.calls()
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=self.threads):
+                return self.calls()
         finally:
             _Batch.running -= 1
+
+    def __reduce__(self) -> tuple:
+        return (_Batch, (self.calls, self.threads))
 
 
 class WorkerTraceback(Exception):
@@ -207,7 +216,7 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_retrieve_callback = True
     supports_timeout = True
     supports_return_generator = True
-    supports_inner_max_num_threads = False
+    supports_inner_max_num_threads = True  # applied in the task with threadpoolctl (scikit-learn brings it)
     uses_threads = False
     supports_sharedmem = False
 
@@ -332,7 +341,7 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
         if executor is None:
             raise RuntimeError("the corral backend has no executor: Parallel did not configure it, "
                                "or it was terminated")
-        future = executor.submit(_Batch(func))
+        future = executor.submit(_Batch(func, self.inner_max_num_threads))
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
