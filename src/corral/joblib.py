@@ -254,7 +254,8 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """How many batches can run at once: ``n_jobs``, or with ``n_jobs < 0`` all but
-        ``-n_jobs - 1`` of the CPUs (local) or of the connected worker processes."""
+        ``-n_jobs - 1`` of the CPUs (local) or of the executor's or broker's worker processes
+        (then at least 2, so that joblib does not run the call in the caller)."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
@@ -264,8 +265,11 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
             return 1
         if n_jobs > 0:
             return n_jobs
-        total = joblib.cpu_count() if self._local() else self._count_workers()
-        return max(total + 1 + n_jobs, 1)
+        if self._local():
+            return max(joblib.cpu_count() + 1 + n_jobs, 1)
+        # At least 2: joblib runs a call whose backend says 1 in the caller, and these workers are
+        # where the user asked the work to go (a broker with one worker, or none yet, still runs it).
+        return max(self._count_workers() + 1 + n_jobs, 2)
 
     def _count_workers(self) -> int:
         """Worker processes the executor can run tasks on (asked once per configure)."""
@@ -277,11 +281,10 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
                     return self._count_workers()
                 finally:
                     self._close()
-            if executor._broker is not None and getattr(executor, "worker_address", None) is None:  # own local workers
+            if executor._broker is not None:  # its own workers, local or launched: as many as it may have
                 self._workers = executor._max_workers
-            else:
-                alive = [w for w in executor.summary() if w.get("left") is None]
-                self._workers = max(len(alive), 1)
+            else:  # a broker elsewhere: the worker processes it has now
+                self._workers = len([w for w in executor.summary() if w.get("left") is None])
         return self._workers
 
     # -- a Parallel call -----------------------------------------------------------------
