@@ -1,6 +1,6 @@
 """joblib's backends timed: loky (joblib's default) beside corral's, on scikit-learn and on tiny calls.
 
-    python benchmarks/joblib_sklearn.py [--n-jobs 2] [--rounds 5] [--tiny 10000] [--json]
+    python benchmarks/joblib_sklearn.py [--n-jobs 2] [--rounds 5] [--tiny 10000] [--tiny-rounds 11] [--json]
 
 Two workloads, each run by both backends with the same ``n_jobs``, the backends taking
 turns round after round (which one goes first alternates), in one process:
@@ -89,11 +89,12 @@ def main() -> None:
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5, help="rounds per backend, the first one cold (default 5)")
     ap.add_argument("--tiny", type=int, default=10_000, help="calls in the tiny-calls workload (default 10,000)")
+    ap.add_argument("--tiny-rounds", type=int, default=11, help="rounds of the tiny calls (default 11)")
     ap.add_argument("--no-sklearn", action="store_true", help="the tiny calls only")
     ap.add_argument("--json", action="store_true", help="print the raw figures as JSON at the end")
     args = ap.parse_args()
-    if args.rounds < 1 or args.n_jobs < 2 or args.tiny < 1:
-        ap.error("--rounds and --tiny must be >= 1 and --n-jobs >= 2")
+    if min(args.rounds, args.tiny_rounds, args.tiny) < 1 or args.n_jobs < 2:
+        ap.error("--rounds, --tiny-rounds and --tiny must be >= 1, and --n-jobs >= 2")
 
     out: dict = {"n_jobs": args.n_jobs, "rounds": args.rounds}
     rows = []
@@ -106,7 +107,7 @@ def main() -> None:
             rows.append(row("GridSearchCV, SVC on digits, 9 candidates x cv=5", out["grid"], one))
         one, _ = timed(None, 1, lambda: tiny(args.tiny))
         print(f"  tiny  one process          {one:7.3f} s", flush=True)
-        out["tiny"] = compare("tiny", lambda: tiny(args.tiny), args.n_jobs, args.rounds)
+        out["tiny"] = compare("tiny", lambda: tiny(args.tiny), args.n_jobs, args.tiny_rounds)
         out["tiny"]["one_process"] = one
         rows.append(row(f"{args.tiny:,} no-op calls, auto batching", out["tiny"], one))
     finally:
@@ -115,7 +116,8 @@ def main() -> None:
 
         get_reusable_executor().shutdown(wait=True)
 
-    print(f"\nn_jobs={args.n_jobs}, {args.rounds} rounds each (the first cold), seconds:\n")
+    print(f"\nn_jobs={args.n_jobs}, {args.rounds} rounds of the grid search and {args.tiny_rounds} of the tiny calls "
+          "per backend (the first cold), seconds:\n")
     print("| workload | one process | loky cold | corral cold | loky warm, median (best) | "
           "corral warm, median (best) | corral / loky, warm median |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -111,6 +111,16 @@ def test_reuse_false_stops_the_executor_with_the_call():
     assert all(gone(p) for p in pids)  # shut down (wait=True) before the call returned
 
 
+def test_shutdown_during_a_call_waits_for_its_end():
+    with joblib.parallel_config(backend="corral", n_jobs=2):
+        out = Parallel(return_as="generator", batch_size=1)(delayed(pid)(i) for i in range(20))
+        first = next(out)
+        corral.joblib.shutdown()  # the call still uses the executor: it keeps it to its end
+        pids = {first, *out}
+    assert corral.joblib._cache.executor is None
+    assert wait_for(lambda: all(gone(p) for p in pids), 10, "the workers to end")
+
+
 def test_other_n_jobs_replaces_the_kept_executor():
     with joblib.parallel_config(backend="corral", n_jobs=2):
         two = set(Parallel(batch_size=1)(delayed(pid)(i) for i in range(10)))

@@ -69,9 +69,11 @@ class _Cache:
             if self.executor is not None and self.key == key and _usable(self.executor):
                 self.users += 1
                 return self.executor, True
-            if self.users:  # the cached one is busy with another call: this call gets its own
-                return start(), False
-            old, self.executor, self.key = self.executor, None, None
+            busy = self.users > 0  # the kept one is another call's, of another kind: this call gets its own
+            if not busy:
+                old, self.executor, self.key = self.executor, None, None
+        if busy:
+            return start(), False
         if old is not None:
             old.shutdown(wait=True)
         executor = start()
@@ -82,17 +84,22 @@ class _Cache:
         return executor, False
 
     def release(self, executor: corral.Executor, idle_timeout: float) -> None:
-        """A call is done with the cached executor; start the idle timer if it was the last."""
+        """A call is done with the kept executor; the last one starts the idle timer."""
         with self.lock:
             if executor is not self.executor:
                 return
             self.users -= 1
-            if self.users == 0:
+            if self.users:
+                return
+            if self.key is not None:  # kept, for idle_timeout seconds more
                 self._stop_timer()
                 self.timer = threading.Timer(idle_timeout, self._expire, args=(executor,))
                 self.timer.daemon = True
                 self.timer.name = "corral-joblib-idle"
                 self.timer.start()
+                return
+            self.executor = None  # shutdown() came while it was in use
+        executor.shutdown(wait=True)
 
     def _expire(self, executor: corral.Executor) -> None:
         with self.lock:
@@ -111,7 +118,7 @@ class _Cache:
             self._stop_timer()
             executor, self.executor, self.key = self.executor, None, None
             if executor is not None and self.users:
-                self.executor, self.key = executor, None  # in use: the last release's timer ends it
+                self.executor, self.key = executor, None  # in use: the call's release shuts it down
                 executor = None
         if executor is not None:
             executor.shutdown(wait=True)
@@ -139,8 +146,8 @@ def _usable(executor: corral.Executor) -> bool:
 def shutdown() -> None:
     """Shut down the executor the backend keeps between calls, now (it restarts when needed).
 
-    A call still using it keeps it until that call ends; the executor then goes after
-    ``idle_timeout``.  Executors passed in with ``executor=`` are never touched.
+    A call still using it keeps it until that call ends.  Executors passed in with
+    ``executor=`` are never touched.
     """
     _cache.shutdown()
 
