@@ -242,6 +242,8 @@ def test_bad_arguments():
         joblib.parallel_config(backend="corral", executor=object())
     with pytest.raises(ValueError, match="idle_timeout"):
         joblib.parallel_config(backend="corral", idle_timeout=0)
+    with pytest.raises(TypeError, match="no 'adress'"):
+        joblib.parallel_config(backend="corral", adress="tcp://127.0.0.1:1")
 
 
 def test_executor_options_and_idle_timeout():

@@ -215,8 +215,8 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
         executor_options: further keyword arguments for the ``corral.Executor`` the
             backend starts, e.g. ``{"task_timeout": 60}`` or ``{"keys": ...}``.
 
-    ``n_jobs=-1`` means every CPU for a local executor, and every connected worker
-    process for an ``executor=`` or ``address=`` one.
+    ``n_jobs=-1`` means every CPU for a local executor, and every worker process of an
+    ``executor=`` or ``address=`` one (at least 2: joblib runs a call sized 1 in the caller).
     """
 
     default_n_jobs = -1  # under parallel_config(backend="corral"), scikit-learn's n_jobs=None uses every worker
@@ -230,9 +230,12 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
     def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, *,
                  executor: corral.Executor | None = None, address: str | os.PathLike | None = None,
                  reuse: bool = True, idle_timeout: float = IDLE_TIMEOUT,
-                 executor_options: dict[str, Any] | None = None, **backend_kwargs: Any):
-        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads,
-                         **backend_kwargs)
+                 executor_options: dict[str, Any] | None = None, **unknown: Any):
+        if unknown:  # a misspelt option would otherwise be ignored, and the work go elsewhere than meant
+            raise TypeError(f"the corral joblib backend takes no {', '.join(map(repr, sorted(unknown)))}: it takes "
+                            "executor=, address=, reuse=, idle_timeout= and executor_options= (corral.Executor's "
+                            "arguments, for an executor the backend starts)")
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         if executor is not None and address is not None:
             raise ValueError("give the corral backend executor= or address=, not both")
         if executor is not None and not isinstance(executor, corral.Executor):
