@@ -265,6 +265,7 @@ def test_on_a_broker_elsewhere():
             # joblib counts the connected worker processes at each call; wait for both to join.
             with corral.Executor(address=broker.connection) as probe:
                 wait_for(lambda: len([w for w in probe.summary() if w.get("left") is None]) == 2, 30, "two workers")
+            assert joblib.effective_n_jobs(None) == 2  # what scikit-learn asks, outside a call
             got = Parallel(batch_size=1)(delayed(square)(i) for i in range(30))
             assert got == [i * i for i in range(30)]
             backend = joblib.parallel.get_active_backend()[0]
@@ -274,6 +275,15 @@ def test_on_a_broker_elsewhere():
                 assert parallel(delayed(abs)(-i) for i in range(5)) == list(range(5))
             with pytest.raises(ZeroDivisionError):
                 Parallel()(delayed(divmod)(1, i) for i in range(-3, 3))
+            if sklearn_installed():  # scikit-learn on the broker's workers: the scores of one process
+                from sklearn.datasets import load_iris
+                from sklearn.model_selection import cross_val_score
+                from sklearn.svm import SVC
+
+                X, y = load_iris(return_X_y=True)
+                remote_scores = cross_val_score(SVC(), X, y, cv=3).tolist()
+        if sklearn_installed():
+            assert remote_scores == cross_val_score(SVC(), X, y, cv=3).tolist()
     finally:
         corral.joblib.shutdown()
         stop(worker)
@@ -328,6 +338,14 @@ def test_joblibs_own_backend_tests(tmp_path):
 
 
 # -- scikit-learn ------------------------------------------------------------------------------
+
+
+def sklearn_installed() -> bool:
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.fixture
