@@ -70,6 +70,15 @@ def blas_threads(_=None):
     return sorted({pool["num_threads"] for pool in threadpool_info()})
 
 
+def mark_process(directory):
+    """An initializer: note that it ran in this process."""
+    open(os.path.join(directory, str(os.getpid())), "w").close()
+
+
+def initialized(directory):
+    return os.path.exists(os.path.join(directory, str(os.getpid())))
+
+
 def inner_corral(n):
     """A Parallel call inside a task that names the corral backend: it runs in the task's process."""
     return os.getpid(), Parallel(n_jobs=2, backend="corral")(delayed(pid)(i) for i in range(n))
@@ -222,6 +231,16 @@ def test_inner_max_num_threads_limits_native_pools():
     assert all(threads == [1] for threads in got), got
 
 
+def test_initializer_runs_in_every_worker(tmp_path):
+    with joblib.parallel_config(backend="corral", n_jobs=2, initializer=mark_process, initargs=(str(tmp_path),)):
+        assert all(Parallel(batch_size=1)(delayed(initialized)(str(tmp_path)) for _ in range(10)))
+    other = tmp_path / "other"
+    other.mkdir()
+    got = Parallel(backend="corral", n_jobs=2, batch_size=1, initializer=mark_process, initargs=(str(other),))(
+        delayed(initialized)(str(other)) for _ in range(10))
+    assert all(got)  # given to Parallel itself: a new executor, with that initializer
+
+
 def test_given_executor_is_used_and_not_shut_down():
     with corral.Executor(max_workers=2) as ex:
         with joblib.parallel_config(backend="corral", executor=ex, n_jobs=-1):
@@ -238,6 +257,11 @@ def test_bad_arguments():
             joblib.parallel_config(backend="corral", executor=ex, address="tcp://127.0.0.1:1")
         with pytest.raises(ValueError, match="executor_options"):
             joblib.parallel_config(backend="corral", executor=ex, executor_options={"retries": 1})
+        with pytest.raises(ValueError, match="initializer"):
+            joblib.parallel_config(backend="corral", executor=ex, initializer=print)
+        with pytest.raises(ValueError, match="initializer"):
+            Parallel(backend=corral.joblib.CorralBackend(executor=ex), n_jobs=2, initializer=print)(
+                delayed(abs)(i) for i in range(2))
     with pytest.raises(TypeError, match="corral.Executor"):
         joblib.parallel_config(backend="corral", executor=object())
     with pytest.raises(ValueError, match="idle_timeout"):

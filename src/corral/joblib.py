@@ -214,6 +214,8 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
         idle_timeout: seconds a kept executor waits for the next call (default 300).
         executor_options: further keyword arguments for the ``corral.Executor`` the
             backend starts, e.g. ``{"task_timeout": 60}`` or ``{"keys": ...}``.
+        initializer, initargs: as joblib's loky backend takes them (and ``Parallel`` too):
+            run in each worker process the backend's executor starts, before its tasks.
 
     ``n_jobs=-1`` means every CPU for a local executor, and every worker process of an
     ``executor=`` or ``address=`` one (at least 2: joblib runs a call sized 1 in the caller).
@@ -230,18 +232,19 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
     def __init__(self, nesting_level: int | None = None, inner_max_num_threads: int | None = None, *,
                  executor: corral.Executor | None = None, address: str | os.PathLike | None = None,
                  reuse: bool = True, idle_timeout: float = IDLE_TIMEOUT,
-                 executor_options: dict[str, Any] | None = None, **unknown: Any):
+                 executor_options: dict[str, Any] | None = None, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple = (), **unknown: Any):
         if unknown:  # a misspelt option would otherwise be ignored, and the work go elsewhere than meant
             raise TypeError(f"the corral joblib backend takes no {', '.join(map(repr, sorted(unknown)))}: it takes "
-                            "executor=, address=, reuse=, idle_timeout= and executor_options= (corral.Executor's "
-                            "arguments, for an executor the backend starts)")
+                            "executor=, address=, reuse=, idle_timeout=, initializer=, initargs= and "
+                            "executor_options= (corral.Executor's arguments, for an executor the backend starts)")
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         if executor is not None and address is not None:
             raise ValueError("give the corral backend executor= or address=, not both")
         if executor is not None and not isinstance(executor, corral.Executor):
             raise TypeError(f"executor= must be a corral.Executor, not {type(executor).__name__}")
-        if executor is not None and executor_options:
-            raise ValueError("executor_options= configure an executor the backend starts; "
+        if executor is not None and (executor_options or initializer is not None):
+            raise ValueError("executor_options= and initializer= configure an executor the backend starts; "
                              "with executor= configure that executor instead")
         if not idle_timeout > 0:
             raise ValueError(f"idle_timeout must be a number of seconds > 0, not {idle_timeout!r}")
@@ -250,6 +253,9 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
         self._reuse = bool(reuse)
         self._idle_timeout = float(idle_timeout)
         self._options = dict(executor_options or {})
+        if initializer is not None:  # joblib's own backend arguments: each worker process runs it first
+            self._options.update(initializer=initializer, initargs=tuple(initargs))
+        self._call_options: dict[str, Any] = {}  # initializer=, initargs= given to Parallel itself
         self._executor: corral.Executor | None = None
         self._cached = False  # is self._executor the cache's (release it), or ours alone (shut it down)?
         self._lock = threading.Lock()
@@ -301,9 +307,20 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, prefer: str | None = None,
                   require: str | None = None, **parallel_kwargs: Any) -> int:
-        """Find or start the executor for this call; the number of batches to run at once."""
+        """Find or start the executor for this call; the number of batches to run at once.
+
+        ``Parallel(initializer=, initargs=)`` reach here among joblib's ``parallel_kwargs``
+        (loky's memmapping arguments, which corral has no use for, come along too).
+        """
         self.parallel = parallel
         self._workers = None
+        self._call_options = {}
+        if parallel_kwargs.get("initializer") is not None:
+            if self._given is not None:
+                raise ValueError("Parallel(initializer=) configures an executor the backend starts; "
+                                 "with executor= give that executor its initializer instead")
+            self._call_options = {"initializer": parallel_kwargs["initializer"],
+                                  "initargs": tuple(parallel_kwargs.get("initargs") or ())}
         if self._local():
             n = self.effective_n_jobs(n_jobs)
             if n == 1:  # one process: joblib's loop in this process beats one worker
@@ -323,7 +340,7 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
             self._given._check_open()
             self._executor = self._given
             return
-        kwargs = dict(self._options)
+        kwargs = {**self._options, **self._call_options}
         if self._address is not None:
             kwargs["address"] = self._address
         else:
