@@ -334,7 +334,7 @@ class CorralBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def _open(self, max_workers: int | None = None) -> None:
         """Have ``self._executor`` for this call: the given one, the cached one, or a new one."""
-        if self._executor is not None:  # configured again without terminate (abort_everything)
+        if self._executor is not None:  # configured twice with no terminate between: give the first back
             self._close()
         if self._given is not None:
             self._given._check_open()
