@@ -135,8 +135,10 @@ class LocalPool:
     def start_one(self) -> int:
         """Start one worker; its pid."""
         env = dict(os.environ if self.env is None else self.env)
-        # corral itself must import in the worker even if it is only on our sys.path.
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # corral itself must import in the worker even if it is only on our sys.path: the directory
+        # that holds the package (corral/local/pool.py: three levels up), never the package's own
+        # directory, whose modules (joblib.py, config.py, ...) would shadow top-level ones in tasks.
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         ours, theirs = socket.socketpair() if self.address is None else (None, None)
         fds = [theirs.fileno()] if theirs else []
