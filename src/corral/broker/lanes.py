@@ -19,6 +19,7 @@ from .. import timing, tuning
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
+from . import output
 from .peers import MALFORMED, count, seconds
 from .records import PoolLink, Task, WorkerState
 
@@ -36,6 +37,9 @@ class LaneSeats:
         for msg in messages:
             try:
                 kind, body = protocol.decode(msg[0])
+                if kind == Kind.OUTPUT and w is not None:  # a captured task's, ahead of its result
+                    output.forward(self, w, body)
+                    continue
                 if kind != Kind.RESULT or w is None or ident not in self.lanes:
                     raise ProtocolError(f"{kind.name} on a lane")
                 self.lane_result(w, body, protocol.unpack(body, msg[1:]))

@@ -18,6 +18,7 @@ import zmq
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.protocol import Kind
+from . import output
 from .demand import capacity, check_options
 from .dependencies import check_dependencies
 from .objects import check_refs
@@ -218,6 +219,8 @@ class Peers:
         elif kind == Kind.HEARTBEAT:
             if body.get("preparing") is True:  # starting a task process, or importing ahead: making progress
                 w.progress_at = time.monotonic()
+        elif kind == Kind.OUTPUT:
+            output.forward(self, w, body)
         elif kind == Kind.ENDED and w.ident in self.lanes:
             self.lane_ended(w, body)
         elif kind == Kind.LANE and w.ident in self.lanes:

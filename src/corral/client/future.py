@@ -134,6 +134,7 @@ class CorralFuture(Future):
     _unplaced: str | None = None  # why no connected worker could ever run its queued task (UNPLACED)
     _heard_started: float | None = None  # when the client heard that it began (STARTED; its record)
     _objects: list | None = None  # the handles of the large objects its task uses (objects.py)
+    _captured: dict | None = None  # what its task wrote, where it asked capture_output (output.py)
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;

@@ -46,6 +46,8 @@ class TaskInfo:
     earlier_attempts: tuple[str, ...]  # why each earlier attempt ended, oldest first
     peak_memory: int | None  # peak resident bytes of its process while it ran (see docs/tasks.md)
     unschedulable: str | None = None  # queued, and no connected worker could ever run it: why
+    stdout: str | None = None  # what it wrote on its stdout, with capture_output (the tail: docs/options.md)
+    stderr: str | None = None  # ... and on its stderr
 
 
 def task_info(fut: Future) -> TaskInfo:
@@ -74,7 +76,16 @@ def task_info(fut: Future) -> TaskInfo:
         earlier_attempts=record["tries"],
         peak_memory=record["peak"],
         unschedulable=fut._unplaced if state not in (FINISHED, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED) else None,
+        **_captured(fut),
     )
+
+
+def _captured(fut: Future) -> dict:
+    """``stdout`` and ``stderr``, where the task's output was captured (None where it was not)."""
+    captured = getattr(fut, "_captured", None)
+    if captured is None:
+        return {}
+    return {"stdout": captured.get("stdout", ""), "stderr": captured.get("stderr", "")}
 
 
 def _state(state: str, exc: BaseException | None, meta: dict, waiting: bool) -> str:

@@ -53,17 +53,19 @@ from typing import NoReturn
 
 from .. import serialization
 from ..errors import ProtocolError
+from ..logs import logger
 from ..timing import smooth
 from ..tuning import CHANNEL_BUFFER, CHANNEL_READ_CHUNK, RESULT_BATCH_BYTES, RESULT_BATCH_TASK, RESULT_BATCH_TIME
 from ..wire import protocol
 from ..wire.lane import Lane
 from ..wire.poller import Spin
 from ..wire.stream import size_buffers
-from . import containment
+from . import capture, containment, output, taskwarnings
 from .execution import execute, object_options
 from .tasknotes import TaskNotes
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
+_log = logger("worker")
 _LENGTHS = struct.Struct("!QI")
 
 
@@ -266,8 +268,8 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None) -> T
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
-        cmd = [sys.executable, "-m", "corral.worker.task_process", str(theirs.fileno())]
-        popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "corral.worker.task_process", str(theirs.fileno()), *capture.names()]
+        popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, **output.spawn_streams())
         theirs.close()
         conn = Channel(ours)
         conn.send(("setup", setup, once))
@@ -306,6 +308,7 @@ def run_child(run: Callable[[], int], sockets: list, keep: list[int] | None = No
         for sock in sockets:
             os.close(sock.fileno())
         if keep is not None:
+            output.child_streams()  # a worker that forwards its tasks' output: fd 1 and 2 are its pipes
             for fd in _descriptors():
                 if fd > 2 and fd not in keep:
                     try:
@@ -341,6 +344,9 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
     if not prepared:
         set_signals()
         sys.path[:] = setup[0]
+        taskwarnings.install()
+    elif taskwarnings.caught:
+        taskwarnings.caught.clear()  # the template's own, not a task's
     die_with_parent(signal.SIGKILL)  # a parent-death signal is not inherited
     _, initializer, shm_dir = setup
     if initializer is not None or not once:  # a fresh process with nothing to report stays silent
@@ -374,11 +380,17 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
     if unpin is not None:
         unpin()
     pos = 0
-    for gid, count, offloaded, seed, dep_frames, *objects in header[1]:
+    for gid, count, offloaded, seed, dep_frames, captured, *objects in header[1]:
+        if captured:
+            capture.begin()
         began = time.perf_counter()
         status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
                                     objects[0] if objects else None)
         notes.note(meta, began, time.perf_counter())
+        if taskwarnings.caught:
+            taskwarnings.attach(meta)
+        if captured:
+            meta["capture"] = capture.end()  # the supervisor sends it ahead of the outcome (output.py)
         pos += count
         flush_stdio()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
@@ -444,13 +456,16 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
                 continue  # sent to a task process of this worker that died before it read them
             tasks = protocol.split_entries(body, "tasks", protocol.unpack(body, frames[1:]), 3)
         except ProtocolError as exc:
-            print(f"corral task process: dropped a malformed message: {exc}", file=sys.stderr)
+            _log.warning(f"task process {os.getpid()}: dropped a malformed message on its lane: {exc}")
             continue
         entries: list = []
         out_frames: list = []
         size, busy, oldest = 0, 0.0, 0.0
         for i, ((gid, _, options), task_frames) in enumerate(tasks):
             page.begin(gid)
+            captured = options.get("capture_output") is True if options and isinstance(options, dict) else False
+            if captured:
+                capture.begin()
             began = time.perf_counter()
             if options and isinstance(options, dict):
                 status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
@@ -459,6 +474,10 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
                 status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()
             notes.note(meta, began, ended)
+            if taskwarnings.caught:
+                taskwarnings.attach(meta)
+            if captured:  # ahead of its outcome, which may wait in this batch
+                output.send_captured(lambda kind, body: link.send(protocol.message(kind, body)), gid, capture.end())
             flush_stdio()  # what the task printed is out before its future completes
             entries.append(protocol.result_entry(gid, status, len(out), meta))
             out_frames.extend(out)
@@ -513,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     """A spawned task process: ``python -m corral.worker.task_process FD``."""
     argv = sys.argv[1:] if argv is None else argv
     conn = Channel(socket.socket(fileno=int(argv[0])))
+    if len(argv) == 3:  # the supervisor's capture files
+        capture.inherit(argv[1:])
     try:
         header, _ = conn.recv()
     except (EOFError, OSError):
