@@ -404,6 +404,8 @@ class IOLoop(Standing):
         fut._meta = meta  # its record (info.py), before callbacks may read it
         if "warnings" in meta:
             output.rewarn(meta["warnings"])  # before it completes: result() returns after them
+        if self.output is not None and cid in self.output.printed:
+            self.output.written(cid)  # what it printed, before result() returns
         if fut._kill_requested or (status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED):
             fut._set_killed()  # after kill(), whatever finished first, the future ends cancelled
             return

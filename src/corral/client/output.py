@@ -6,7 +6,9 @@ this process's ``sys.stdout`` or ``sys.stderr``, each line after a prefix that n
 the worker and the task (``[host:1234 task 17] ``).  Not by the I/O loop itself:
 a write to a terminal or a pipe nobody reads can block, and the loop must keep
 answering heartbeats, so a writer thread (``Writer``, started at the first
-OUTPUT) writes it.  ``sys.stdout`` is looked up at each write, so a redirection
+OUTPUT) writes it; the loop waits for it (``written``, at most ``WRITE_PATIENCE``
+seconds) only before it completes the future of a task that printed, so that a
+task's output comes before ``result()`` returns.  ``sys.stdout`` is looked up at each write, so a redirection
 the user made (``contextlib.redirect_stdout``, pytest's capture) sees it.
 
 Captured output (``options(capture_output=True)``) arrives the same way, marked
@@ -34,6 +36,7 @@ from typing import Any
 
 from ..logs import logger
 
+WRITE_PATIENCE = 1.0  # seconds the I/O loop waits for a task's output to be written before its result
 CAPTURE_MAX = 1 << 20  # characters kept of a task's captured stream (its tail); the worker sends no more
 STREAMS = ("stdout", "stderr")
 _log = logger("client")
@@ -45,18 +48,30 @@ class Writer:
     def __init__(self) -> None:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.line_start: dict = {}  # (worker, task, stream) -> False: its last text ended mid-line
+        self.printed: set = set()  # tasks whose output was queued, whose futures are not complete yet
         self.thread = threading.Thread(target=self.run, name="corral-output", daemon=True)
         self.thread.start()
 
     def put(self, worker: str, cid: int, stream: str, text: str) -> None:
         """Queue ``text`` of task ``cid`` (on ``worker``) for ``stream``."""
+        self.printed.add(cid)
         self.queue.put((worker, cid, stream, text))
+
+    def written(self, cid: int) -> None:
+        """Before task ``cid``'s future completes: wait until what it printed is written (a while at most)."""
+        self.printed.discard(cid)
+        done = threading.Event()
+        self.queue.put(done)
+        done.wait(WRITE_PATIENCE)
 
     def run(self) -> None:
         while True:
             item = self.queue.get()
             if item is None:
                 return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
             try:
                 self.write(*item)
             except Exception as exc:  # noqa: BLE001 - a closed or broken stream: the output is lost, not the loop

@@ -63,6 +63,7 @@ from ..wire.stream import size_buffers
 from . import capture, containment, output, taskwarnings
 from .execution import execute, object_options
 from .tasknotes import TaskNotes
+from .taskwarnings import caught as _warned  # the warnings a task raised (one list, emptied after each task)
 
 READY, BROKEN, TASK, DONE = "ready", "broken", "task", "done"
 _log = logger("worker")
@@ -387,7 +388,7 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
         status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
                                     objects[0] if objects else None)
         notes.note(meta, began, time.perf_counter())
-        if taskwarnings.caught:
+        if _warned:
             taskwarnings.attach(meta)
         if captured:
             meta["capture"] = capture.end()  # the supervisor sends it ahead of the outcome (output.py)
@@ -474,7 +475,7 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
                 status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()
             notes.note(meta, began, ended)
-            if taskwarnings.caught:
+            if _warned:
                 taskwarnings.attach(meta)
             if captured:  # ahead of its outcome, which may wait in this batch
                 output.send_captured(lambda kind, body: link.send(protocol.message(kind, body)), gid, capture.end())
