@@ -22,12 +22,16 @@ MAX_WARNINGS = 50  # distinct warnings carried per task
 MAX_MESSAGE = 4000  # characters of a warning's message carried
 MAX_PATH = 500  # characters of its file name
 
-caught: list = []  # warnings noted since the last task ended: (category, message, filename, lineno)
+caught: dict = {}  # the warnings noted since the last task ended: (category, message, file, line) -> times
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
-    """``warnings.showwarning`` in a task process: note, do not print."""
-    caught.append((category, message, filename, lineno))
+    """``warnings.showwarning`` in a task process: note, do not print (a loop's thousand warnings: one)."""
+    key = (category, str(message)[:MAX_MESSAGE], str(filename)[:MAX_PATH], lineno if type(lineno) is int else 0)
+    if key in caught:
+        caught[key] += 1
+    elif len(caught) < MAX_WARNINGS:
+        caught[key] = 1
 
 
 def install() -> None:
@@ -38,14 +42,7 @@ def install() -> None:
 
 def attach(meta: dict) -> None:
     """Move the warnings noted during a task into its outcome's ``meta``."""
-    seen: dict = {}
-    for category, message, filename, lineno in caught:
-        text = str(message)[:MAX_MESSAGE]
-        name = f"{getattr(category, '__module__', 'builtins')}:{getattr(category, '__qualname__', 'UserWarning')}"
-        key = (name, text, str(filename)[:MAX_PATH], lineno if type(lineno) is int else 0)
-        if key in seen:
-            seen[key][4] += 1
-        elif len(seen) < MAX_WARNINGS:
-            seen[key] = [*key, 1]
+    meta["warnings"] = [[f"{getattr(category, '__module__', 'builtins')}:{getattr(category, '__qualname__', '?')}",
+                         message, filename, lineno, times]
+                        for (category, message, filename, lineno), times in caught.items()]
     caught.clear()
-    meta["warnings"] = list(seen.values())
