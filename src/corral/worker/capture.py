@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import sys
 import tempfile
 
@@ -40,7 +41,7 @@ CAPTURE_MAX = 1 << 20  # bytes kept of each captured stream: its tail
 _STREAMS = ("stdout", "stderr")
 
 _paths: tuple[str, str] | None = None  # the two capture files (stdout, stderr): named by prepare()
-_own_dir: str | None = None  # the directory prepare() made for them, if it made one
+_own_dir: str | None = None  # the directory prepare() named for them (made by the first captured task)
 _open: tuple[int, int] | None = None  # while a task is captured: the files, and copies of descriptors 1 and 2
 _saved: tuple[int, int] | None = None
 _unbuffered: tuple | None = None  # sys.stdout and sys.stderr while a task is captured
@@ -49,10 +50,12 @@ _before: tuple | None = None  # what sys.stdout and sys.stderr were before it
 
 def prepare(directory: str | None) -> None:
     """Name the two capture files (in the supervisor, before it forks: its task processes inherit the
-    names): in ``directory`` (the executor's private one), or in a private directory made now."""
+    names): in ``directory`` (the executor's private one), or in a private directory of our own,
+    named now and made by the first task that is captured (a worker that never captures leaves
+    nothing to clean up, even when it is killed)."""
     global _paths, _own_dir
     if directory is None:
-        directory = _own_dir = tempfile.mkdtemp(prefix="corral-")
+        directory = _own_dir = os.path.join(tempfile.gettempdir(), f"corral-{secrets.token_hex(8)}")
     base = os.path.join(directory, f"capture-{os.getpid()}")
     _paths = (f"{base}-stdout", f"{base}-stderr")
 
@@ -87,7 +90,7 @@ def begin() -> None:
     flush_stdio()  # what earlier tasks printed goes where it went, not into this task's record
     if _paths is None:
         prepare(None)  # a task process without a supervisor's names (tests): its own
-    _open = tuple(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600) for path in _paths)
+    _open = tuple(_create(path) for path in _paths)
     _saved = (os.dup(1), os.dup(2))
     os.dup2(_open[0], 1)
     os.dup2(_open[1], 2)
@@ -95,6 +98,17 @@ def begin() -> None:
         _unbuffered = tuple(_unbuffered_stream(fd, old) for fd, old in ((1, sys.stdout), (2, sys.stderr)))
     _before = (sys.stdout, sys.stderr)
     sys.stdout, sys.stderr = _unbuffered
+
+
+def _create(path: str) -> int:
+    """Open a capture file, empty; the first time, make the supervisor's directory for it (0700)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.dirname(path), 0o700)
+        return os.open(path, flags, 0o600)
 
 
 def end() -> list[str]:
