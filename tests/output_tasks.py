@@ -20,6 +20,12 @@ def chatty(x):
     return x
 
 
+def echo(x):
+    """Say which element this is."""
+    print(f"element {x}")
+    return x
+
+
 def last_words():
     """Print, then die by SIGSEGV, with a line that has no newline still in Python's hands."""
     print("last words")

@@ -69,6 +69,22 @@ def test_a_remote_tasks_output_reaches_the_clients_streams_with_a_prefix(remote)
     assert out[0].split("]")[0] != out[1].split("]")[0]  # two tasks, each named
 
 
+def test_each_line_of_a_map_of_short_tasks_names_its_own_task(remote):
+    """Short tasks run in a pipeline (the next one begins before the supervisor has read what the
+    last one wrote): each line is still its own task's."""
+    done = run_client(remote, """
+        assert list(ex.map(output_tasks.echo, range(300))) == list(range(300))
+    """)
+    assert done.returncode == 0, done.stderr
+    owners = {}
+    for line in done.stdout.splitlines():
+        match = re.fullmatch(r"\[[^\]\s]+:\d+ task (\d+)\] element (\d+)", line)
+        assert match, line
+        owners.setdefault(int(match[1]), []).append(int(match[2]))
+    assert sorted(owners) == list(range(1, 301))  # the client numbers a map's tasks in order
+    assert all(elements == [task - 1] for task, elements in owners.items()), owners
+
+
 def test_a_remote_tasks_last_words_before_a_segfault_are_forwarded(remote):
     done = run_client(remote, """
         try:

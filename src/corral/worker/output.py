@@ -13,9 +13,11 @@ client, so it forwards the output::
                                                                          it out with a prefix
 
 Why pipes made once by the supervisor, and not one per task: the supervisor
-knows which task its task process runs (the oldest it has not answered), so it
-can attribute what arrives without the task process telling it anything, and a
-task pays nothing for it but its writes.  Why the supervisor: what a task process
+knows which tasks its task process holds, in the order it runs them, and the
+task process writes an end mark on both pipes after each task (``MARK``), so
+what arrives is attributed to its task even when the process has begun the next
+one (a pipeline of short tasks); a task pays nothing more than its writes and
+the two marks.  Why the supervisor: what a task process
 wrote before it died (a segfault, SIGKILL) is in the pipe still, and is read and
 sent before the task is reported lost.  The supervisor drains the pipes before
 it reports any task (``task_ended``), so a task's output always reaches the
@@ -45,6 +47,8 @@ TASK_MAX = 8 << 20  # bytes forwarded per task; the rest is dropped, and a line 
 READ_MOST = 1 << 20  # bytes read from one pipe per loop turn (then the broker's messages get a turn)
 PIPE_SIZE = 1 << 20  # asked of the kernel for each pipe: fewer wake-ups when a task writes a lot
 
+MARK = b"\x00\x1ecorral: a task ended\x1e\x00"  # what a forwarding task process writes on both pipes after each task
+
 _child_streams: tuple[int, int] | None = None  # the pipes' write ends: a task process's fd 1 and 2
 
 
@@ -55,9 +59,22 @@ def child_streams() -> None:
         return
     os.dup2(_child_streams[0], 1)
     os.dup2(_child_streams[1], 2)
-    from . import capture
+    from . import capture, task_process
 
     capture.unbuffered_stdio()
+    task_process.task_ended = flushed_and_marked  # after each task (task_process.answer)
+
+
+def flushed_and_marked() -> None:
+    """A forwarding task process's end of a task: what the task printed is out, then the end mark."""
+    from .task_process import flush_stdio
+
+    flush_stdio()
+    for fd in (1, 2):
+        try:
+            os.write(fd, MARK)
+        except OSError:  # the task closed it: nothing of its output can come after
+            pass
 
 
 def spawn_streams() -> dict:
@@ -91,20 +108,28 @@ def send_captured(send: Callable, gid: int, texts: list[str]) -> None:
     send_entries(send, [row for stream, text in zip(STREAMS, texts) for row in entries(gid, stream, text)], True)
 
 
-def reported(supervisor, gid: int, options: dict, meta: dict) -> None:
-    """A supervisor reports task ``gid``'s outcome: what the task wrote goes to the broker first.
+def held(supervisor) -> list[int]:
+    """The tasks a supervisor's task process holds, the running one first (a persistent worker's pipeline)."""
+    return [task.gid for task in getattr(supervisor, "inflight", ())]
+
+
+def reported(supervisor, task, meta: dict) -> None:
+    """A supervisor reports a task's outcome (``task``: a persistent.HeldTask): what the task wrote
+    goes to the broker first.
 
     Captured, it came with the outcome (``meta["capture"]``); a captured task whose
-    process died left it in the capture files.  Forwarded, it is in the pipes.
+    process died left it in the capture files.  Forwarded, it is in the pipes, if
+    the task began at all.
     """
+    gid, options = task.gid, task.options
     if "capture" in meta:
         texts = meta.pop("capture")
         if isinstance(texts, list):
             send_captured(supervisor.send, gid, texts)
-    elif options.get("capture_output") is True:
+    elif task.started and options.get("capture_output") is True:  # (one that never began left nothing)
         crashed(supervisor, gid)
-    if supervisor.output is not None:
-        supervisor.output.task_ended(gid)
+    if supervisor.output is not None and task.started:
+        supervisor.output.task_ended(gid, held(supervisor))
 
 
 def crashed(supervisor, gid: int) -> None:
@@ -116,11 +141,30 @@ def crashed(supervisor, gid: int) -> None:
         send_captured(supervisor.send, gid, texts)
 
 
+class _TaskText:
+    """What one task has written so far, being forwarded."""
+
+    __slots__ = ("decoders", "mid_line", "sent", "dropped")
+
+    def __init__(self) -> None:
+        self.decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in STREAMS}
+        self.mid_line = dict.fromkeys(STREAMS, False)  # its last text on that stream ended mid-line
+        self.sent = 0  # bytes forwarded
+        self.dropped = 0  # ... and dropped past TASK_MAX
+
+
 class Forwarder:
     """A supervisor's end of its task processes' output pipes (see the module docstring).
 
     ``send(kind, body)`` sends a message to the broker.  Made before the supervisor
     forks anything: the pipes' write ends must be there for every task process.
+
+    Which task wrote what: a task process may begin its next task (a pipeline of short
+    tasks) before the supervisor has read what the last one wrote, so after each task
+    it writes an end mark (``MARK``) on both pipes, once what the task printed is
+    flushed.  The bytes on a pipe belong to the oldest task of the process whose mark
+    has not come on that pipe yet; a task whose process died has no mark, and
+    everything left on the pipes is its.
     """
 
     def __init__(self, send: Callable):
@@ -135,28 +179,28 @@ class Forwarder:
             self.readers[r] = stream
             writers.append(w)
         _child_streams = (writers[0], writers[1])
-        self.decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in STREAMS}
-        self.mid_line = dict.fromkeys(STREAMS, False)  # the current task's last text ended mid-line
-        self.gid: int | None = None  # the task the text being decoded belongs to
+        self.carry = dict.fromkeys(STREAMS, b"")  # what may be the start of a mark
+        self.marked: dict[str, set] = {s: set() for s in STREAMS}  # tasks whose mark came on that pipe
+        self.texts: dict[int, _TaskText] = {}
         self.rows: list[list] = []  # OUTPUT entries not sent yet
         self.chars = 0
         self.due_at: float | None = None
-        self.sent = 0  # bytes of the current task forwarded
-        self.dropped = 0  # ... and dropped past TASK_MAX
         self.stray = 0  # bytes written while no task ran (dropped)
 
     def waits(self) -> list[int]:
         """The pipes, for the supervisor's poll."""
         return list(self.readers)
 
-    def read(self, events: dict, running: list[int]) -> None:
-        """Read the pipes that ``events`` says are readable; ``running``: the task that runs, if any."""
+    def read(self, events: dict, tasks: list[int]) -> None:
+        """Read the pipes that ``events`` says are readable; ``tasks``: those the task process holds,
+        oldest (running) first."""
         for fd in self.readers:
             if fd in events:
-                self._read(fd, running[0] if running else None, READ_MOST)
+                self._read(fd, tasks, READ_MOST)
 
-    def _read(self, fd: int, gid: int | None, most: int | None) -> None:
+    def _read(self, fd: int, tasks: list[int], most: int | None) -> None:
         got = 0
+        stream = self.readers[fd]
         while most is None or got < most:
             try:
                 data = os.read(fd, 1 << 16)
@@ -165,55 +209,70 @@ class Forwarder:
             if not data:
                 return
             got += len(data)
-            self._add(gid, self.readers[fd], data)
+            self._take(stream, self.carry[stream] + data, tasks)
+
+    def _take(self, stream: str, data: bytes, tasks: list[int]) -> None:
+        """Attribute ``data`` (read from ``stream``'s pipe) to the tasks that wrote it, up to the marks."""
+        marked = self.marked[stream]
+        while True:
+            owner = next((gid for gid in tasks if gid not in marked), None)
+            at = data.find(MARK)
+            if at < 0:
+                break
+            self._add(owner, stream, data[:at])
+            if owner is not None:
+                marked.add(owner)
+            data = data[at + len(MARK):]
+        keep = next((k for k in range(min(len(MARK) - 1, len(data)), 0, -1) if data.endswith(MARK[:k])), 0)
+        self._add(owner, stream, data[:len(data) - keep])
+        self.carry[stream] = data[len(data) - keep:]
 
     def _add(self, gid: int | None, stream: str, data: bytes) -> None:
+        if not data:
+            return
         if gid is None:
             self.stray += len(data)
             return
-        if gid != self.gid:
-            self._close_task()
-            self.gid = gid
-        room = TASK_MAX - self.sent
+        task = self.texts.get(gid)
+        if task is None:
+            task = self.texts[gid] = _TaskText()
+        room = TASK_MAX - task.sent
         if len(data) > room:
-            self.dropped += len(data) - max(room, 0)
+            task.dropped += len(data) - max(room, 0)
             data = data[:max(room, 0)]
-        self.sent += len(data)
-        text = self.decoders[stream].decode(data)
+        task.sent += len(data)
+        text = task.decoders[stream].decode(data)
         if text:
-            self._row(gid, stream, text)
+            self._row(task, gid, stream, text)
 
-    def _row(self, gid: int, stream: str, text: str) -> None:
+    def _row(self, task: _TaskText, gid: int, stream: str, text: str) -> None:
         self.rows.extend(entries(gid, stream, text))
-        self.mid_line[stream] = not text.endswith("\n")
+        task.mid_line[stream] = not text.endswith("\n")
         self.chars += len(text)
         if self.chars >= MESSAGE_CHARS:
             self.flush()
         elif self.due_at is None:
             self.due_at = time.monotonic() + FLUSH_EVERY
 
-    def _close_task(self) -> None:
-        """The task whose text was being decoded is over: its last bytes, and what was dropped."""
-        gid = self.gid
-        if gid is None:
-            return
-        for stream, decoder in self.decoders.items():
-            rest = decoder.decode(b"", final=True)
-            if rest:
-                self._row(gid, stream, rest)
-            decoder.reset()
-            if self.mid_line[stream]:  # the task's last line ends with the task
-                self._row(gid, stream, "\n")
-        if self.dropped:
-            self._row(gid, "stderr", f"[corral: {self.dropped} bytes of this task's output dropped]\n")
-        self.gid, self.sent, self.dropped = None, 0, 0
-
-    def task_ended(self, gid: int) -> None:
-        """Task ``gid`` has ended (its outcome is about to be reported): what it wrote, all of it, goes now."""
-        for fd in self.readers:
-            self._read(fd, gid, None)
-        if self.gid == gid:
-            self._close_task()
+    def task_ended(self, gid: int, tasks: list[int]) -> None:
+        """Task ``gid`` has ended (its outcome is about to be reported; ``tasks``: those its process
+        still holds): what it wrote, all of it, goes now."""
+        for fd, stream in self.readers.items():
+            self._read(fd, [gid, *tasks], None)
+            if gid not in self.marked[stream] and self.carry[stream]:  # its process died mid-mark
+                self._add(gid, stream, self.carry[stream])
+                self.carry[stream] = b""
+            self.marked[stream].discard(gid)
+        task = self.texts.pop(gid, None)
+        if task is not None:
+            for stream, decoder in task.decoders.items():
+                rest = decoder.decode(b"", final=True)
+                if rest:
+                    self._row(task, gid, stream, rest)
+                if task.mid_line[stream]:  # the task's last line ends with the task
+                    self._row(task, gid, stream, "\n")
+            if task.dropped:
+                self._row(task, gid, "stderr", f"[corral: {task.dropped} bytes of this task's output dropped]\n")
         self.flush()
 
     def due(self) -> float | None:

@@ -406,7 +406,7 @@ class PersistentWorker(Supervisor):
     def report(self, task: HeldTask, status: Status, frames: list, meta: dict) -> None:
         """Queue a task's outcome for this turn's RESULT batch (what it printed goes first: ``output.py``)."""
         if task.options or self.output is not None:
-            output.reported(self, task.gid, task.options, meta)
+            output.reported(self, task, meta)
         now = time.monotonic()
         busy = now - task.started if task.started else 0.0
         self.busy += busy

@@ -239,7 +239,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
                         waits.unregister(each)
                 self.extra_events(events)
                 if self.output is not None:
-                    self.output.read(events, self.running())
+                    self.output.read(events, output.held(self))
                 if self.key_refused(events):
                     return REFUSED_EXIT
                 if events.get(link, 0) & POLLOUT:

@@ -393,7 +393,7 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
         if captured:
             meta["capture"] = capture.end()  # the supervisor sends it ahead of the outcome (output.py)
         pos += count
-        flush_stdio()  # what the task printed is out before its future completes
+        task_ended()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
 
 
@@ -503,6 +503,9 @@ def flush_stdio() -> None:
                 out.flush()
         except Exception:  # noqa: BLE001 - closed, broken or replaced by the task: nothing to deliver
             pass
+
+
+task_ended = flush_stdio  # after each task (answer); a forwarding task process's also marks the end (output.py)
 
 
 def set_signals() -> None:

@@ -251,6 +251,7 @@ def _warm_up(setup: tuple) -> None:
     supervisor = task_process.Channel(ours.fileno())
     task = serialization.call_frames(serialization.Call(len, ([],)), serialization.FunctionPickles())
     bare = (setup[0], None, None)  # the user's initializer runs in task processes only
+    ended, task_process.task_ended = task_process.task_ended, task_process.flush_stdio  # no end marks (output.py)
     try:
         for gid in range(WARM_UP_ROUNDS):
             supervisor.send((task_process.TASK, [(gid, len(task), None, None, None, False)]), task)
@@ -258,6 +259,7 @@ def _warm_up(setup: tuple) -> None:
             _task_process(theirs.fileno(), bare, None)
             supervisor.recv()
     finally:
+        task_process.task_ended = ended
         ours.close()
         theirs.close()
 
