@@ -49,6 +49,7 @@ PIPE_SIZE = 1 << 20  # asked of the kernel for each pipe: fewer wake-ups when a 
 
 MARK = b"\x00\x1ecorral: a task ended\x1e\x00"  # what a forwarding task process writes on both pipes after each task
 
+FORWARDED = "CORRAL_FORWARDED_OUTPUT"  # set for a spawned task process whose fd 1 and 2 are the pipes
 _child_streams: tuple[int, int] | None = None  # the pipes' write ends: a task process's fd 1 and 2
 
 
@@ -59,6 +60,11 @@ def child_streams() -> None:
         return
     os.dup2(_child_streams[0], 1)
     os.dup2(_child_streams[1], 2)
+    forwarding_here()
+
+
+def forwarding_here() -> None:
+    """This task process's fd 1 and 2 are forwarding pipes: unbuffered streams, an end mark after each task."""
     from . import capture, task_process
 
     capture.unbuffered_stdio()
@@ -81,7 +87,7 @@ def spawn_streams() -> dict:
     """``subprocess.Popen`` arguments that give a spawned task process the forwarding pipes."""
     if _child_streams is None:
         return {}
-    return {"stdout": _child_streams[0], "stderr": _child_streams[1]}
+    return {"stdout": _child_streams[0], "stderr": _child_streams[1], "env": {**os.environ, FORWARDED: "1"}}
 
 
 def entries(gid: int, stream: str, text: str) -> list[list]:

@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     conn = Channel(socket.socket(fileno=int(argv[0])))
     if len(argv) == 3:  # the supervisor's capture files
         capture.inherit(argv[1:])
+    if os.environ.pop(output.FORWARDED, None):
+        output.forwarding_here()
     try:
         header, _ = conn.recv()
     except (EOFError, OSError):
