@@ -69,6 +69,19 @@ def test_a_remote_tasks_output_reaches_the_clients_streams_with_a_prefix(remote)
     assert out[0].split("]")[0] != out[1].split("]")[0]  # two tasks, each named
 
 
+def test_a_launched_workers_output_is_forwarded_too():
+    script = textwrap.dedent("""
+        import corral, output_tasks
+        from corral.launchers import Local
+        with corral.Executor(max_workers=1, launcher=Local()) as ex:
+            assert ex.submit(output_tasks.chatty, 4).result(120) == 4
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(PREFIX + "out 4\n", done.stdout), done.stdout
+    assert re.search("^" + PREFIX + "err 4$", done.stderr, re.MULTILINE), done.stderr
+
+
 def test_each_line_of_a_map_of_short_tasks_names_its_own_task(remote):
     """Short tasks run in a pipeline (the next one begins before the supervisor has read what the
     last one wrote): each line is still its own task's."""
