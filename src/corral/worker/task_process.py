@@ -464,14 +464,16 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
         size, busy, oldest = 0, 0.0, 0.0
         for i, ((gid, _, options), task_frames) in enumerate(tasks):
             page.begin(gid)
-            captured = options.get("capture_output") is True if options and isinstance(options, dict) else False
-            if captured:
-                capture.begin()
-            began = time.perf_counter()
             if options and isinstance(options, dict):
+                captured = options.get("capture_output") is True
+                if captured:
+                    capture.begin()
+                began = time.perf_counter()
                 status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
                                             options.get("dep_frames"), object_options(options))
             else:
+                captured = False
+                began = time.perf_counter()
                 status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()
             notes.note(meta, began, ended)
