@@ -30,7 +30,8 @@ CACHE_SIZE = 1 << 30  # bytes of large objects a worker keeps (refs.py), unless 
 KILL_GRACE = 2.0  # seconds from SIGTERM to SIGKILL for Future.kill()
 TERM_GRACE = 10.0  # seconds a standalone worker's running task gets to finish after SIGTERM (corral worker)
 MAX_SPIN = 0.1  # seconds: polling longer than this before sleeping is surely a mistake
-TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout", "priority", "resources", "queue", "seed", "after")
+TASK_OPTIONS = ("retries", "timeout", "retry_on_timeout", "priority", "resources", "queue", "seed", "after",
+                "capture_output")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -158,6 +159,11 @@ def check_task_options(options: dict) -> dict:
         raise ValueError(f"retry_on_timeout must be True or False, not {flag!r}")
     if options.get("seed") is not None:
         check_seed(options["seed"])
+    flag = options.get("capture_output")
+    if flag is not None and not isinstance(flag, bool):
+        raise ValueError(f"capture_output must be True or False, not {flag!r}")
+    if flag is False:
+        options = {k: v for k, v in options.items() if k != "capture_output"}  # the default: no option at all
     if options.get("after") is not None:
         from .client.dependents import check_after
 
@@ -212,6 +218,7 @@ class WorkerConfig:
     queues: tuple | None = None  # the named queues it serves (None: the default one)
     group: str | None = None  # a token its fellow processes share: they share the resources too (corral worker)
     cache_size: int = CACHE_SIZE  # bytes of large objects it keeps (worker/objects.py)
+    forward_output: bool = True  # a worker that dials its broker sends what its tasks print to the client
 
     def __post_init__(self) -> None:
         parse_size(self.cache_size)
@@ -286,6 +293,8 @@ class WorkerConfig:
             args += ["--group", self.group]
         if self.cache_size != CACHE_SIZE:
             args += ["--cache-size", str(self.cache_size)]
+        if not self.forward_output:
+            args.append("--no-forward-output")
         return args
 
     @staticmethod
@@ -313,6 +322,8 @@ class WorkerConfig:
         add_placement_arguments(parser)
         parser.add_argument("--group", default=None, help="share --resources with the processes given this token")
         parser.add_argument("--cache-size", type=size, default=CACHE_SIZE, help="bytes of large objects kept")
+        parser.add_argument("--no-forward-output", dest="forward_output", action="store_false",
+                            help="leave what tasks print on this worker's own stdout and stderr")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerConfig:
@@ -322,7 +333,8 @@ class WorkerConfig:
                    reconnect=args.reconnect, log_level=args.log_level, keys=args.keys, insecure=args.insecure,
                    standalone=args.standalone, tasks_max=args.tasks_max, ends_at=args.ends_at,
                    broker_timeout=args.broker_timeout, term_grace=args.term_grace,
-                   resources=args.resources, queues=args.queue, group=args.group, cache_size=args.cache_size)
+                   resources=args.resources, queues=args.queue, group=args.group, cache_size=args.cache_size,
+                   forward_output=args.forward_output)
 
 
 def add_placement_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from .. import timing, tuning
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
+from . import output
 from .peers import MALFORMED, count, seconds
 from .records import PoolLink, Task, WorkerState
 
@@ -36,7 +37,9 @@ class LaneSeats:
         for msg in messages:
             try:
                 kind, body = protocol.decode(msg[0])
-                if kind == Kind.RESULT and w is not None and ident in self.lanes:
+                if kind == Kind.OUTPUT and w is not None:  # a captured task's, ahead of its result
+                    output.forward(self, w, body)
+                elif kind == Kind.RESULT and w is not None and ident in self.lanes:
                     self.lane_result(w, body, protocol.unpack(body, msg[1:]))
                 elif kind == Kind.PROGRESS and w is not None:  # corral.report() in its task (progress.py)
                     self.worker_progress(w, body)

@@ -16,12 +16,16 @@ from typing import Any
 import zmq
 
 from ..errors import ProtocolError
+from ..logs import logger
 from ..wire import protocol
 from ..wire.protocol import Kind
+from . import output
 from .demand import capacity, check_options
 from .dependencies import check_dependencies
 from .objects import check_refs
 from .records import DEFAULT_RETRIES, ClientState, WorkerState
+
+_log = logger("broker")
 
 MAX_PEERS = 10_000  # clients and workers at once: HELLOs beyond are refused (each costs memory)
 # What a malformed message raises somewhere in its handling: it is dropped, and logged.
@@ -112,6 +116,7 @@ class Peers:
             self.add_worker(sock, ident, body, now, user)
         else:
             c = self.clients[ident] = ClientState(ident, retries, now, user=user)
+            _log.debug(f"client {ident!r} joined{'' if user is None else f' ({who(user)})'}")
             self.send(sock, ident, Kind.WELCOME, {"heartbeat": self.heartbeat, "liveness": self.liveness,
                                                   "session": self.open_client_session(c)})
 
@@ -154,6 +159,7 @@ class Peers:
         self.workers[ident] = w
         if self.fleet is not None:
             self.fleet.joined(w, now)
+        _log.debug(f"worker {w.name} (pid {w.pid} on {w.host}{'' if user is None else f', {who(user)}'}) joined")
         welcome = {"heartbeat": self.heartbeat, "liveness": self.liveness}
         if not w.paired:  # a worker elsewhere may resume on a new connection (sessions.py)
             welcome["session"] = self.open_session(w)
@@ -220,6 +226,8 @@ class Peers:
                 w.progress_at = time.monotonic()
         elif kind == Kind.PROGRESS:
             self.worker_progress(w, body)
+        elif kind == Kind.OUTPUT:
+            output.forward(self, w, body)
         elif kind == Kind.ENDED and w.ident in self.lanes:
             self.lane_ended(w, body)
         elif kind == Kind.LANE and w.ident in self.lanes:

@@ -15,6 +15,7 @@ import signal
 import time
 
 from ..errors import ProtocolError
+from ..logs import logger
 from ..tuning import INTERNED, SMALL_FRAME
 from ..wire import protocol
 from ..wire.protocol import Kind, Status
@@ -22,6 +23,8 @@ from . import taskrecord
 from .demand import of_options, release
 from .records import ClientState, Outbox, Task, WorkerState
 from .spill import MIN_SPILL
+
+_log = logger("broker")
 
 _NO_OPTIONS: dict = {}  # shared by every task without options; never modified
 _STATUSES = frozenset(int(s) for s in Status)
@@ -154,6 +157,7 @@ class TaskTable:
         w.alive = False
         if w.left is None:  # it said no BYE: it was lost, or we refused it
             w.left = "lost" if why is not None else "refused"
+        _log.debug(f"worker {w.name} (pid {w.pid} on {w.host}) left: {w.left}")
         self.workers.pop(w.ident, None)
         self.sessions.pop(w.session, None)
         self.lanes.pop(w.ident, None)
@@ -355,6 +359,7 @@ class TaskTable:
 
     def client_gone(self, c: ClientState) -> None:
         """Drop a departed client's queued tasks and stop its running ones."""
+        _log.debug(f"client {c.ident!r} left; {len(c.tasks)} of its tasks dropped")
         self.kill(c, list(c.tasks), grace=self.heartbeat)
         for gid in list(c.tasks.values()):
             if gid in self.tasks:

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--cache-size", type=size, default=CACHE_SIZE,
                         help="bytes of large objects (Executor.put, large arguments) each worker process keeps, "
                              "e.g. 4GiB (default 1 GiB)")
+    worker.add_argument("--no-forward-output", dest="forward_output", action="store_false",
+                        help="leave what tasks print on this command's stdout and stderr instead of sending it to "
+                             "their client")
     worker.set_defaults(func=_command("worker", "cmd_worker"), parser=worker)
 
     from .keys import add_parser

@@ -105,7 +105,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           broker_timeout=args.broker_timeout, term_grace=args.term_grace,
                           resources=args.resources, queues=args.queue,
                           group=secrets.token_hex(8) if args.resources else None,
-                          cache_size=args.cache_size)
+                          cache_size=args.cache_size, forward_output=args.forward_output)
     # Ours alone (0700): the bootstrap file of a launched worker, and the notes of processes that left.
     private = tempfile.mkdtemp(prefix="corral-")
     try:

@@ -136,6 +136,7 @@ class CorralFuture(Future):
     _objects: list | None = None  # the handles of the large objects its task uses (objects.py)
     _progress: tuple | None = None  # (fraction, message) its task last reported (reports.py), parts None
     _progress_watch: Any = None  # a progress bar's callback, called with the future on each report
+    _captured: dict | None = None  # what its task wrote, where it asked capture_output (output.py)
 
     def __init__(self, io: Loop, cid: int):
         # Future.__init__'s fields (a test checks that none is missing), with a leaner condition;

@@ -51,6 +51,8 @@ class TaskInfo:
     unschedulable: str | None = None  # queued, and no connected worker could ever run it: why
     progress: float | None = None  # the fraction done its task last reported (corral.report), 0 to 1
     progress_message: str | None = None  # the message its task last reported
+    stdout: str | None = None  # what it wrote on its stdout, with capture_output (the tail: docs/options.md)
+    stderr: str | None = None  # ... and on its stderr
 
 
 def task_info(fut: Future) -> TaskInfo:
@@ -82,7 +84,16 @@ def task_info(fut: Future) -> TaskInfo:
         unschedulable=fut._unplaced if state not in (FINISHED, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED) else None,
         progress=progress[0],
         progress_message=progress[1],
+        **_captured(fut),
     )
+
+
+def _captured(fut: Future) -> dict:
+    """``stdout`` and ``stderr``, where the task's output was captured (None where it was not)."""
+    captured = getattr(fut, "_captured", None)
+    if captured is None:
+        return {}
+    return {"stdout": captured.get("stdout", ""), "stderr": captured.get("stderr", "")}
 
 
 def _state(state: str, exc: BaseException | None, meta: dict, waiting: bool) -> str:

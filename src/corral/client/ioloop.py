@@ -53,7 +53,7 @@ from ..serialization import restore_builtin_state
 from ..wire import protocol, shm
 from ..wire.poller import POLLIN, Spin
 from ..wire.protocol import Kind, Status
-from . import dependents, reports
+from . import dependents, output, reports
 from .future import CorralFuture, cancel_now, mark_started, settle
 from .leading import Leading, SigintDeferred
 from .links import DirectLink, Link, SocketLink
@@ -117,6 +117,7 @@ class IOLoop(Standing):
         self.holding_outcomes = False  # a leader handles messages: outcomes wait in held_outcomes
         self.held_outcomes: deque = deque()
         self.link: Link | None = None
+        self.output: output.Writer | None = None  # writes forwarded task output (output.py), from the first
 
     # -- called from user threads ---------------------------------------------
 
@@ -234,6 +235,8 @@ class IOLoop(Standing):
             self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
             os.close(self.wake_r)
             os.close(self.wake_w)
+            if self.output is not None:
+                self.output.close()
             self.cleanup()
             live_loops.discard(self)
 
@@ -383,6 +386,8 @@ class IOLoop(Standing):
                 self.refused(body)
             elif kind == Kind.PROGRESS:
                 reports.receive(self.futures, body)  # corral.report() in a running task
+            elif kind == Kind.OUTPUT:
+                output.received(self, body)
         except (protocol.ProtocolError, KeyError, TypeError, ValueError, IndexError) as exc:
             self.complain(f"dropped a malformed message: {type(exc).__name__}: {exc}")
 
@@ -399,6 +404,10 @@ class IOLoop(Standing):
         if fut is None or fut.cancelled():
             return
         fut._meta = meta  # its record (info.py), before callbacks may read it
+        if "warnings" in meta:
+            output.rewarn(meta["warnings"])  # before it completes: result() returns after them
+        if self.output is not None and cid in self.output.printed:
+            self.output.written(cid)  # what it printed, before result() returns
         if fut._kill_requested or (status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED):
             fut._set_killed()  # after kill(), whatever finished first, the future ends cancelled
             return

@@ -60,6 +60,7 @@ class Kind(IntEnum):
     RELEASE = 21  # C->B: "keys": objects this client holds once fewer
     UNPLACED = 22  # B->C: "ids" of queued tasks no connected worker could ever run, and "reason" (null: now one can)
     PROGRESS = 23  # W->B, B->C: in-task progress reports, entries [task_id, fraction, message] (3.11)
+    OUTPUT = 24  # W->B, B->C: what running tasks wrote, entries [task_id, stream, text] (docs/protocol.md)
 
 
 class Status(IntEnum):
@@ -113,6 +114,7 @@ MAX_REFS = 1000  # objects one task may name (refs), and entries of one PUT or R
 MAX_RETRIES = 1000  # a task's retries option: more is a mistake (or an attack on the workers)
 MAX_NAME = 200  # characters of a peer's name or host kept from its HELLO
 MAX_TEXT = 64 << 10  # characters of a traceback or message kept from a peer
+MAX_OUTPUT_CHARS = 16 << 10  # characters of one OUTPUT entry's text (a task's output comes in many)
 # Placement (broker/demand.py): a task's priority, resources and queue; a worker's resources and queues.
 DEFAULT_QUEUE = "default"  # the queue of a task that names none, and the one a worker serves unless told others
 MAX_PRIORITY = 1 << 31  # a priority option is an integer from -MAX_PRIORITY to MAX_PRIORITY

@@ -18,7 +18,7 @@ import time
 from ..tuning import LANE_STOP_CHECK
 from ..wire import protocol
 from ..wire.protocol import Kind
-from . import task_process
+from . import output, task_process
 from .containment import exit_words
 from .supervisor import Supervisor
 
@@ -73,7 +73,9 @@ class LaneWorker(Supervisor):
         """Report how the task process ended and which task it was running; start the next."""
         proc = self.proc
         code = self.end_process(proc)  # in case it only closed its end
-        begun, _ = self.page.read()
+        begun, running = self.page.read()
+        if running:
+            output.crashed(self, running)  # what the task it ran was capturing, ahead of ENDED
         self.send(Kind.ENDED, {"lane": self.epoch, "pid": proc.pid, "how": exit_words(code), "begun": begun})
         self.epoch += 1
         self.lane_stop, self.lane_kill_at = None, None

@@ -32,7 +32,7 @@ from ..tuning import CREDIT_HORIZON, PIPELINE_BYTES, PIPELINE_TASK_TIME, PIPELIN
 from ..wire import protocol
 from ..wire.protocol import MAX_CREDIT, Kind, Status
 from ..wire.resend import SentResults
-from . import objects, task_process
+from . import objects, output, task_process
 from .containment import exit_words
 from .objects import ObjectCache
 from .supervisor import Supervisor
@@ -409,7 +409,9 @@ class PersistentWorker(Supervisor):
         return False
 
     def report(self, task: HeldTask, status: Status, frames: list, meta: dict) -> None:
-        """Queue a task's outcome for this turn's RESULT batch."""
+        """Queue a task's outcome for this turn's RESULT batch (what it printed goes first: ``output.py``)."""
+        if task.options or self.output is not None:
+            output.reported(self, task, meta)
         now = time.monotonic()
         busy = now - task.started if task.started else 0.0
         self.busy += busy
@@ -469,9 +471,9 @@ def _malformed_task(task: HeldTask) -> str | None:
 
 def task_header(tasks: list[HeldTask]) -> tuple:
     """The TASK message that hands ``tasks`` to a task process: (gid, frame count, shared-memory frames,
-    seed option, dependency frames) each."""
+    seed option, dependency frames, capture its output) each."""
     return task_process.TASK, [(t.gid, len(t.frames), t.options.get("shm"), t.options.get("seed"),
-                                t.options.get("dep_frames")) for t in tasks]
+                                t.options.get("dep_frames"), t.options.get("capture_output") is True) for t in tasks]
 
 
 def _stopped(task: HeldTask, reason: str, how: str) -> tuple[Status, list, dict]:

@@ -43,7 +43,7 @@ from ..tuning import CGROUP_DELAY, PARENT_CHECK
 from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
-from . import containment, task_process
+from . import capture, containment, output, task_process
 from .lifetime import DRAIN_SIGNALS, Lifetime
 from .processes import TaskProcesses
 from .standing import Standing
@@ -114,6 +114,10 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
         self.last_sweep = self.started_at = time.monotonic()
         self.start_lifetime(self.started_at)
         self.on_terminated: Callable[[], None] | None = None  # called by on_sigterm before we exit
+        # What tasks print: captured where they ask (capture.py), forwarded by a worker that dials its broker
+        # (output.py); both made before anything is forked, for every task process to inherit.
+        capture.prepare(self.setup[2])
+        self.output = output.Forwarder(self.send) if fd is None and config.forward_output else None
         self.before_connect()
         self.ctx = _zmq().Context() if fd is None else None
         self.link: stream.Link
@@ -226,7 +230,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
                 for each in (fd, ended):
                     if each is not None:
                         waits.register(each, POLLIN)
-                extra = [*self.extra_waits(), *self.handshake_waits()]
+                extra = [*self.extra_waits(), *self.handshake_waits(), *(self.output.waits() if self.output else ())]
                 for each in extra:
                     waits.register(each, POLLIN)
                 events = dict(waits.poll(self.poll_timeout() * 1000))
@@ -234,6 +238,8 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
                     if each is not None:
                         waits.unregister(each)
                 self.extra_events(events)
+                if self.output is not None:
+                    self.output.read(events, output.held(self))
                 if self.key_refused(events):
                     return REFUSED_EXIT
                 if events.get(link, 0) & POLLOUT:
@@ -258,6 +264,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
             # Task processes go with whatever their tasks started (containment.py); stdout and
             # stderr were flushed after each task, and they run no atexit handlers anyway.
             self.end_processes()
+            capture.cleanup()
             self.family.close()
             self.link.drain_output(2.0)
             self.link.close()
@@ -283,6 +290,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
         """Terminated (``terminate_workers()``, a batch system): take the task processes along,
         with what their tasks started."""
         self.leave_now()
+        capture.cleanup()
         if self.on_terminated is not None:
             self.on_terminated()
         os._exit(128 + signum)
@@ -295,7 +303,8 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
 
     def poll_timeout(self) -> float:
         """Seconds the loop may sleep: a heartbeat, or until the next thing due (``due``)."""
-        due = min((t for t in (self.due(), self.lifetime_due()) if t is not None), default=None)
+        due = min((t for t in (self.due(), self.lifetime_due(), self.output and self.output.due()) if t is not None),
+                  default=None)
         return self.heartbeat if due is None else max(0.0, min(self.heartbeat, due - time.monotonic()))
 
     def due(self) -> float | None:
@@ -383,6 +392,8 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
             self.last_sweep = now
             self.family.sweep(self.own_processes(), stop=self.stops_strays)
         self.timers(now)
+        if self.output is not None:
+            self.output.timers(now)
         if self.parent_gone():
             self.stopping = True
             return True

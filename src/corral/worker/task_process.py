@@ -54,17 +54,20 @@ from typing import NoReturn
 
 from .. import reporting, serialization
 from ..errors import ProtocolError
+from ..logs import logger
 from ..timing import smooth
 from ..tuning import CHANNEL_BUFFER, CHANNEL_READ_CHUNK, RESULT_BATCH_BYTES, RESULT_BATCH_TASK, RESULT_BATCH_TIME
 from ..wire import protocol
 from ..wire.lane import Lane
 from ..wire.poller import Spin
 from ..wire.stream import size_buffers
-from . import containment
+from . import capture, containment, output, taskwarnings
 from .execution import execute, object_options
 from .tasknotes import TaskNotes
+from .taskwarnings import caught as _warned  # the warnings a task raised (one list, emptied after each task)
 
 READY, BROKEN, TASK, DONE, PROGRESS = "ready", "broken", "task", "done", "progress"
+_log = logger("worker")
 _LENGTHS = struct.Struct("!QI")
 
 
@@ -267,8 +270,8 @@ def start(setup: tuple, once: bool, spawn: bool, lane: tuple | None = None) -> T
     """
     ours, theirs = socket.socketpair()
     if spawn or not hasattr(os, "fork"):
-        cmd = [sys.executable, "-m", "corral.worker.task_process", str(theirs.fileno())]
-        popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "corral.worker.task_process", str(theirs.fileno()), *capture.names()]
+        popen = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, **output.spawn_streams())
         theirs.close()
         conn = Channel(ours)
         conn.send(("setup", setup, once))
@@ -307,6 +310,7 @@ def run_child(run: Callable[[], int], sockets: list, keep: list[int] | None = No
         for sock in sockets:
             os.close(sock.fileno())
         if keep is not None:
+            output.child_streams()  # a worker that forwards its tasks' output: fd 1 and 2 are its pipes
             for fd in _descriptors():
                 if fd > 2 and fd not in keep:
                     try:
@@ -342,6 +346,9 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
     if not prepared:
         set_signals()
         sys.path[:] = setup[0]
+        taskwarnings.install()
+    elif taskwarnings.caught:
+        taskwarnings.caught.clear()  # the template's own, not a task's
     die_with_parent(signal.SIGKILL)  # a parent-death signal is not inherited
     _, initializer, shm_dir = setup
     if initializer is not None or not once:  # a fresh process with nothing to report stays silent
@@ -376,7 +383,9 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
     if unpin is not None:
         unpin()
     pos = 0
-    for gid, count, offloaded, seed, dep_frames, *objects in header[1]:
+    for gid, count, offloaded, seed, dep_frames, captured, *objects in header[1]:
+        if captured:
+            capture.begin()
         began = time.perf_counter()
         reporting.current = gid  # corral.report() in the task (reporting.py)
         status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
@@ -385,8 +394,12 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
         reporting.current = 0
         if reporting.used:
             reporting.finish(meta)  # no report is being written when DONE is
+        if _warned:
+            taskwarnings.attach(meta)
+        if captured:
+            meta["capture"] = capture.end()  # the supervisor sends it ahead of the outcome (output.py)
         pos += count
-        flush_stdio()  # what the task printed is out before its future completes
+        task_ended()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
 
 
@@ -451,25 +464,34 @@ def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir:
                 continue  # sent to a task process of this worker that died before it read them
             tasks = protocol.split_entries(body, "tasks", protocol.unpack(body, frames[1:]), 3)
         except ProtocolError as exc:
-            print(f"corral task process: dropped a malformed message: {exc}", file=sys.stderr)
+            _log.warning(f"task process {os.getpid()}: dropped a malformed message on its lane: {exc}")
             continue
         entries: list = []
         out_frames: list = []
         size, busy, oldest = 0, 0.0, 0.0
         for i, ((gid, _, options), task_frames) in enumerate(tasks):
             page.begin(gid)
-            began = time.perf_counter()
             reporting.current = gid  # corral.report() in the task (reporting.py)
             if options and isinstance(options, dict):
+                captured = options.get("capture_output") is True
+                if captured:
+                    capture.begin()
+                began = time.perf_counter()
                 status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
                                             options.get("dep_frames"), object_options(options))
             else:
+                captured = False
+                began = time.perf_counter()
                 status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()
             reporting.current = 0
             if reporting.used:
                 reporting.finish(meta)  # no report is being written when a RESULT is
             notes.note(meta, began, ended)
+            if _warned:
+                taskwarnings.attach(meta)
+            if captured:  # ahead of its outcome, which may wait in this batch
+                output.send_captured(lambda kind, body: link.send(protocol.message(kind, body)), gid, capture.end())
             flush_stdio()  # what the task printed is out before its future completes
             entries.append(protocol.result_entry(gid, status, len(out), meta))
             out_frames.extend(out)
@@ -494,6 +516,9 @@ def flush_stdio() -> None:
                 out.flush()
         except Exception:  # noqa: BLE001 - closed, broken or replaced by the task: nothing to deliver
             pass
+
+
+task_ended = flush_stdio  # after each task (answer); a forwarding task process's also marks the end (output.py)
 
 
 def set_signals() -> None:
@@ -524,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     """A spawned task process: ``python -m corral.worker.task_process FD``."""
     argv = sys.argv[1:] if argv is None else argv
     conn = Channel(socket.socket(fileno=int(argv[0])))
+    if len(argv) == 3:  # the supervisor's capture files
+        capture.inherit(argv[1:])
+    if os.environ.pop(output.FORWARDED, None):
+        output.forwarding_here()
     try:
         header, _ = conn.recv()
     except (EOFError, OSError):

@@ -71,7 +71,7 @@ import warnings
 from .. import serialization
 from ..tuning import CHANNEL_BUFFER, COLLECT_BATCH, COLLECT_EVERY, WARM_UP_ROUNDS
 from ..wire.stream import size_buffers
-from . import containment, execution, forkperf, task_process
+from . import containment, execution, forkperf, task_process, taskwarnings
 
 FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
 _REQUEST = struct.Struct("!ci")  # operation, pid (FORK: one to collect, or 0; IMPORT: the pickle's length)
@@ -251,13 +251,15 @@ def _warm_up(setup: tuple) -> None:
     supervisor = task_process.Channel(ours.fileno())
     task = serialization.call_frames(serialization.Call(len, ([],)), serialization.FunctionPickles())
     bare = (setup[0], None, None)  # the user's initializer runs in task processes only
+    ended, task_process.task_ended = task_process.task_ended, task_process.flush_stdio  # no end marks (output.py)
     try:
         for gid in range(WARM_UP_ROUNDS):
-            supervisor.send((task_process.TASK, [(gid, len(task), None, None, None)]), task)
+            supervisor.send((task_process.TASK, [(gid, len(task), None, None, None, False)]), task)
             forkperf.after_libc_fork()
             _task_process(theirs.fileno(), bare, None)
             supervisor.recv()
     finally:
+        task_process.task_ended = ended
         ours.close()
         theirs.close()
 
@@ -272,6 +274,7 @@ def _serve(ctl: socket.socket, setup: tuple) -> int:
     parent = os.getppid()
     task_process.set_signals()  # its task processes inherit them
     sys.path[:] = setup[0]
+    taskwarnings.install()  # its task processes inherit it
     task_process.die_with_parent(signal.SIGKILL)
     if os.getppid() != parent:
         return 0  # the supervisor died before the parent-death signal was set
