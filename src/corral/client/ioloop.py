@@ -190,7 +190,7 @@ class IOLoop(Standing):
         self.wake()
 
     def request_status(self) -> Future:
-        """Have the loop send STATUS; a future for (worker records, counts)."""
+        """Have the loop send STATUS; a future for (worker records, counts, the rest of the status)."""
         fut: Future = Future()
         self.status_asked.append(fut)
         self.wake()
@@ -376,9 +376,10 @@ class IOLoop(Standing):
                 self.session = session if isinstance(session, str) and len(session) <= 64 else None
                 self.welcomed = True
             elif kind == Kind.STATUS_REPLY:
-                if self.status_waiters:
+                if self.status_waiters:  # (worker records, counts, the rest: status.assemble)
                     workers = json.loads(bytes(frames[0])) if frames else []
-                    self.status_waiters.popleft().set_result((workers, body))
+                    more = json.loads(bytes(frames[1])) if len(frames) > 1 else {}
+                    self.status_waiters.popleft().set_result((workers, body, more))
             elif kind == Kind.ERROR:
                 self.refused(body)
         except (protocol.ProtocolError, KeyError, TypeError, ValueError, IndexError) as exc:
