@@ -58,7 +58,8 @@ class StatusView:
         """The counters and rings, empty (from ``Broker.__init__``)."""
         self.ended = 0  # tasks whose outcome was sent to their client
         self.failures = 0  # of those, the ones that did not succeed
-        self.recent: deque = deque()  # (scope, RESULT entries, wall-clock time): the latest batches
+        # [scope, RESULT entries, wall-clock time, their events as JSON (made when first asked)]: the latest batches
+        self.recent: deque = deque()
         self.recent_count = 0  # entries in ``recent``
         self.samples: deque = deque(maxlen=RATE_SAMPLES)  # (monotonic, ended, failures)
         self.status_sock: zmq.Socket | None = None
@@ -84,7 +85,7 @@ class StatusView:
             if c.user is not None:
                 scope = c.user
         recent = self.recent
-        recent.append((scope, results, time.time()))
+        recent.append([scope, results, time.time(), None])
         self.recent_count += n
         while self.recent_count - len(recent[0][1]) >= MAX_EVENTS:
             self.recent_count -= len(recent.popleft()[1])
@@ -123,9 +124,9 @@ class StatusView:
         if self.fleet:
             counts["launches"] = self.fleet.report()
         more = {"time": wall, "rate": self.rates(now), "queues": self.queued_by_queue(),
-                "events": self.events(scope, want) if want else [], "clients": self.fellow_clients(visible),
-                "starting": self.starting()}
-        return counts, [_json(records), _json(more)]
+                "clients": self.fellow_clients(visible), "starting": self.starting()}
+        events = self.events(scope, want) if want else []
+        return counts, [_json(records), _json(more)[:-1] + b',"events":[' + b",".join(events) + b"]}"]
 
     def worker_record(self, w: WorkerState, now: float, visible: set) -> dict[str, Any]:
         """A worker's record: ``WorkerState.summary``, with its state, what it runs now and for how
@@ -180,16 +181,21 @@ class StatusView:
             entry["priorities"][priority] = entry["priorities"].get(priority, 0) + 1
         return queues
 
-    def events(self, scope: set, most: int) -> list[dict]:
-        """The latest ``most`` task outcomes of the clients in ``scope``, the newest last."""
-        out: list[dict] = []
-        for owner, results, at in reversed(self.recent):
-            if owner not in scope:
+    def events(self, scope: set, most: int) -> list[bytes]:
+        """The latest ``most`` task outcomes of the clients in ``scope``, the newest last, each as JSON.
+        A batch's events are made once, when first asked for: asking again costs a join."""
+        out: list[bytes] = []
+        for batch in reversed(self.recent):
+            if batch[0] not in scope:
                 continue
-            for entry in reversed(results):
-                out.append(_event(entry, at))
-                if len(out) >= most:
-                    return out[::-1]
+            encoded = batch[3]
+            if encoded is None:
+                at = batch[2]
+                encoded = batch[3] = [_json(_event(entry, at)) for entry in batch[1]]
+            out.extend(reversed(encoded))
+            if len(out) >= most:
+                del out[most:]
+                break
         return out[::-1]
 
     def fellow_clients(self, visible: set) -> list[dict]:
