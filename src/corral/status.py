@@ -55,6 +55,7 @@ class Summary(list):
         return "\n".join(lines)
 
 
+MAX_EVENTS = 1000  # the most recent task events a STATUS may ask for (broker/statusview.py keeps as many)
 COUNTS = ("queued", "running", "waiting", "done", "failed", "connected", "departed", "unschedulable")
 NO_OBJECTS = {"stored": 0, "bytes": 0, "sent_bytes": 0}
 

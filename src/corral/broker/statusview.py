@@ -39,11 +39,11 @@ from typing import Any
 import zmq
 
 from ..errors import ProtocolError
+from ..status import MAX_EVENTS
 from ..wire import protocol, sockets
 from ..wire.protocol import Kind, Status
 from .records import ClientState, WorkerState
 
-MAX_EVENTS = 1000  # recent task outcomes kept (and shown at most)
 MAX_ERROR_TEXT = 4096  # characters of an event's error text: its tail, where a traceback says what was raised
 RATE_WINDOW = 10.0  # seconds the rates are taken over
 RATE_SAMPLES = 24  # samples kept, about one a second
@@ -107,7 +107,7 @@ class StatusView:
     def status(self, scope: set, body: dict | None = None) -> tuple[dict[str, Any], list]:
         """STATUS_REPLY's header (counts) and frames: the worker records (JSON), then the rest of the
         status (JSON: rates, queues, events, clients, workers starting), as ``scope`` may see it."""
-        want = (body or {}).get("events", MAX_EVENTS)
+        want = (body or {}).get("events", 0)  # (a STATUS that asks for none stays small)
         if type(want) is not int or not 0 <= want <= MAX_EVENTS:
             raise ProtocolError(f"STATUS asks for {want!r:.20} events (0 to {MAX_EVENTS})")
         now, wall = time.monotonic(), time.time()

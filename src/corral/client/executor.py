@@ -32,7 +32,7 @@ from ..local.pool import refusal
 from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
 from ..security.credentials import Target, resolve
 from ..serialization import Call, GatheringNeeded, call_frames
-from ..status import Summary, assemble
+from ..status import MAX_EVENTS, Summary, assemble
 from ..wire import shm
 from . import brokers, dependents, ioloop, mapping, objects, seeds, statusfile
 from .future import CorralFuture
@@ -415,15 +415,15 @@ class Executor(_StdExecutor):
         what it runs and for how long, its memory), recent task events, this client's fellow
         clients.  Task ids are this client's own (or its key's); another client's show as None.
         The keys are listed in docs/observability.md; ``corral status --json`` prints the same."""
-        workers, counts, more = self._request_status("status", timeout)
+        workers, counts, more = self._request_status("status", timeout, {"events": MAX_EVENTS})
         return assemble(workers, counts, more, self._address)
 
-    def _request_status(self, caller: str, timeout: float) -> tuple[list, dict, dict]:
-        """The broker's STATUS_REPLY: worker records, counts, the rest."""
+    def _request_status(self, caller: str, timeout: float, body: dict | None = None) -> tuple[list, dict, dict]:
+        """The broker's STATUS_REPLY (to STATUS ``body``): worker records, counts, the rest."""
         if self._shutdown and not self._io.thread.is_alive():
             raise RuntimeError(f"{caller}() needs a running executor; call it before shutdown()")
         try:
-            return self._io.request_status().result(timeout)
+            return self._io.request_status(body).result(timeout)
         except FuturesTimeout:
             never = "" if self._io.welcomed else " (it has not answered this executor at all: is it running there?)"
             raise TimeoutError(f"the broker at {self._address} did not answer a status request within "

@@ -19,7 +19,7 @@ import zmq
 
 from ..errors import ProtocolError
 from ..security.credentials import Target, check_file_or_address, is_connection_file, resolve
-from ..status import assemble
+from ..status import MAX_EVENTS, assemble
 from ..wire import protocol, sockets
 from ..wire.protocol import Kind
 from . import statusfile
@@ -66,10 +66,10 @@ class StatusClient:
     def hello(self) -> None:
         self.post(Kind.HELLO, {"role": "client", "pid": os.getpid()})
 
-    def fetch(self, timeout: float = 10.0, events: int | None = None) -> dict[str, Any]:
-        """The broker's status (``status.assemble``'s dict); TimeoutError if no answer comes within
-        ``timeout`` seconds, StatusRefused if the broker refuses us."""
-        self.post(Kind.STATUS, None if events is None else {"events": events})
+    def fetch(self, timeout: float = 10.0, events: int = MAX_EVENTS) -> dict[str, Any]:
+        """The broker's status (``status.assemble``'s dict), with up to ``events`` recent task events;
+        TimeoutError if no answer comes within ``timeout`` seconds, StatusRefused if the broker refuses us."""
+        self.post(Kind.STATUS, {"events": events})
         deadline = time.monotonic() + timeout
         while True:
             reply = self._receive(deadline)
@@ -83,7 +83,7 @@ class StatusClient:
                 return assemble(workers, body, more, self.address)
             if kind == Kind.ERROR and body.get("code") == protocol.UNKNOWN_PEER:
                 self.hello()  # it dropped us (a restart, our silence): again
-                self.post(Kind.STATUS, None if events is None else {"events": events})
+                self.post(Kind.STATUS, {"events": events})
             elif kind == Kind.ERROR:
                 raise StatusRefused(f"the broker at {self.address} refused: {protocol.text(body.get('message'))}")
 
