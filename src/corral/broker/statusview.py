@@ -201,7 +201,7 @@ class StatusView:
     def fellow_clients(self, visible: set) -> list[dict]:
         """The clients whose tasks the viewer sees, with what each has submitted and how it went."""
         out = []
-        for ident in visible:
+        for ident in sorted(visible):
             c = self.clients[ident]
             running = queued = 0
             for gid in c.tasks.values():
