@@ -54,6 +54,8 @@ def test_status_after_a_map_with_a_running_task_and_a_failure(make_executor, tmp
     failed = ex.submit(boom, 7)
     with pytest.raises(ValueError):
         failed.result(TIMEOUT)
+    rate = ex.status()["rate"]  # over the last 10 s: now, while the map is in it
+    assert rate["done_per_s"] > 0 and rate["failed_per_s"] > 0
     marker = str(tmp_path / "running")
     slow = ex.submit(wait_then, marker, 30)
     wait_for(lambda: os.path.exists(marker), what="the slow task to begin")
@@ -62,7 +64,6 @@ def test_status_after_a_map_with_a_running_task_and_a_failure(make_executor, tmp
     json.dumps(status)  # JSON-able as it is
     assert status["counts"]["done"] == 50 and status["counts"]["failed"] == 1
     assert status["counts"]["running"] == 1 and status["counts"]["connected"] == 2
-    assert status["rate"]["done_per_s"] > 0 and status["rate"]["failed_per_s"] > 0
     busy = [w for w in status["workers"] if w["state"] == "busy"]
     assert len(busy) == 1 and busy[0]["running"][0]["task"] == slow._cid
     assert busy[0]["running"][0]["for_s"] >= 0 and 0 < busy[0]["busy_share"] <= 1
@@ -76,6 +77,22 @@ def test_status_after_a_map_with_a_running_task_and_a_failure(make_executor, tmp
     assert failure["finished"] >= failure["started"] > time.time() - 300
     assert status["clients"] and status["clients"][0]["submitted"] == 52
     assert "2 workers, 51 tasks, 0 queued, 1 running" in str(ex.summary())  # summary() is what it was
+    slow.kill()
+
+
+def test_a_running_task_and_memory_seen_whatever_runs_the_tasks(mode_executor, tmp_path):
+    ex = mode_executor(2)
+    marker = str(tmp_path / "running")
+    slow = ex.submit(wait_then, marker, 30)
+    wait_for(lambda: os.path.exists(marker), what="the task to begin")
+    status = status_when(ex, lambda s: any(w["running"] for w in s["workers"]) and all(
+        w["rss"] for w in s["workers"] if w["state"] != "gone"), "the task seen running, the workers' memory")
+    (running,) = [r for w in status["workers"] for r in w["running"]]
+    assert running["task"] == slow._cid and running["for_s"] is not None and running["for_s"] >= 0
+    time.sleep(0.5)
+    later = ex.status()
+    (again,) = [r for w in later["workers"] for r in w["running"]]
+    assert again["for_s"] >= running["for_s"] + 0.3
     slow.kill()
 
 
