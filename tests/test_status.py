@@ -80,6 +80,18 @@ def test_status_after_a_map_with_a_running_task_and_a_failure(make_executor, tmp
     slow.kill()
 
 
+def test_counts_stay_whole_past_the_events_kept(make_executor):
+    ex = make_executor(2)
+    futures = [ex.submit(abs, -i) for i in range(2600)]
+    assert [f.result(TIMEOUT) for f in futures] == list(range(2600))
+    status = ex.status()
+    assert status["counts"]["done"] == 2600 and status["counts"]["failed"] == 0
+    shown = [e["task"] for e in status["events"]]  # the last 1,000 to end, in the order they ended
+    assert len(set(shown)) == 1000 and set(shown) <= {f._cid for f in futures}
+    (me,) = status["clients"]
+    assert (me["client"], me["submitted"], me["done"], me["queued"], me["running"]) == ("local", 2600, 2600, 0, 0)
+
+
 def test_a_running_task_and_memory_seen_whatever_runs_the_tasks(mode_executor, tmp_path):
     ex = mode_executor(2)
     marker = str(tmp_path / "running")

@@ -3,8 +3,8 @@
 ::
 
     task ends ------> finish(): a failure counted          (per task: one test)
-    turn's flush ---> note_outcomes(): results counted,    (per client and turn: a few counters,
-                      the batch kept in ``recent``          one deque append)
+    turn's flush ---> note_outcomes(): the batch of RESULT (per client and turn: one deque append;
+                      entries kept in ``recent``             counted per client as they leave it)
     heartbeat ------> sample_rates(): (time, ended, failed) kept for the rates
     STATUS ---------> status(): everything else, computed now: workers' states and running
                       tasks, queued tasks by queue and priority, recent outcomes as events,
@@ -56,11 +56,14 @@ class StatusView:
 
     def start_view(self) -> None:
         """The counters and rings, empty (from ``Broker.__init__``)."""
-        self.ended = 0  # tasks whose outcome was sent to their client
+        # Tasks whose outcome was sent to their client: ``ended_before`` plus ``recent_count``.
+        self.ended_before = 0  # those that have left ``recent``
         self.failures = 0  # of those, the ones that did not succeed
-        # [scope, RESULT entries, wall-clock time, their events as JSON (made when first asked)]: the latest batches
+        # [client identity, RESULT entries, wall-clock time, their events as JSON (made when first asked)]:
+        # the latest batches, at least MAX_EVENTS entries once there were as many
         self.recent: deque = deque()
         self.recent_count = 0  # entries in ``recent``
+        self.gone_scopes: dict[bytes, str] = {}  # clients with a key that left lately: identity -> User-Id
         self.samples: deque = deque(maxlen=RATE_SAMPLES)  # (monotonic, ended, failures)
         self.status_sock: zmq.Socket | None = None
         self.host = socket.gethostname()
@@ -75,25 +78,44 @@ class StatusView:
             c.failed += 1
 
     def note_outcomes(self, ident: bytes, results: list) -> None:
-        """This turn's RESULT entries for client ``ident``: counted, and kept as recent events."""
-        n = len(results)
-        self.ended += n
-        c = self.clients.get(ident)
-        scope = ident
-        if c is not None:
-            c.ended += n
-            if c.user is not None:
-                scope = c.user
+        """This turn's RESULT entries for client ``ident``, kept as recent events (and counted as they leave)."""
+        self.recent.append([ident, results, time.time(), None])
+        self.recent_count += len(results)
+        if self.recent_count >= 2 * MAX_EVENTS:
+            self.trim_recent()
+
+    def trim_recent(self) -> None:
+        """Forget the oldest batches beyond MAX_EVENTS entries, counting them to their clients."""
         recent = self.recent
-        recent.append([scope, results, time.time(), None])
-        self.recent_count += n
         while self.recent_count - len(recent[0][1]) >= MAX_EVENTS:
-            self.recent_count -= len(recent.popleft()[1])
+            ident, results = recent.popleft()[:2]
+            n = len(results)
+            self.recent_count -= n
+            self.ended_before += n
+            c = self.clients.get(ident)
+            if c is not None:
+                c.ended += n
+
+    def ended(self) -> int:
+        """Tasks whose outcome was sent to their client, since the broker started."""
+        return self.ended_before + self.recent_count
+
+    def note_client_gone(self, c: ClientState) -> None:
+        """A client left: its recent events stay visible to its key's clients (the last 1,000 such)."""
+        if c.user is not None:
+            self.gone_scopes[c.ident] = c.user
+            if len(self.gone_scopes) > MAX_EVENTS:
+                del self.gone_scopes[next(iter(self.gone_scopes))]
+
+    def scope_of_ident(self, ident: bytes) -> Any:
+        """What a batch of ``ident``'s outcomes is seen under: its client's key's User-Id, or its identity."""
+        c = self.clients.get(ident)
+        return _scope_of(c) if c is not None else self.gone_scopes.get(ident, ident)
 
     def sample_rates(self, now: float) -> None:
         """Once a heartbeat: how many tasks had ended by now (about one sample a second is kept)."""
         if not self.samples or now - self.samples[-1][0] >= 0.9:
-            self.samples.append((now, self.ended, self.failures))
+            self.samples.append((now, self.ended(), self.failures))
 
     # -- when asked --------------------------------------------------------------
 
@@ -117,7 +139,7 @@ class StatusView:
         waiting = self.waiting_tasks
         counts = {"queued": len(self.tasks) - running - waiting, "running": running, "waiting": waiting,
                   "held": len(self.held), "connected": len(self.workers), "departed": self.departures,
-                  "done": self.ended - self.failures, "failed": self.failures}
+                  "done": self.ended() - self.failures, "failed": self.failures}
         counts.update(self.unplaced.counts(self, now))
         if self.objects or self.object_bytes_sent:
             counts["objects"] = self.objects_status()
@@ -160,7 +182,7 @@ class StatusView:
             return {"done_per_s": 0.0, "failed_per_s": 0.0}
         span = now - base[0]
         failed = self.failures - base[2]
-        done = self.ended - base[1] - failed
+        done = self.ended() - base[1] - failed
         return {"done_per_s": round(done / span, 3), "failed_per_s": round(failed / span, 3)}
 
     def queued_by_queue(self) -> dict[str, dict]:
@@ -185,8 +207,13 @@ class StatusView:
         """The latest ``most`` task outcomes of the clients in ``scope``, the newest last, each as JSON.
         A batch's events are made once, when first asked for: asking again costs a join."""
         out: list[bytes] = []
+        seen: dict[bytes, bool] = {}
         for batch in reversed(self.recent):
-            if batch[0] not in scope:
+            ident = batch[0]
+            shown = seen.get(ident)
+            if shown is None:
+                shown = seen[ident] = self.scope_of_ident(ident) in scope
+            if not shown:
                 continue
             encoded = batch[3]
             if encoded is None:
@@ -201,8 +228,12 @@ class StatusView:
     def fellow_clients(self, visible: set) -> list[dict]:
         """The clients whose tasks the viewer sees, with what each has submitted and how it went."""
         out = []
+        in_recent: dict[bytes, int] = {}  # outcomes not yet counted to their client (trim_recent)
+        for batch in self.recent:
+            in_recent[batch[0]] = in_recent.get(batch[0], 0) + len(batch[1])
         for ident in sorted(visible):
             c = self.clients[ident]
+            ended = c.ended + in_recent.get(ident, 0)
             running = queued = 0
             for gid in c.tasks.values():
                 task = self.tasks.get(gid)
@@ -214,7 +245,7 @@ class StatusView:
                     queued += 1
             name = "local" if c.local else c.user.split(":")[1] if c.user else "plain"
             out.append({"client": name, "id": ident.hex()[-8:],
-                        "submitted": c.ended + c.cancelled + len(c.tasks), "done": c.ended - c.failed,
+                        "submitted": ended + c.cancelled + len(c.tasks), "done": ended - c.failed,
                         "failed": c.failed, "cancelled": c.cancelled, "queued": queued, "running": running})
         return out
 

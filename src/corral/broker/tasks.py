@@ -366,6 +366,7 @@ class TaskTable:
             if gid in self.tasks:
                 self.drop(self.tasks[gid])
         self.objects_client_gone(c)
+        self.note_client_gone(c)  # (statusview.py)
         self.clients.pop(c.ident, None)
         self.outboxes.pop(c.ident, None)
         self.sessions.pop(c.session, None)
