@@ -139,7 +139,8 @@ class StatusView:
         waiting = self.waiting_tasks
         counts = {"queued": len(self.tasks) - running - waiting, "running": running, "waiting": waiting,
                   "held": len(self.held), "connected": len(self.workers), "departed": self.departures,
-                  "done": self.ended() - self.failures, "failed": self.failures}
+                  # (a failure is counted as it ends, its result with the turn's others: never below 0)
+                  "done": max(0, self.ended() - self.failures), "failed": self.failures}
         counts.update(self.unplaced.counts(self, now))
         if self.objects or self.object_bytes_sent:
             counts["objects"] = self.objects_status()
@@ -182,7 +183,7 @@ class StatusView:
             return {"done_per_s": 0.0, "failed_per_s": 0.0}
         span = now - base[0]
         failed = self.failures - base[2]
-        done = self.ended() - base[1] - failed
+        done = max(0, self.ended() - base[1] - failed)
         return {"done_per_s": round(done / span, 3), "failed_per_s": round(failed / span, 3)}
 
     def queued_by_queue(self) -> dict[str, dict]:
@@ -245,7 +246,7 @@ class StatusView:
                     queued += 1
             name = "local" if c.local else c.user.split(":")[1] if c.user else "plain"
             out.append({"client": name, "id": ident.hex()[-8:],
-                        "submitted": ended + c.cancelled + len(c.tasks), "done": ended - c.failed,
+                        "submitted": ended + c.cancelled + len(c.tasks), "done": max(0, ended - c.failed),
                         "failed": c.failed, "cancelled": c.cancelled, "queued": queued, "running": running})
         return out
 
