@@ -183,8 +183,8 @@ class ClientState:
     sent: Any = None  # its results sent lately (wire/resend.SentResults), to send again on a resume
     dropped: dict = field(default_factory=dict)  # cid -> when: its cancels that succeeded, lately
     local: bool = False  # attached in this process (an executor's own broker): its messages are ours
-    # For status (statusview.py): its tasks that ended (results sent; counted as they leave the broker's
-    # recent events), failed (of those), and were cancelled before they ran.
+    # For status (statusview.py): its tasks that ended (results sent), failed (of those), and were
+    # cancelled before they ran.
     ended: int = 0
     failed: int = 0
     cancelled: int = 0

@@ -3,8 +3,8 @@
 ::
 
     task ends ------> finish(): a failure counted          (per task: one test)
-    turn's flush ---> note_outcomes(): the batch of RESULT (per client and turn: one deque append;
-                      entries kept in ``recent``             counted per client as they leave it)
+    turn's flush ---> note_outcomes(): the turn's RESULT   (per client and turn: two counters,
+                      entries counted and kept in ``recent``  one list append)
     heartbeat ------> sample_rates(): (time, ended, failed) kept for the rates
     STATUS ---------> status(): everything else, computed now: workers' states and running
                       tasks, queued tasks by queue and priority, recent outcomes as events,
@@ -33,7 +33,10 @@ from __future__ import annotations
 import json
 import socket
 import time
+from bisect import bisect_right
 from collections import deque
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any
 
 import zmq
@@ -44,6 +47,7 @@ from ..wire import protocol, sockets
 from ..wire.protocol import Kind, Status
 from .records import ClientState, WorkerState
 
+TRIM_AT = 2 * MAX_EVENTS  # recent outcomes gathered before the oldest beyond MAX_EVENTS are dropped
 MAX_ERROR_TEXT = 4096  # characters of an event's error text: its tail, where a traceback says what was raised
 RATE_WINDOW = 10.0  # seconds the rates are taken over
 RATE_SAMPLES = 24  # samples kept, about one a second
@@ -61,7 +65,7 @@ class StatusView:
         self.failures = 0  # of those, the ones that did not succeed
         # [client identity, RESULT entries, wall-clock time, their events as JSON (made when first asked)]:
         # the latest batches, at least MAX_EVENTS entries once there were as many
-        self.recent: deque = deque()
+        self.recent: list = []
         self.recent_count = 0  # entries in ``recent``
         self.gone_scopes: dict[bytes, str] = {}  # clients with a key that left lately: identity -> User-Id
         self.samples: deque = deque(maxlen=RATE_SAMPLES)  # (monotonic, ended, failures)
@@ -78,23 +82,27 @@ class StatusView:
             c.failed += 1
 
     def note_outcomes(self, ident: bytes, results: list) -> None:
-        """This turn's RESULT entries for client ``ident``, kept as recent events (and counted as they leave)."""
+        """This turn's RESULT entries for client ``ident``: counted, and kept as recent events."""
+        n = len(results)
+        c = self.clients.get(ident)
+        if c is not None:
+            c.ended += n
         self.recent.append([ident, results, time.time(), None])
-        self.recent_count += len(results)
-        if self.recent_count >= 2 * MAX_EVENTS:
+        self.recent_count += n
+        if self.recent_count >= TRIM_AT:
             self.trim_recent()
 
     def trim_recent(self) -> None:
-        """Forget the oldest batches beyond MAX_EVENTS entries, counting them to their clients."""
+        """Forget the oldest batches beyond MAX_EVENTS entries (at once, once TRIM_AT have gathered: the
+        ordinary turn pays nothing for it)."""
         recent = self.recent
-        while self.recent_count - len(recent[0][1]) >= MAX_EVENTS:
-            ident, results = recent.popleft()[:2]
-            n = len(results)
-            self.recent_count -= n
-            self.ended_before += n
-            c = self.clients.get(ident)
-            if c is not None:
-                c.ended += n
+        sizes = list(accumulate(map(len, map(itemgetter(1), recent))))
+        cut = bisect_right(sizes, sizes[-1] - MAX_EVENTS)  # the batches to drop: MAX_EVENTS entries or more stay
+        if cut:
+            dropped = sizes[cut - 1]
+            del recent[:cut]
+            self.recent_count -= dropped
+            self.ended_before += dropped
 
     def ended(self) -> int:
         """Tasks whose outcome was sent to their client, since the broker started."""
@@ -179,9 +187,9 @@ class StatusView:
         for sample in self.samples:  # the newest at least RATE_WINDOW old, else the oldest
             if base is None or now - sample[0] >= RATE_WINDOW:
                 base = sample
-        if base is None or now - base[0] < 0.5:
+        if base is None:
             return {"done_per_s": 0.0, "failed_per_s": 0.0}
-        span = now - base[0]
+        span = max(1.0, now - base[0])  # (a broker that just started: over its first second)
         failed = self.failures - base[2]
         done = max(0, self.ended() - base[1] - failed)
         return {"done_per_s": round(done / span, 3), "failed_per_s": round(failed / span, 3)}
@@ -229,12 +237,9 @@ class StatusView:
     def fellow_clients(self, visible: set) -> list[dict]:
         """The clients whose tasks the viewer sees, with what each has submitted and how it went."""
         out = []
-        in_recent: dict[bytes, int] = {}  # outcomes not yet counted to their client (trim_recent)
-        for batch in self.recent:
-            in_recent[batch[0]] = in_recent.get(batch[0], 0) + len(batch[1])
         for ident in sorted(visible):
             c = self.clients[ident]
-            ended = c.ended + in_recent.get(ident, 0)
+            ended = c.ended
             running = queued = 0
             for gid in c.tasks.values():
                 task = self.tasks.get(gid)
