@@ -210,6 +210,32 @@ def test_corral_status_watch_until_sigint(busy_broker):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
+def test_corral_status_watch_refreshes_in_place_on_a_terminal(busy_broker):
+    import pty
+    import select
+
+    broker, _ = busy_broker
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(corral_cmd("status", broker.connection, "--watch", "0.2"), stdout=follower,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(follower)
+    seen = b""
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while seen.count(b"\x1b[H\x1b[2J") < 3 and time.monotonic() < deadline:
+            if select.select([leader], [], [], 1)[0]:
+                seen += os.read(leader, 65536)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    assert seen.count(b"\x1b[H\x1b[2J") >= 3 and b"corral status of" in seen  # cursor home, clear, the report
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
 def test_corral_status_of_an_unreachable_broker(tmp_path):
     started = time.monotonic()
     shown = corral_run("status", f"ipc://{tmp_path}/nothing", "--timeout", "1")
