@@ -290,6 +290,20 @@ def test_executor_status_file(make_executor, tmp_path, where):
     assert not os.path.exists(status_file) and not os.path.exists(socket_dir)
 
 
+def test_status_file_of_an_executor_with_launched_workers(make_executor):
+    from corral.launchers import Local
+
+    ex = make_executor(2, launcher=Local(), status_file=True)
+    assert list(ex.map(abs, [-1, -2])) == [1, 2]
+    status_file = ex.status_file
+    shown = corral_run("status", status_file)
+    assert shown.returncode == 0, shown.stderr
+    assert "launches: " in shown.stdout and "2 done" in shown.stdout
+    assert ex.status()["launches"]["launched"] >= 1
+    ex.shutdown()
+    assert not os.path.exists(status_file) and not os.path.exists(os.path.dirname(status_file))
+
+
 def test_status_file_options_checked(make_executor, broker_address, tmp_path):
     with pytest.raises(ValueError, match="status_file"):
         corral.Executor(address=broker_address, status_file=True)
