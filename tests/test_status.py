@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 import corral
+from corral.status import report
 from corral.wire import protocol
 from corral.wire.protocol import Kind
 from helpers import TIMEOUT, corral_cmd, free_port, start_broker, start_worker, stop, wait_for
@@ -90,6 +91,16 @@ def test_counts_stay_whole_past_the_events_kept(make_executor):
     assert len(set(shown)) == 1000 and set(shown) <= {f._cid for f in futures}
     (me,) = status["clients"]
     assert (me["client"], me["submitted"], me["done"], me["queued"], me["running"]) == ("local", 2600, 2600, 0, 0)
+
+
+def test_a_worker_that_left_is_gone_and_says_why(make_executor):
+    ex = make_executor(1, idle_timeout=0.3)
+    assert ex.submit(abs, -1).result(TIMEOUT) == 1
+    status = status_when(ex, lambda s: any(w["state"] == "gone" for w in s["workers"]), "the idle worker gone")
+    gone = next(w for w in status["workers"] if w["state"] == "gone")
+    assert gone["left"] == "idle" and gone["running"] == [] and gone["tasks"] == 1
+    assert 0 <= gone["busy_share"] <= 1 and status["counts"]["departed"] >= 1
+    assert "gone" in report(status)
 
 
 def test_a_running_task_and_memory_seen_whatever_runs_the_tasks(mode_executor, tmp_path):
@@ -315,7 +326,7 @@ def test_status_file_options_checked(make_executor, broker_address, tmp_path):
 
 def test_status_tolerates_an_older_reply():
     """A broker that sends only counts and worker records (no third frame) still gives a whole dict."""
-    from corral.status import assemble, report
+    from corral.status import assemble
 
     status = assemble([{"worker": "w", "host": "h", "pid": 1, "tasks": 2, "busy_s": 0.1, "errors": 0,
                         "alive": True, "leaving": None, "left": None}], {"queued": 1, "running": 0}, {}, None)
