@@ -40,11 +40,10 @@ task completes twice.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -72,6 +71,7 @@ from .queue import TaskQueue
 from .records import DEFAULT_RETRIES, ClientState, Outbox, PoolLink, Task, WorkerState
 from .sessions import Sessions
 from .spill import Spill
+from .statusview import StatusView
 from .unplaced import Unplaced
 
 if TYPE_CHECKING:
@@ -84,11 +84,11 @@ MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most r
 STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
 
 
-class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, Sessions, Reports):
+class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, Sessions, Reports, StatusView):
     """The broker: one loop over every socket, which hands each message to the part it concerns
     (``peers.py``, ``tasks.py``, ``dependencies.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``,
-    ``progress.py``), dispatches
-    (``scheduler.py``),
+    ``progress.py``, ``output.py``), dispatches
+    (``scheduler.py``), answers STATUS (``statusview.py``),
     then sends what each peer is owed this turn, one batch each."""
 
     def __init__(
@@ -164,6 +164,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         self.last_beat = 0.0
         self.last_reap = 0.0
         self.deferred = False  # messages were left unread to spill first (drain)
+        self.start_view()  # what status reports: counters, recent outcomes, rates (statusview.py)
 
     def _router(self, address: str) -> zmq.Socket:
         """A ROUTER bound to ``address`` (``wire.sockets``; a CurveZMQ one for TCP, ``Guard``), with as
@@ -313,6 +314,8 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
                 self.send(self.clients_sock, ident, Kind.RESULT, {"results": chunk}, frames)
             if box.results or box.dropped:
                 self.keep_sent(ident, box)  # a client elsewhere may ask for them again (sessions.py)
+                if box.results:
+                    self.note_outcomes(ident, box.results)  # counted, and kept a while for status
             if box.dropped or box.too_late:  # after the results, which they may refer to
                 for dropped, running in itertools.zip_longest(
                     protocol.id_chunks(box.dropped), protocol.id_chunks(box.too_late), fillvalue=[]
@@ -349,9 +352,12 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
     def housekeeping(self) -> None:
         """Reap the pool; every heartbeat, send heartbeats and drop silent or stalled peers."""
         now = time.monotonic()
-        if self.pool and now - self.last_reap >= 0.1:
+        if now - self.last_reap >= 0.1:
             self.last_reap = now
-            self.reap_pool()
+            if self.pool:
+                self.reap_pool()
+            if self.status_sock is not None:
+                self.serve_status_socket()  # an executor's status socket: polled, not in the loop's poll
         if self.fleet:
             self.fleet.tick(self, now)
         if self.queue.count:
@@ -359,6 +365,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         if now - self.last_beat < self.heartbeat:
             return
         self.last_beat = now
+        self.sample_rates(now)
         limit = self.heartbeat * self.liveness
         for w in self.workers.values():
             self.send(self.workers_sock, w.ident, Kind.HEARTBEAT)
@@ -433,23 +440,6 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         if self.queue:
             self.pool.fill()
 
-    def status(self) -> tuple[dict[str, Any], list]:
-        """STATUS_REPLY's header and payload: counts, then one JSON frame of worker records
-        (every connected worker, and the most recent of those that left), which no header
-        limit bounds."""
-        now = time.monotonic()
-        workers = [w.summary(now) for w in (*self.departed, *self.workers.values())]
-        running = sum(1 for t in self.tasks.values() if t.started)
-        waiting = self.waiting_tasks
-        counts = {"queued": len(self.tasks) - running - waiting, "running": running, "waiting": waiting,
-                  "held": len(self.held), "connected": len(self.workers), "departed": self.departures}
-        counts.update(self.unplaced.counts(self, now))
-        if self.objects or self.object_bytes_sent:
-            counts["objects"] = self.objects_status()
-        if self.fleet:
-            counts["launches"] = self.fleet.report()
-        return counts, [json.dumps(workers, separators=(",", ":")).encode()]
-
     def close(self) -> None:
         """Tell the workers to leave (launched ones for good), stop the pool or the fleet, close the sockets."""
         for w in list(self.workers.values()):
@@ -476,6 +466,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             link.stream.close()
         for sock in self.routers:
             sock.close()
+        self.close_status_socket()
         self.guard.close()
         self.spill.close()
         if self.own_ctx:

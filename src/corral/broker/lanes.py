@@ -71,7 +71,7 @@ class LaneSeats:
         if task is None:
             return
         if not task.started:
-            task.started = True
+            task.started = now  # when, for status
             task.attempts += 1
         if task.more is not None and task.more.kill_with is not None:
             self.stop_on_lane(w, task, "killed", *task.more.kill_with)

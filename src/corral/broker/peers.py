@@ -130,6 +130,7 @@ class Peers:
             pid=pid if type(pid) is int and 0 <= pid < 1 << 32 else 0,
             fresh=body.get("fresh") is True,
             last_seen=now,
+            joined=now,
             paired=ident in self.paired,
             progress_at=now,
             user=user,
@@ -224,6 +225,8 @@ class Peers:
         elif kind == Kind.HEARTBEAT:
             if body.get("preparing") is True:  # starting a task process, or importing ahead: making progress
                 w.progress_at = time.monotonic()
+            if "rss" in body:  # its memory and its task processes', for status
+                w.rss = count(body["rss"], 1 << 60)
         elif kind == Kind.PROGRESS:
             self.worker_progress(w, body)
         elif kind == Kind.OUTPUT:
@@ -312,7 +315,7 @@ class Peers:
         elif kind == Kind.RELEASE:
             self.release_objects(c, protocol.keys(body))
         elif kind == Kind.STATUS:
-            self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, *self.status())
+            self.send(self.clients_sock, c.ident, Kind.STATUS_REPLY, *self.status(self.scope(c), body))
         elif kind == Kind.HEARTBEAT:
             pass
         elif kind == Kind.BYE:

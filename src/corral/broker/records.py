@@ -49,7 +49,9 @@ class Task:
     options: dict
     attempts: int = 0
     worker: bytes | None = None
-    started: bool = False
+    # False until it begins; then when it began (time.monotonic(), for status), or True where that is
+    # not known (a task whose RESULT was also its STARTED, one taken back from a lost worker).
+    started: float = False
     killed: bool = False  # a kill was asked for: never retried
     cancelling: bool = False  # the client awaits a cancel verdict from the worker holding it
     # Its priority, what it asks of a worker, its rank when handed back, why it is unschedulable
@@ -132,6 +134,11 @@ class WorkerState:
     objects: OrderedDict = field(default_factory=OrderedDict)
     object_bytes: int = 0
     cache_size: int = DEFAULT_CACHE
+    # For status (statusview.py): when it joined and left (monotonic), and the resident memory it last
+    # reported, its task processes' included (HEARTBEAT's "rss"; None: not reported).
+    joined: float = 0.0
+    gone_at: float | None = None
+    rss: int | None = None
 
     def summary(self, now: float) -> dict[str, Any]:
         """Its record in a STATUS_REPLY."""
@@ -176,6 +183,11 @@ class ClientState:
     sent: Any = None  # its results sent lately (wire/resend.SentResults), to send again on a resume
     dropped: dict = field(default_factory=dict)  # cid -> when: its cancels that succeeded, lately
     local: bool = False  # attached in this process (an executor's own broker): its messages are ours
+    # For status (statusview.py): its tasks that ended (results sent), failed (of those), and were
+    # cancelled before they ran.
+    ended: int = 0
+    failed: int = 0
+    cancelled: int = 0
 
 
 class Outbox:

@@ -40,9 +40,10 @@ class TaskTable:
         for gid in gids:
             task = self.tasks.get(gid)
             if task is not None and task.worker == w.ident and not task.started:
-                task.started = True
+                now = time.monotonic()
+                task.started = now  # when, for status
                 task.attempts += 1
-                w.progress_at = time.monotonic()
+                w.progress_at = now
                 self.outbox(task.client).started.append(task.cid)
 
     def task_done(self, w: WorkerState, entry: list, payload: list) -> None:
@@ -98,6 +99,8 @@ class TaskTable:
         (``dependencies.py``)."""
         self.drop(task)
         taskrecord.stamp(task, meta, w)
+        if status:  # counted for status (statusview.py); the results each client got are counted per turn
+            self.count_failure(task.client)
         box = self.outbox(task.client)
         box.result(task.cid, status, payload, meta)
         if task.cancelling:  # its cancel came too late; the verdict follows the result
@@ -111,6 +114,9 @@ class TaskTable:
         """A task cancelled before it ran: forget it, tell its client, fail what waits for it."""
         self.drop(task)
         self.outbox(task.client).dropped.append(task.cid)
+        c = self.clients.get(task.client)
+        if c is not None:
+            c.cancelled += 1
         if task.dependents:
             self.dependency_ended(task, Status.FAILED, [], {}, "cancelled")
 
@@ -154,7 +160,7 @@ class TaskTable:
         """Take a worker out of service; requeue or fail what it held."""
         if not w.alive:
             return
-        w.alive = False
+        w.alive, w.gone_at = False, time.monotonic()
         if w.left is None:  # it said no BYE: it was lost, or we refused it
             w.left = "lost" if why is not None else "refused"
         _log.debug(f"worker {w.name} (pid {w.pid} on {w.host}) left: {w.left}")
@@ -365,6 +371,7 @@ class TaskTable:
             if gid in self.tasks:
                 self.drop(self.tasks[gid])
         self.objects_client_gone(c)
+        self.note_client_gone(c)  # (statusview.py)
         self.clients.pop(c.ident, None)
         self.outboxes.pop(c.ident, None)
         self.sessions.pop(c.session, None)

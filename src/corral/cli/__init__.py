@@ -4,6 +4,7 @@
     corral broker --listen tcp://127.0.0.1:7700  a standalone broker; prints its connection file (broker.py)
     corral worker FILE [--fresh] [--processes N] worker processes (worker.py)
     corral keys add-worker|add-client|list|revoke   who may connect (keys.py)
+    corral status FILE [--json] [--watch [S]]    what a broker is doing: workers, queues, rates (status.py)
     corral dashboard FILE [--listen HOST:PORT]   a live web page of the broker's workers and tasks (dashboard.py)
 
 Errors a user can fix (a bad connection file, a key name in use) are answered as
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dashboard = add_dashboard(sub)
     dashboard.set_defaults(func=_command("dashboard", "cmd_dashboard"), parser=dashboard)
+    from .status import add_parser as add_status_parser
+
+    status = add_status_parser(sub)
+    status.set_defaults(func=_command("status", "cmd_status"), parser=status)
     return p
 
 

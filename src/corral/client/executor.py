@@ -32,9 +32,9 @@ from ..local.pool import refusal
 from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
 from ..security.credentials import Target, resolve
 from ..serialization import Call, GatheringNeeded, call_frames
-from ..status import Summary
+from ..status import MAX_EVENTS, Summary, assemble
 from ..wire import shm
-from . import brokers, dependents, ioloop, mapping, objects, progress, seeds
+from . import brokers, dependents, ioloop, mapping, objects, progress, seeds, statusfile
 from .future import CorralFuture
 from .gathering import Gathering
 from .ioloop import IOLoop
@@ -109,6 +109,11 @@ class Executor(_StdExecutor):
             in memory up to this (bytes, or a string like "2GB"; default: a
             quarter of the machine's memory) and writes the newest beyond it
             to files in its private temporary directory (docs/tasks.md).
+        status_file: True, or a file's path: the executor's own broker also
+            answers status requests (only those) on an ipc:// socket in a
+            private 0700 directory, and a status file (mode 0600) says where,
+            in that directory (True) or at the path; ``ex.status_file`` is its
+            path, for ``corral status PATH``.  Both go at shutdown.
         heartbeat, liveness: seconds between heartbeats, and how many may be
             missed before a peer counts as lost (default 1.0 and 3).
         kill_grace: seconds between SIGTERM and SIGKILL for ``Future.kill()``.
@@ -157,6 +162,7 @@ class Executor(_StdExecutor):
         resources: dict[str, int | float | str] | None = None,
         broker_memory: int | str | None = None,
         dashboard: bool | str = False,
+        status_file: bool | str | os.PathLike | None = None,
     ):
         config = ExecutorConfig(
             max_workers, mp_context, initializer, initargs, max_tasks_per_child, fresh, address, retries, task_timeout,
@@ -204,10 +210,22 @@ class Executor(_StdExecutor):
         self._tmpdir: str | None = None
         self._shm_dir: str | None = None  # large buffers to and from our own workers (shm.py)
         self._broker: Broker | None = None
+        self._status_file: statusfile.StatusFile | None = None
+        status_where = statusfile.check_option(status_file)
+        if status_where is not None and target is not None:
+            raise ValueError("status_file= exposes the executor's own broker; a broker elsewhere (address=) answers "
+                             "`corral status` at its own address")
         if target is None:
             own = brokers.embedded(config, self._ctx) if fleet is None else brokers.launched(config, fleet)
             self._broker, self._tmpdir, self._shm_dir = own.broker, own.tmpdir, own.shm_dir
             self.worker_address = own.worker_address  # where launched workers dial it
+            if status_where is not None:
+                try:
+                    self._status_file = statusfile.expose(own.broker, status_where, own.tmpdir)
+                except BaseException:
+                    own.broker.close()
+                    self._cleanup()
+                    raise
             target = Target("embedded")
         self._address = target.address
         self._io = IOLoop(self._ctx, target.address, config.retries, self._cleanup, config.heartbeat,
@@ -234,7 +252,14 @@ class Executor(_StdExecutor):
         for path in (self._tmpdir, self._shm_dir):
             if path is not None:
                 shutil.rmtree(path, ignore_errors=True)
+        if self._status_file is not None:
+            self._status_file.remove()
         self._ctx.term()
+
+    @property
+    def status_file(self) -> str | None:
+        """The status file's path (``Executor(status_file=...)``), for ``corral status PATH``; None without one."""
+        return None if self._status_file is None else self._status_file.path
 
     # -- the Executor API -------------------------------------------------------
 
@@ -413,16 +438,28 @@ class Executor(_StdExecutor):
             self._io.request_terminate(hard)
         self.shutdown(wait=False)
 
-    def summary(self, timeout: float = 10.0) -> Summary:
-        """Per-worker statistics from the broker: one dict per worker."""
+    def status(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The broker's view, as one JSON-able dict: counts and rates, queues, every worker (its state,
+        what it runs and for how long, its memory), recent task events, this client's fellow
+        clients.  Task ids are this client's own (or its key's); another client's show as None.
+        The keys are listed in docs/observability.md; ``corral status --json`` prints the same."""
+        workers, counts, more = self._request_status("status", timeout, {"events": MAX_EVENTS})
+        return assemble(workers, counts, more, self._address)
+
+    def _request_status(self, caller: str, timeout: float, body: dict | None = None) -> tuple[list, dict, dict]:
+        """The broker's STATUS_REPLY (to STATUS ``body``): worker records, counts, the rest."""
         if self._shutdown and not self._io.thread.is_alive():
-            raise RuntimeError("summary() needs a running executor; call it before shutdown()")
+            raise RuntimeError(f"{caller}() needs a running executor; call it before shutdown()")
         try:
-            workers, counts = self._io.request_status().result(timeout)
+            return self._io.request_status(body).result(timeout)
         except FuturesTimeout:
             never = "" if self._io.welcomed else " (it has not answered this executor at all: is it running there?)"
             raise TimeoutError(f"the broker at {self._address} did not answer a status request within "
                                f"{timeout:g} s{never}") from None
+
+    def summary(self, timeout: float = 10.0) -> Summary:
+        """Per-worker statistics from the broker: one dict per worker."""
+        workers, counts, _ = self._request_status("summary", timeout)
         return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0),
                        launches=counts.get("launches"), waiting=counts.get("waiting", 0),
                        unschedulable=counts.get("unschedulable", 0),

@@ -190,9 +190,10 @@ class IOLoop(Standing):
         self.cancels.append((Kind.KILL, None, "SIGKILL" if hard else "SIGTERM"))
         self.wake()
 
-    def request_status(self) -> Future:
-        """Have the loop send STATUS; a future for (worker records, counts)."""
+    def request_status(self, body: dict | None = None) -> Future:
+        """Have the loop send STATUS (with ``body``); a future for (worker records, counts, the rest of the status)."""
         fut: Future = Future()
+        fut.status_body = body  # (sent with it, and again if it must be asked again)
         self.status_asked.append(fut)
         self.wake()
         return fut
@@ -335,8 +336,9 @@ class IOLoop(Standing):
             for chunk in protocol.id_chunks(cids):
                 link.post(Kind.KILL, {"ids": chunk, "grace": grace})
         while self.status_asked:  # one STATUS per call, so that each call gets its own answer
-            self.status_waiters.append(self.status_asked.popleft())
-            link.post(Kind.STATUS)
+            fut = self.status_asked.popleft()
+            self.status_waiters.append(fut)
+            link.post(Kind.STATUS, fut.status_body)
         return slow
 
     def on_message(self, kind: Kind, body: dict, frames: list) -> None:
@@ -379,9 +381,10 @@ class IOLoop(Standing):
                 self.session = session if isinstance(session, str) and len(session) <= 64 else None
                 self.welcomed = True
             elif kind == Kind.STATUS_REPLY:
-                if self.status_waiters:
+                if self.status_waiters:  # (worker records, counts, the rest: status.assemble)
                     workers = json.loads(bytes(frames[0])) if frames else []
-                    self.status_waiters.popleft().set_result((workers, body))
+                    more = json.loads(bytes(frames[1])) if len(frames) > 1 else {}
+                    self.status_waiters.popleft().set_result((workers, body, more))
             elif kind == Kind.ERROR:
                 self.refused(body)
             elif kind == Kind.PROGRESS:

@@ -434,6 +434,9 @@ def progress(task_id: int, fraction: float | None, text: str | None) -> list:
 
 # A task's record in its RESULT meta (3.7; the client's ``future.info``): ``ran`` from the task
 # process (``note_ran``), ``worker``, ``host``, ``attempts`` and ``tries`` from the broker (``broker/taskrecord.py``).
+# A task that raised also has ``traceback`` (the task process's text of it, its last MAX_TRACEBACK_META
+# characters), which the broker keeps for status without unpickling anything.
+MAX_TRACEBACK_META = 4096
 MAX_TRIES = 32  # earlier attempts' reasons kept per task: the last ones
 MAX_TRY_TEXT = 300  # characters of each
 

@@ -171,12 +171,13 @@ def _raised(exc: BaseException) -> Outcome:
         tb = tb.tb_next  # the worker's own frames: the caller's traceback starts in their function
     exc.__traceback__ = tb
     _install_pickling(exc)
+    meta = {"traceback": traceback_text(exc)}  # for the broker's status, which never unpickles
     try:
-        return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
+        return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), meta
     except SerializationError as perr:
         if _trim_traceback(exc):
             try:
-                return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), {}
+                return protocol.Status.RAISED, serialization.dumps(exc, "the exception"), meta
             except SerializationError:
                 pass
         text = "".join(traceback.format_exception(exc))
@@ -185,6 +186,15 @@ def _raised(exc: BaseException) -> Outcome:
             f"the task raised {type(exc).__name__}, which cannot be pickled ({perr}); "
             f"its traceback in the worker was:\n{text}",
         )
+
+
+def traceback_text(exc: BaseException, most: int = protocol.MAX_TRACEBACK_META) -> str:
+    """``exc``'s traceback as text, its last ``most`` characters (where it says what was raised)."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        text = f"{type(exc).__name__} (its traceback could not be formatted)"
+    return text if len(text) <= most else "..." + text[-(most - 3):]
 
 
 def _install_pickling(exc: BaseException) -> None:

@@ -45,6 +45,7 @@ from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import capture, containment, output, task_process
 from .lifetime import DRAIN_SIGNALS, Lifetime
+from .memory import MemoryGauge
 from .processes import TaskProcesses
 from .standing import Standing
 
@@ -111,6 +112,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
         # What a task starts ends with its task process (containment.py): we adopt the
         # orphans of our task processes, and keep them in a cgroup where we may.
         self.family = containment.Family()
+        self.gauge = MemoryGauge()  # reported in heartbeats, for status
         self.last_sweep = self.started_at = time.monotonic()
         self.start_lifetime(self.started_at)
         self.on_terminated: Callable[[], None] | None = None  # called by on_sigterm before we exit
@@ -402,8 +404,8 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
         self.check_lifetime(now)
         if self.stopping:
             return True
-        if now - self.last_sent >= self.heartbeat:
-            self.send(Kind.HEARTBEAT, {"preparing": True} if self.preparing() else None)
+        if now - self.last_sent >= self.heartbeat or self.gauge.due(now):
+            self.send(Kind.HEARTBEAT, self.beat(now))
         if not self.welcomed:
             self.note_waiting()
         if now - self.last_heard > self.heartbeat * self.liveness:
@@ -417,6 +419,16 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
         return True
 
     stops_strays = False  # our strays all belong to tasks that are over (fresh): stop them, not only reap
+
+    def beat(self, now: float) -> dict | None:
+        """A HEARTBEAT's body: whether we are preparing (see ``preparing``), and, about once a second, our
+        memory and our task processes' (``memory.py``), for the broker's status."""
+        body = {"preparing": True} if self.preparing() else {}
+        if self.gauge.due(now):
+            rss = self.gauge.measure(now)
+            if rss is not None:
+                body["rss"] = rss
+        return body or None
 
     def timers(self, now: float) -> None:
         """What a mode must do when its time comes (timeouts, STARTED, kills that escalate)."""

@@ -1,0 +1,80 @@
+"""``corral status``: what a broker is doing, from the terminal.
+
+    corral status FILE|ADDRESS            a report: counts, rates, queues, workers, recent failures
+    corral status FILE --json             the status dict (``Executor.status()``'s) as JSON
+    corral status FILE --watch [SECONDS]  the report again every SECONDS (default 2) until Ctrl-C
+
+FILE is a connection file (the client key in it is used), or an executor's status file
+(``Executor(status_file=...)``); ADDRESS takes ``--keys`` or ``--insecure`` as
+``corral worker`` does.  A broker that does not answer within ``--timeout`` is a
+one-line error and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .argtypes import broker as broker_target
+from .argtypes import seconds
+
+DEFAULT_WATCH = 2.0
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """``corral status``'s arguments."""
+    p = sub.add_parser("status", help="show what a broker is doing: workers, queues, counts, rates")
+    p.add_argument("address", type=broker_target, metavar="FILE|ADDRESS",
+                   help="a connection file (its client key is used), an executor's status file "
+                        "(Executor(status_file=...)), or an address: tcp://HOST:PORT with --keys or --insecure, "
+                        "or ipc://PATH")
+    p.add_argument("--keys", metavar="FILE", default=None,
+                   help="with a tcp:// address: the connection file whose client key to use")
+    p.add_argument("--insecure", action="store_true",
+                   help="with a tcp:// address: plain TCP, for a broker started with --insecure (warns)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON (one object per line with --watch)")
+    p.add_argument("--watch", type=seconds(), nargs="?", const=DEFAULT_WATCH, default=None, metavar="SECONDS",
+                   help=f"refresh every SECONDS (default {DEFAULT_WATCH:g}) until Ctrl-C")
+    p.add_argument("--timeout", type=seconds(), default=10.0, metavar="SECONDS",
+                   help="give up on a broker that does not answer within this long (default %(default)s)")
+    return p
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the status once, or every ``--watch`` seconds; exit 1 if the broker does not answer."""
+    from ..client.statusclient import StatusClient, StatusRefused
+    from ..errors import AddressError
+    from ..status import report
+
+    try:
+        client = StatusClient(args.address, keys=args.keys, insecure=args.insecure)
+    except (AddressError, ValueError) as exc:
+        args.parser.error(f"argument FILE|ADDRESS: {exc}")
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            status = client.fetch(args.timeout)
+            if args.json:
+                text = json.dumps(status, separators=(",", ":")) if args.watch else json.dumps(status, indent=1)
+            else:
+                text = report(status)
+            if args.watch and tty and not args.json:
+                text = CLEAR + text
+            elif args.watch and not args.json:
+                text += "\n"
+            print(text, flush=True)
+            if not args.watch:
+                return 0
+            client.wait(args.watch)
+    except (TimeoutError, StatusRefused) as exc:
+        print(f"corral status: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0 if args.watch else 130
+    except BrokenPipeError:  # `corral status ... | head`
+        sys.stderr.close()
+        return 0
+    finally:
+        client.close()
