@@ -137,7 +137,7 @@ function renderWorkers(workers) {
       "task " + r.task) + (r.for_s !== undefined ? " for " + secs(r.for_s) : "")).join(", ");
     const share = typeof w.busy_share === "number" ? w.busy_share : null;
     body.append(el("tr", {class: state, "data-worker": w.worker},
-      el("td", {}, w.worker), el("td", {}, w.host ?? ""), el("td", {class: "num"}, w.pid ?? ""),
+      el("td", {}, w.worker ?? "(starting)"), el("td", {}, w.host ?? ""), el("td", {class: "num"}, w.pid ?? ""),
       el("td", {}, el("span", {class: "badge " + state}, state)), el("td", {}, running),
       el("td", {class: "num"}, w.tasks ?? ""),
       el("td", {}, share === null ? (w.busy_s !== undefined ? secs(w.busy_s) : "") :
