@@ -18,7 +18,6 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FuturesTimeout
 from typing import Any
 
 import zmq
@@ -32,19 +31,20 @@ from ..local.pool import refusal
 from ..scaling.options import LAUNCH_TIMEOUT, FleetOptions
 from ..security.credentials import Target, resolve
 from ..serialization import Call, GatheringNeeded, call_frames
-from ..status import MAX_EVENTS, Summary, assemble
 from ..wire import shm
 from . import brokers, dependents, ioloop, mapping, objects, progress, seeds, statusfile
 from .future import CorralFuture
 from .gathering import Gathering
 from .ioloop import IOLoop
+from .observing import Observing
+from .taskoptions import TaskOptions
 
 MANY_WORKERS = 256  # local workers beyond this are checked against what the system lets us start
 
 
 
 
-class Executor(_StdExecutor):
+class Executor(Observing, _StdExecutor):
     """A ``concurrent.futures.Executor`` whose tasks run on corral workers.
 
     Takes ``ProcessPoolExecutor``'s arguments with the same meaning.  With no
@@ -242,11 +242,6 @@ class Executor(_StdExecutor):
 
             self._dashboard = for_executor(self, dashboard, target.curve[2] if target.curve else None)
 
-    @property
-    def dashboard_url(self) -> str | None:
-        """Where ``dashboard=`` serves the live dashboard (None without one)."""
-        return self._dashboard.url if self._dashboard is not None else None
-
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done (and has closed the broker): remove files."""
         for path in (self._tmpdir, self._shm_dir):
@@ -255,11 +250,6 @@ class Executor(_StdExecutor):
         if self._status_file is not None:
             self._status_file.remove()
         self._ctx.term()
-
-    @property
-    def status_file(self) -> str | None:
-        """The status file's path (``Executor(status_file=...)``), for ``corral status PATH``; None without one."""
-        return None if self._status_file is None else self._status_file.path
 
     # -- the Executor API -------------------------------------------------------
 
@@ -437,57 +427,6 @@ class Executor(_StdExecutor):
         if self._io.thread.is_alive():
             self._io.request_terminate(hard)
         self.shutdown(wait=False)
-
-    def status(self, timeout: float = 10.0) -> dict[str, Any]:
-        """The broker's view, as one JSON-able dict: counts and rates, queues, every worker (its state,
-        what it runs and for how long, its memory), recent task events, this client's fellow
-        clients.  Task ids are this client's own (or its key's); another client's show as None.
-        The keys are listed in docs/observability.md; ``corral status --json`` prints the same."""
-        workers, counts, more = self._request_status("status", timeout, {"events": MAX_EVENTS})
-        return assemble(workers, counts, more, self._address)
-
-    def _request_status(self, caller: str, timeout: float, body: dict | None = None) -> tuple[list, dict, dict]:
-        """The broker's STATUS_REPLY (to STATUS ``body``): worker records, counts, the rest."""
-        if self._shutdown and not self._io.thread.is_alive():
-            raise RuntimeError(f"{caller}() needs a running executor; call it before shutdown()")
-        try:
-            return self._io.request_status(body).result(timeout)
-        except FuturesTimeout:
-            never = "" if self._io.welcomed else " (it has not answered this executor at all: is it running there?)"
-            raise TimeoutError(f"the broker at {self._address} did not answer a status request within "
-                               f"{timeout:g} s{never}") from None
-
-    def summary(self, timeout: float = 10.0) -> Summary:
-        """Per-worker statistics from the broker: one dict per worker."""
-        workers, counts, _ = self._request_status("summary", timeout)
-        return Summary(workers, queued=counts.get("queued", 0), running=counts.get("running", 0),
-                       launches=counts.get("launches"), waiting=counts.get("waiting", 0),
-                       unschedulable=counts.get("unschedulable", 0),
-                       unschedulable_reasons=counts.get("unschedulable_reasons", []),
-                       objects=counts.get("objects"))
-
-
-class TaskOptions:
-    """``Executor.options(...)``: the executor's ``submit`` and ``map`` with per-task options."""
-
-    def __init__(self, executor: Executor, options: dict, bar: dict | None = None):
-        self._executor = executor
-        self._options = options
-        self._bar = bar  # progress=: tqdm's keyword arguments for map's bar (client/progress.py)
-
-    def options(self, **more: Any) -> TaskOptions:
-        more, bar = progress.take_option(more, self._bar)
-        return TaskOptions(self._executor, {**self._options, **check_task_options(more)}, bar)
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        if self._bar is not None:
-            raise TypeError("progress= draws a bar over a map's tasks; a submit makes one task: draw one over "
-                            "the futures you submit with corral.progress(futures)")
-        return self._executor._submit_call(Call(fn, args, kwargs or None), self._executor._seeds.submit(self._options))
-
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
-            chunksize: int = 1, buffersize: int | None = None) -> Iterator[Any]:
-        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, self._options, self._bar)
 
 
 def _with_dependencies(options: dict | None, collector, after, loop) -> tuple[dict | None, tuple | None]:
