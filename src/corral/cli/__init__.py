@@ -20,8 +20,16 @@ import sys
 from .. import __version__
 from ..config import CACHE_SIZE, HEARTBEAT, LIVENESS, TERM_GRACE, add_placement_arguments
 from ..errors import CredentialsError, CurveUnavailableError, InsecureAddressError
-from .argtypes import broker as broker_target
-from .argtypes import connect_address, integer, listen_address, seconds, size, wall_time, writable_directory
+from .argtypes import (
+    add_broker_arguments,
+    connect_address,
+    integer,
+    listen_address,
+    seconds,
+    size,
+    wall_time,
+    writable_directory,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     broker.set_defaults(func=_command("broker", "cmd_broker"), parser=broker)
 
     worker = sub.add_parser("worker", help="run worker processes that serve a broker")
-    worker.add_argument("address", type=broker_target, metavar="FILE|ADDRESS",
-                        help="the connection file the broker (or corral keys add-worker) wrote; or an address, "
-                             "tcp://HOST:PORT with --keys or --insecure, or ipc://PATH; or -: a launcher's "
-                             "launch document on standard input")
-    worker.add_argument("--keys", metavar="FILE", default=None,
-                        help="with a tcp:// address: the connection file whose worker key to use")
-    worker.add_argument("--insecure", action="store_true",
-                        help="with a tcp:// address: plain TCP, for a broker started with --insecure (warns)")
+    add_broker_arguments(worker, "worker", "the connection file the broker (or corral keys add-worker) wrote; "
+                                           "or -: a launcher's launch document on standard input")
     worker.add_argument("-v", "--verbose", action="store_true", help="print corral's debugging messages too")
     worker.add_argument("--fresh", action="store_true", help="run every task in a brand-new process")
     worker.add_argument("--processes", type=integer(1), default=os.cpu_count() or 1,

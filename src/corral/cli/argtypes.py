@@ -72,3 +72,14 @@ def wall_time(text: str) -> float | str | None:
 def level(args: argparse.Namespace) -> str:
     """The level of corral's messages a command prints on stderr: INFO, or DEBUG with -v."""
     return "DEBUG" if args.verbose else "INFO"
+
+
+def add_broker_arguments(p: argparse.ArgumentParser, role: str, what: str, insecure: str = "--insecure") -> None:
+    """The broker a command dials, as ``corral worker``, ``status`` and ``dashboard`` take it: FILE|ADDRESS
+    (``what`` says which files), ``--keys`` for a tcp:// address, and ``insecure`` for plain TCP."""
+    p.add_argument("address", type=broker, metavar="FILE|ADDRESS",
+                   help=f"{what}; or an address: tcp://HOST:PORT with --keys or {insecure}, or ipc://PATH")
+    p.add_argument("--keys", metavar="FILE", default=None,
+                   help=f"with a tcp:// address: the connection file whose {role} key to use")
+    p.add_argument(insecure, action="store_true",
+                   help="with a tcp:// address: plain TCP, for a broker started with --insecure (warns)")

@@ -22,19 +22,14 @@ SAMPLE_TIMEOUT = 5.0  # seconds a status request may take before the page says t
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from .argtypes import broker
+    from .argtypes import add_broker_arguments
 
     p = sub.add_parser("dashboard", help="serve a live web page of a broker's workers and tasks",
                        description="Serve the live dashboard of the broker FILE|ADDRESS names, until Ctrl-C.")
-    p.add_argument("address", type=broker, metavar="FILE|ADDRESS",
-                   help="the client connection file (corral broker or corral keys add-client wrote it); or an "
-                        "address: tcp://HOST:PORT with --keys, or ipc://PATH")
+    add_broker_arguments(p, "client", "the client connection file (corral broker or corral keys add-client "
+                                      "wrote it)", insecure="--insecure-broker")
     p.add_argument("--listen", type=listen_argument, default=listen.DEFAULT, metavar="HOST:PORT",
                    help="where the page is served (default %(default)s; port 0: any free port)")
-    p.add_argument("--keys", metavar="FILE", default=None,
-                   help="with a tcp:// address: the connection file whose client key to use")
-    p.add_argument("--insecure-broker", action="store_true",
-                   help="with a tcp:// address: plain TCP, for a broker started with --insecure (warns)")
     p.add_argument("--auth", action="store_true",
                    help="ask for the password on loopback too (beyond loopback it is always asked for)")
     p.add_argument("--insecure", action="store_true",

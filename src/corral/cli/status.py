@@ -16,8 +16,7 @@ import argparse
 import json
 import sys
 
-from .argtypes import broker as broker_target
-from .argtypes import seconds
+from .argtypes import add_broker_arguments, seconds
 
 DEFAULT_WATCH = 2.0
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
@@ -26,14 +25,8 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
 def add_parser(sub) -> argparse.ArgumentParser:
     """``corral status``'s arguments."""
     p = sub.add_parser("status", help="show what a broker is doing: workers, queues, counts, rates")
-    p.add_argument("address", type=broker_target, metavar="FILE|ADDRESS",
-                   help="a connection file (its client key is used), an executor's status file "
-                        "(Executor(status_file=...)), or an address: tcp://HOST:PORT with --keys or --insecure, "
-                        "or ipc://PATH")
-    p.add_argument("--keys", metavar="FILE", default=None,
-                   help="with a tcp:// address: the connection file whose client key to use")
-    p.add_argument("--insecure", action="store_true",
-                   help="with a tcp:// address: plain TCP, for a broker started with --insecure (warns)")
+    add_broker_arguments(p, "client", "a connection file (its client key is used), or an executor's status file "
+                                      "(Executor(status_file=...))")
     p.add_argument("--json", action="store_true", help="print the status as JSON (one object per line with --watch)")
     p.add_argument("--watch", type=seconds(), nargs="?", const=DEFAULT_WATCH, default=None, metavar="SECONDS",
                    help=f"refresh every SECONDS (default {DEFAULT_WATCH:g}) until Ctrl-C")
