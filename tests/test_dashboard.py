@@ -297,33 +297,35 @@ def test_the_page_shows_a_running_map_in_chromium(make_executor):
 
 # Every key of the status schema (Executor.status(), docs/observability.md), as a broker that has
 # them all would say: the page must show each one.
-NOW = time.time()
-FULL_STATUS = {
-    "time": NOW, "address": "tcp://10.0.0.5:7700",
-    "counts": {"queued": 40, "running": 2, "waiting": 3, "done": 1234, "failed": 5, "connected": 2,
-               "departed": 1, "unschedulable": 0},
-    "rate": {"done_per_s": 12.5, "failed_per_s": 0.1},
-    "queues": {"default": {"queued": 30, "priorities": {"0": 25, "5": 5}}, "gpu": {"queued": 10, "priorities": {}}},
-    "workers": [
-        {"worker": "node1:100", "host": "node1", "pid": 100, "state": "busy",
-         "running": [{"task": 77, "for_s": 3.5}], "tasks": 600, "busy_s": 500.0, "busy_share": 0.83,
-         "rss": 256 * 1024 * 1024, "errors": 2, "left": None, "resources": {}, "queues": ["default"]},
-        {"worker": "node2:200", "host": "node2", "pid": 200, "state": "idle", "running": [], "tasks": 634,
-         "busy_s": 420.0, "busy_share": 0.7, "rss": None, "errors": 3, "left": None, "resources": {},
-         "queues": ["default", "gpu"]},
-        {"worker": "node3:300", "host": "node3", "pid": 300, "state": "gone", "running": [], "tasks": 5,
-         "busy_s": 4.0, "busy_share": 0.1, "rss": None, "errors": 0, "left": "wall_time", "resources": {},
-         "queues": ["default"]},
-    ],
-    "launches": {"launched": 4, "in_flight": 1, "pending": 1, "launch_failures": 0, "retired": 1, "errors": []},
-    "objects": {"stored": 2, "bytes": 3 * 1024 * 1024, "sent_bytes": 6 * 1024 * 1024},
-    "events": [
-        {"task": 75, "worker": "node1:100", "started": NOW - 5, "finished": NOW - 2, "state": "done", "error": None},
-        {"task": 76, "worker": "node2:200", "started": NOW - 4, "finished": NOW - 1, "state": "timeout",
-         "error": "corral.errors.TaskTimeoutError: task ran longer than 3 s"},
-    ],
-    "clients": [{"client": "alice", "submitted": 1300, "done": 1234, "failed": 5, "queued": 40, "running": 2}],
-}
+def full_status(now: float) -> dict:
+    """A status with every field of the schema, its events ending just before ``now``."""
+    return {
+        "time": now, "address": "tcp://10.0.0.5:7700",
+        "counts": {"queued": 40, "running": 2, "waiting": 3, "done": 1234, "failed": 5, "connected": 2,
+                   "departed": 1, "unschedulable": 0},
+        "rate": {"done_per_s": 12.5, "failed_per_s": 0.1},
+        "queues": {"default": {"queued": 30, "priorities": {"0": 25, "5": 5}}, "gpu": {"queued": 10, "priorities": {}}},
+        "workers": [
+            {"worker": "node1:100", "host": "node1", "pid": 100, "state": "busy",
+             "running": [{"task": 77, "for_s": 3.5}], "tasks": 600, "busy_s": 500.0, "busy_share": 0.83,
+             "rss": 256 * 1024 * 1024, "errors": 2, "left": None, "resources": {}, "queues": ["default"]},
+            {"worker": "node2:200", "host": "node2", "pid": 200, "state": "idle", "running": [], "tasks": 634,
+             "busy_s": 420.0, "busy_share": 0.7, "rss": None, "errors": 3, "left": None, "resources": {},
+             "queues": ["default", "gpu"]},
+            {"worker": "node3:300", "host": "node3", "pid": 300, "state": "gone", "running": [], "tasks": 5,
+             "busy_s": 4.0, "busy_share": 0.1, "rss": None, "errors": 0, "left": "wall_time", "resources": {},
+             "queues": ["default"]},
+        ],
+        "launches": {"launched": 4, "in_flight": 1, "pending": 1, "launch_failures": 0, "retired": 1, "errors": []},
+        "objects": {"stored": 2, "bytes": 3 * 1024 * 1024, "sent_bytes": 6 * 1024 * 1024},
+        "events": [
+            {"task": 75, "worker": "node1:100", "started": now - 5, "finished": now - 2, "state": "done",
+             "error": None},
+            {"task": 76, "worker": "node2:200", "started": now - 4, "finished": now - 1, "state": "timeout",
+             "error": "corral.errors.TaskTimeoutError: task ran longer than 3 s"},
+        ],
+        "clients": [{"client": "alice", "submitted": 1300, "done": 1234, "failed": 5, "queued": 40, "running": 2}],
+    }
 
 
 def test_the_page_shows_every_field_of_the_status_schema():
@@ -332,7 +334,7 @@ def test_the_page_shows_every_field_of_the_status_schema():
     driver, profile = browser_or_skip()
     server = None
     try:
-        server = serve(lambda: {**FULL_STATUS, "time": time.time()}, "127.0.0.1:0", period=0.2)
+        server = serve(lambda: full_status(time.time()), "127.0.0.1:0", period=0.2)
 
         def texts(selector: str) -> list[str]:
             return driver.execute_script(

@@ -134,9 +134,10 @@ class StatusView:
             return {other.ident for other in self.clients.values() if other.local}
         return {c.user} if c.user is not None else {c.ident}
 
-    def status(self, scope: set, body: dict | None = None) -> tuple[dict[str, Any], list]:
+    def status(self, scope: frozenset | set = frozenset(), body: dict | None = None) -> tuple[dict[str, Any], list]:
         """STATUS_REPLY's header (counts) and frames: the worker records (JSON), then the rest of the
-        status (JSON: rates, queues, events, clients, workers starting), as ``scope`` may see it."""
+        status (JSON: rates, queues, events, clients, workers starting), as ``scope`` may see it (by
+        default no client's tasks: their ids null, no events)."""
         want = (body or {}).get("events", 0)  # (a STATUS that asks for none stays small)
         if type(want) is not int or not 0 <= want <= MAX_EVENTS:
             raise ProtocolError(f"STATUS asks for {want!r:.20} events (0 to {MAX_EVENTS})")
