@@ -191,3 +191,17 @@ def raise_helper_error_from_numpy():
         numpy.linalg.inv(numpy.zeros((2, 2)))
     except numpy.linalg.LinAlgError as exc:
         raise HelperError("inverting failed") from exc
+
+
+def next_message(sock, kind) -> dict:
+    """The body of the next message of ``kind`` (a ``protocol.Kind``) on the raw ZeroMQ socket
+    ``sock``, skipping heartbeats; bounded."""
+    from corral.wire import protocol  # (here: the helpers serve processes that import no corral)
+
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        assert sock.poll(max(0.0, deadline - time.monotonic()) * 1000), f"no {kind.name}"
+        got, body = protocol.decode(sock.recv_multipart()[0])
+        if got == kind:
+            return body
+        assert got == protocol.Kind.HEARTBEAT, f"expected {kind.name}, got {got.name} {body}"

@@ -13,17 +13,22 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 
 import pytest
+import zmq
 
 import corral
 import output_tasks
+from corral.broker.broker import Broker
 from corral.errors import WorkerLostError
+from corral.wire import protocol
+from corral.wire.protocol import Kind
 from corral.worker.capture import CAPTURE_MAX
 from corral.worker.output import TASK_MAX
-from helpers import corral_cmd, free_port, read_line, start_broker, start_worker, stop
+from helpers import TIMEOUT, corral_cmd, free_port, next_message, read_line, start_broker, start_worker, stop, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))}
@@ -273,3 +278,65 @@ def test_a_library_user_sees_nothing_of_corral_by_default(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # the task's own words went to stdout; corral said nothing
     assert done.stdout == "last words\nno newline yet"
+
+
+# -- the broker's part ----------------------------------------------------------------------
+
+
+def test_the_broker_passes_output_on_to_the_task_s_client_only(tmp_path):
+    """A worker's OUTPUT for a task it holds reaches that task's client, under the client's id and
+    with the worker's name; a worker's claim about another worker's task, or a task id never given
+    out, is dropped and logged, and a malformed OUTPUT is dropped whole: no other client hears any."""
+    ctx = zmq.Context()
+    address = f"ipc://{tmp_path}/broker"
+    logs: list[str] = []
+    broker = Broker(address, context=ctx, log=logs.append)
+    thread = threading.Thread(target=broker.serve, name="test-broker", daemon=True)
+    thread.start()
+    socks = []
+
+    def dealer() -> zmq.Socket:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(address)
+        socks.append(sock)
+        return sock
+
+    def output(*entries) -> bytes:
+        return protocol.encode(Kind.OUTPUT, {"output": [list(e) for e in entries]})
+
+    try:
+        worker, liar, owner, bystander = dealer(), dealer(), dealer(), dealer()
+        for name, sock in (("w", worker), ("liar", liar)):
+            sock.send(protocol.encode(Kind.HELLO, {"role": "worker", "name": name, "pid": 1}))
+            next_message(sock, Kind.WELCOME)
+        worker.send(protocol.encode(Kind.READY, {"credit": 1}))
+        for sock in (owner, bystander):
+            sock.send(protocol.encode(Kind.HELLO, {"role": "client", "retries": 0}))
+            next_message(sock, Kind.WELCOME)
+        owner.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": [[7, 2, {}]]}), b"fn", b"args"])
+        gid = next_message(worker, Kind.TASKS)["tasks"][0][0]
+
+        worker.send(output([gid, "stdout", "hello\n"], [gid, "stderr", "oops\n"]))
+        assert next_message(owner, Kind.OUTPUT) == {
+            "worker": "w", "output": [[7, "stdout", "hello\n"], [7, "stderr", "oops\n"]]}
+        liar.send(output([gid, "stdout", "forged\n"]))  # not its task
+        worker.send(output([gid + 1000, "stdout", "nobody's\n"]))  # never given out
+        worker.send(output([gid, "stdin", "no such stream\n"]))  # malformed: dropped whole
+        worker.send(output([gid, "stdout", "bye\n"]))
+        assert next_message(owner, Kind.OUTPUT) == {"worker": "w", "output": [[7, "stdout", "bye\n"]]}
+        wait_for(lambda: len(logs) >= 3, what="three lines logged")
+        time.sleep(0.2)
+        for sock in (owner, bystander):  # only heartbeats wait there
+            while sock.poll(0):
+                kind, body = protocol.decode(sock.recv_multipart()[0])
+                assert kind == Kind.HEARTBEAT, f"{kind.name} {body} reached a client"
+        assert sum("for tasks it does not hold" in line for line in logs) == 2, logs
+        assert any("malformed" in line for line in logs), logs
+    finally:
+        broker.running = False
+        thread.join(TIMEOUT)
+        for sock in socks:
+            sock.close(linger=0)
+        ctx.term()
+    assert not thread.is_alive()

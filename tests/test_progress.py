@@ -23,7 +23,7 @@ from corral import reporting
 from corral.broker.broker import Broker
 from corral.wire import protocol
 from corral.wire.protocol import Kind
-from helpers import TIMEOUT, wait_for
+from helpers import TIMEOUT, next_message, wait_for
 
 tqdm = pytest.importorskip("tqdm")
 
@@ -170,17 +170,6 @@ def test_a_killed_task_s_bar_closes(make_executor, tmp_path):
 # -- the broker's part ----------------------------------------------------------------------
 
 
-def _next(sock: zmq.Socket, kind: Kind) -> dict:
-    """The body of the next message of ``kind`` on ``sock``, skipping heartbeats; bounded."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        assert sock.poll(max(0.0, deadline - time.monotonic()) * 1000), f"no {kind.name}"
-        got, body = protocol.decode(sock.recv_multipart()[0])
-        if got == kind:
-            return body
-        assert got == Kind.HEARTBEAT, f"expected {kind.name}, got {got.name} {body}"
-
-
 def test_the_broker_passes_reports_on_to_the_task_s_client_only(tmp_path):
     """A worker's report for a task it holds reaches the task's client under the client's id (and
     says the task began); one for a task it does not hold, a task id never given out, or a malformed
@@ -207,26 +196,26 @@ def test_the_broker_passes_reports_on_to_the_task_s_client_only(tmp_path):
         worker, other, client = dealer(), dealer(), dealer()
         for name, sock in (("w", worker), ("other", other)):
             sock.send(protocol.encode(Kind.HELLO, {"role": "worker", "name": name, "pid": 1}))
-            _next(sock, Kind.WELCOME)
+            next_message(sock, Kind.WELCOME)
         worker.send(protocol.encode(Kind.READY, {"credit": 1}))
         client.send(protocol.encode(Kind.HELLO, {"role": "client", "retries": 0}))
-        _next(client, Kind.WELCOME)
+        next_message(client, Kind.WELCOME)
         client.send_multipart([protocol.encode(Kind.SUBMIT, {"tasks": [[41, 2, {}]]}), b"fn", b"args"])
-        gid = _next(worker, Kind.TASKS)["tasks"][0][0]
+        gid = next_message(worker, Kind.TASKS)["tasks"][0][0]
 
         worker.send(progress([gid, 0.5, "half"]))
-        assert _next(client, Kind.PROGRESS) == {"progress": [[41, 0.5, "half"]]}
-        assert _next(client, Kind.STARTED) == {"ids": [41]}  # a report says the task began
+        assert next_message(client, Kind.PROGRESS) == {"progress": [[41, 0.5, "half"]]}
+        assert next_message(client, Kind.STARTED) == {"ids": [41]}  # a report says the task began
         other.send(progress([gid, 0.9, "not mine"]))  # another worker's task
         worker.send(progress([gid + 1000, 0.9, None]))  # never given out
         worker.send(progress([gid, 2, None]))  # malformed: whole message dropped
         worker.send(progress([gid, None, "three quarters"]))
-        assert _next(client, Kind.PROGRESS) == {"progress": [[41, None, "three quarters"]]}
+        assert next_message(client, Kind.PROGRESS) == {"progress": [[41, None, "three quarters"]]}
         worker.send_multipart([protocol.encode(Kind.RESULT, {"results": [[gid, 0, 1, {}]]}), b"out"])
-        _next(client, Kind.RESULT)
+        next_message(client, Kind.RESULT)
         worker.send(progress([gid, 1.0, "late"]))  # after its result: quietly dropped
         client.send(protocol.encode(Kind.STATUS))
-        _next(client, Kind.STATUS_REPLY)
+        next_message(client, Kind.STATUS_REPLY)
         wait_for(lambda: len(logs) >= 3, what="three lines logged")
         time.sleep(0.2)
         assert not client.poll(0), "something more reached the client"
