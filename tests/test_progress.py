@@ -337,3 +337,9 @@ def test_without_tqdm_the_error_says_what_to_install():
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all("pip install 'corral[progress]'" in line for line in lines), done.stdout
+
+
+def test_a_misspelt_option_is_answered_with_progress_among_the_valid_ones(make_executor):
+    ex = make_executor(1)
+    with pytest.raises(TypeError, match="unknown task option.*prgress.*the client's own: progress"):
+        ex.options(prgress=True)

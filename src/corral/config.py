@@ -149,7 +149,8 @@ def check_task_options(options: dict) -> dict:
     """``Executor.options(...)``: known names, valid values; the ones that are not None."""
     unknown = sorted(set(options) - set(TASK_OPTIONS))
     if unknown:
-        raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(TASK_OPTIONS)}")
+        raise TypeError(f"unknown task option(s) {', '.join(unknown)}; valid options: {', '.join(TASK_OPTIONS)}, "
+                        f"and the client's own: progress")
     if options.get("retries") is not None:
         check_retries(options["retries"])
     if options.get("timeout") is not None:
