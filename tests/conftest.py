@@ -24,10 +24,12 @@ import traceback
 
 import psutil
 import pytest
+import zmq
 
 import corral
+from corral.broker.broker import Broker
 from corral.wire import shm as shm_root
-from helpers import free_port, start_broker, start_worker, stop
+from helpers import TIMEOUT, free_port, start_broker, start_worker, stop
 
 LEAK_GRACE_S = 5.0
 _saved_tmp: tuple = ()
@@ -211,3 +213,26 @@ def broker_address():
         yield proc.connection
     finally:
         stop(proc)
+
+
+@pytest.fixture
+def broker_in_thread(tmp_path):
+    """A standalone broker on an ipc:// address, served by a thread; yields (broker, address, logs)."""
+    made = []
+
+    def make(**kwargs):
+        ctx = zmq.Context()
+        address = f"ipc://{tmp_path}/broker-{len(made)}"
+        logs: list[str] = []
+        broker = Broker(address, context=ctx, log=logs.append, **kwargs)
+        thread = threading.Thread(target=broker.serve, name="test-broker", daemon=True)
+        thread.start()
+        made.append((broker, thread, ctx))
+        return broker, address, logs
+
+    yield make
+    for broker, thread, ctx in made:
+        broker.running = False
+        thread.join(TIMEOUT)
+        ctx.term()
+        assert not thread.is_alive()

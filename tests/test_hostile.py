@@ -9,42 +9,18 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import threading
 import time
 
 import pytest
 import zmq
 
 import corral
-from corral.broker.broker import MAX_DEPARTED, Broker
+from corral.broker.broker import MAX_DEPARTED
 from corral.logs import Throttle
 from corral.security.keys import read_connection
 from corral.wire import protocol, sockets
 from corral.wire.protocol import Kind
 from helpers import TIMEOUT, connection_file, corral_cmd, free_port, read_line, start_worker, stop, wait_for
-
-
-@pytest.fixture
-def broker_in_thread(tmp_path):
-    """A standalone broker on an ipc:// address, served by a thread; yields (broker, address, logs)."""
-    made = []
-
-    def make(**kwargs):
-        ctx = zmq.Context()
-        address = f"ipc://{tmp_path}/broker-{len(made)}"
-        logs: list[str] = []
-        broker = Broker(address, context=ctx, log=logs.append, **kwargs)
-        thread = threading.Thread(target=broker.serve, name="test-broker", daemon=True)
-        thread.start()
-        made.append((broker, thread, ctx))
-        return broker, address, logs
-
-    yield make
-    for broker, thread, ctx in made:
-        broker.running = False
-        thread.join(TIMEOUT)
-        ctx.term()
-        assert not thread.is_alive()
 
 
 class Peer:

@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import warnings
 
@@ -22,13 +21,12 @@ import zmq
 
 import corral
 import output_tasks
-from corral.broker.broker import Broker
 from corral.errors import WorkerLostError
-from corral.wire import protocol
+from corral.wire import protocol, sockets
 from corral.wire.protocol import Kind
 from corral.worker.capture import CAPTURE_MAX
 from corral.worker.output import TASK_MAX
-from helpers import TIMEOUT, corral_cmd, free_port, next_message, read_line, start_broker, start_worker, stop, wait_for
+from helpers import corral_cmd, free_port, next_message, read_line, start_broker, start_worker, stop, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))}
@@ -283,30 +281,19 @@ def test_a_library_user_sees_nothing_of_corral_by_default(tmp_path):
 # -- the broker's part ----------------------------------------------------------------------
 
 
-def test_the_broker_passes_output_on_to_the_task_s_client_only(tmp_path):
+def test_the_broker_passes_output_on_to_the_task_s_client_only(broker_in_thread):
     """A worker's OUTPUT for a task it holds reaches that task's client, under the client's id and
     with the worker's name; a worker's claim about another worker's task, or a task id never given
     out, is dropped and logged, and a malformed OUTPUT is dropped whole: no other client hears any."""
+    broker, address, logs = broker_in_thread()
     ctx = zmq.Context()
-    address = f"ipc://{tmp_path}/broker"
-    logs: list[str] = []
-    broker = Broker(address, context=ctx, log=logs.append)
-    thread = threading.Thread(target=broker.serve, name="test-broker", daemon=True)
-    thread.start()
-    socks = []
-
-    def dealer() -> zmq.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        socks.append(sock)
-        return sock
+    socks = [sockets.dealer(ctx, address, linger=0) for _ in range(4)]
 
     def output(*entries) -> bytes:
         return protocol.encode(Kind.OUTPUT, {"output": [list(e) for e in entries]})
 
     try:
-        worker, liar, owner, bystander = dealer(), dealer(), dealer(), dealer()
+        worker, liar, owner, bystander = socks
         for name, sock in (("w", worker), ("liar", liar)):
             sock.send(protocol.encode(Kind.HELLO, {"role": "worker", "name": name, "pid": 1}))
             next_message(sock, Kind.WELCOME)
@@ -334,9 +321,6 @@ def test_the_broker_passes_output_on_to_the_task_s_client_only(tmp_path):
         assert sum("for tasks it does not hold" in line for line in logs) == 2, logs
         assert any("malformed" in line for line in logs), logs
     finally:
-        broker.running = False
-        thread.join(TIMEOUT)
         for sock in socks:
             sock.close(linger=0)
         ctx.term()
-    assert not thread.is_alive()

@@ -20,8 +20,7 @@ import zmq
 
 import corral
 from corral import reporting
-from corral.broker.broker import Broker
-from corral.wire import protocol
+from corral.wire import protocol, sockets
 from corral.wire.protocol import Kind
 from helpers import TIMEOUT, next_message, wait_for
 
@@ -170,30 +169,19 @@ def test_a_killed_task_s_bar_closes(make_executor, tmp_path):
 # -- the broker's part ----------------------------------------------------------------------
 
 
-def test_the_broker_passes_reports_on_to_the_task_s_client_only(tmp_path):
+def test_the_broker_passes_reports_on_to_the_task_s_client_only(broker_in_thread):
     """A worker's report for a task it holds reaches the task's client under the client's id (and
     says the task began); one for a task it does not hold, a task id never given out, or a malformed
     PROGRESS is dropped and logged; a report that comes after the task's result is dropped quietly."""
+    broker, address, logs = broker_in_thread()
     ctx = zmq.Context()
-    address = f"ipc://{tmp_path}/broker"
-    logs: list[str] = []
-    broker = Broker(address, context=ctx, log=logs.append)
-    thread = threading.Thread(target=broker.serve, name="test-broker", daemon=True)
-    thread.start()
-    socks = []
-
-    def dealer() -> zmq.Socket:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(address)
-        socks.append(sock)
-        return sock
+    socks = [sockets.dealer(ctx, address, linger=0) for _ in range(3)]
 
     def progress(*entries) -> bytes:
         return protocol.encode(Kind.PROGRESS, {"progress": [list(e) for e in entries]})
 
     try:
-        worker, other, client = dealer(), dealer(), dealer()
+        worker, other, client = socks
         for name, sock in (("w", worker), ("other", other)):
             sock.send(protocol.encode(Kind.HELLO, {"role": "worker", "name": name, "pid": 1}))
             next_message(sock, Kind.WELCOME)
@@ -224,12 +212,9 @@ def test_the_broker_passes_reports_on_to_the_task_s_client_only(tmp_path):
         assert any("dropped malformed message" in line and "progress fraction" in line for line in logs), logs
         assert len(logs) == 3, logs
     finally:
-        broker.running = False
-        thread.join(TIMEOUT)
         for sock in socks:
             sock.close(linger=0)
         ctx.term()
-    assert not thread.is_alive()
 
 
 # -- progress bars -------------------------------------------------------------------------
