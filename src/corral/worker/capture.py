@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import sys
 import tempfile
 
@@ -54,8 +53,8 @@ def prepare(directory: str | None) -> None:
     named now and made by the first task that is captured (a worker that never captures leaves
     nothing to clean up, even when it is killed)."""
     global _paths, _own_dir
-    if directory is None:
-        directory = _own_dir = os.path.join(tempfile.gettempdir(), f"corral-{secrets.token_hex(8)}")
+    if directory is None:  # (os.urandom, as secrets.token_hex does, without the 3.5 ms import of secrets)
+        directory = _own_dir = os.path.join(tempfile.gettempdir(), f"corral-{os.urandom(8).hex()}")
     base = os.path.join(directory, f"capture-{os.getpid()}")
     _paths = (f"{base}-stdout", f"{base}-stderr")
 
