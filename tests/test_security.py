@@ -11,6 +11,7 @@ revoked key, or a key of the other role.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import threading
 import time
@@ -22,7 +23,7 @@ import corral
 from corral import serialization
 from corral.broker.broker import Broker
 from corral.security.keys import KeyDir, write_connection
-from corral.wire import protocol
+from corral.wire import chunks, protocol
 from corral.wire.protocol import Kind
 from helpers import TIMEOUT, corral_cmd, free_port, start_worker, stop, wait_for
 
@@ -403,3 +404,25 @@ def test_a_client_resumes_its_session_on_a_new_connection_with_its_own_key_only(
     assert [entry[0] for entry in result] == [1] and result[0][1] == protocol.Status.OK
     assert {kind for kind, _ in thief.heard(0.5)} <= {Kind.HEARTBEAT}
     assert b.logged("a client resumed its session on a new connection")
+
+
+def test_a_split_message_that_lies_about_its_chunks_is_dropped(secure, tmp_path):
+    """A marker of chunks (wire/chunks.py) that does not fit its message: the broker drops the
+    message, logs it, and goes on serving (the client that sent it too)."""
+    b = secure()
+    b.worker()
+    client = b.connection("client", "alice")
+    liar = b.raw_as("client", "mallory")
+    liar.send(Kind.HELLO, {"role": "client"})
+    liar.expect(Kind.WELCOME)
+    target = tmp_path / "ran"
+    body, frames = submit_frames(1, mark, str(target))
+    header = protocol.encode(Kind.SUBMIT, body)
+    for runs in ((1, 5), (0, 2), (1, 1)):  # past the end, over the header, a single chunk
+        lie = bytes((chunks.MARK,)) + struct.pack("<II", *runs)
+        liar.sock.send_multipart([lie, header, *frames, b"extra"], copy=False)
+    still_serves(b, client)
+    wait_for(lambda: b.logged("a split message names chunks"), what="the lie to be logged")
+    assert not target.exists()
+    liar.send(Kind.STATUS)
+    liar.expect(Kind.STATUS_REPLY)  # the liar's link still works: only its bad messages were dropped

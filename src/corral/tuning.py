@@ -58,6 +58,10 @@ OOB_THRESHOLD = 64 << 10
 # Buffers of SHM_MIN_BYTES or more go between an executor and its own workers as files in
 # tmpfs, mapped copy-on-write (wire/shm.py): a 64 MiB array is then copied once, not eight times.
 SHM_MIN_BYTES = 1 << 20
+# Frames of SPLIT_BYTES or more cross a CurveZMQ link in chunks of CHUNK_BYTES, so that one
+# side encrypts while the other decrypts (wire/chunks.py).
+SPLIT_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 # Very short tasks of one lane batch answer together: while a task process's tasks take less
 # than RESULT_BATCH_TASK on average, a result waits for the next ones of its batch until it is
 # RESULT_BATCH_TIME old or they add up to RESULT_BATCH_BYTES (each message costs the broker's

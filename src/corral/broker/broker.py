@@ -54,7 +54,7 @@ from ..logs import Throttle, logger
 from ..security.guard import Guard
 from ..security.keys import KeyDir, MemoryKeys
 from ..tuning import BACKLOG_RETRY, DRAIN_LIMIT
-from ..wire import poller, protocol, sockets
+from ..wire import chunks, poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from ..worker.containment import exit_words
@@ -261,7 +261,12 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         CurveZMQ ROUTER, the key that sent it (its User-Id) too."""
         if len(msg) < 2:
             raise ProtocolError("no header frame")
-        user = sockets.user_id(msg[1]) if sock in self.guard.curve else None
+        if sock in self.guard.curve:
+            if chunks.is_split(msg, 1):
+                msg = chunks.join(msg, 1)
+            user = sockets.user_id(msg[1])
+        else:
+            user = None
         self.receive(sock, msg[0].bytes, msg[1].bytes, msg[2:], user)
 
     def break_pool(self, message: str) -> None:
@@ -342,7 +347,10 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         if sock is None:
             return  # a pool worker whose socket pair has closed: it is gone
         try:  # never blocks: what a known peer's full pipe refuses waits in its backlog
-            self.backlogs.send(sock, [ident, *protocol.message(kind, body, frames)], self.knows)
+            msg = [ident, *protocol.message(kind, body, frames)]
+            if frames and sock in self.guard.curve:
+                msg = chunks.split(msg, 1)
+            self.backlogs.send(sock, msg, self.knows)
         except zmq.ZMQError as exc:  # the peer has gone (ROUTER_MANDATORY)
             if exc.errno != zmq.EHOSTUNREACH:
                 raise

@@ -304,7 +304,7 @@ class Spill:
         try:
             with open(path, "wb") as f:
                 for frame in rest:
-                    f.write(frame if type(frame) is bytes else frame.buffer)
+                    f.write(getattr(frame, "buffer", frame))  # a zmq.Frame, or bytes-like (a joined chunk run)
         except OSError:
             try:
                 os.unlink(path)

@@ -16,7 +16,7 @@ import zmq
 from ..broker.broker import Broker
 from ..logs import logger
 from ..security.handshakes import HandshakeWatch
-from ..wire import protocol, sockets
+from ..wire import chunks, protocol, sockets
 from ..wire.poller import POLLIN
 from ..wire.protocol import Kind
 
@@ -48,6 +48,7 @@ class SocketLink:
             self.watch = HandshakeWatch(sock, "client")
 
         self.sock = sockets.dealer(ctx, address, linger=1000, curve=curve, before_connect=curve and watch)
+        self.split = curve is not None  # large frames go in chunks (wire/chunks.py)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, POLLIN)
         self.told_refused = False
@@ -62,7 +63,8 @@ class SocketLink:
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
         """One message to the broker."""
         if self.watch is not None:
-            self.watch.send(protocol.message(kind, body, frames))
+            msg = protocol.message(kind, body, frames)
+            self.watch.send(chunks.split(msg, 0) if frames else msg)
         else:
             self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
 
@@ -77,6 +79,8 @@ class SocketLink:
             return
         for msg in sockets.waiting(self.sock):
             try:
+                if self.split and chunks.is_split(msg, 0):
+                    msg = chunks.join(msg, 0)
                 kind, body = protocol.decode(msg[0].bytes)
                 frames = protocol.unpack(body, msg[1:])
             except protocol.ProtocolError as exc:

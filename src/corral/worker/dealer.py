@@ -13,10 +13,11 @@ import warnings
 import zmq
 
 from ..config import WorkerConfig
-from ..errors import SecurityWarning
+from ..errors import ProtocolError, SecurityWarning
+from ..logs import logger
 from ..security.credentials import Target, resolve
 from ..security.handshakes import HandshakeWatch
-from ..wire import sockets
+from ..wire import chunks, sockets
 
 
 def broker_target(address: str, config: WorkerConfig) -> Target:
@@ -43,15 +44,26 @@ class DealerLink:
         self.poll_key = self.sock
 
     def send(self, frames: list) -> None:
-        """Send one message (ZeroMQ queues it; with CurveZMQ, nothing once our key was refused)."""
+        """Send one message (ZeroMQ queues it; with CurveZMQ, nothing once our key was refused;
+        large frames in chunks, ``wire/chunks.py``)."""
         if self.watch is not None:
-            self.watch.send(frames)
+            self.watch.send(chunks.split(frames, 0) if len(frames) > 1 else frames)
         else:
             self.sock.send_multipart(frames, copy=False)
 
     def receive(self) -> list[list]:
-        """The messages waiting, their frames as buffers."""
-        return [[f.buffer for f in msg] for msg in sockets.waiting(self.sock)]
+        """The messages waiting, their frames as buffers (a split one joined again; one that
+        lies about its chunks dropped)."""
+        out = []
+        for msg in sockets.waiting(self.sock):
+            if self.watch is not None and chunks.is_split(msg, 0):
+                try:
+                    out.append([f.buffer if isinstance(f, zmq.Frame) else f for f in chunks.join(msg, 0)])
+                except ProtocolError as exc:
+                    logger("worker").warning(f"dropped a malformed message from the broker: {exc}")
+                continue
+            out.append([f.buffer for f in msg])
+        return out
 
     def handshake_waits(self) -> list:
         """What to poll for handshake events: the monitor, over CurveZMQ."""

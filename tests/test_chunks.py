@@ -1,0 +1,115 @@
+"""Large frames on CurveZMQ links go in chunks and arrive whole (wire/chunks.py).
+
+The split and the join alone, with frames as ZeroMQ delivers them; markers a lying peer
+could send; and large arguments, results and put() objects through a real ``corral broker``
+with CurveZMQ and a real ``corral worker``, which must arrive unchanged and writable.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+import zmq
+
+import corral
+from corral.errors import ProtocolError
+from corral.tuning import CHUNK_BYTES, SPLIT_BYTES
+from corral.wire import chunks
+from helpers import TIMEOUT, start_worker, stop
+
+LARGE = SPLIT_BYTES + CHUNK_BYTES // 2 + 3  # split, and its last chunk is short
+
+
+def delivered(msg: list) -> list:
+    """``msg`` as ZeroMQ hands it to a receiver: zmq.Frames."""
+    return [zmq.Frame(bytes(memoryview(f).cast("B"))) for f in msg]
+
+
+def payload(size: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("at", [0, 1])  # a DEALER's message, and a ROUTER's (identity first)
+def test_split_then_join_gives_back_every_frame(at):
+    big1, big2 = payload(LARGE, 1), np.arange(SPLIT_BYTES // 8, dtype=np.float64)
+    msg = [b"ident"] * at + [b"\x02\x03{}", b"small", big1, b"", big2, b"tail"]
+    sent = chunks.split(msg, at)
+    assert len(sent) == len(msg) + 1 + (-(-LARGE // CHUNK_BYTES) - 1) + (SPLIT_BYTES // CHUNK_BYTES - 1)
+    assert sent[at][0] == chunks.MARK and sent[at + 1] == msg[at]
+    got = delivered(sent)
+    assert chunks.is_split(got, at)
+    back = chunks.join(got, at)
+    assert [bytes(f.buffer if isinstance(f, zmq.Frame) else f) for f in back] == [
+        bytes(memoryview(f).cast("B")) for f in msg]
+    assert isinstance(back[at + 2], memoryview) and not back[at + 2].readonly  # writable, as a received frame is
+    assert isinstance(back[at], zmq.Frame)  # the header stays the frame ZeroMQ gave (its User-Id)
+
+
+def test_a_message_without_large_frames_is_sent_as_it_is():
+    msg = [b"\x02\x03{}", b"x" * (SPLIT_BYTES - 1)]
+    assert chunks.split(msg, 0) is msg
+    assert not chunks.is_split(delivered(msg), 0)
+    assert not chunks.is_split(delivered([b""]), 0)
+
+
+def marker(*runs: tuple[int, int]) -> bytes:
+    return bytes((chunks.MARK,)) + b"".join(struct.pack("<II", *run) for run in runs)
+
+
+@pytest.mark.parametrize("mark, frames", [
+    (marker(), 4),  # names no run
+    (marker((1, 2))[:-1], 4),  # not a whole number of runs
+    (marker((1, 1)), 4),  # one chunk is no split
+    (marker((0, 2)), 4),  # the header is not a chunk
+    (marker((2, 3)), 4),  # past the last frame
+    (marker((1, 2), (2, 2)), 6),  # runs overlap
+    (marker((3, 2), (1, 2)), 6),  # out of order
+    (marker((1, 0xFFFFFFFF)), 4),  # absurd
+])
+def test_a_marker_that_does_not_fit_its_message_is_refused(mark, frames):
+    msg = delivered([b"ident", mark, b"\x02\x03{}"] + [b"c"] * (frames - 1))
+    with pytest.raises(ProtocolError):
+        chunks.join(msg, 1)
+
+
+def _echo(x):
+    return x
+
+
+def _grow(a):
+    a[0] += 1  # the argument arrives writable
+    return a
+
+
+def _total(ref):
+    return int(ref.sum())
+
+
+def _blob(n):
+    return bytes(range(256)) * (n // 256)  # a large pickle frame, not an out-of-band buffer
+
+
+echo = type(_echo)(_echo.__code__, {}, "echo")  # by value: the worker cannot import this module
+grow = type(_grow)(_grow.__code__, {}, "grow")
+total = type(_total)(_total.__code__, {"int": int}, "total")
+blob = type(_blob)(_blob.__code__, {"bytes": bytes, "range": range}, "blob")
+
+
+def test_large_arguments_results_and_objects_cross_a_curve_broker_whole(broker_address):
+    assert broker_address.endswith(".json")  # a CurveZMQ broker's connection file
+    worker = start_worker(broker_address, "--processes", "1")
+    try:
+        with corral.Executor(address=broker_address) as ex:
+            arr = np.random.default_rng(3).random(LARGE // 8)
+            back = ex.submit(echo, arr).result(TIMEOUT)
+            assert np.array_equal(back, arr) and back.flags.writeable
+            grown = ex.submit(grow, arr.copy()).result(TIMEOUT)
+            assert grown[0] == arr[0] + 1 and np.array_equal(grown[1:], arr[1:])
+            ref = ex.put(np.ones(3 * SPLIT_BYTES // 8, dtype=np.int64))
+            assert ex.submit(total, ref).result(TIMEOUT) == 3 * SPLIT_BYTES // 8
+            assert ex.submit(blob, 2 * SPLIT_BYTES).result(TIMEOUT) == bytes(range(256)) * (2 * SPLIT_BYTES // 256)
+            assert [len(b) for b in ex.map(echo, [b"x" * 10, payload(LARGE, 4), b""])] == [10, LARGE, 0]
+    finally:
+        stop(worker)
