@@ -201,3 +201,21 @@ def test_an_object_the_broker_lost_raises_object_error(make_executor):
     with pytest.raises(corral.ObjectError, match="put"):
         ex.submit(total, ref).result(30)
     assert ex.submit(total, ex.put(np.ones(11))).result(30) == 11.0
+
+
+def test_a_large_buffer_is_hashed_in_pieces_to_the_same_key_every_time():
+    """Buffers past PIECES_FROM are hashed piece by piece on several threads: the key depends
+    on the content alone (not on how it is held, or on the threads), and every byte counts."""
+    from corral.client.objects import PIECE_BYTES, PIECES_FROM, digest
+
+    size = PIECES_FROM + PIECE_BYTES // 2 + 5  # a short last piece
+    data = np.random.default_rng(7).integers(0, 256, size, dtype=np.uint8)
+    key = digest(b"secret", b"b", [data])
+    assert digest(b"secret", b"b", [data.tobytes()]) == key
+    assert digest(b"secret", b"b", [memoryview(data.tobytes())]) == key
+    for where in (0, PIECE_BYTES, size - 1):  # the first piece, a boundary, the short last piece
+        changed = data.copy()
+        changed[where] ^= 1
+        assert digest(b"secret", b"b", [changed]) != key, where
+    assert digest(b"other", b"b", [data]) != key
+    assert digest(b"secret", b"b", [data[:-1]]) != key

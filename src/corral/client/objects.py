@@ -44,6 +44,12 @@ from ..tuning import SHM_MIN_BYTES
 from ..wire import protocol, shm
 from ..wire.protocol import Kind
 
+# A buffer of PIECES_FROM bytes or more is hashed in pieces of PIECE_BYTES, on up to
+# MAX_HASH_THREADS threads (``_pieces_digest``).
+PIECES_FROM = 16 << 20
+PIECE_BYTES = 4 << 20
+MAX_HASH_THREADS = 8
+_CPUS = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
 AUTO_OBJECT_BYTES = 1 << 20  # an argument's buffer this large is sent once per worker, by its content
 # The large arguments used last stay at the broker after their tasks are done, so that one task
 # at a time with the same array does not send it again each time: this many, this many bytes.
@@ -67,8 +73,33 @@ def digest(secret: bytes, kind: bytes, frames: list) -> str:
     for frame in frames:
         view = memoryview(frame).cast("B")
         h.update(view.nbytes.to_bytes(8, "big"))
-        h.update(view)
+        h.update(view if view.nbytes < PIECES_FROM else _pieces_digest(view))
     return h.hexdigest()
+
+
+def _pieces_digest(view: memoryview) -> bytes:
+    """The SHA-256 digests of ``view``'s pieces of ``PIECE_BYTES``, one after the other, hashed on
+    as many threads as this process may use CPUs (hashlib lets go of the GIL while it hashes).
+
+    Why: a large argument is hashed at every submit (to send it once), at about 1.5 GB/s on
+    one core: 43 ms for 64 MiB, a fifth of its round trip over TCP.  The pieces depend on the
+    size alone, so the same content always has the same key."""
+    starts = range(0, view.nbytes, PIECE_BYTES)
+    digests: list = [None] * len(starts)
+
+    def hash_every(step: int, first: int) -> None:
+        for i in range(first, len(starts), step):
+            digests[i] = hashlib.sha256(view[starts[i]: starts[i] + PIECE_BYTES]).digest()
+
+    n = max(1, min(len(_CPUS), len(starts), MAX_HASH_THREADS))
+    helpers = [threading.Thread(target=hash_every, args=(n, i), name="corral-hash", daemon=True)
+               for i in range(1, n)]
+    for t in helpers:
+        t.start()
+    hash_every(n, 0)
+    for t in helpers:
+        t.join()
+    return b"".join(digests)
 
 
 class Collector:
