@@ -16,7 +16,7 @@ import zmq
 import corral
 from corral.errors import ProtocolError
 from corral.tuning import CHUNK_BYTES, SPLIT_BYTES
-from corral.wire import chunks
+from corral.wire import chunks, largebuf
 from helpers import TIMEOUT, start_worker, stop
 
 LARGE = SPLIT_BYTES + CHUNK_BYTES // 2 + 3  # split, and its last chunk is short
@@ -113,3 +113,16 @@ def test_large_arguments_results_and_objects_cross_a_curve_broker_whole(broker_a
             assert [len(b) for b in ex.map(echo, [b"x" * 10, payload(LARGE, 4), b""])] == [10, LARGE, 0]
     finally:
         stop(worker)
+
+
+@pytest.mark.parametrize("size", [0, 10, largebuf.HUGE_FROM - 1, largebuf.HUGE_FROM, 3 * largebuf.HUGE_FROM + 7])
+def test_large_receive_buffers_are_writable_zeroed_and_outlive_their_maker(size):
+    view = largebuf.buffer(size)
+    assert view.nbytes == size and not view.readonly and view.format == "B"
+    assert not any(view[::4096]) and (size == 0 or view[-1] == 0)
+    if size:
+        view[-1] = 7
+        array = np.frombuffer(view, dtype=np.uint8)  # as the unpickler hands an out-of-band buffer on
+        del view
+        array[0] = 1
+        assert array[0] == 1 and array[-1] == 7 and array.flags.writeable

@@ -24,6 +24,7 @@ import struct
 
 from ..errors import ProtocolError
 from ..tuning import CHUNK_BYTES, SPLIT_BYTES
+from . import largebuf
 
 MARK = 0xFF  # a header's first byte is the protocol version, never this
 _PAIR = struct.Struct("<II")
@@ -60,8 +61,8 @@ def is_split(msg: list, at: int) -> bool:
 
 def join(msg: list, at: int) -> list:
     """A split message (``is_split``) as it was sent: the marker at ``at`` taken out and each
-    run of chunks joined into one writable buffer (a memoryview of a ``bytearray``, as a
-    received frame is writable).  ProtocolError if the marker does not fit the message (a
+    run of chunks joined into one writable buffer (``largebuf``: a received frame is
+    writable).  ProtocolError if the marker does not fit the message (a
     peer that lies)."""
     marker = msg[at].bytes
     if (len(marker) - 1) % _PAIR.size or not 0 < len(marker) - 1 <= MAX_SPLIT * _PAIR.size:
@@ -76,12 +77,12 @@ def join(msg: list, at: int) -> list:
                                 f"{len(frames) - at} frames")
         out.extend(frames[pos:start])
         chunks = [c.buffer if hasattr(c, "buffer") else memoryview(c) for c in frames[start: start + count]]
-        whole = bytearray(sum(map(len, chunks)))
+        whole = largebuf.buffer(sum(map(len, chunks)))
         offset = 0
         for chunk in chunks:
             whole[offset: offset + len(chunk)] = chunk
             offset += len(chunk)
-        out.append(memoryview(whole))
+        out.append(whole)
         pos = start + count
     out.extend(frames[pos:])
     return out

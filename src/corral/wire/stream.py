@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from ..errors import ProtocolError
 from ..tuning import LARGE_MESSAGE, STREAM_BUFFER, STREAM_READ_CHUNK
+from . import largebuf
 
 _COUNT = struct.Struct("!I")
 MAX_FRAMES = 1 << 20  # frames in one message on a Stream; more is garbage
@@ -121,7 +122,7 @@ class Stream(Endpoint):
         size_buffers(sock, STREAM_BUFFER)
         self.outq: deque[memoryview] = deque()
         self.inbuf = bytearray()
-        self.large: bytearray | None = None  # a large message being read into its own buffer
+        self.large: memoryview | None = None  # a large message being read into its own buffer
         self.large_sizes: list[int] = []
         self.filled = 0
         self.eof = False  # the peer closed its end (or died)
@@ -228,7 +229,7 @@ class Stream(Endpoint):
             return _split(body, sizes)
         if total >= LARGE_MESSAGE:
             try:
-                self.large = bytearray(total)
+                self.large = largebuf.buffer(total)
             except MemoryError:
                 raise ProtocolError(f"no memory for a stream message of {total} bytes") from None
             self.filled = len(buf) - start

@@ -57,7 +57,7 @@ from ..errors import ProtocolError
 from ..logs import logger
 from ..timing import smooth
 from ..tuning import CHANNEL_BUFFER, CHANNEL_READ_CHUNK, RESULT_BATCH_BYTES, RESULT_BATCH_TASK, RESULT_BATCH_TIME
-from ..wire import protocol
+from ..wire import largebuf, protocol
 from ..wire.lane import Lane
 from ..wire.poller import Spin
 from ..wire.stream import size_buffers
@@ -145,11 +145,10 @@ class Channel:
         """
         have = len(self.buffer) - self.pos
         if n >= CHANNEL_READ_CHUNK:
-            buf = bytearray(n)
+            view = largebuf.buffer(n)
             got = min(have, n)
-            buf[:got] = memoryview(self.buffer)[self.pos : self.pos + got]
+            view[:got] = memoryview(self.buffer)[self.pos : self.pos + got]
             self.pos += got
-            view = memoryview(buf)
             while got < n:
                 count = os.readv(self.fd, [view[got:]])
                 if not count:
