@@ -44,6 +44,7 @@ CHUNK_CHARS = MAX_OUTPUT_CHARS  # characters of one OUTPUT entry (its JSON stays
 MESSAGE_CHARS = 64 << 10  # characters of one OUTPUT message, at most
 FLUSH_EVERY = 0.1  # seconds forwarded output may wait to be batched
 TASK_MAX = 8 << 20  # bytes forwarded per task; the rest is dropped, and a line says how much
+READ_SIZE = 1 << 16  # bytes asked of a pipe at a time
 READ_MOST = 1 << 20  # bytes read from one pipe per loop turn (then the broker's messages get a turn)
 PIPE_SIZE = 1 << 20  # asked of the kernel for each pipe: fewer wake-ups when a task writes a lot
 
@@ -209,13 +210,15 @@ class Forwarder:
         stream = self.readers[fd]
         while most is None or got < most:
             try:
-                data = os.read(fd, 1 << 16)
+                data = os.read(fd, READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             if not data:
                 return
             got += len(data)
             self._take(stream, self.carry[stream] + data, tasks)
+            if len(data) < READ_SIZE:  # a pipe gives all it holds: it is empty now (no read more to learn it)
+                return
 
     def _take(self, stream: str, data: bytes, tasks: list[int]) -> None:
         """Attribute ``data`` (read from ``stream``'s pipe) to the tasks that wrote it, up to the marks."""
@@ -264,11 +267,15 @@ class Forwarder:
         """Task ``gid`` has ended (its outcome is about to be reported; ``tasks``: those its process
         still holds): what it wrote, all of it, goes now."""
         for fd, stream in self.readers.items():
+            marked = self.marked[stream]
+            if gid in marked:  # its mark has come: all it wrote there has been read
+                marked.discard(gid)
+                continue
             self._read(fd, [gid, *tasks], None)
-            if gid not in self.marked[stream] and self.carry[stream]:  # its process died mid-mark
+            if gid not in marked and self.carry[stream]:  # its process died mid-mark
                 self._add(gid, stream, self.carry[stream])
                 self.carry[stream] = b""
-            self.marked[stream].discard(gid)
+            marked.discard(gid)
         task = self.texts.pop(gid, None)
         if task is not None:
             for stream, decoder in task.decoders.items():
