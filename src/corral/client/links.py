@@ -48,7 +48,6 @@ class SocketLink:
             self.watch = HandshakeWatch(sock, "client")
 
         self.sock = sockets.dealer(ctx, address, linger=1000, curve=curve, before_connect=curve and watch)
-        self.split = curve is not None  # large frames go in chunks (wire/chunks.py)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, POLLIN)
         self.told_refused = False
@@ -61,12 +60,12 @@ class SocketLink:
         return f" The broker at that address is reached, but {failure}." if failure else ""
 
     def post(self, kind: Kind, body: dict | None = None, frames: list = ()) -> None:
-        """One message to the broker."""
+        """One message to the broker (over CurveZMQ, large frames in chunks: ``wire/chunks.py``)."""
+        msg = protocol.message(kind, body, frames)
         if self.watch is not None:
-            msg = protocol.message(kind, body, frames)
             self.watch.send(chunks.split(msg, 0) if frames else msg)
         else:
-            self.sock.send_multipart(protocol.message(kind, body, frames), copy=False)
+            self.sock.send_multipart(msg, copy=False)
 
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
         """The messages that arrived, parsed (malformed ones dropped); a refused key as ERROR ``key_refused``."""
@@ -79,7 +78,7 @@ class SocketLink:
             return
         for msg in sockets.waiting(self.sock):
             try:
-                if self.split and chunks.is_split(msg, 0):
+                if self.watch is not None and chunks.is_split(msg, 0):  # (CurveZMQ only)
                     msg = chunks.join(msg, 0)
                 kind, body = protocol.decode(msg[0].bytes)
                 frames = protocol.unpack(body, msg[1:])
