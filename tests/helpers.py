@@ -22,6 +22,13 @@ def corral_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "corral.cli", *args]
 
 
+def takes_ctrl_c() -> None:
+    """``preexec_fn`` for a command a test stops with SIGINT, as Ctrl-C would: SIGINT at its default.
+    A shell without job control starts background commands with SIGINT ignored, the children
+    inherit that, and Python then installs no KeyboardInterrupt handler (``pytest ... &`` would fail)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def connection_file(address: str) -> str:
     """The connection file of the broker that listens (or will) on ``address``, made now if it
     does not exist yet (a broker started later keeps it): in ``$CORRAL_HOME``, the session's."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from helpers import corral_cmd, read_line, start_worker, stop, wait_for
+from helpers import corral_cmd, read_line, start_worker, stop, takes_ctrl_c, wait_for
 
 pytest.importorskip("tornado", reason="the dashboard needs tornado: pip install 'corral[dashboard]'")
 
@@ -141,7 +141,7 @@ def test_missing_tornado_names_the_extra():
 def start_dashboard(*args: str) -> tuple[subprocess.Popen, str, str | None]:
     """``corral dashboard ARGS`` on a free loopback port: the process, its URL, its password (or None)."""
     proc = subprocess.Popen(corral_cmd("dashboard", *args, "--listen", "127.0.0.1:0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=takes_ctrl_c)
     line = read_line(proc.stdout)
     assert line.startswith("corral dashboard: http://127.0.0.1:"), line
     url = line.split(": ", 1)[1].strip()

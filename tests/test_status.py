@@ -21,7 +21,7 @@ import corral
 from corral.status import report
 from corral.wire import protocol
 from corral.wire.protocol import Kind
-from helpers import TIMEOUT, corral_cmd, free_port, start_broker, start_worker, stop, wait_for
+from helpers import TIMEOUT, corral_cmd, free_port, start_broker, start_worker, stop, takes_ctrl_c, wait_for
 
 
 def wait_then(path: str, seconds: float) -> str:
@@ -207,7 +207,7 @@ def test_corral_status_json_and_report(busy_broker):
 def test_corral_status_watch_until_sigint(busy_broker):
     broker, _ = busy_broker
     proc = subprocess.Popen(corral_cmd("status", broker.connection, "--watch", "0.2"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=takes_ctrl_c)
     try:
         time.sleep(3)
         proc.send_signal(signal.SIGINT)
@@ -228,7 +228,7 @@ def test_corral_status_watch_refreshes_in_place_on_a_terminal(busy_broker):
     broker, _ = busy_broker
     leader, follower = pty.openpty()
     proc = subprocess.Popen(corral_cmd("status", broker.connection, "--watch", "0.2"), stdout=follower,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=takes_ctrl_c)
     os.close(follower)
     seen = b""
     try:
