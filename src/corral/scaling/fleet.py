@@ -276,6 +276,8 @@ class Fleet:
             if st.state == JobState.PENDING:
                 la.state, la.since = "pending", now  # the clock runs only once the job runs
             elif st.state == JobState.RUNNING:
+                if la.state == "pending":  # its clock starts now, not at the poll that last saw it wait
+                    la.since = now
                 la.state = "running"
             elif st.state == JobState.ENDED:
                 self._failed(la, f"{self._job_words(la)} ended before its worker reached the broker at "
