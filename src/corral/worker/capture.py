@@ -84,7 +84,7 @@ def cleanup() -> None:
 def begin() -> None:
     """A captured task begins: its descriptors 1 and 2, and ``sys.stdout``/``stderr``, go to the files."""
     global _open, _saved, _unbuffered, _before
-    from .task_process import flush_stdio
+    from .output import flush_stdio
 
     flush_stdio()  # what earlier tasks printed goes where it went, not into this task's record
     if _paths is None:

@@ -5,7 +5,7 @@ task (``WorkerConfig.laned``) inherits a lane (``wire/lane.py``) and passes it o
 to its task process, which reads its tasks from the broker there and answers
 them there: the supervisor is out of the round trip, and only watches.  It stops
 the process when the broker asks (for a task it finds running in the page the
-process writes, ``task_process.LanePage``); when the process ends it says how and
+process writes, ``onlane.LanePage``); when the process ends it says how and
 how many tasks it had begun (ENDED), and starts the next one with the next epoch
 (LANE).  Why: a round trip then wakes two processes instead of three.
 """
@@ -18,7 +18,7 @@ import time
 from ..tuning import LANE_STOP_CHECK
 from ..wire import protocol
 from ..wire.protocol import Kind
-from . import output, task_process
+from . import onlane, output, task_process
 from .containment import exit_words
 from .supervisor import Supervisor
 
@@ -30,7 +30,7 @@ class LaneWorker(Supervisor):
         self.lane = lane  # the descriptor its task processes read their tasks from
         self.spin = spin  # seconds its task process polls the lane before it sleeps (poller.Spin)
         self.epoch = 0  # of the task process on the lane: tasks for an earlier one are skipped
-        self.page = task_process.LanePage()
+        self.page = onlane.LanePage()
         self.lane_stop: tuple | None = None  # (task id, tasks begun then, signal, grace): stop it when it begins
         self.lane_kill_at: float | None = None  # when that SIGTERM turns into SIGKILL
         super().__init__(address, config, **kwargs)

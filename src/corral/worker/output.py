@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -64,6 +65,17 @@ def child_streams() -> None:
     forwarding_here()
 
 
+def flush_stdio() -> None:
+    """Flush what user code printed: a task process leaves with ``os._exit``, which
+    would drop it (stdout to a pipe or a file is block-buffered)."""
+    for out in (sys.stdout, sys.stderr):
+        try:
+            if out is not None:
+                out.flush()
+        except Exception:  # noqa: BLE001 - closed, broken or replaced by the task: nothing to deliver
+            pass
+
+
 def forwarding_here() -> None:
     """This task process's fd 1 and 2 are forwarding pipes: unbuffered streams, an end mark after each task."""
     from . import capture, task_process
@@ -74,8 +86,6 @@ def forwarding_here() -> None:
 
 def flushed_and_marked() -> None:
     """A forwarding task process's end of a task: what the task printed is out, then the end mark."""
-    from .task_process import flush_stdio
-
     flush_stdio()
     for fd in (1, 2):
         try:

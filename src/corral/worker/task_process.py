@@ -29,21 +29,16 @@ when the process dies or must be stopped, which task that concerns::
     broker  --TASKS (lane epoch)-->  task process  --RESULT (and PROGRESS)-->  broker
                                       page: (tasks begun, task running or 0)
 
-Each message is one write: an 8-byte length, then a 4-byte header length,
-the pickled header (which lists the payload frames' sizes), and the payload
-frames back to back.  It is sent with one gathering ``sendmsg`` straight
-from the frames' buffers and read into one bytearray, whose slices the
-unpickler takes as they are: a large array is copied only by the kernel.
+The socket pair carries ``Channel`` messages (``channel.py``); a lane's task process
+is served by ``onlane.py``.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -53,123 +48,16 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .. import reporting, serialization
-from ..errors import ProtocolError
 from ..logs import logger
-from ..timing import smooth
-from ..tuning import CHANNEL_BUFFER, CHANNEL_READ_CHUNK, RESULT_BATCH_BYTES, RESULT_BATCH_TASK, RESULT_BATCH_TIME
-from ..wire import largebuf, protocol
-from ..wire.lane import Lane
-from ..wire.poller import Spin
-from ..wire.stream import size_buffers
-from . import capture, containment, output, taskwarnings
-from .execution import execute, object_options
+from . import capture, containment, onlane, output, taskwarnings
+from .channel import Channel
+from .execution import execute
+from .output import flush_stdio
 from .tasknotes import TaskNotes
 from .taskwarnings import caught as _warned  # the warnings a task raised (one list, emptied after each task)
 
 READY, BROKEN, TASK, DONE, PROGRESS = "ready", "broken", "task", "done", "progress"
 _log = logger("worker")
-_LENGTHS = struct.Struct("!QI")
-
-
-class Channel:
-    """One end of the socket pair between a supervisor and its task process.
-
-    It reads and writes the descriptor with ``os`` calls, so a fresh task process
-    can use the bare descriptor it inherited (``sock`` an int: the supervisor
-    sized its buffers) without building a socket object: every page a fresh
-    process writes is a page the kernel copies for it.
-    """
-
-    def __init__(self, sock: socket.socket | int):
-        self.sock = None if isinstance(sock, int) else sock
-        self.fd = sock if self.sock is None else sock.fileno()
-        self.buffer = b""  # the last read (and what was left of the one before); taken up to ``pos``
-        self.pos = 0
-        if self.sock is not None:
-            size_buffers(self.sock, CHANNEL_BUFFER)
-
-    def fileno(self) -> int:
-        """Its socket's descriptor (the task process's end is watched through it)."""
-        return self.fd
-
-    def send(self, header: tuple, frames: list = ()) -> None:
-        """One message: a header tuple and its frames, in one gathering write."""
-        views, sizes = [], []
-        for frame in frames:
-            view = memoryview(frame).cast("B")
-            views.append(view)
-            sizes.append(view.nbytes)
-        head = pickle.dumps((header, sizes), protocol=5)
-        parts = [_LENGTHS.pack(4 + len(head) + sum(sizes), len(head)), head, *views]
-        while parts:
-            sent = os.writev(self.fd, parts[:512])  # IOV_MAX is 1024 on Linux
-            while parts and sent >= len(parts[0]):
-                sent -= len(parts[0])
-                parts.pop(0)
-            if parts and sent:
-                parts[0] = memoryview(parts[0])[sent:]
-
-    def recv(self) -> tuple[tuple, list]:
-        """One whole message; EOFError when the other end closed."""
-        total, head_len = _LENGTHS.unpack(self._take(_LENGTHS.size))
-        view = self._take(total - 4)
-        header, sizes = pickle.loads(view[:head_len])
-        frames, pos = [], head_len
-        for size in sizes:
-            frames.append(view[pos : pos + size])
-            pos += size
-        return header, frames
-
-    def buffered(self) -> bool:
-        """Did a read bring in more than has been taken (the start of another message)?"""
-        return self.pos < len(self.buffer)
-
-    def set_blocking(self, blocking: bool) -> None:
-        """Non-blocking, a ``recv`` of a message not there whole raises BlockingIOError (an OSError)."""
-        os.set_blocking(self.fd, blocking)
-
-    def poll(self, timeout: float = 0.0) -> bool:
-        """Is there something to read (perhaps the start of a message still being written)?"""
-        if self.buffered():
-            return True
-        return bool(select.select([self.fd], [], [], timeout)[0])
-
-    def _take(self, n: int) -> memoryview:
-        """The next ``n`` bytes.
-
-        Small messages are read many at a time and handed out as read-only views
-        of the bytes read, without a copy.  A message of ``CHANNEL_READ_CHUNK`` or more is
-        read straight into a writable buffer of its own: only such a message can
-        hold an out-of-band buffer (``serialization.OOB_THRESHOLD``), which the
-        unpickler hands to user code as it is (a numpy array the task may write to).
-        """
-        have = len(self.buffer) - self.pos
-        if n >= CHANNEL_READ_CHUNK:
-            view = largebuf.buffer(n)
-            got = min(have, n)
-            view[:got] = memoryview(self.buffer)[self.pos : self.pos + got]
-            self.pos += got
-            while got < n:
-                count = os.readv(self.fd, [view[got:]])
-                if not count:
-                    raise EOFError("the other end closed the channel")
-                got += count
-            return view
-        while have < n:
-            chunk = os.read(self.fd, CHANNEL_READ_CHUNK)
-            if not chunk:
-                raise EOFError("the other end closed the channel")
-            self.buffer = self.buffer[self.pos :] + chunk if have else chunk
-            self.pos, have = 0, len(self.buffer)
-        self.pos += n
-        return memoryview(self.buffer)[self.pos - n : self.pos]
-
-    def close(self) -> None:
-        """Close our end."""
-        if self.sock is None:
-            os.close(self.fd)
-        else:
-            self.sock.close()
 
 
 class TaskProcess:
@@ -361,7 +249,7 @@ def serve(conn: Channel, setup: tuple, once: bool, prepared: bool = False, lane:
         conn.send((READY,))
     notes = TaskNotes(once)
     if lane is not None:
-        return _serve_lane(*lane, shm_dir or None, notes)
+        return onlane.serve(*lane, shm_dir or None, notes)
     reporting.attach(lambda gid, fraction, message: conn.send((PROGRESS, gid, fraction, message)))
     while True:
         try:
@@ -400,121 +288,6 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
         pos += count
         task_ended()  # what the task printed is out before its future completes
         conn.send((DONE, gid, int(status), meta), out)
-
-
-class LanePage:
-    """Memory a supervisor shares with its task process on a lane (anonymous, inherited by
-    fork): how many tasks the process has begun, and the id of the one it runs (0: none).
-
-    The task process writes it around every task, without a system call or waking anyone;
-    the supervisor reads it only when it must know which task its process runs: to stop
-    that task, or to say which one died with the process.
-    """
-
-    _FORMAT = struct.Struct("qq")
-
-    def __init__(self) -> None:
-        import mmap
-
-        self.memory = mmap.mmap(-1, self._FORMAT.size)
-        self.begun = 0  # the task process's count (its own copy after the fork)
-
-    def begin(self, gid: int) -> None:
-        """Note that task ``gid`` begins."""
-        self.begun += 1
-        self._FORMAT.pack_into(self.memory, 0, self.begun, gid)
-
-    def end(self) -> None:
-        """Note that the running task has ended."""
-        self._FORMAT.pack_into(self.memory, 0, self.begun, 0)
-
-    def read(self) -> tuple[int, int]:
-        """(tasks begun, the task running or 0)."""
-        while True:  # the task process may be writing it: two reads that agree
-            first = self._FORMAT.unpack_from(self.memory)
-            if self._FORMAT.unpack_from(self.memory) == first:
-                return first
-
-    def clear(self) -> None:
-        """Before a new task process starts."""
-        self.begun = 0
-        self._FORMAT.pack_into(self.memory, 0, 0, 0)
-
-
-
-
-def _serve_lane(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None,
-                notes: TaskNotes) -> int:
-    """Take tasks from the lane and answer them there as they end, until the broker is gone."""
-    link = Lane(socket.socket(fileno=fd), blocking=True)
-    reporting.attach(lambda gid, fraction, message: link.send(protocol.progress(gid, fraction, message)))
-    task_time = 1.0  # moving average; nothing waits until tasks prove short
-    spin = Spin(spin_limit)
-    while True:
-        try:
-            waiting = time.perf_counter()
-            frames = link.recv_message(spin.budget())
-            spin.waited(time.perf_counter() - waiting)
-        except (EOFError, OSError):
-            return 0
-        try:
-            kind, body = protocol.decode(frames[0])
-            if kind != protocol.Kind.TASKS or body.get("lane") != epoch:
-                continue  # sent to a task process of this worker that died before it read them
-            tasks = protocol.split_entries(body, "tasks", protocol.unpack(body, frames[1:]), 3)
-        except ProtocolError as exc:
-            _log.warning(f"task process {os.getpid()}: dropped a malformed message on its lane: {exc}")
-            continue
-        entries: list = []
-        out_frames: list = []
-        size, busy, oldest = 0, 0.0, 0.0
-        for i, ((gid, _, options), task_frames) in enumerate(tasks):
-            page.begin(gid)
-            reporting.current = gid  # corral.report() in the task (reporting.py)
-            if options and isinstance(options, dict):
-                captured = options.get("capture_output") is True
-                if captured:
-                    capture.begin()
-                began = time.perf_counter()
-                status, out, meta = execute(task_frames, shm_dir, options.get("shm"), options.get("seed"),
-                                            options.get("dep_frames"), object_options(options))
-            else:
-                captured = False
-                began = time.perf_counter()
-                status, out, meta = execute(task_frames, shm_dir)
-            ended = time.perf_counter()
-            reporting.current = 0
-            if reporting.used:
-                reporting.finish(meta)  # no report is being written when a RESULT is
-            notes.note(meta, began, ended)
-            if _warned:
-                taskwarnings.attach(meta)
-            if captured:  # ahead of its outcome, which may wait in this batch
-                output.send_captured(lambda kind, body: link.send(protocol.message(kind, body)), gid, capture.end())
-            flush_stdio()  # what the task printed is out before its future completes
-            entries.append(protocol.result_entry(gid, status, len(out), meta))
-            out_frames.extend(out)
-            size += sum(memoryview(f).nbytes for f in out)
-            busy += ended - began
-            oldest = oldest or ended
-            task_time = smooth(task_time, ended - began)
-            if (i == len(tasks) - 1 or task_time >= RESULT_BATCH_TASK or ended - oldest >= RESULT_BATCH_TIME
-                    or size >= RESULT_BATCH_BYTES):
-                body = {"results": entries, "busy": round(busy, 6)}
-                link.send(protocol.message(protocol.Kind.RESULT, body, out_frames))
-                entries, out_frames, size, busy, oldest = [], [], 0, 0.0, 0.0
-            page.end()
-
-
-def flush_stdio() -> None:
-    """Flush what user code printed: a task process leaves with ``os._exit``, which
-    would drop it (stdout to a pipe or a file is block-buffered)."""
-    for out in (sys.stdout, sys.stderr):
-        try:
-            if out is not None:
-                out.flush()
-        except Exception:  # noqa: BLE001 - closed, broken or replaced by the task: nothing to deliver
-            pass
 
 
 task_ended = flush_stdio  # after each task (answer); a forwarding task process's also marks the end (output.py)

@@ -71,7 +71,7 @@ import warnings
 from .. import serialization
 from ..tuning import CHANNEL_BUFFER, COLLECT_BATCH, COLLECT_EVERY, WARM_UP_ROUNDS
 from ..wire.stream import size_buffers
-from . import containment, execution, forkperf, task_process, taskwarnings
+from . import channel, containment, execution, forkperf, output, task_process, taskwarnings
 
 FORK, COLLECT, WAIT, IMPORT = b"f", b"c", b"w", b"i"
 _REQUEST = struct.Struct("!ci")  # operation, pid (FORK: one to collect, or 0; IMPORT: the pickle's length)
@@ -124,7 +124,7 @@ class Template:
         if pid < 0:
             ours.close()
             raise OSError(f"the template process {self.pid} could not fork a task process")
-        return task_process.TaskProcess(pid, task_process.Channel(ours), template=self)
+        return task_process.TaskProcess(pid, channel.Channel(ours), template=self)
 
     def check(self) -> bool:
         """Is the template still there?  With no answer due, a readable socket means it has gone."""
@@ -224,7 +224,7 @@ class Template:
 
 def _task_process(fd: int, setup: tuple, pin: forkperf.Pin | None) -> int:
     """A fresh task process's life, on the socket the supervisor passed us for it."""
-    return task_process.serve(task_process.Channel(fd), setup, True, prepared=True, unpin=pin and pin.release)
+    return task_process.serve(channel.Channel(fd), setup, True, prepared=True, unpin=pin and pin.release)
 
 
 def _forked_task_process(fd: int, setup: tuple, pin: forkperf.Pin | None) -> int:
@@ -248,10 +248,10 @@ def _warm_up(setup: tuple) -> None:
     template.
     """
     ours, theirs = socket.socketpair()
-    supervisor = task_process.Channel(ours.fileno())
+    supervisor = channel.Channel(ours.fileno())
     task = serialization.call_frames(serialization.Call(len, ([],)), serialization.FunctionPickles())
     bare = (setup[0], None, None)  # the user's initializer runs in task processes only
-    ended, task_process.task_ended = task_process.task_ended, task_process.flush_stdio  # no end marks (output.py)
+    ended, task_process.task_ended = task_process.task_ended, output.flush_stdio  # no end marks (output.py)
     try:
         for gid in range(WARM_UP_ROUNDS):
             supervisor.send((task_process.TASK, [(gid, len(task), None, None, None, False)]), task)
