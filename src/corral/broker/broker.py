@@ -57,11 +57,11 @@ from ..tuning import BACKLOG_RETRY, DRAIN_LIMIT
 from ..wire import chunks, poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
-from ..worker.containment import exit_words
 from . import scheduler
-from .backlog import MAX_BACKLOG, Backlogs
+from .backlog import Backlogs
 from .demand import Groups
 from .dependencies import Dependencies, Held
+from .housekeeping import Housekeeping
 from .lanes import LaneSeats, lane_window
 from .objects import ObjectStore, Stored
 from .pairs import PoolLinks
@@ -81,14 +81,14 @@ from .tasks import TaskTable
 __all__ = ["DEFAULT_RETRIES", "Broker"]
 
 MAX_DEPARTED = 64  # departed workers whose records the status keeps (the most recent)
-STALL_BEATS = 10  # heartbeats a remote worker may hold tasks without starting any, unless it is preparing
 
 
-class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, Sessions, Reports, StatusView):
+class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, Sessions, Reports, StatusView,
+             Housekeeping):
     """The broker: one loop over every socket, which hands each message to the part it concerns
     (``peers.py``, ``tasks.py``, ``dependencies.py``, ``lanes.py``, ``pairs.py``, ``sessions.py``,
     ``progress.py``, ``output.py``), dispatches
-    (``scheduler.py``), answers STATUS (``statusview.py``),
+    (``scheduler.py``), answers STATUS (``statusview.py``), keeps time (``housekeeping.py``),
     then sends what each peer is owed this turn, one batch each."""
 
     def __init__(
@@ -355,99 +355,6 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
 
-    # -- time-driven work --------------------------------------------------------
-
-    def housekeeping(self) -> None:
-        """Reap the pool; every heartbeat, send heartbeats and drop silent or stalled peers."""
-        now = time.monotonic()
-        if now - self.last_reap >= 0.1:
-            self.last_reap = now
-            if self.pool:
-                self.reap_pool()
-            if self.status_sock is not None:
-                self.serve_status_socket()  # an executor's status socket: polled, not in the loop's poll
-        if self.fleet:
-            self.fleet.tick(self, now)
-        if self.queue.count:
-            self.unplaced.review(self, now)
-        if now - self.last_beat < self.heartbeat:
-            return
-        self.last_beat = now
-        self.sample_rates(now)
-        limit = self.heartbeat * self.liveness
-        for w in self.workers.values():
-            self.send(self.workers_sock, w.ident, Kind.HEARTBEAT)
-        for c in list(self.clients.values()):
-            # The embedded broker shares its client's process: silence there means
-            # a busy interpreter (the GIL held), not a dead client.
-            if now - c.last_seen > limit and not self.embedded:
-                self.log(f"client {c.ident!r} went silent; dropping its tasks")
-                self.client_gone(c)
-            else:
-                self.send(self.clients_sock, c.ident, Kind.HEARTBEAT)
-        for w in list(self.workers.values()):
-            # Workers' supervisors never run user code, so silence means the
-            # process or its host is gone (or stopped), busy or not.
-            if now - w.last_seen > limit:
-                self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) went silent for {limit:g} s")
-                if self.pool and w.pid in self.pool.procs:
-                    self.pool.kill(w.pid)  # hung or stopped: make room for a replacement
-            elif self.stalled(w, now):
-                stall = self.heartbeat * STALL_BEATS
-                self.refuse(self.workers_sock, w.ident, w, f"it held {len(w.assigned)} task(s) for {stall:g} s "
-                                                           "without starting any; they go to other workers")
-                self.worker_gone(w, None)  # its tasks never started: back to the queue, no attempt counted
-        if self.backlogs:
-            self.drop_unread(now, limit)
-        if self.guard.keys is not None:
-            self.drop_revoked()
-        self.told_unknown = {ident: t for ident, t in self.told_unknown.items() if now - t < self.heartbeat}
-        self.complain.tick()
-
-    def excuse_silence(self, now: float) -> None:
-        """The broker left its peers' messages unread while it spilled: none of them counts as silent
-        for that time (their heartbeats wait behind the tasks a client sent)."""
-        for peer in (*self.clients.values(), *self.workers.values()):
-            peer.last_seen = now
-
-    def knows(self, ident: bytes) -> bool:
-        """Is ``ident`` a client or a worker the broker serves (one whose messages wait when it is slow)?"""
-        return ident in self.clients or ident in self.workers
-
-    def drop_unread(self, now: float, limit: float) -> None:
-        """Drop the peers that have not read what they are owed for ``limit`` seconds, or owe too
-        much (``backlog.py``): a client as a silent one, a worker as a lost one."""
-        for ident in self.backlogs.overdue(now, limit):
-            owed = self.backlogs.drop(ident)
-            c, w = self.clients.get(ident), self.workers.get(ident)
-            why = f"it left {owed} message(s) unread (a peer may leave {MAX_BACKLOG} for {limit:g} s)"
-            if c is not None:
-                self.log(f"client {ident!r} stopped reading: {why}; dropping its tasks")
-                self.client_gone(c)
-            elif w is not None:
-                self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) stopped reading: {why}")
-                if self.pool and w.pid in self.pool.procs:
-                    self.pool.kill(w.pid)
-
-    def stalled(self, w: WorkerState, now: float) -> bool:
-        """Does a remote worker sit on tasks it received, none of them begun, while it reports
-        no progress (a worker busy with a long task has begun it; one preparing says so)?"""
-        if w.paired or not w.assigned or now - w.progress_at <= self.heartbeat * STALL_BEATS:
-            return False
-        return not any(self.tasks[gid].started for gid in w.assigned if gid in self.tasks)
-
-    def reap_pool(self) -> None:
-        """Workers of the pool that exited are lost (their tasks go back); start others if work waits."""
-        for exited in self.pool.reap():
-            for w in list(self.workers.values()):
-                if w.pid == exited.pid:
-                    how = exit_words(exited.returncode)
-                    self.worker_gone(w, f"worker {w.name} (pid {w.pid} on {w.host}) {how}")
-        # Replace workers on demand: one that left when idle (idle_timeout) comes
-        # back only when there is work for it.
-        if self.queue:
-            self.pool.fill()
-
     def close(self) -> None:
         """Tell the workers to leave (launched ones for good), stop the pool or the fleet, close the sockets."""
         for w in list(self.workers.values()):
@@ -479,9 +386,6 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         self.spill.close()
         if self.own_ctx:
             self.ctx.term()
-
-
-
 
 def _raise_descriptor_limit() -> None:
     """A listening broker holds a descriptor per connected peer: let it have as many as the
