@@ -37,23 +37,13 @@ from concurrent.futures.process import BrokenProcessPool
 
 import zmq
 
-from .. import serialization
 from ..broker.broker import Broker
-from ..errors import (
-    BrokerLostError,
-    DeserializationError,
-    LaunchError,
-    ObjectError,
-    SerializationError,
-    TaskTimeoutError,
-    WorkerLostError,
-)
+from ..errors import BrokerLostError
 from ..logs import Throttle, logger
-from ..serialization import restore_builtin_state
 from ..wire import protocol, shm
 from ..wire.poller import POLLIN, Spin
-from ..wire.protocol import Kind, Status
-from . import dependents, output, reports
+from ..wire.protocol import Kind
+from . import dependents, outcomes, output, reports
 from .future import CorralFuture, cancel_now, mark_started, settle
 from .leading import Leading, SigintDeferred
 from .links import DirectLink, Link, SocketLink
@@ -291,7 +281,7 @@ class IOLoop(Standing):
     def settle_held_outcomes(self) -> None:
         """Set the outcomes a leader's turn read (unpickling and callbacks run user code)."""
         while self.held_outcomes:
-            self.resolve(*self.held_outcomes.popleft())
+            outcomes.resolve(self, *self.held_outcomes.popleft())
 
     def send_pending(self, link: Link) -> bool:
         # Take the cancels before the submits: a task cancelled by now was put in
@@ -352,7 +342,7 @@ class IOLoop(Standing):
                     if self.holding_outcomes:
                         self.held_outcomes.append((entry, payload))
                     else:
-                        self.resolve(entry, payload)
+                        outcomes.resolve(self, entry, payload)
             elif kind == Kind.UNPLACED:
                 reason = body.get("reason")
                 reason = protocol.text(reason, 1000) if reason is not None else None
@@ -394,47 +384,6 @@ class IOLoop(Standing):
         except (protocol.ProtocolError, KeyError, TypeError, ValueError, IndexError) as exc:
             self.complain(f"dropped a malformed message: {type(exc).__name__}: {exc}")
 
-    def resolve(self, entry: list, frames: list) -> None:
-        """Set a future's outcome from a RESULT entry (unpickled here)."""
-        cid, status, _, meta = entry
-        if isinstance(meta, dict) and meta.get("shm") and self.store is not None:
-            try:  # the result's large buffers, in files: map them, and remove the files at once
-                frames = self.store.resolve(frames, meta["shm"], unlink=True)
-            except (ValueError, OSError) as exc:
-                status, frames, meta = Status.FAILED, [], {"error": protocol.ERR_DESERIALIZATION,
-                                                           "message": f"cannot read the result: {exc}"}
-        fut = self.futures.pop(cid, None)
-        if fut is None or fut.cancelled():
-            return
-        fut._meta = meta  # its record (info.py), before callbacks may read it
-        if "warnings" in meta:
-            output.rewarn(meta["warnings"])  # before it completes: result() returns after them
-        if self.output is not None and cid in self.output.printed:
-            self.output.written(cid)  # what it printed, before result() returns
-        if fut._kill_requested or (status == Status.FAILED and meta.get("error") == protocol.ERR_KILLED):
-            fut._set_killed()  # after kill(), whatever finished first, the future ends cancelled
-            return
-        try:
-            if status == Status.OK:
-                settle(fut, serialization.loads(frames, "the result"), None)
-            elif status == Status.RAISED:
-                exc = serialization.loads(frames, "the exception raised by the task")
-                settle(fut, None, restore_builtin_state(exc) if isinstance(exc, BaseException) else exc)
-            elif meta.get("error") == protocol.ERR_DEPENDENCY:
-                settle(fut, None, dependents.failure(fut._waits, meta))
-            elif meta.get("error") == protocol.ERR_DEPENDENCY_GONE and fut._waits is not None:
-                exc = dependents.send_again(self, fut, meta)
-                if exc is not None:
-                    settle(fut, None, exc)
-            else:
-                if meta.get("error") == protocol.ERR_BROKEN and self.broken is None:
-                    self.broken = _failure(meta)  # later submits raise, as ProcessPoolExecutor's do
-                settle(fut, None, _failure(meta))
-        except SerializationError as exc:
-            settle(fut, None, exc)
-        if fut._waits is not None and fut.done():
-            fut._waits = None  # its frames, kept to send it again, and the futures it waited for
-
     def answer_cancel(self, cid: int, dropped: bool) -> None:
         """Answer a ``cancel()`` waiting for the broker's verdict."""
         verdict = self.cancel_verdicts.pop(cid, None)
@@ -451,25 +400,3 @@ class IOLoop(Standing):
         for waiters in (self.status_waiters, self.status_asked):
             while waiters:
                 waiters.popleft().set_exception(exc)
-
-
-def _failure(meta: dict) -> BaseException:
-    """The exception a FAILED result stands for."""
-    error, message = meta.get("error"), str(meta.get("message", ""))
-    if error == protocol.ERR_SERIALIZATION:
-        return SerializationError(message)
-    if error == protocol.ERR_DESERIALIZATION:
-        return DeserializationError(message)
-    if error == protocol.ERR_WORKER_LOST:
-        return WorkerLostError(message)
-    if error == protocol.ERR_TIMEOUT:
-        return TaskTimeoutError(message)
-    if error == protocol.ERR_LAUNCH:
-        return LaunchError(message)
-    if error == protocol.ERR_OBJECT:
-        return ObjectError(message)
-    if error == protocol.ERR_BROKEN:
-        return BrokenProcessPool(
-            f"A worker's initializer failed; the executor is broken and takes no more work.\n{message}"
-        )
-    return RuntimeError(f"task failed: {error}: {message}")
