@@ -19,7 +19,8 @@ import time
 
 from ..tuning import IMPORT_PATIENCE, SLOW_IMPORT, WARM_BYTES, WARM_MAX
 from . import objects, task_process
-from .persistent import PersistentWorker, task_header
+from .heldtask import task_header
+from .persistent import PersistentWorker
 from .template import Template, TemplateGone
 
 

@@ -131,7 +131,7 @@ def held(supervisor) -> list[int]:
 
 
 def reported(supervisor, task, meta: dict) -> None:
-    """A supervisor reports a task's outcome (``task``: a persistent.HeldTask): what the task wrote
+    """A supervisor reports a task's outcome (``task``: a heldtask.HeldTask): what the task wrote
     goes to the broker first.
 
     Captured, it came with the outcome (``meta["capture"]``); a captured task whose

@@ -24,7 +24,6 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from .. import timing
 from ..timing import smooth
@@ -34,24 +33,9 @@ from ..wire.protocol import MAX_CREDIT, Kind, Status
 from ..wire.resend import SentResults
 from . import objects, output, task_process
 from .containment import exit_words
+from .heldtask import HeldTask, malformed, stopped, task_header
 from .objects import ObjectCache
 from .supervisor import Supervisor
-
-
-@dataclass
-class HeldTask:
-    """A task this worker holds: waiting, or running in the task process."""
-
-    gid: int
-    frames: list
-    options: dict
-    started: float = 0.0
-    stop_reason: str | None = None  # why we are killing its process: "timeout" or "killed"
-    kill_at: float | None = None  # when SIGTERM turns into SIGKILL
-    reported: bool = False  # STARTED sent
-    kill_signal: int | None = None  # killed while waiting in the pipeline: stop it when it starts
-    grace: float = 0.0
-    size: int = 0  # payload bytes
 
 
 class PersistentWorker(Supervisor):
@@ -189,7 +173,7 @@ class PersistentWorker(Supervisor):
                 except ValueError as exc:
                     problem = str(exc)
             task = HeldTask(entry[0], frames, options, size=sum(f.nbytes for f in frames))
-            problem = problem or _malformed_task(task)
+            problem = problem or malformed(task)
             if problem:  # never queued: a task we cannot run must not reach the task process
                 self.report(task, Status.FAILED, [], {"error": protocol.ERR_DESERIALIZATION,
                                                       "message": f"the worker got a malformed task: {problem}"})
@@ -210,7 +194,7 @@ class PersistentWorker(Supervisor):
         waiting = [t for t in self.pending if t.gid in ids]
         for task in waiting:
             self.pending.remove(task)
-            self.report(task, *_stopped(task, "killed", "before it started"))
+            self.report(task, *stopped(task, "killed", "before it started"))
         for task in self.inflight:
             if task.gid in ids:
                 task.kill_signal, task.grace = sig, grace
@@ -391,7 +375,7 @@ class PersistentWorker(Supervisor):
         if task is None:
             return
         if task.stop_reason is not None:
-            self.report(task, *_stopped(task, task.stop_reason, f"its process {proc.pid} {exit_words(code)}"))
+            self.report(task, *stopped(task, task.stop_reason, f"its process {proc.pid} {exit_words(code)}"))
         elif self.ended_with_the_job(code):  # lifetime.py: handed back at BYE, as if we had cut it off
             self.say(f"task {task.gid}: its process {proc.pid} {exit_words(code)} with our job; handed back")
             self.cut_off.append(task.gid)
@@ -445,37 +429,3 @@ class PersistentWorker(Supervisor):
         if timing.started_due(now, task.started, task.reported):
             task.reported = True
             self.send(Kind.STARTED, {"ids": [task.gid]})
-
-
-def _malformed_task(task: HeldTask) -> str | None:
-    """What is wrong with a task the broker sent us, if anything (a broker that lies must not
-    make us crash, or make the task process run garbage)."""
-    if len(task.frames) < 2:
-        return f"{len(task.frames)} payload frames (a function and its arguments: 2 or more)"
-    timeout = task.options.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not 0 < timeout <= 1e9):
-        return f"a timeout of {timeout!r:.40}"
-    shm = task.options.get("shm")
-    if shm is not None and not (isinstance(shm, list) and all(type(i) is int and 2 <= i < len(task.frames)
-                                                               for i in shm)):
-        return "bad shared-memory frames"
-    if "seed" in task.options and not protocol.valid_seed(task.options["seed"]):
-        return f"a seed option of {task.options['seed']!r:.60}"
-    deps = task.options.get("dep_frames")
-    if deps is not None and not (isinstance(deps, list) and all(type(n) is int and n >= 1 for n in deps)
-                                 and sum(deps) <= len(task.frames) - 2):
-        return "bad dependency frames"
-    return None
-
-
-def task_header(tasks: list[HeldTask]) -> tuple:
-    """The TASK message that hands ``tasks`` to a task process: (gid, frame count, shared-memory frames,
-    seed option, dependency frames, capture its output) each."""
-    return task_process.TASK, [(t.gid, len(t.frames), t.options.get("shm"), t.options.get("seed"),
-                                t.options.get("dep_frames"), t.options.get("capture_output") is True) for t in tasks]
-
-
-def _stopped(task: HeldTask, reason: str, how: str) -> tuple[Status, list, dict]:
-    """The outcome of a task whose process was stopped for ``reason``."""
-    return Status.FAILED, [], protocol.stopped(reason, task.options.get("timeout"), how)

@@ -22,8 +22,8 @@ template) and ``laned.py`` (a persistent task process that takes its tasks
 straight from an embedded broker, watched by the supervisor).  This class
 holds the rest: the link to the broker (a ZeroMQ DEALER, or a socket pair
 inherited from the pool that started us), HELLO and heartbeats, the loop,
-reconnecting to a standalone broker that went silent, and the start and end
-of task processes.
+reconnecting to a standalone broker that went silent (``housekeeping.py``), and the
+start and end of task processes (``processes.py``).
 """
 
 from __future__ import annotations
@@ -35,15 +35,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..logs import Throttle, logger
-from ..tuning import CGROUP_DELAY, PARENT_CHECK
 from ..wire import poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import capture, containment, output, task_process
+from .housekeeping import Housekeeping
 from .lifetime import DRAIN_SIGNALS, Lifetime
 from .memory import MemoryGauge
 from .processes import TaskProcesses
@@ -52,16 +51,13 @@ from .standing import Standing
 REFUSED_EXIT = 4  # our exit code when the broker refused our key at the handshake: no point starting again
 LEAVE_EXIT = 5  # our exit code when our lifetime is over (lifetime.py): corral worker does not replace us
 
-if TYPE_CHECKING:
-    pass
-
 WAIT_NOTE = 5.0  # a standalone worker with no broker after this many seconds says so; then at doubling intervals
 WAIT_NOTE_MAX = 60.0  # ... at least once a minute
 MAX_BACKOFF = 10.0  # seconds between tries to reach a broker that went silent, at most
 _log = logger("worker")
 
 
-class Supervisor(TaskProcesses, Standing, Lifetime):
+class Supervisor(TaskProcesses, Standing, Lifetime, Housekeeping):
     """A worker's supervisor: its link to the broker, its loop, and its task processes' lives.
 
     ``config`` says what the worker is (``config.WorkerConfig``); the rest is how it
@@ -383,53 +379,6 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
 
     # -- time-driven work -----------------------------------------------------------
 
-    def housekeeping(self) -> bool:
-        """Timeouts, heartbeats, idleness, the parent.  False: the broker is gone."""
-        now = time.monotonic()
-        if self.family.cgroup_wanted and now - self.started_at >= CGROUP_DELAY:
-            self.family.enter_cgroup(self.own_processes())  # once: its task processes are born there then
-        if now - self.last_sweep >= self.heartbeat:
-            # Orphans of what tasks started come to us: reap those that exited (and stop them,
-            # where a mode knows they belong to tasks that are over).
-            self.last_sweep = now
-            self.family.sweep(self.own_processes(), stop=self.stops_strays)
-        self.timers(now)
-        if self.output is not None:
-            self.output.timers(now)
-        if self.parent_gone():
-            self.stopping = True
-            return True
-        if self.idle_timeout and self.idle() and now - self.idle_since > self.idle_timeout and not self.leaving:
-            self.begin_leaving("idle", now)
-        self.check_lifetime(now)
-        if self.stopping:
-            return True
-        if now - self.last_sent >= self.heartbeat or self.gauge.due(now):
-            self.send(Kind.HEARTBEAT, self.beat(now))
-        if not self.welcomed:
-            self.note_waiting()
-        if now - self.last_heard > self.heartbeat * self.liveness:
-            if not self.reconnect_on_silence:  # started by a client's pool: the client and its broker are gone
-                self.stopping = True
-                return True
-            if self.welcomed:
-                self.say(f"the broker at {self.address} went silent; reconnecting")
-                self.welcomed = False
-            return False
-        return True
-
-    stops_strays = False  # our strays all belong to tasks that are over (fresh): stop them, not only reap
-
-    def beat(self, now: float) -> dict | None:
-        """A HEARTBEAT's body: whether we are preparing (see ``preparing``), and, about once a second, our
-        memory and our task processes' (``memory.py``), for the broker's status."""
-        body = {"preparing": True} if self.preparing() else {}
-        if self.gauge.due(now):
-            rss = self.gauge.measure(now)
-            if rss is not None:
-                body["rss"] = rss
-        return body or None
-
     def timers(self, now: float) -> None:
         """What a mode must do when its time comes (timeouts, STARTED, kills that escalate)."""
 
@@ -442,16 +391,6 @@ class Supervisor(TaskProcesses, Standing, Lifetime):
         process's start, an import ahead)?  Our HEARTBEAT says so, so that the broker does not take
         them back as stalled."""
         return False
-
-    def parent_gone(self) -> bool:
-        """Has the process that started us died?  Asked at most every PARENT_CHECK seconds."""
-        if not self.parent_pid:
-            return False
-        now = time.monotonic()
-        if now - self.parent_checked < PARENT_CHECK:
-            return False
-        self.parent_checked = now
-        return os.getppid() != self.parent_pid
 
 
 def _zmq():
