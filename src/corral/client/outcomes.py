@@ -72,21 +72,22 @@ def resolve(io: IOLoop, entry: list, frames: list) -> None:
         fut._waits = None  # its frames, kept to send it again, and the futures it waited for
 
 
+# The exception each FAILED result's error stands for (a BrokenProcessPool, and anything else, below).
+_ERRORS: dict[str, type[Exception]] = {
+    protocol.ERR_SERIALIZATION: SerializationError,
+    protocol.ERR_DESERIALIZATION: DeserializationError,
+    protocol.ERR_WORKER_LOST: WorkerLostError,
+    protocol.ERR_TIMEOUT: TaskTimeoutError,
+    protocol.ERR_LAUNCH: LaunchError,
+    protocol.ERR_OBJECT: ObjectError,
+}
+
+
 def failure(meta: dict) -> BaseException:
     """The exception a FAILED result stands for."""
     error, message = meta.get("error"), str(meta.get("message", ""))
-    if error == protocol.ERR_SERIALIZATION:
-        return SerializationError(message)
-    if error == protocol.ERR_DESERIALIZATION:
-        return DeserializationError(message)
-    if error == protocol.ERR_WORKER_LOST:
-        return WorkerLostError(message)
-    if error == protocol.ERR_TIMEOUT:
-        return TaskTimeoutError(message)
-    if error == protocol.ERR_LAUNCH:
-        return LaunchError(message)
-    if error == protocol.ERR_OBJECT:
-        return ObjectError(message)
+    if isinstance(error, str) and error in _ERRORS:  # (a lying peer's error may be any JSON value)
+        return _ERRORS[error](message)
     if error == protocol.ERR_BROKEN:
         return BrokenProcessPool(
             f"A worker's initializer failed; the executor is broken and takes no more work.\n{message}"
