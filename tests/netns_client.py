@@ -93,17 +93,17 @@ def soak(ex, seconds: float, window: int, retries: int, drain: float) -> dict:
 
 def main() -> int:
     import corral
-    from corral.client import ioloop
+    from corral.client import outcomes
 
     # Every RESULT entry that reaches this client, by task id: a task must complete once.
     received: Counter = Counter()
-    resolve = ioloop.IOLoop.resolve
+    resolve = outcomes.resolve
 
-    def counting_resolve(self, entry, frames):
+    def counting_resolve(io, entry, frames):
         received[entry[0]] += 1
-        return resolve(self, entry, frames)
+        return resolve(io, entry, frames)
 
-    ioloop.IOLoop.resolve = counting_resolve
+    outcomes.resolve = counting_resolve
     record_run.__module__ = square.__module__ = "__main__"
     ex = corral.Executor(address=sys.argv[1])
     futures: dict = {}

@@ -11,7 +11,7 @@ import pytest
 
 from corral import serialization
 from corral.tuning import CHANNEL_READ_CHUNK
-from corral.worker import task_process as runner
+from corral.worker import channel as runner
 from helpers import TIMEOUT
 
 
