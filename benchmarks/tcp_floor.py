@@ -15,16 +15,26 @@ key, so only the crypto is measured, not a ZAP handler):
    and the same over a single connection, a client DEALER and an echoing
    ROUTER with no broker between (``measure_direct``).
 
+``--shapes`` also times the round trip (CurveZMQ) of two chains shaped as
+corral's is, still without its code: a worker that relays each message over a
+socket pair to a process of its own that echoes (a supervisor and its task
+process: four processes), and a client whose caller hands each message to an
+I/O thread (a deque and a byte on a pipe) and waits on a condition for the
+answer (``measure_shapes``).  What these cost beyond the floor is what corral's
+shape costs; the rest of corral's round trip is its own code.
+
 Only pyzmq and the standard library.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing
 import os
 import socket
 import statistics
+import threading
 import time
 
 import zmq
@@ -164,6 +174,140 @@ def _big_round_trips(client: zmq.Socket, trips: int) -> list[float]:
     return times
 
 
+def _relaying_worker(port: int, curve: dict | None) -> None:
+    """A worker shaped as corral's supervisor: each message's payload goes over a socket pair to a
+    process of its own, which echoes it; the answer goes back to the broker with the message's head."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the "task process"
+        ours.close()
+        while (data := theirs.recv(1 << 16)) and not data.endswith(b"stop"):
+            theirs.sendall(data)
+        os._exit(0)
+    theirs.close()
+    ctx = zmq.Context()
+    dealer = _socket(ctx, zmq.DEALER, curve, "worker")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send(b"worker")
+    poller = zmq.Poller()
+    poller.register(dealer, zmq.POLLIN)
+    poller.register(ours.fileno(), zmq.POLLIN)
+    head: list = []
+    while True:
+        events = dict(poller.poll())
+        if dealer in events:
+            frames = dealer.recv_multipart()
+            if frames[-1] == b"stop":
+                ours.sendall(b"stop")
+                break
+            head = frames[:-1]
+            ours.sendall(frames[-1])
+        if ours.fileno() in events:
+            dealer.send_multipart([*head, ours.recv(1 << 16)])
+    dealer.close(0)
+    ctx.term()
+    os.waitpid(pid, 0)
+
+
+def _in_this_thread(client: zmq.Socket):
+    """A round trip as the floor makes it: the caller sends and receives itself."""
+
+    def round_trip() -> None:
+        client.send(b"x")
+        client.recv()
+
+    return round_trip
+
+
+def _through_an_io_thread(client: zmq.Socket):
+    """A round trip as corral's client makes it: the caller queues the message and wakes an I/O thread
+    with a byte on a pipe, then waits on a condition until that thread has the answer.  (round trip,
+    stop): call the second when done."""
+    wake_r, wake_w = os.pipe()
+    outbox: collections.deque = collections.deque()
+    answers: list = []
+    answered = threading.Condition()
+    stopping = threading.Event()
+
+    def loop() -> None:
+        poller = zmq.Poller()
+        poller.register(client, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
+        while not stopping.is_set():
+            events = dict(poller.poll(100))
+            if wake_r in events:
+                os.read(wake_r, 4096)
+                while outbox:
+                    client.send(outbox.popleft())
+            if client in events:
+                while True:
+                    try:
+                        answer = client.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    with answered:
+                        answers.append(answer)
+                        answered.notify_all()
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+
+    def round_trip() -> None:
+        outbox.append(b"x")
+        os.write(wake_w, b"!")
+        with answered:
+            while not answers:
+                answered.wait()
+            answers.pop()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join()
+        os.close(wake_r)
+        os.close(wake_w)
+
+    return round_trip, stop
+
+
+def measure_shapes(curve: dict | None, round_trips: int) -> dict:
+    """Round-trip p50 (µs) of the floor's chain and of the two shaped as corral's (see the module
+    docstring), each through a fresh broker and worker: {"floor": ..., "relaying worker": ...,
+    "client with an I/O thread": ...}."""
+    found = {}
+    for name, worker, threaded in (("floor", _worker, False), ("relaying worker", _relaying_worker, False),
+                                   ("client with an I/O thread", _worker, True)):
+        port = _free_port()
+        fork = multiprocessing.get_context("fork")
+        procs = [fork.Process(target=_broker, args=(port, curve)), fork.Process(target=worker, args=(port, curve))]
+        for p in procs:
+            p.start()
+        ctx = zmq.Context()
+        client = _dial(ctx, port, curve, "the broker or the worker")
+        stop = None
+        try:
+            round_trip, stop = _through_an_io_thread(client) if threaded else (_in_this_thread(client), None)
+            for _ in range(round_trips // 10):  # warm-up
+                round_trip()
+            times = []
+            for _ in range(round_trips):
+                started = time.perf_counter()
+                round_trip()
+                times.append(time.perf_counter() - started)
+            found[name] = statistics.median(times) * 1e6
+        finally:
+            if stop is not None:
+                stop()
+            client.send(b"stop")
+            client.close(0)
+            ctx.term()
+            for p in procs:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+    return found
+
+
 def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int) -> dict:
     """The three measures through a fresh broker and worker."""
     port = _free_port()
@@ -213,6 +357,8 @@ def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller counts (a few seconds)")
+    ap.add_argument("--shapes", action="store_true",
+                    help="also the round trip of chains shaped as corral's (a relaying worker, a client's I/O thread)")
     args = ap.parse_args(argv)
     if not zmq.has("curve"):
         ap.error("this libzmq has no CurveZMQ: install a pyzmq wheel (it bundles libsodium)")
@@ -228,6 +374,11 @@ def main(argv: list[str] | None = None) -> None:
         one = measure_direct(keys, counts[2])
         print(f"| {name} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {r['per_s']:,.0f} | {r['mib_s']:,.0f} "
               f"| {one['mib_s']:,.0f} |")
+    if args.shapes:
+        shapes = measure_shapes(curve, counts[0])
+        print("\n| CurveZMQ chain | round trip p50 (µs) | / floor |\n|---|---:|---:|")
+        for name, p50 in shapes.items():
+            print(f"| {name} | {p50:,.0f} | {p50 / shapes['floor']:.2f}x |")
 
 
 if __name__ == "__main__":
