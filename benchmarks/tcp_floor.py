@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -269,74 +270,20 @@ def _through_an_io_thread(client: zmq.Socket):
     return round_trip, stop
 
 
-def measure_shapes(curve: dict | None, round_trips: int) -> dict:
-    """Round-trip p50 (µs) of the floor's chain and of the two shaped as corral's (see the module
-    docstring), each through a fresh broker and worker: {"floor": ..., "relaying worker": ...,
-    "client with an I/O thread": ...}."""
-    found = {}
-    for name, worker, threaded in (("floor", _worker, False), ("relaying worker", _relaying_worker, False),
-                                   ("client with an I/O thread", _worker, True)):
-        port = _free_port()
-        fork = multiprocessing.get_context("fork")
-        procs = [fork.Process(target=_broker, args=(port, curve)), fork.Process(target=worker, args=(port, curve))]
-        for p in procs:
-            p.start()
-        ctx = zmq.Context()
-        client = _dial(ctx, port, curve, "the broker or the worker")
-        stop = None
-        try:
-            round_trip, stop = _through_an_io_thread(client) if threaded else (_in_this_thread(client), None)
-            for _ in range(round_trips // 10):  # warm-up
-                round_trip()
-            times = []
-            for _ in range(round_trips):
-                started = time.perf_counter()
-                round_trip()
-                times.append(time.perf_counter() - started)
-            found[name] = statistics.median(times) * 1e6
-        finally:
-            if stop is not None:
-                stop()
-            client.send(b"stop")
-            client.close(0)
-            ctx.term()
-            for p in procs:
-                p.join(10)
-                if p.is_alive():
-                    p.kill()
-                    p.join()
-    return found
-
-
-def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int) -> dict:
-    """The three measures through a fresh broker and worker."""
+@contextlib.contextmanager
+def _chain(curve: dict | None, worker=None):
+    """A fresh broker and ``worker`` (the echoing one by default), each in a process of its own, and
+    the client's DEALER to them; on leaving, "stop" goes through and everything is closed."""
     port = _free_port()
     fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=_broker, args=(port, curve)), fork.Process(target=_worker, args=(port, curve))]
+    procs = [fork.Process(target=_broker, args=(port, curve)),
+             fork.Process(target=worker or _worker, args=(port, curve))]
     for p in procs:
         p.start()
     ctx = zmq.Context()
     client = _dial(ctx, port, curve, "the broker or the worker")
     try:
-        for _ in range(round_trips // 10):  # warm-up
-            client.send(b"x")
-            client.recv()
-        times = []
-        for _ in range(round_trips):
-            started = time.perf_counter()
-            client.send(b"x")
-            client.recv()
-            times.append(time.perf_counter() - started)
-        times.sort()
-        started, sent, received = time.perf_counter(), 0, 0
-        while received < pipelined:
-            while sent < pipelined and sent - received < WINDOW:
-                client.send(b"x")
-                sent += 1
-            client.recv()
-            received += 1
-        rate = pipelined / (time.perf_counter() - started)
-        big = _big_round_trips(client, big_trips)
+        yield client
         client.send(b"stop")
     finally:
         client.close(0)
@@ -346,6 +293,50 @@ def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+def _round_trip_times(round_trip, count: int) -> list[float]:
+    """Seconds each of ``count`` calls of ``round_trip`` took, after ``count // 10`` to warm up; sorted."""
+    for _ in range(count // 10):
+        round_trip()
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        round_trip()
+        times.append(time.perf_counter() - started)
+    return sorted(times)
+
+
+def measure_shapes(curve: dict | None, round_trips: int) -> dict:
+    """Round-trip p50 (µs) of the floor's chain and of the two shaped as corral's (see the module
+    docstring), each through a fresh broker and worker: {"floor": ..., "relaying worker": ...,
+    "client with an I/O thread": ...}."""
+    found = {}
+    for name, worker, threaded in (("floor", _worker, False), ("relaying worker", _relaying_worker, False),
+                                   ("client with an I/O thread", _worker, True)):
+        with _chain(curve, worker) as client:
+            round_trip, stop = _through_an_io_thread(client) if threaded else (_in_this_thread(client), None)
+            try:
+                found[name] = statistics.median(_round_trip_times(round_trip, round_trips)) * 1e6
+            finally:
+                if stop is not None:
+                    stop()
+    return found
+
+
+def measure(curve: dict | None, round_trips: int, pipelined: int, big_trips: int) -> dict:
+    """The three measures through a fresh broker and worker."""
+    with _chain(curve) as client:
+        times = _round_trip_times(_in_this_thread(client), round_trips)
+        started, sent, received = time.perf_counter(), 0, 0
+        while received < pipelined:
+            while sent < pipelined and sent - received < WINDOW:
+                client.send(b"x")
+                sent += 1
+            client.recv()
+            received += 1
+        rate = pipelined / (time.perf_counter() - started)
+        big = _big_round_trips(client, big_trips)
     return {
         "p50_us": times[len(times) // 2] * 1e6,
         "p99_us": times[int(len(times) * 0.99)] * 1e6,
