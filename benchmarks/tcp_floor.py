@@ -271,13 +271,13 @@ def _through_an_io_thread(client: zmq.Socket):
 
 
 @contextlib.contextmanager
-def _chain(curve: dict | None, worker=None):
+def _chain(curve: dict | None, worker=_worker):
     """A fresh broker and ``worker`` (the echoing one by default), each in a process of its own, and
     the client's DEALER to them; on leaving, "stop" goes through and everything is closed."""
     port = _free_port()
     fork = multiprocessing.get_context("fork")
     procs = [fork.Process(target=_broker, args=(port, curve)),
-             fork.Process(target=worker or _worker, args=(port, curve))]
+             fork.Process(target=worker, args=(port, curve))]
     for p in procs:
         p.start()
     ctx = zmq.Context()

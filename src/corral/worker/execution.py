@@ -14,9 +14,10 @@ from typing import Any
 
 from tblib import pickling_support
 
-from .. import errors, refs, seeds, serialization
+from .. import errors, refs, reporting, seeds, serialization
 from ..errors import SerializationError
 from ..wire import protocol, shm
+from . import taskwarnings
 
 # Tracebacks become picklable, so the caller sees the worker's frames.  This covers the
 # exception classes that exist now; _raised() adds those of modules imported since (numpy's
@@ -26,6 +27,16 @@ pickling_support.install()
 
 # Functions this task process has unpickled, so each is unpickled once, not once per task.
 _functions = serialization.FunctionCache()
+
+
+def ended(meta: dict) -> None:
+    """A task has ended (its outcome is ``meta``'s): no progress report is written for it any more,
+    and its last report and the warnings it raised go into ``meta`` (either loop of a task process)."""
+    reporting.current = 0
+    if reporting.used:
+        reporting.finish(meta)  # no report is being written when the outcome is
+    if taskwarnings.caught:
+        taskwarnings.attach(meta)
 
 
 def import_ahead(pickled_function: bytes) -> None:

@@ -26,11 +26,10 @@ from ..tuning import RESULT_BATCH_BYTES, RESULT_BATCH_TASK, RESULT_BATCH_TIME
 from ..wire import protocol
 from ..wire.lane import Lane
 from ..wire.poller import Spin
-from . import capture, output, taskwarnings
+from . import capture, execution, output
 from .execution import execute, object_options
 from .output import flush_stdio
 from .tasknotes import TaskNotes
-from .taskwarnings import caught as _warned  # the warnings a task raised (one list, emptied after each task)
 
 _log = logger("worker")
 
@@ -74,10 +73,7 @@ class LanePage:
         self._FORMAT.pack_into(self.memory, 0, 0, 0)
 
 
-
-
-def serve(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None,
-                notes: TaskNotes) -> int:
+def serve(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str | None, notes: TaskNotes) -> int:
     """Take tasks from the lane and answer them there as they end, until the broker is gone."""
     link = Lane(socket.socket(fileno=fd), blocking=True)
     reporting.attach(lambda gid, fraction, message: link.send(protocol.progress(gid, fraction, message)))
@@ -116,12 +112,8 @@ def serve(fd: int, epoch: int, page: LanePage, spin_limit: float, shm_dir: str |
                 began = time.perf_counter()
                 status, out, meta = execute(task_frames, shm_dir)
             ended = time.perf_counter()
-            reporting.current = 0
-            if reporting.used:
-                reporting.finish(meta)  # no report is being written when a RESULT is
+            execution.ended(meta)
             notes.note(meta, began, ended)
-            if _warned:
-                taskwarnings.attach(meta)
             if captured:  # ahead of its outcome, which may wait in this batch
                 output.send_captured(lambda kind, body: link.send(protocol.message(kind, body)), gid, capture.end())
             flush_stdio()  # what the task printed is out before its future completes

@@ -19,18 +19,9 @@ from the supervisor, which has imported nothing of the user's, or spawned as
 new interpreters (``python -m corral.worker.task_process FD``) where fork is unavailable or
 the user asked for ``spawn``.
 
-A persistent worker started by an embedded broker's pool also has a lane
-(``wire.lane.Lane``): its task process then takes its tasks from the broker
-and answers them there itself, and tells the supervisor nothing per task;
-it only notes, in a page of memory the two share, how many tasks it has
-begun and which one runs (``LanePage``), so that the supervisor can say,
-when the process dies or must be stopped, which task that concerns::
-
-    broker  --TASKS (lane epoch)-->  task process  --RESULT (and PROGRESS)-->  broker
-                                      page: (tasks begun, task running or 0)
-
-The socket pair carries ``Channel`` messages (``channel.py``); a lane's task process
-is served by ``onlane.py``.
+A persistent worker started by an embedded broker's pool may also have a lane:
+its task process then takes its tasks from the broker and answers them there
+itself (``onlane.py``).  The socket pair carries ``Channel`` messages (``channel.py``).
 """
 
 from __future__ import annotations
@@ -49,12 +40,11 @@ from typing import NoReturn
 
 from .. import reporting, serialization
 from ..logs import logger
-from . import capture, containment, onlane, output, taskwarnings
+from . import capture, containment, execution, onlane, output, taskwarnings
 from .channel import Channel
 from .execution import execute
 from .output import flush_stdio
 from .tasknotes import TaskNotes
-from .taskwarnings import caught as _warned  # the warnings a task raised (one list, emptied after each task)
 
 READY, BROKEN, TASK, DONE, PROGRESS = "ready", "broken", "task", "done", "progress"
 _log = logger("worker")
@@ -278,11 +268,7 @@ def answer(conn: Channel, shm_dir: str | None, notes: TaskNotes, unpin: Callable
         status, out, meta = execute(frames[pos : pos + count], shm_dir, offloaded, seed, dep_frames,
                                     objects[0] if objects else None)
         notes.note(meta, began, time.perf_counter())
-        reporting.current = 0
-        if reporting.used:
-            reporting.finish(meta)  # no report is being written when DONE is
-        if _warned:
-            taskwarnings.attach(meta)
+        execution.ended(meta)
         if captured:
             meta["capture"] = capture.end()  # the supervisor sends it ahead of the outcome (output.py)
         pos += count
