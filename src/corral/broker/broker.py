@@ -355,6 +355,10 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
 
+    def knows(self, ident: bytes) -> bool:
+        """Is ``ident`` a client or a worker the broker serves (one whose messages wait when it is slow)?"""
+        return ident in self.clients or ident in self.workers
+
     def close(self) -> None:
         """Tell the workers to leave (launched ones for good), stop the pool or the fleet, close the sockets."""
         for w in list(self.workers.values()):

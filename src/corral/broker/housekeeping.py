@@ -76,10 +76,6 @@ class Housekeeping:
         for peer in (*self.clients.values(), *self.workers.values()):
             peer.last_seen = now
 
-    def knows(self, ident: bytes) -> bool:
-        """Is ``ident`` a client or a worker the broker serves (one whose messages wait when it is slow)?"""
-        return ident in self.clients or ident in self.workers
-
     def drop_unread(self, now: float, limit: float) -> None:
         """Drop the peers that have not read what they are owed for ``limit`` seconds, or owe too
         much (``backlog.py``): a client as a silent one, a worker as a lost one."""
