@@ -29,7 +29,7 @@ import zmq
 import corral
 from corral.broker.broker import Broker
 from corral.wire import shm as shm_root
-from helpers import TIMEOUT, free_port, start_broker, start_worker, stop
+from helpers import TIMEOUT, drop_stale_rehash_lock, free_port, start_broker, start_worker, stop
 
 LEAK_GRACE_S = 5.0
 _saved_tmp: tuple = ()
@@ -70,6 +70,21 @@ def pytest_unconfigure(config):
             shutil.rmtree(path, ignore_errors=True)
 
 
+def pytest_runtest_logreport(report):
+    """With ``CORRAL_FAILURES_FILE`` set (``.ci/run`` sets it), note each failure there: the test,
+    the phase, and the first line of its reason, one line each, so that a long log can end with them.
+    Under pytest-xdist the reports reach the controlling process too: only it writes."""
+    path = os.environ.get("CORRAL_FAILURES_FILE")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    reason = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    line = f"python {sys.version.split()[0]}: {report.nodeid} ({report.when}): {reason}"
+    with open(path, "a") as f:
+        f.write(line[:500] + "\n")
+
+
 def _corral_dirs() -> set[str]:
     """corral's private directories: in this session's temporary directory and its shared-memory one."""
     found = set()
@@ -100,9 +115,21 @@ def _listing(path: str) -> list[str]:
         return [repr(exc)]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_stale_shell_lock():
+    """pyenv's rehash lock, if a login shell the tests started and ended left it, goes at the end."""
+    started = time.time()
+    yield
+    drop_stale_rehash_lock(started)
+
+
+_children_before_test: set[int] = set()  # what this process ran when the test began (module fixtures)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks():
-    children_before = set(_children())
+    global _children_before_test
+    children_before = _children_before_test = set(_children())
     dirs_before = _corral_dirs()
     yield
     deadline = time.monotonic() + LEAK_GRACE_S
@@ -129,20 +156,26 @@ SHUTDOWN_PATIENCE = 60.0  # seconds the executor fixture waits for an executor t
 
 
 def _shut_down(ex: corral.Executor) -> None:
-    """Shut an executor down, in bounded time: if it hangs (a result that never comes), dump every
-    thread's stack, kill our processes, and fail the test, instead of hanging the whole session."""
+    """Shut an executor down, in bounded time: if it hangs (a result that never comes), dump the
+    other threads' stacks, kill the processes the test started, and fail the test, instead of
+    hanging the whole session.  What ran before the test (a module's sshd) is left to its fixture."""
     worker = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
     worker.start()
     worker.join(SHUTDOWN_PATIENCE)
     if not worker.is_alive():
         return
     stacks = io.StringIO()
+    names = {t.ident: t.name for t in threading.enumerate()}
     for thread_id, frame in sys._current_frames().items():
-        stacks.write(f"\n--- thread {thread_id}\n{''.join(traceback.format_stack(frame))}")
-    for proc in _children().values():
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    pytest.fail(f"the executor did not shut down within {SHUTDOWN_PATIENCE:g} s; every thread's stack:"
+        if thread_id == threading.get_ident():
+            continue  # this one waits here, below pytest's own frames
+        # A thread's innermost frames say where it waits; the rest is threading's and pytest's.
+        stacks.write(f"\n--- {names.get(thread_id, thread_id)}\n{''.join(traceback.format_stack(frame, limit=-6))}")
+    for pid, proc in _children().items():
+        if pid not in _children_before_test:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    pytest.fail(f"the executor did not shut down within {SHUTDOWN_PATIENCE:g} s; the other threads' innermost frames:"
                 f"{stacks.getvalue()}", pytrace=False)
 
 

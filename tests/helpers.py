@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
@@ -212,3 +213,18 @@ def next_message(sock, kind) -> dict:
         if got == kind:
             return body
         assert got == protocol.Kind.HEARTBEAT, f"expected {kind.name}, got {got.name} {body}"
+
+
+def drop_stale_rehash_lock(since: float) -> None:
+    """Remove pyenv's rehash lock if a login shell of ours left it (made since ``since``, and no rehash
+    runs now): an ssh session or a Grid Engine job (bash as a login shell) that a test ended in the
+    middle of `pyenv init` leaves it behind, and every later login shell of the machine's user then
+    waits 60 s for it (our sshd's sessions and .ci/sge-setup's jobs give up on it at once)."""
+    lock = Path(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))) / "shims" / ".pyenv-shim"
+    try:
+        if lock.stat().st_mtime < since:
+            return
+    except OSError:
+        return
+    if not any("pyenv-rehash" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        lock.unlink(missing_ok=True)

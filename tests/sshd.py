@@ -34,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 import netns
-from helpers import free_port
+from helpers import drop_stale_rehash_lock, free_port
 
 SSHD = "/usr/sbin/sshd"
 READY_S = 10.0  # seconds sshd may take to listen (~0.05 s here; a loaded CI machine is slower)
@@ -221,19 +220,6 @@ def sshd():
         stop(server.proc)
         shutil.rmtree(server.dir, ignore_errors=True)
         drop_stale_rehash_lock(started)
-
-
-def drop_stale_rehash_lock(since: float) -> None:
-    """Remove pyenv's rehash lock if one of this server's login shells left it (made since ``since``,
-    and no rehash runs now): a session ended in the middle of `pyenv init` leaves it behind."""
-    lock = Path(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))) / "shims" / ".pyenv-shim"
-    try:
-        if lock.stat().st_mtime < since:
-            return
-    except OSError:
-        return
-    if not any("pyenv-rehash" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
-        lock.unlink(missing_ok=True)
 
 
 class NetnsSshd(Sshd):
