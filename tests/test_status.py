@@ -204,12 +204,16 @@ def test_corral_status_json_and_report(busy_broker):
     assert "memory" in report.stdout and "busy" in report.stdout and "Traceback" not in report.stderr
 
 
-def test_corral_status_watch_until_sigint(busy_broker):
+@pytest.mark.parametrize("order", ["file first", "file after --watch"])
+def test_corral_status_watch_until_sigint(busy_broker, order):
+    """``--watch`` takes an optional SECONDS, so ``--watch FILE`` gave FILE to it: FILE is taken as the
+    FILE|ADDRESS where no other follows, and the report comes every 2 s (the default)."""
     broker, _ = busy_broker
-    proc = subprocess.Popen(corral_cmd("status", broker.connection, "--watch", "0.2"), stdout=subprocess.PIPE,
+    argv = [broker.connection, "--watch", "0.2"] if order == "file first" else ["--watch", broker.connection]
+    proc = subprocess.Popen(corral_cmd("status", *argv), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=takes_ctrl_c)
     try:
-        time.sleep(3)
+        time.sleep(3 if order == "file first" else 5)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=TIMEOUT)
     finally:
@@ -217,7 +221,7 @@ def test_corral_status_watch_until_sigint(busy_broker):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert out.count("corral status of") >= 3  # not a tty: a new report each time
+    assert out.count("corral status of") >= (3 if order == "file first" else 2)  # not a tty: a new report each time
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
@@ -259,6 +263,9 @@ def test_corral_status_of_an_unreachable_broker(tmp_path):
     ([], "required"),
     (["127.0.0.1:7700"], "no scheme"),
     (["ipc:///x", "--watch", "soon"], "argument --watch"),
+    (["--watch", "soon", "ipc:///x"], "argument --watch"),
+    (["--watch", "5"], "required"),
+    (["--watch", "127.0.0.1:7700"], "no scheme"),
     (["ipc:///x", "--timeout", "-1"], "argument --timeout"),
     (["tcp://127.0.0.1:7700"], "TCP address"),
 ])

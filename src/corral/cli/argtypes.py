@@ -74,10 +74,12 @@ def level(args: argparse.Namespace) -> str:
     return "DEBUG" if args.verbose else "INFO"
 
 
-def add_broker_arguments(p: argparse.ArgumentParser, role: str, what: str, insecure: str = "--insecure") -> None:
+def add_broker_arguments(p: argparse.ArgumentParser, role: str, what: str, insecure: str = "--insecure",
+                         optional: bool = False) -> None:
     """The broker a command dials, as ``corral worker``, ``status`` and ``dashboard`` take it: FILE|ADDRESS
-    (``what`` says which files), ``--keys`` for a tcp:// address, and ``insecure`` for plain TCP."""
-    p.add_argument("address", type=broker, metavar="FILE|ADDRESS",
+    (``what`` says which files), ``--keys`` for a tcp:// address, and ``insecure`` for plain TCP.
+    ``optional``: FILE|ADDRESS may be missing (None), for a command that finds it elsewhere."""
+    p.add_argument("address", type=broker, metavar="FILE|ADDRESS", **({"nargs": "?"} if optional else {}),
                    help=f"{what}; or an address: tcp://HOST:PORT with --keys or {insecure}, or ipc://PATH")
     p.add_argument("--keys", metavar="FILE", default=None,
                    help=f"with a tcp:// address: the connection file whose {role} key to use")
