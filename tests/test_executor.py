@@ -8,6 +8,7 @@ import itertools
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -590,16 +591,30 @@ def test_many_threads_waiting_at_once(make_executor):
         assert list(waiters.map(lambda f: f.result(TIMEOUT), futures)) == list(range(200))
 
 
-def test_a_hanging_shutdown_fails_its_test_instead_of_hanging_the_session(monkeypatch):
-    """The executor fixture gives shutdown a bounded time; past it, the test fails with every
-    thread's stack, and our processes are killed."""
+@pytest.fixture(scope="module")
+def bystander():
+    """A child of this process that no test started (as a module's sshd is): made before each test's
+    leak check, so it is not the test's."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_hanging_shutdown_fails_its_test_instead_of_hanging_the_session(monkeypatch, bystander):
+    """The executor fixture gives shutdown a bounded time; past it, the test fails with the other
+    threads' stacks (the executor's among them), and the processes the test started are killed,
+    not those that ran before it (a module's sshd, here a bystander)."""
     import conftest
 
     ex = corral.Executor(1)
     fut = ex.submit(time.sleep, 60)
     wait_for(fut.running, TIMEOUT, "the task to start")
     monkeypatch.setattr(conftest, "SHUTDOWN_PATIENCE", 1.0)
-    with pytest.raises(pytest.fail.Exception, match="did not shut down within 1 s; every thread's stack"):
+    with pytest.raises(pytest.fail.Exception, match="did not shut down within 1 s; the other threads'") as failed:
         conftest._shut_down(ex)
+    assert "--- corral-io" in str(failed.value), str(failed.value)
+    with pytest.raises(subprocess.TimeoutExpired):  # it lives (a SIGKILL would take a moment to end it)
+        bystander.wait(0.5)
     ex.kill_workers()
     wait_for(lambda: not ex._io.thread.is_alive(), TIMEOUT, "the executor to end")
