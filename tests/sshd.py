@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 import netns
-from helpers import drop_stale_rehash_lock, free_port
+from helpers import free_port
 
 SSHD = "/usr/sbin/sshd"
 READY_S = 10.0  # seconds sshd may take to listen (~0.05 s here; a loaded CI machine is slower)
@@ -212,14 +212,12 @@ def sshd():
     reason = unavailable()
     if reason:
         pytest.skip(reason)
-    started = time.time()
-    server = start_loopback()
+    server = start_loopback()  # (a pyenv lock its sessions leave goes at the session's end: conftest.py)
     try:
         yield server
     finally:
         stop(server.proc)
         shutil.rmtree(server.dir, ignore_errors=True)
-        drop_stale_rehash_lock(started)
 
 
 class NetnsSshd(Sshd):
