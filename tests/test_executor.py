@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 
 import corral
-from helpers import TIMEOUT, wait_for
+from helpers import TIMEOUT, start_worker, stop, wait_for
 
 # -- task functions (module level: pickled by reference) -----------------------
 
@@ -525,11 +525,80 @@ def ctrl_c():
     signal.signal(signal.SIGINT, before)
 
 
-def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(make_executor, ctrl_c):
+# The embedded broker's loop, and a link to a broker elsewhere (a ZeroMQ socket that changes threads).
+leading_modes = pytest.mark.parametrize("mode_executor", ["lane", "remote"], indirect=True)
+
+
+@leading_modes
+def test_a_caller_waiting_for_its_result_reads_it_itself(mode_executor):
+    """The outcome is set (and its done-callbacks run) in the thread waiting in result(), not the
+    I/O thread: the caller ran the loop, over a TCP link too.  (Not the main thread: with pytest's
+    handlers installed, it waits instead; see the test after the next.)"""
+    ex = mode_executor(1)
+    assert ex.submit(square, 2).result(TIMEOUT) == 4
+    seen, results = [], []
+    fut = ex.submit(sleep_then_return, 0.3, "late")
+    fut.add_done_callback(lambda f: seen.append(threading.current_thread().name))
+    waiter = threading.Thread(target=lambda: results.append(fut.result(TIMEOUT)), name="waiter")
+    waiter.start()
+    waiter.join(TIMEOUT)
+    assert results == ["late"] and seen == ["waiter"]
+    batch = threading.Thread(target=lambda: results.extend(ex.submit(square, i).result(TIMEOUT) for i in range(100)))
+    batch.start()
+    batch.join(TIMEOUT)
+    assert results[1:] == [i * i for i in range(100)]
+
+
+# The main thread of a program with no Python handler of its own (pytest-timeout's for SIGALRM keeps
+# the tests' main thread from leading): a client of a standalone broker, over CurveZMQ.
+MAIN_THREAD_LEADS = """
+import os, signal, sys, threading, time
+import corral
+
+def sleep_then(seconds):
+    time.sleep(seconds)
+    return seconds
+
+with corral.Executor(address=sys.argv[1]) as ex:
+    assert ex.submit(abs, -1).result(60) == 1
+    seen = []
+    fut = ex.submit(sleep_then, 0.3)
+    fut.add_done_callback(lambda f: seen.append(threading.current_thread().name))
+    assert fut.result(60) == 0.3
+    print("set in", seen)
+    fut = ex.submit(sleep_then, 1.0)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    began = time.monotonic()
+    try:
+        fut.result(60)
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.monotonic() - began:.1f} s")
+    print("then", fut.result(60), [ex.submit(abs, -i).result(60) for i in range(5)])
+"""
+
+
+def test_the_main_thread_leads_a_tcp_link_and_ctrl_c_loses_nothing(broker_address):
+    """The main thread reads its own result from a broker elsewhere (a done-callback runs in it);
+    Ctrl-C while it waits comes out of result() at once, and nothing is lost."""
+    worker = start_worker(broker_address, "--processes", "1")
+    try:
+        done = subprocess.run([sys.executable, "-c", MAIN_THREAD_LEADS, broker_address], capture_output=True,
+                              text=True, timeout=TIMEOUT * 2)
+    finally:
+        stop(worker)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "set in ['MainThread']"
+    assert lines[1] in ("interrupted after 0.3 s", "interrupted after 0.4 s"), lines
+    assert lines[2] == "then 1.0 [0, 1, 2, 3, 4]"
+
+
+@leading_modes
+def test_ctrl_c_while_the_main_thread_waits_for_a_result_loses_nothing(mode_executor, ctrl_c):
     """Breaks: SIGINT reaches the main thread while it waits in result(), running the
     executor's loop itself. KeyboardInterrupt comes out of result() at once; no message is
     lost: the same future, and the next ones, still complete."""
-    ex = make_executor(1)
+    ex = mode_executor(1)
     assert ex.submit(square, 2).result(TIMEOUT) == 4
     fut = ex.submit(sleep_then_return, 1.0, "late")
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
@@ -561,8 +630,9 @@ def test_ctrl_c_while_a_leader_handles_messages_is_raised_after_them(ctrl_c):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_result_timeout_while_leading(make_executor):
-    ex = make_executor(1)
+@leading_modes
+def test_result_timeout_while_leading(mode_executor):
+    ex = mode_executor(1)
     fut = ex.submit(sleep_then_return, 0.5, "late")
     started = time.monotonic()
     with pytest.raises(concurrent.futures.TimeoutError):
@@ -573,10 +643,11 @@ def test_result_timeout_while_leading(make_executor):
     assert [f.result() for f in concurrent.futures.as_completed([other], timeout=TIMEOUT)] == [25]
 
 
-def test_with_a_python_handler_for_another_signal_the_main_thread_only_waits(make_executor):
+@leading_modes
+def test_with_a_python_handler_for_another_signal_the_main_thread_only_waits(mode_executor):
     """A handler that may raise (here for SIGUSR1) could interrupt the main thread in the middle
     of a message; with one installed, the I/O thread handles them all."""
-    ex = make_executor(1)
+    ex = mode_executor(1)
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
     try:
         assert [ex.submit(square, i).result(TIMEOUT) for i in range(20)] == [i * i for i in range(20)]
@@ -584,8 +655,9 @@ def test_with_a_python_handler_for_another_signal_the_main_thread_only_waits(mak
         signal.signal(signal.SIGUSR1, previous)
 
 
-def test_many_threads_waiting_at_once(make_executor):
-    ex = make_executor(2)
+@leading_modes
+def test_many_threads_waiting_at_once(mode_executor):
+    ex = mode_executor(2)
     futures = [ex.submit(sleep_then_return, 0.01 * (i % 5), i) for i in range(200)]
     with concurrent.futures.ThreadPoolExecutor(8) as waiters:
         assert list(waiters.map(lambda f: f.result(TIMEOUT), futures)) == list(range(200))

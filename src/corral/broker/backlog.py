@@ -26,6 +26,8 @@ from collections.abc import Callable
 
 import zmq
 
+from ..wire import sockets
+
 # Messages a peer may owe before it is dropped: far more than a peer that reads ever owes
 # (a turn sends a client at most four), and a bound on what one that never reads can cost.
 MAX_BACKLOG = 10_000
@@ -59,7 +61,7 @@ class Backlogs:
         backlog = self.queues.get(ident)
         if backlog is None:
             try:
-                sock.send_multipart(msg, zmq.NOBLOCK, copy=False)
+                sockets.send(sock, msg, zmq.NOBLOCK)
                 return
             except zmq.Again:
                 if not known(ident):
@@ -76,7 +78,7 @@ class Backlogs:
         for ident, backlog in list(self.queues.items()):
             while backlog.messages:
                 try:
-                    backlog.sock.send_multipart(backlog.messages[0], zmq.NOBLOCK, copy=False)
+                    sockets.send(backlog.sock, backlog.messages[0], zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:  # the peer has gone: nothing more reaches it

@@ -248,13 +248,15 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
                 self.deferred = True  # this turn spills what arrived (step) before it reads more
                 return
             try:
-                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = sockets.receive(sock)
             except zmq.Again:
                 return
             try:
                 self.handle(sock, msg)
             except MALFORMED as exc:
                 self.complain(f"dropped malformed message from {msg[0].bytes!r}: {type(exc).__name__}: {exc}")
+            if not sock.getsockopt(sockets.EVENTS) & POLLIN:  # cheaper than the zmq.Again of one more receive
+                return
 
     def handle(self, sock: zmq.Socket, msg: list) -> None:
         """One message from a ROUTER: the sender's identity, then the protocol's frames; on a

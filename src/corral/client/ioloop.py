@@ -91,6 +91,7 @@ class IOLoop(Standing):
         self.status_waiters: deque[Future] = deque()  # STATUS sent: the answers come in this order
         self.ids = itertools.count(1)
         self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
         self.awake = False
         self.closing = False
         self.broken: BaseException | None = None
@@ -206,8 +207,7 @@ class IOLoop(Standing):
             self.hello(link)
             self.link = link
             while True:
-                if self.broker is not None:
-                    self.leading.stand_aside()
+                self.leading.stand_aside()
                 with self.leading.loop_lock:
                     if self.turn():
                         break
@@ -237,6 +237,10 @@ class IOLoop(Standing):
         a while first with ``spin``), handle them, send what waits.  True: the loop is over
         (closed, or the broker is lost)."""
         link = self.link
+        if self.awake:  # work was queued (its byte written, or about to be): it leaves before we wait,
+            with guard or _UNGUARDED:  # so that a caller leading after a submit waits once, for its answer
+                self.take_wake()
+                self.send_pending(link)
         timeout = self.heartbeat if self.broker is None else min(self.heartbeat, self.broker.poll_timeout())
         timeout = (timeout if limit is None else max(0.0, min(timeout, limit))) * 1000
         if spin is None:
@@ -251,8 +255,7 @@ class IOLoop(Standing):
                 # that silence is ours, not the broker's.
                 self.last_heard = time.monotonic()
             if self.wake_r in events:
-                os.read(self.wake_r, 4096)
-            self.awake = False
+                self.take_wake()
             if self.send_pending(link):  # a broker busy spilling did not read for a while:
                 events.update(self.poller.poll(0))  # what it said meanwhile shows it lives
             for kind, body, frames in link.receive(events):
@@ -278,6 +281,14 @@ class IOLoop(Standing):
                 self.start_over(BrokerLostError(f"{why} Later tasks go to the broker once it answers."))
             return self.closing and not self.futures and not self.outq
 
+    def take_wake(self) -> None:
+        """Read the wake pipe's bytes: later work writes one again (``wake``)."""
+        try:
+            os.read(self.wake_r, 4096)
+        except BlockingIOError:  # (its writer set ``awake`` and has not written yet)
+            pass
+        self.awake = False
+
     def settle_held_outcomes(self) -> None:
         """Set the outcomes a leader's turn read (unpickling and callbacks run user code)."""
         while self.held_outcomes:
@@ -290,6 +301,8 @@ class IOLoop(Standing):
         # broker before it arrived there, and then run.)
         """Send what user threads queued: cancels and kills, SUBMIT batches, STATUS requests.  True: the
         SUBMITs took long (half a heartbeat) to leave."""
+        if not (self.cancels or self.outq or self.objects_out or self.status_asked):
+            return False  # (most turns: a leader's work went before it waited)
         requests = []
         while self.cancels:
             requests.append(self.cancels.popleft())

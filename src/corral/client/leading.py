@@ -5,8 +5,11 @@ wakes to read its result and then wakes it in turn: two thread hand-offs, most o
 no-op round trip.  So a waiting caller takes the loop (``lead``), the I/O thread
 stands aside while any caller leads and for ``LINGER`` after the last one left (the
 next ``result()`` is usually that close behind), and takes the loop back for
-done-callbacks, ``wait()``, ``as_completed()`` and idle time.  Only the embedded
-broker's loop is led (a ZeroMQ socket must stay in one thread).  In the main thread,
+done-callbacks, ``wait()``, ``as_completed()`` and idle time.  A link's ZeroMQ socket
+(a broker elsewhere) moves between threads only under ``loop_lock``, whose release and
+acquisition are the full memory barrier libzmq asks of a socket that changes threads;
+an embedded broker that listens for launched workers keeps its sockets in the I/O
+thread (their monitors and spill are its own).  In the main thread,
 Ctrl-C is held back while messages are handled (``SigintDeferred``), and the loop is
 left to the I/O thread while a Python handler of another signal is installed.
 """
@@ -57,8 +60,8 @@ class Leading:
         """Run the loop in this thread until ``fut`` is done or ``timeout`` passes.
 
         A caller that waits for its result would otherwise sleep while the I/O thread wakes
-        to read that result and then wakes it: two thread hand-offs per round trip.  The
-        embedded broker's loop only, when it has no ZeroMQ socket (one that must stay in one thread).
+        to read that result and then wakes it: two thread hand-offs per round trip.  Not an
+        embedded broker's loop that listens for launched workers (its sockets stay in the I/O thread).
         In the main thread, Ctrl-C is held back while messages are handled, so that none is
         half-handled, and the loop is left to the I/O thread while a Python handler of another
         signal is installed (it could raise anywhere).  Outcomes are set once the messages
@@ -66,9 +69,9 @@ class Leading:
         and done-callbacks run user code).
         """
         io = self.io
-        if io.link is None or io.broker is None or io.closing or threading.current_thread() is io.thread:
+        if io.link is None or io.closing or threading.current_thread() is io.thread:
             return
-        if io.broker.routers:  # it listens for launched workers: its ZeroMQ sockets stay in the I/O thread
+        if io.broker is not None and io.broker.routers:  # it listens for launched workers: its sockets stay
             return
         guard = None
         if threading.current_thread() is threading.main_thread():
@@ -93,7 +96,7 @@ class Leading:
                         return
                     outer, io.holding_outcomes = io.holding_outcomes, True
                     try:
-                        io.turn(left, guard, self.spin)
+                        io.turn(left, guard, self.spin if io.broker is not None else None)  # (see Spin)
                     finally:
                         io.holding_outcomes = outer
                         io.settle_held_outcomes()
@@ -111,7 +114,7 @@ def _main_thread_may_lead() -> bool:
     """May the main thread run the loop (no Python handler that could raise mid-message)?"""
     if _signal.getsignal(_SIGINT) not in (_signal.default_int_handler, 0, 1):  # or SIG_DFL, SIG_IGN
         return False
-    return not any(callable(_signal.getsignal(sig)) for sig in _WATCHED_SIGNALS)
+    return not any(map(callable, map(_signal.getsignal, _WATCHED_SIGNALS)))  # (no Python frame per signal)
 
 
 

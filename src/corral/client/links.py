@@ -65,7 +65,7 @@ class SocketLink:
         if self.watch is not None:
             self.watch.send(chunks.split(msg, 0) if frames else msg)
         else:
-            self.sock.send_multipart(msg, copy=False)
+            sockets.send(self.sock, msg)
 
     def receive(self, events: dict) -> Iterator[tuple[Kind, dict, list]]:
         """The messages that arrived, parsed (malformed ones dropped); a refused key as ERROR ``key_refused``."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from ..wire import sockets
+
 _EVENTS = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
@@ -51,7 +53,7 @@ class HandshakeWatch:
         reading the handshake events between them; once refused, drop what is sent."""
         while self.refused is None:
             try:
-                self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                sockets.send(self.sock, frames, zmq.NOBLOCK)
                 return
             except zmq.Again:
                 if self.read() is None:

@@ -83,3 +83,31 @@ class FdPoller:
             (fd, (POLLIN if flags & readable else 0) | (POLLOUT if flags & select.POLLOUT else 0))
             for fd, flags in happened
         ]
+
+
+class Watched:
+    """What a loop polls, kept registered from one turn to the next: each turn says what it wants
+    watched (``watch``), and only what changed is registered or dropped.  Why: ``zmq.Poller``'s
+    register and unregister are Python calls, and a worker's loop that registered its every
+    descriptor anew each turn made some twenty of them per task.  Plain descriptors are given as
+    numbers (an object's ``fileno()`` may change when it closes, and it must still be dropped):
+    ZeroMQ sockets as themselves."""
+
+    def __init__(self, poller) -> None:
+        self.poller = poller  # a zmq.Poller or an FdPoller
+        self.watched: dict = {}
+
+    def watch(self, wanted: dict) -> None:
+        """Watch exactly ``wanted`` (what to watch -> its flags) from now on."""
+        if wanted == self.watched:
+            return
+        for each in self.watched.keys() - wanted.keys():
+            self.poller.unregister(each)
+        for each, flags in wanted.items():
+            if self.watched.get(each) != flags:
+                self.poller.register(each, flags)
+        self.watched = wanted
+
+    def poll(self, timeout: float | None = None) -> list:
+        """The poller's events (``timeout`` in milliseconds)."""
+        return self.poller.poll(timeout)

@@ -128,6 +128,7 @@ MAX_QUEUES = 32  # queues one worker serves
 # Made once: json.dumps with options builds a new encoder at every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _DECODER = json.JSONDecoder()
+_KINDS = {int(kind): kind for kind in Kind}
 
 
 def encode(kind: Kind, body: dict[str, Any] | None = None) -> bytes:
@@ -144,10 +145,9 @@ def decode(frame: bytes) -> tuple[Kind, dict[str, Any]]:
         raise ProtocolError(f"header too large ({len(frame)} bytes)")
     if frame[0] != VERSION:
         raise ProtocolError(f"unsupported protocol version {frame[0]} (this side speaks {VERSION})")
-    try:
-        kind = Kind(frame[1])
-    except ValueError:
-        raise ProtocolError(f"unknown message kind {frame[1]}") from None
+    kind = _KINDS.get(frame[1])  # (a dict: Kind(n) costs an enum call, in every message's path)
+    if kind is None:
+        raise ProtocolError(f"unknown message kind {frame[1]}")
     if len(frame) == 2:
         return kind, {}
     try:

@@ -51,14 +51,23 @@ class Channel:
             views.append(view)
             sizes.append(view.nbytes)
         head = pickle.dumps((header, sizes), protocol=5)
-        parts = [_LENGTHS.pack(4 + len(head) + sum(sizes), len(head)), head, *views]
-        while parts:
-            sent = os.writev(self.fd, parts[:512])  # IOV_MAX is 1024 on Linux
+        body = 4 + len(head) + sum(sizes)
+        parts = [_LENGTHS.pack(body, len(head)), head, *views]
+        sent = os.writev(self.fd, parts[:512])  # IOV_MAX is 1024 on Linux
+        if sent < 8 + body:  # (the usual message goes whole in that one write)
+            self._send_rest(parts, sent)
+
+    def _send_rest(self, parts: list, sent: int) -> None:
+        """What a first write left: the parts after the ``sent`` bytes written."""
+        while True:
             while parts and sent >= len(parts[0]):
                 sent -= len(parts[0])
                 parts.pop(0)
             if parts and sent:
                 parts[0] = memoryview(parts[0])[sent:]
+            if not parts:
+                return
+            sent = os.writev(self.fd, parts[:512])
 
     def recv(self) -> tuple[tuple, list]:
         """One whole message; EOFError when the other end closed."""

@@ -49,7 +49,7 @@ class DealerLink:
         if self.watch is not None:
             self.watch.send(chunks.split(frames, 0) if len(frames) > 1 else frames)
         else:
-            self.sock.send_multipart(frames, copy=False)
+            sockets.send(self.sock, frames)
 
     def receive(self) -> list[list]:
         """The messages waiting, their frames as buffers (a split one joined again; one that

@@ -168,7 +168,7 @@ class FreshWorker(PersistentWorker):
         return self.template is not None and self.template.importing > 0
 
     def extra_waits(self) -> list:
-        return [self.template] if self.importing() else []
+        return [self.template.fileno()] if self.importing() else []  # (a number: the template may close)
 
     def extra_events(self, events: dict) -> None:
         if self.template is not None and self.template.fileno() in events:

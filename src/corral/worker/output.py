@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from ..wire.poller import POLLIN
 from ..wire.protocol import MAX_OUTPUT_CHARS, Kind
 
 STREAMS = ("stdout", "stderr")
@@ -196,6 +197,7 @@ class Forwarder:
             self.readers[r] = stream
             writers.append(w)
         _child_streams = (writers[0], writers[1])
+        self.waits = dict.fromkeys(self.readers, POLLIN)  # the pipes, for the supervisor's poll
         self.carry = dict.fromkeys(STREAMS, b"")  # what may be the start of a mark
         self.marked: dict[str, set] = {s: set() for s in STREAMS}  # tasks whose mark came on that pipe
         self.texts: dict[int, _TaskText] = {}
@@ -204,15 +206,14 @@ class Forwarder:
         self.due_at: float | None = None
         self.stray = 0  # bytes written while no task ran (dropped)
 
-    def waits(self) -> list[int]:
-        """The pipes, for the supervisor's poll."""
-        return list(self.readers)
-
-    def read(self, events: dict, tasks: list[int]) -> None:
-        """Read the pipes that ``events`` says are readable; ``tasks``: those the task process holds,
-        oldest (running) first."""
+    def read(self, events: dict, supervisor) -> None:
+        """Read the pipes that ``events`` says are readable, for the tasks that ``supervisor``'s task
+        process holds (``held``)."""
+        tasks = None
         for fd in self.readers:
             if fd in events:
+                if tasks is None:
+                    tasks = held(supervisor)
                 self._read(fd, tasks, READ_MOST)
 
     def _read(self, fd: int, tasks: list[int], most: int | None) -> None:
@@ -233,6 +234,12 @@ class Forwarder:
     def _take(self, stream: str, data: bytes, tasks: list[int]) -> None:
         """Attribute ``data`` (read from ``stream``'s pipe) to the tasks that wrote it, up to the marks."""
         marked = self.marked[stream]
+        if data == MARK:  # the usual read: a task's end mark alone (the task wrote nothing)
+            owner = next((gid for gid in tasks if gid not in marked), None)
+            if owner is not None:
+                marked.add(owner)
+            self.carry[stream] = b""
+            return
         while True:
             owner = next((gid for gid in tasks if gid not in marked), None)
             at = data.find(MARK)

@@ -114,8 +114,9 @@ class PersistentWorker(Supervisor):
         # their RESULT says it began (no STARTED of its own); no fork delays them.
         self.feed(fork=False)
         self.flush()
-        self.feed()
-        self.flush()
+        if self.pending:  # (with none left, a second flush would find nothing more to send)
+            self.feed()
+            self.flush()
 
     def resume_state(self) -> dict:
         """Our tasks, for a HELLO that resumes our session: held, begun, results sent or about to be,

@@ -215,29 +215,26 @@ class Supervisor(TaskProcesses, Standing, Lifetime, Housekeeping):
             if self.standalone:  # a signal to leave for good: drain first (lifetime.py)
                 for each in DRAIN_SIGNALS:
                     signal.signal(each, self.on_drain_signal)
-            waits = _zmq().Poller() if self.fd is None else poller.FdPoller()
+            waits = poller.Watched(_zmq().Poller() if self.fd is None else poller.FdPoller())
             while not self.stopping:
                 link = self.link.poll_key  # writable matters only while output waits
-                waits.register(link, POLLIN | (POLLOUT if self.link.pending else 0))
+                wanted = {link: POLLIN | (POLLOUT if self.link.pending else 0)}
                 # The task process's socket, and its end (a pidfd): seen even while a process it
                 # forked holds that socket open.  Looked at only while it is still the one we watched:
                 # its successor may get the same descriptor numbers.
                 watched = self.proc
                 fd = watched.fileno() if watched is not None else None
                 ended = watched.pidfd if watched is not None else None
-                for each in (fd, ended):
+                for each in (fd, ended, *self.extra_waits(), *self.handshake_waits()):
                     if each is not None:
-                        waits.register(each, POLLIN)
-                extra = [*self.extra_waits(), *self.handshake_waits(), *(self.output.waits() if self.output else ())]
-                for each in extra:
-                    waits.register(each, POLLIN)
+                        wanted[each] = POLLIN
+                if self.output is not None:
+                    wanted.update(self.output.waits)
+                waits.watch(wanted)
                 events = dict(waits.poll(self.poll_timeout() * 1000))
-                for each in (fd, ended, *extra):
-                    if each is not None:
-                        waits.unregister(each)
                 self.extra_events(events)
                 if self.output is not None:
-                    self.output.read(events, output.held(self))
+                    self.output.read(events, self)
                 if self.key_refused(events):
                     return REFUSED_EXIT
                 if events.get(link, 0) & POLLOUT:
@@ -251,7 +248,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime, Housekeeping):
                     self.task_process_exited()
                 self.serve_tasks()
                 if not self.housekeeping():
-                    waits.unregister(link)
+                    waits.watch({})  # the link is closed and made anew
                     if not self.reconnect():
                         break
             self.flush()
@@ -270,7 +267,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime, Housekeeping):
                 self.ctx.term()
 
     def extra_waits(self) -> list:
-        """Descriptors a mode watches besides the broker's and the task process's."""
+        """Descriptors (numbers) a mode watches besides the broker's and the task process's."""
         return []
 
     def extra_events(self, events: dict) -> None:
