@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -89,8 +90,32 @@ def test_a_stopped_worker_is_declared_lost_and_its_task_runs_elsewhere(make_exec
     assert ex.submit(abs, -1).result(TIMEOUT) == 1
 
 
-def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker(tmp_path):
-    """Breaks: the standalone broker is SIGKILLed with a task running, then started again on the same port."""
+def result_in(waiter: str, fut, timeout: float):
+    """``fut.result(timeout)`` in the main thread, or in a thread of its own, which (unlike pytest's main
+    thread, where pytest-timeout's handler is installed) runs the executor's loop while it waits."""
+    if waiter == "main":
+        return fut.result(timeout)
+    box: dict = {}
+
+    def wait() -> None:
+        try:
+            box["result"] = fut.result(timeout)
+        except BaseException as exc:  # noqa: BLE001 - raised again below, in the test's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=wait, name="waiter")
+    thread.start()
+    thread.join(timeout + 5)
+    assert not thread.is_alive()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+@pytest.mark.parametrize("waiter", ["main", "thread"])
+def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker(tmp_path, waiter):
+    """Breaks: the standalone broker is SIGKILLed with a task running, then started again on the same port.
+    The future is waited for in the main thread, or in a thread that runs the loop itself meanwhile."""
     log = tmp_path / "runs"
     address = f"tcp://127.0.0.1:{free_port()}"
     broker = start_broker(address, "--heartbeat", "0.2")
@@ -103,14 +128,14 @@ def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker
         broker.wait(10)
         killed_at = time.monotonic()
         with pytest.raises(corral.BrokerLostError, match="has not answered"):
-            fut.result(TIMEOUT)
+            result_in(waiter, fut, TIMEOUT)
         assert time.monotonic() - killed_at < 5  # within the liveness (3 x 0.2 s) plus a margin
         assert isinstance(fut.exception(), corral.BrokerLostError)
         # The worker drops the orphaned task and dials until a broker answers again.
         wait_for(lambda: gone(task_pid), 10, "the orphaned task's process to be stopped")
         broker = start_broker(address, "--heartbeat", "0.2")
         # The executor carries on: its later tasks go to the broker that answers now.
-        assert ex.submit(abs, -1).result(TIMEOUT) == 1
+        assert result_in(waiter, ex.submit(abs, -1), TIMEOUT) == 1
         ex.shutdown()
         with corral.Executor(address=broker.connection) as again:
             assert again.submit(abs, -7).result(TIMEOUT) == 7
@@ -119,8 +144,8 @@ def test_broker_loss_fails_pending_futures_and_workers_rejoin_a_restarted_broker
         stop(broker)
 
 
-@pytest.mark.parametrize("pause", [0.0, 1.5])
-def test_a_broker_restarted_at_once_is_rejoined_by_clients_and_workers(tmp_path, pause):
+@pytest.mark.parametrize("pause,waiter", [(0.0, "main"), (1.5, "main"), (0.0, "thread")])
+def test_a_broker_restarted_at_once_is_rejoined_by_clients_and_workers(tmp_path, pause, waiter):
     """Breaks: the standalone broker is killed and started again within its liveness (what
     ``systemctl restart`` does).  The new broker does not know the client or the worker: the
     client's running task fails at once with BrokerLostError (it was lost with the old broker),
@@ -141,10 +166,10 @@ def test_a_broker_restarted_at_once_is_rejoined_by_clients_and_workers(tmp_path,
             broker = start_broker(address)
             restarted_at = time.monotonic()
             with pytest.raises(corral.BrokerLostError, match="no longer knows|has not answered"):
-                fut.result(TIMEOUT)
+                result_in(waiter, fut, TIMEOUT)
             assert time.monotonic() - restarted_at < 5
             wait_for(lambda: gone(task_pid), 10, "the orphaned task's process to be stopped")
-            assert ex.submit(abs, -2).result(TIMEOUT) == 2  # through the new broker, on the same worker
+            assert result_in(waiter, ex.submit(abs, -2), TIMEOUT) == 2  # through the new broker, the same worker
             assert [w["pid"] for w in ex.summary() if w["alive"]] != []
             assert broker.connection == connection
         with corral.Executor(address=connection) as again:
