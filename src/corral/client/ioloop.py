@@ -237,8 +237,11 @@ class IOLoop(Standing):
         a while first with ``spin``), handle them, send what waits.  True: the loop is over
         (closed, or the broker is lost)."""
         link = self.link
-        if self.awake:  # work was queued (its byte written, or about to be): it leaves before we wait,
-            with guard or _UNGUARDED:  # so that a caller leading after a submit waits once, for its answer
+        if self.awake and self.broker is None:
+            # Work was queued (its byte written, or about to be): it leaves for the broker elsewhere
+            # before we wait, so that a caller leading after its submit waits once, for its answer.
+            # (Not to an embedded broker: what it is given is dispatched in its step, after the poll.)
+            with guard or _UNGUARDED:
                 self.take_wake()
                 self.send_pending(link)
         timeout = self.heartbeat if self.broker is None else min(self.heartbeat, self.broker.poll_timeout())
