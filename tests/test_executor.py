@@ -549,6 +549,28 @@ def test_a_caller_waiting_for_its_result_reads_it_itself(mode_executor):
     assert results[1:] == [i * i for i in range(100)]
 
 
+@leading_modes
+def test_a_leader_does_not_sleep_through_its_own_round_trip(mode_executor):
+    """A stall check, not a speed test: a waiting caller that sent its task must not then sleep
+    until its poll times out (0.1 s with a pool, a heartbeat with a broker elsewhere), as it once
+    did with the embedded broker.  100 round trips take ~0.05 s; stalled, 10 s or more."""
+    ex = mode_executor(1)
+    assert ex.submit(square, 1).result(TIMEOUT) == 1
+    results = []
+
+    def round_trips() -> None:
+        started = time.monotonic()
+        for i in range(100):
+            results.append(ex.submit(square, i).result(TIMEOUT))
+        results.append(time.monotonic() - started)
+
+    caller = threading.Thread(target=round_trips, name="waiter")  # (pytest's main thread would not lead)
+    caller.start()
+    caller.join(TIMEOUT * 3)
+    assert results[:-1] == [i * i for i in range(100)]
+    assert results[-1] < 5.0, f"100 round trips took {results[-1]:.1f} s: a leader slept through its poll"
+
+
 # The main thread of a program with no Python handler of its own (pytest-timeout's for SIGALRM keeps
 # the tests' main thread from leading): a client of a standalone broker, over CurveZMQ.
 MAIN_THREAD_LEADS = """
