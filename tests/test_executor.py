@@ -572,7 +572,8 @@ def test_a_leader_does_not_sleep_through_its_own_round_trip(mode_executor):
 
 
 # The main thread of a program with no Python handler of its own (pytest-timeout's for SIGALRM keeps
-# the tests' main thread from leading): a client of a standalone broker, over CurveZMQ.
+# the tests' main thread from leading): an executor of its own (no argument), or a client of a
+# standalone broker over CurveZMQ (its connection file).
 MAIN_THREAD_LEADS = """
 import os, signal, sys, threading, time
 import corral
@@ -581,7 +582,7 @@ def sleep_then(seconds):
     time.sleep(seconds)
     return seconds
 
-with corral.Executor(address=sys.argv[1]) as ex:
+with (corral.Executor(address=sys.argv[1]) if len(sys.argv) > 1 else corral.Executor(1)) as ex:
     assert ex.submit(abs, -1).result(60) == 1
     seen = []
     fut = ex.submit(sleep_then, 0.3)
@@ -599,15 +600,21 @@ with corral.Executor(address=sys.argv[1]) as ex:
 """
 
 
-def test_the_main_thread_leads_a_tcp_link_and_ctrl_c_loses_nothing(broker_address):
-    """The main thread reads its own result from a broker elsewhere (a done-callback runs in it);
-    Ctrl-C while it waits comes out of result() at once, and nothing is lost."""
-    worker = start_worker(broker_address, "--processes", "1")
+@pytest.mark.parametrize("where", ["embedded", "remote"])
+def test_the_main_thread_leads_and_ctrl_c_loses_nothing(where, request):
+    """The main thread reads its own result, from its executor's own broker or from one elsewhere
+    (a done-callback runs in it); Ctrl-C while it waits comes out of result() at once, and nothing
+    is lost."""
+    args, worker = [], None
+    if where == "remote":
+        args = [request.getfixturevalue("broker_address")]
+        worker = start_worker(args[0], "--processes", "1")
     try:
-        done = subprocess.run([sys.executable, "-c", MAIN_THREAD_LEADS, broker_address], capture_output=True,
+        done = subprocess.run([sys.executable, "-c", MAIN_THREAD_LEADS, *args], capture_output=True,
                               text=True, timeout=TIMEOUT * 2)
     finally:
-        stop(worker)
+        if worker is not None:
+            stop(worker)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "set in ['MainThread']"
