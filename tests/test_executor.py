@@ -692,6 +692,41 @@ def test_many_threads_waiting_at_once(mode_executor):
         assert list(waiters.map(lambda f: f.result(TIMEOUT), futures)) == list(range(200))
 
 
+@leading_modes
+def test_status_cancel_and_kill_from_other_threads_while_callers_lead(mode_executor):
+    """Callers take turns running the loop while other threads ask for the status, cancel a queued
+    task and kill a running one: each request is answered, no result is lost or mixed up."""
+    ex = mode_executor(2)
+    wait_for(lambda: len([w for w in ex.summary() if w["alive"]]) == 2, TIMEOUT, "both workers to join")
+    long = [ex.submit(sleep_then_return, 30, "never") for _ in range(2)]  # one on each worker
+    wait_for(lambda: all(f.running() for f in long), TIMEOUT, "both long tasks to start")
+    queued = ex.submit(square, 7)
+    summaries, verdicts = [], []
+
+    def ask() -> None:
+        for _ in range(10):
+            summaries.append(len(ex.summary()))
+        verdicts.append(queued.cancel())
+        verdicts.extend(f.kill() for f in long)
+
+    def outcome(fut) -> str:
+        try:
+            return fut.result(TIMEOUT)
+        except concurrent.futures.CancelledError:  # killed: a killed task's future ends cancelled
+            return "killed"
+
+    with concurrent.futures.ThreadPoolExecutor(4) as waiters:
+        asker = threading.Thread(target=ask, name="asker")
+        asker.start()
+        outcomes = list(waiters.map(outcome, [*long, queued]))
+        asker.join(TIMEOUT)
+        later = [ex.submit(square, i) for i in range(40)]
+        assert list(waiters.map(lambda f: f.result(TIMEOUT), later)) == [i * i for i in range(40)]
+    assert summaries == [2] * 10
+    assert verdicts == [True, True, True]
+    assert outcomes == ["killed", "killed", "killed"]
+
+
 @pytest.fixture(scope="module")
 def bystander():
     """A child of this process that no test started (as a module's sshd is): made before each test's
