@@ -61,7 +61,7 @@ class Backlogs:
         backlog = self.queues.get(ident)
         if backlog is None:
             try:
-                sockets.send(sock, msg, zmq.NOBLOCK)
+                sockets.send(sock, msg, sockets.NOBLOCK)
                 return
             except zmq.Again:
                 if not known(ident):
@@ -78,7 +78,7 @@ class Backlogs:
         for ident, backlog in list(self.queues.items()):
             while backlog.messages:
                 try:
-                    sockets.send(backlog.sock, backlog.messages[0], zmq.NOBLOCK)
+                    sockets.send(backlog.sock, backlog.messages[0], sockets.NOBLOCK)
                 except zmq.Again:
                     break
                 except zmq.ZMQError as exc:  # the peer has gone: nothing more reaches it

@@ -255,7 +255,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
                 self.handle(sock, msg)
             except MALFORMED as exc:
                 self.complain(f"dropped malformed message from {msg[0].bytes!r}: {type(exc).__name__}: {exc}")
-            if not sock.getsockopt(sockets.EVENTS) & POLLIN:  # cheaper than the zmq.Again of one more receive
+            if not sockets.more_waiting(sock):
                 return
 
     def handle(self, sock: zmq.Socket, msg: list) -> None:

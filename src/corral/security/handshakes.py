@@ -53,7 +53,7 @@ class HandshakeWatch:
         reading the handshake events between them; once refused, drop what is sent."""
         while self.refused is None:
             try:
-                sockets.send(self.sock, frames, zmq.NOBLOCK)
+                sockets.send(self.sock, frames, sockets.NOBLOCK)
                 return
             except zmq.Again:
                 if self.read() is None:

@@ -78,9 +78,8 @@ POLLIN = int(zmq.POLLIN)
 
 def send(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
     """Send a multipart message (``send_multipart``, without its per-frame type checks and enum
-    arithmetic): each frame uncopied where ZeroMQ's threshold allows.  ``flags``: 0 or ``zmq.NOBLOCK``
-    (ZeroMQ takes all of a message or none: only its first frame can raise ``zmq.Again``)."""
-    flags = int(flags)
+    arithmetic): each frame uncopied where ZeroMQ's threshold allows.  ``flags``: 0 or ``NOBLOCK``
+    (this module's int; ZeroMQ takes all of a message or none: only its first frame can raise ``zmq.Again``)."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
         sock.send(frame, flags | SNDMORE if i < last else flags, copy=False)
@@ -96,15 +95,19 @@ def receive(sock: zmq.Socket) -> list:
     return parts
 
 
+def more_waiting(sock: zmq.Socket) -> bool:
+    """After a receive: does another message wait?  The socket's EVENTS says so, cheaper (2 µs)
+    than the ``zmq.Again`` one more receive would raise (5 µs)."""
+    return bool(sock.getsockopt(EVENTS) & POLLIN)
+
+
 def waiting(sock) -> Iterator[list]:
-    """The multipart messages already waiting on a ZeroMQ socket, without blocking (frames uncopied).
-    After each, the socket's EVENTS says whether another waits: cheaper than the ``zmq.Again``
-    a receive raises when none does."""
+    """The multipart messages already waiting on a ZeroMQ socket, without blocking (frames uncopied)."""
     while True:
         try:
             msg = receive(sock)
         except zmq.Again:
             return
         yield msg
-        if not sock.getsockopt(EVENTS) & POLLIN:
+        if not more_waiting(sock):
             return
