@@ -73,6 +73,47 @@ def test_sigkill_of_the_client_leaves_nothing_running(tmp_path, fresh):
             proc.wait(10)
 
 
+def test_a_client_that_exits_as_its_workers_start_leaves_no_files(tmp_path):
+    """Breaks: the client ends (``os._exit``) right after its workers are spawned, before they can ask to
+    hear of its death.  They find it gone as they start, remove its files and exit."""
+    script = textwrap.dedent("""
+        import os, time, psutil, corral
+        ex = corral.Executor(2)
+        me, deadline = psutil.Process(), time.monotonic() + 30
+        while len(me.children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        print(ex._tmpdir, ex._shm_dir or "", *(p.pid for p in me.children()), flush=True)
+        os._exit(0)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    tmpdir, shm_dir, *pids = out.stdout.split()
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(int(p)) for p in pids) or any(os.path.exists(d) for d in (tmpdir, shm_dir) if d):
+        assert time.monotonic() < deadline, f"left 10 s after the client exited: {os.listdir(os.path.dirname(tmpdir))}"
+        time.sleep(0.02)
+
+
+def test_an_executor_is_refused_once_the_interpreter_exits(tmp_path):
+    """Breaks: a program makes an executor in an atexit handler, after the executors were closed.
+    Nothing would close that one: it is refused, and nothing is left."""
+    script = textwrap.dedent("""
+        import atexit, corral
+        corral.Executor  # (imported now: an import while the interpreter exits may fail by itself)
+
+        @atexit.register
+        def late():
+            try:
+                corral.Executor(2)
+            except RuntimeError as exc:
+                print(exc, flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "cannot start an executor after interpreter shutdown"
+
+
 def test_options_view_sets_retries_per_task():
     """Breaks: the task SIGKILLs its worker; the per-task retries decide how often it runs."""
     with corral.Executor(2, retries=3) as ex:

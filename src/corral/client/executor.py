@@ -202,6 +202,8 @@ class Executor(Observing, _StdExecutor):
                              "the executor's own broker needs neither")
         else:
             target = None
+        if ioloop.interpreter_exiting:  # (an atexit handler, a finalizer) nothing would close it: its files would stay
+            raise RuntimeError("cannot start an executor after interpreter shutdown")
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._dashboard = None  # the dashboard's server (dashboard/server.py), with dashboard=

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                                                        args.shm) if d])
         _follow_parent(files, made)
         if os.getppid() != args.parent:
+            # The client died before we asked to hear of it: no signal will come, and its files
+            # are left to us (a client ended at once after making its executor).
+            files.remove()
             return 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the client
     if args.log_level:
