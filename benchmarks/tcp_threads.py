@@ -16,15 +16,23 @@ process's main thread, ZeroMQ's I/O thread (``ZMQbg/IO``), and any other
 corral's "worker" is its supervisor, with the task process below it.  CurveZMQ
 by default; ``--plain`` measures both without it.  No profiler runs: what is
 measured is what the benchmark rows pay.
+
+``--plain --lane-bound`` adds a third column, the bound a lane over TCP (the task
+process dialling the broker itself) would approach: the client over TCP to
+corral's broker, whose two workers are local and laned, so that their task
+processes read tasks and write results on socket pairs to the broker and no
+supervisor is on the path.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import statistics
 import sys
 import time
+import warnings
 
 import psutil
 import zmq
@@ -115,6 +123,59 @@ def corral(curve: bool, trips: int) -> tuple[float, dict]:
         peer.close()
 
 
+def _laned_broker(port: int) -> None:
+    """(A forked child) corral's broker on plain TCP, serving a pool of two local laned workers."""
+    import pickle
+    import signal
+    import tempfile
+
+    from corral.broker.broker import Broker
+    from corral.config import ExecutorConfig
+    from corral.local.pool import LocalPool
+
+    with tempfile.TemporaryDirectory(prefix="cbench-lane-") as home:
+        bootstrap = os.path.join(home, "bootstrap.pkl")
+        with open(bootstrap, "wb") as f:
+            pickle.dump((list(sys.path), None), f)
+        pool = LocalPool(None, 2, ExecutorConfig(2).worker_config(), bootstrap=bootstrap)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (insecure: loopback, this benchmark's own)
+            broker = Broker(f"tcp://127.0.0.1:{port}", insecure=True, pool=pool)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(broker, "running", False))
+        broker.serve()
+
+
+def lane_bound(trips: int) -> tuple[float, dict]:
+    """What a lane over TCP approaches: the client over plain TCP to corral's broker, whose workers are
+    local and laned (the task process reads its tasks and writes its results on a socket pair to the
+    broker: no supervisor on the path)."""
+    import multiprocessing
+
+    import corral
+
+    port = tcp_floor._free_port()
+    proc = multiprocessing.get_context("fork").Process(target=_laned_broker, args=(port,))
+    proc.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ex = corral.Executor(address=f"tcp://127.0.0.1:{port}", insecure=True)
+        with ex:
+            end = time.monotonic() + 60
+            while len(ex.summary(30)) < 2:
+                if time.monotonic() > end:
+                    raise RuntimeError("the laned workers did not start")
+                time.sleep(0.05)
+            roles = {proc.pid: "broker", psutil.Process().pid: "client"}
+            roles.update({p.pid: "task process" for p in psutil.Process(proc.pid).children(recursive=True)
+                          if "corral.worker" in " ".join(p.cmdline()) and p.parent().pid != proc.pid})
+            roles.update({p.pid: "worker" for p in psutil.Process(proc.pid).children()})
+            return measure(lambda: ex.submit(noop).result(30), trips, roles)
+    finally:
+        proc.terminate()
+        proc.join(20)
+
+
 ORDER = ["client", "broker", "corral worker (parent)", "worker", "task process", "process"]
 
 
@@ -135,12 +196,19 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trips", type=int, default=3000, help="round trips measured (default: 3000)")
     p.add_argument("--plain", action="store_true", help="without CurveZMQ")
+    p.add_argument("--lane-bound", action="store_true",
+                   help="(with --plain) a third column: corral's broker serving local laned workers, the bound "
+                        "a lane over TCP approaches")
     args = p.parse_args(argv)
     if args.trips < 10:
         p.error("--trips: at least 10")
+    if args.lane_bound and not args.plain:
+        p.error("--lane-bound: only with --plain (its broker's workers are local, on socket pairs)")
     curve = not args.plain
     label = "CurveZMQ" if curve else "plain TCP"
     columns = [(f"floor, {label}", *floor(curve, args.trips)), (f"corral, {label}", *corral(curve, args.trips))]
+    if args.lane_bound:
+        columns.append(("corral, laned local workers", *lane_bound(args.trips)))
     print(f"CPU per no-op round trip (µs), {args.trips:,} round trips one at a time; Python "
           f"{sys.version.split()[0]}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}\n")
     print(report(columns))
