@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import corral
-from helpers import TIMEOUT, kill_client_and_check_family
+from helpers import TIMEOUT, gone, kill_client_and_check_family
 
 
 def slow_pid(x):
@@ -90,7 +90,7 @@ def test_a_client_that_exits_as_its_workers_start_leaves_no_files(tmp_path):
     tmpdir, shm_dir, *pids = out.stdout.split()
     assert len(pids) == 2
     deadline = time.monotonic() + TIMEOUT  # (a worker's start, on a loaded machine)
-    while any(psutil.pid_exists(int(p)) for p in pids) or any(os.path.exists(d) for d in (tmpdir, shm_dir) if d):
+    while not all(gone(int(p)) for p in pids) or any(os.path.exists(d) for d in (tmpdir, shm_dir) if d):
         assert time.monotonic() < deadline, f"left after the client exited: {os.listdir(os.path.dirname(tmpdir))}"
         time.sleep(0.02)
 
