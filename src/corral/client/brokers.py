@@ -8,15 +8,13 @@
         pairs, a bootstrap file and      Fleet: launches through L, scales with the work
         a shared-memory directory        (scaling/), at the address workers dial (listen.py)
 
-Either way it is started here (its local workers spawned) and then served by the
-executor's I/O thread (``ioloop.py``).
+Either way the broker is served by the executor's I/O thread (``ioloop.py``).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -63,16 +61,6 @@ def embedded(config: ExecutorConfig, ctx: zmq.Context) -> OwnBroker:
                      spin=config.spin)
     broker = Broker(None, context=ctx, pool=pool, embedded=True, heartbeat=config.heartbeat,
                     liveness=config.liveness, spill=Spill(config.broker_memory, tmpdir, private=True))
-    # The workers start now, before the executor is handed over: a program that ends at once
-    # (os._exit, a signal) leaves its files to workers that exist, which remove them.
-    try:
-        broker.start()
-    except BaseException:
-        broker.close()
-        for path in (tmpdir, shm_dir):
-            if path is not None:
-                shutil.rmtree(path, ignore_errors=True)
-        raise
     return OwnBroker(broker, tmpdir, shm_dir)
 
 
@@ -96,7 +84,6 @@ def launched(config: ExecutorConfig, options: FleetOptions) -> OwnBroker:
                              max_workers=options.max_workers, idle_timeout=options.idle_timeout,
                              launch_timeout=options.launch_timeout, sys_path=list(sys.path), initializer=init,
                              cwd=client_cwd(), wall_time=options.wall_time)
-        broker.start()
     except BaseException:
         broker.close()
         raise

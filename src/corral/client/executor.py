@@ -239,6 +239,9 @@ class Executor(Observing, _StdExecutor):
         ioloop.live_loops.add(self._io)
         self._io.thread.start()
         weakref.finalize(self, self._io.close_when_done)
+        # Handed over once the I/O thread has made its link, and so spawned our own workers: a program
+        # that ends at once (os._exit, a signal) leaves its files to workers that exist, which remove them.
+        self._io.started.wait()
         if dashboard:  # the live dashboard (dashboard/__init__.py): it shuts us down if it cannot start
             from ..dashboard import for_executor
 

@@ -104,6 +104,8 @@ class IOLoop(Standing):
         self.broker: Broker | None = None  # an embedded broker, served by this loop's thread
         self.store: shm.Store | None = None  # large buffers to and from an embedded broker's workers
         self.thread = threading.Thread(target=self.run, name="corral-io", daemon=True)
+        # Set once the link is made (an embedded broker's workers spawned), or the thread failed.
+        self.started = threading.Event()
         self.leading = Leading(self, spin)  # callers waiting for a result run the loop meanwhile
         self.holding_outcomes = False  # a leader handles messages: outcomes wait in held_outcomes
         self.held_outcomes: deque = deque()
@@ -202,6 +204,7 @@ class IOLoop(Standing):
         link = None
         try:
             link = SocketLink(self.ctx, self.address, self.curve) if self.broker is None else DirectLink(self.broker)
+            self.started.set()
             self.poller = link.poller
             self.poller.register(self.wake_r, POLLIN)
             self.hello(link)
@@ -221,6 +224,7 @@ class IOLoop(Standing):
             if not isinstance(exc, Exception):
                 raise
         finally:
+            self.started.set()
             if link is not None:
                 link.close()
             self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused

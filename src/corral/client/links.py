@@ -106,7 +106,7 @@ class DirectLink:
         self.inbox: deque = deque()
         self.client = broker.attach(self.deliver)
         self.poller = broker.poller  # the loop waits on the broker's sockets, and its own wake pipe
-        # (started already, its pool's workers spawned, by the executor that made it: brokers.py)
+        broker.start()
 
     def deliver(self, kind: Kind, body: dict | None, frames: list) -> None:
         """A message from the broker, kept until its turn ends."""
