@@ -230,10 +230,9 @@ def _pids_cgroup_root() -> str | None:
     return None
 
 
-def test_workers_the_system_refuses_break_the_executor_cleanly(tmp_path):
-    """When not one worker process can start (the system refuses a new process: here a pids
-    cgroup that allows the client's own two threads and nothing more), every future fails saying
-    why, later submits raise, shutdown returns, and nothing is left on disk or running."""
+def _run_confined(script: str, pids: int) -> subprocess.CompletedProcess:
+    """Run ``script`` in a pids cgroup of its own that allows ``pids`` threads and processes in all
+    (the system then refuses more), or skip."""
     root = _pids_cgroup_root()
     if root is None:
         pytest.skip("no writable cgroup v1 pids controller to make the system refuse processes")
@@ -241,17 +240,45 @@ def test_workers_the_system_refuses_break_the_executor_cleanly(tmp_path):
     os.mkdir(group)
     try:
         with open(os.path.join(group, "pids.max"), "w") as f:
-            f.write("2")
+            f.write(str(pids))
 
         def confined():
             with open(os.path.join(group, "cgroup.procs"), "w") as f:
                 f.write("0")
 
-        out = subprocess.run([sys.executable, "-c", CLIENT_WITHOUT_ROOM], capture_output=True, text=True,
-                             timeout=60, preexec_fn=confined)
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                              preexec_fn=confined)
     finally:
         os.rmdir(group)
+
+
+def test_workers_the_system_refuses_break_the_executor_cleanly(tmp_path):
+    """When not one worker process can start (the system refuses a new process: here a pids
+    cgroup that allows the client's own two threads and nothing more), every future fails saying
+    why, later submits raise, shutdown returns, and nothing is left on disk or running."""
+    out = _run_confined(CLIENT_WITHOUT_ROOM, 2)
     lines = out.stdout.splitlines()
     assert out.returncode == 0 and lines and lines[-1] == "done", (out.stdout, out.stderr)
     assert lines[0].startswith("BrokenProcessPool") and "could not start a worker process" in lines[0], lines
     assert lines[1].startswith("BrokenProcessPool"), lines
+
+
+CLIENT_WITHOUT_A_THREAD = """
+import corral
+try:
+    corral.Executor(2)
+except RuntimeError as exc:
+    print(exc, flush=True)
+print("done", flush=True)
+"""
+
+
+def test_an_io_thread_the_system_refuses_fails_the_constructor_cleanly(tmp_path):
+    """The system refuses the executor's I/O thread (a pids cgroup with room for the client's main
+    thread alone): the constructor raises saying why, and the program ends cleanly, leaving nothing
+    (it joined a thread never started at exit, and kept the executor's directories)."""
+    out = _run_confined(CLIENT_WITHOUT_A_THREAD, 1)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and lines and lines[-1] == "done", (out.stdout, out.stderr)
+    assert "could not start its I/O thread" in lines[0] and "pids.max" in lines[0], lines
+    assert "Traceback" not in out.stderr, out.stderr

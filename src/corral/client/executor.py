@@ -237,7 +237,15 @@ class Executor(Observing, _StdExecutor):
         self._objects = objects.Objects(self._io, self._io.store)  # put(), and large arguments sent once
         self._gathering = Gathering(self._io, self._objects)
         ioloop.live_loops.add(self._io)
-        self._io.thread.start()
+        try:
+            self._io.thread.start()
+        except RuntimeError as exc:  # the system refused a thread: nothing of this executor may stay
+            self._io.never_ran()
+            if self._broker is not None:
+                self._broker.close()
+            self._cleanup()
+            raise RuntimeError(f"corral could not start its I/O thread ({exc}): this process may start no more "
+                               "threads; raise its limit (ulimit -u, a pids cgroup's pids.max)") from exc
         weakref.finalize(self, self._io.close_when_done)
         # Handed over once the I/O thread has made its link, and so spawned our own workers: a program
         # that ends at once (os._exit, a signal) leaves its files to workers that exist, which remove them.

@@ -191,6 +191,13 @@ class IOLoop(Standing):
         self.wake()
         return fut
 
+    def never_ran(self) -> None:
+        """The thread could not be started: close what its end would have (its wake-up pipe), and forget it."""
+        live_loops.discard(self)
+        self.awake = True  # (wake() writes nothing more)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
     def close_when_done(self) -> None:
         """Let the loop end once every future is done."""
         self.closing = True
