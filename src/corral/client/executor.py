@@ -241,9 +241,6 @@ class Executor(Observing, _StdExecutor):
             self._io.thread.start()
         except RuntimeError as exc:  # the system refused a thread: nothing of this executor may stay
             self._io.never_ran()
-            if self._broker is not None:
-                self._broker.close()
-            self._cleanup()
             raise RuntimeError(f"corral could not start its I/O thread ({exc}): this process may start no more "
                                "threads; raise its limit (ulimit -u, a pids cgroup's pids.max)") from exc
         weakref.finalize(self, self._io.close_when_done)

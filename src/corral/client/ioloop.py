@@ -192,9 +192,16 @@ class IOLoop(Standing):
         return fut
 
     def never_ran(self) -> None:
-        """The thread could not be started: close what its end would have (its wake-up pipe), and forget it."""
+        """The thread could not be started: end as ``run`` would have (the embedded broker, the wake-up
+        pipe, the executor's files), and forget this loop."""
+        if self.broker is not None:
+            self.broker.close()
+        self._close_wake_pipe()
+        self.cleanup()
         live_loops.discard(self)
-        self.awake = True  # (wake() writes nothing more)
+
+    def _close_wake_pipe(self) -> None:
+        self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
         os.close(self.wake_r)
         os.close(self.wake_w)
 
@@ -234,9 +241,7 @@ class IOLoop(Standing):
             self.started.set()
             if link is not None:
                 link.close()
-            self.awake = True  # wake() must not write any more: the pipe's fd numbers may be reused
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+            self._close_wake_pipe()
             if self.output is not None:
                 self.output.close()
             self.cleanup()
