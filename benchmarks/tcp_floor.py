@@ -21,7 +21,13 @@ socket pair to a process of its own that echoes (a supervisor and its task
 process: four processes), and a client whose caller hands each message to an
 I/O thread (a deque and a byte on a pipe) and waits on a condition for the
 answer (``measure_shapes``).  What these cost beyond the floor is what corral's
-shape costs; the rest of corral's round trip is its own code.
+shape costs; the rest of corral's round trip is its own code.  A fourth chain
+has the floor's shape (the one a lane over TCP would give corral) and the least
+Python any executor must run per task: the caller pickles the call behind a JSON
+head and resolves a future from a table; the broker reads each head, keeps the
+task under an id of its own and writes a new head; the worker unpickles, calls,
+pickles the result.  What it costs beyond the floor is what no pure-Python
+executor of this design can save.
 
 Only pyzmq and the standard library.
 """
@@ -31,12 +37,16 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
+import json
 import multiprocessing
 import os
+import pickle
 import socket
 import statistics
 import threading
 import time
+from concurrent.futures import Future
 
 import zmq
 
@@ -86,8 +96,11 @@ def _dial(ctx: zmq.Context, port: int, curve: dict | None, what: str) -> zmq.Soc
     return client
 
 
-def _broker(port: int, curve: dict | None) -> None:
-    """Relay: a message from the worker goes to the client it names; any other to the worker."""
+def _broker(port: int, curve: dict | None, bookkeeping: bool = False) -> None:
+    """Relay: a message from the worker goes to the client it names; any other to the worker.  With
+    ``bookkeeping``, as an executor's broker at the least: a task's JSON head is read and a new one
+    written for the worker, under a broker-wide id kept in a table until its result comes back."""
+    relay = _Bookkeeping() if bookkeeping else None
     ctx = zmq.Context()
     router = _socket(ctx, zmq.ROUTER, curve, "server")
     router.bind(f"tcp://127.0.0.1:{port}")
@@ -103,13 +116,65 @@ def _broker(port: int, curve: dict | None) -> None:
             for waiting in early:
                 router.send_multipart([worker, *waiting], copy=False)
         elif sender == worker:
-            router.send_multipart(frames[1:], copy=False)  # [client, payload]
+            router.send_multipart(relay.result(frames) if relay else frames[1:], copy=False)  # [client, ...]
         elif frames[1].bytes == b"stop":
             router.send_multipart([worker, *frames], copy=False)  # the worker stops too
             break
         else:
-            router.send_multipart([worker, *frames], copy=False)  # [worker, client, payload]
+            router.send_multipart([worker, *(relay.task(frames) if relay else frames)], copy=False)
     router.close(0)
+    ctx.term()
+
+
+class _Bookkeeping:
+    """The least an executor's broker does per message: read a JSON head, keep the task in a table under
+    an id of its own, and write a new head; the payload is passed on unread.  What has no JSON head (the
+    client's first message, which only finds out that the chain is up) is relayed as it is."""
+
+    def __init__(self):
+        self.tasks: dict[int, tuple[bytes, int]] = {}
+        self.ids = itertools.count()
+
+    def task(self, frames: list) -> list:
+        """[client, head, payload] from a client -> [head, payload] for the worker."""
+        if not frames[1].bytes.startswith(b"{"):
+            return frames
+        head = json.loads(frames[1].bytes)
+        gid = next(self.ids)
+        self.tasks[gid] = (frames[0].bytes, head["id"])
+        return [json.dumps({"kind": "task", "id": gid}).encode(), frames[2]]
+
+    def result(self, frames: list) -> list:
+        """[worker, head, payload] from the worker -> [client, head, payload] for the task's client."""
+        if not frames[1].bytes.startswith(b"{"):
+            return frames[1:]
+        client, cid = self.tasks.pop(json.loads(frames[1].bytes)["id"])
+        return [client, json.dumps({"kind": "result", "id": cid}).encode(), frames[2]]
+
+
+def _bookkeeping_broker(port: int, curve: dict | None) -> None:
+    _broker(port, curve, bookkeeping=True)
+
+
+def _executing_worker(port: int, curve: dict | None) -> None:
+    """The least an executor's worker does per task, in the process that holds the socket (as a lane
+    over TCP would): read the JSON head, unpickle the call, call it, pickle its result, answer."""
+    ctx = zmq.Context()
+    dealer = _socket(ctx, zmq.DEALER, curve, "worker")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    dealer.send(b"worker")
+    while True:
+        frames = dealer.recv_multipart()
+        if frames[-1] == b"stop":
+            break
+        if not frames[0].startswith(b"{"):  # [client, probe]: echoed
+            dealer.send_multipart(frames)
+            continue
+        gid = json.loads(frames[0])["id"]
+        fn, args, kwargs = pickle.loads(frames[1])
+        result = pickle.dumps(fn(*args, **kwargs), pickle.HIGHEST_PROTOCOL)
+        dealer.send_multipart([json.dumps({"kind": "result", "id": gid}).encode(), result])
+    dealer.close(0)
     ctx.term()
 
 
@@ -220,6 +285,25 @@ def _in_this_thread(client: zmq.Socket):
     return round_trip
 
 
+def _as_an_executor(client: zmq.Socket):
+    """A round trip as an executor's caller makes it at the least, in its own thread: a future in a
+    table, the call pickled behind a JSON head; the answer's head read, its future found and resolved,
+    the result unpickled."""
+    futures: dict[int, Future] = {}
+    ids = itertools.count()
+    call = pickle.dumps((int, (), {}), pickle.HIGHEST_PROTOCOL)
+
+    def round_trip() -> None:
+        cid = next(ids)
+        future = futures[cid] = Future()
+        client.send_multipart([json.dumps({"kind": "submit", "id": cid}).encode(), call])
+        head, payload = client.recv_multipart()
+        futures.pop(json.loads(head)["id"]).set_result(pickle.loads(payload))
+        future.result()
+
+    return round_trip
+
+
 def _through_an_io_thread(client: zmq.Socket):
     """A round trip as corral's client makes it: the caller queues the message and wakes an I/O thread
     with a byte on a pipe, then waits on a condition until that thread has the answer.  (round trip,
@@ -271,12 +355,12 @@ def _through_an_io_thread(client: zmq.Socket):
 
 
 @contextlib.contextmanager
-def _chain(curve: dict | None, worker=_worker):
-    """A fresh broker and ``worker`` (the echoing one by default), each in a process of its own, and
-    the client's DEALER to them; on leaving, "stop" goes through and everything is closed."""
+def _chain(curve: dict | None, worker=_worker, broker=_broker):
+    """A fresh ``broker`` and ``worker`` (the relaying and echoing ones by default), each in a process of
+    its own, and the client's DEALER to them; on leaving, "stop" goes through and everything is closed."""
     port = _free_port()
     fork = multiprocessing.get_context("fork")
-    procs = [fork.Process(target=_broker, args=(port, curve)),
+    procs = [fork.Process(target=broker, args=(port, curve)),
              fork.Process(target=worker, args=(port, curve))]
     for p in procs:
         p.start()
@@ -308,14 +392,19 @@ def _round_trip_times(round_trip, count: int) -> list[float]:
 
 
 def measure_shapes(curve: dict | None, round_trips: int) -> dict:
-    """Round-trip p50 (µs) of the floor's chain and of the two shaped as corral's (see the module
+    """Round-trip p50 (µs) of the floor's chain and of those shaped as corral's (see the module
     docstring), each through a fresh broker and worker: {"floor": ..., "relaying worker": ...,
-    "client with an I/O thread": ...}."""
+    "client with an I/O thread": ..., "an executor's least Python": ...}."""
     found = {}
-    for name, worker, threaded in (("floor", _worker, False), ("relaying worker", _relaying_worker, False),
-                                   ("client with an I/O thread", _worker, True)):
-        with _chain(curve, worker) as client:
-            round_trip, stop = _through_an_io_thread(client) if threaded else (_in_this_thread(client), None)
+    for name, broker, worker, client_side in (
+        ("floor", _broker, _worker, None),
+        ("relaying worker", _broker, _relaying_worker, None),
+        ("client with an I/O thread", _broker, _worker, _through_an_io_thread),
+        ("an executor's least Python", _bookkeeping_broker, _executing_worker, _as_an_executor),
+    ):
+        with _chain(curve, worker, broker) as client:
+            made = client_side(client) if client_side else _in_this_thread(client)
+            round_trip, stop = made if isinstance(made, tuple) else (made, None)
             try:
                 found[name] = statistics.median(_round_trip_times(round_trip, round_trips)) * 1e6
             finally:
