@@ -72,9 +72,7 @@ DRAIN_SLACK_S = 5.0  # seconds beyond --term-grace that draining processes get b
 def cmd_worker(args: argparse.Namespace) -> int:
     """``corral worker``: keep ``--processes`` worker processes serving the broker until stopped, or
     until every one of them has left for good (its lifetime is over: worker/lifetime.py)."""
-    import shutil
-    import tempfile
-
+    from .. import tempdirs
     from ..errors import AddressError
     from ..local.pool import refusal
     from ..security.credentials import resolve
@@ -106,8 +104,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           resources=args.resources, queues=args.queue,
                           group=secrets.token_hex(8) if args.resources else None,
                           cache_size=args.cache_size, forward_output=args.forward_output)
-    # Ours alone (0700): the bootstrap file of a launched worker, and the notes of processes that left.
-    private = tempfile.mkdtemp(prefix="corral-")
+    # Ours alone (0700): the bootstrap file of a launched worker, and the notes of processes that left;
+    # held while we live, so that a later start removes it if we are killed (tempdirs.py).
+    tempdirs.sweep_once()
+    private = tempdirs.make()
     try:
         bootstrap = launched.write_bootstrap(doc, private) if doc is not None else None
         pool = LocalPool(target.address if doc is not None else args.address, args.processes, config,
@@ -115,7 +115,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                          leave_notes=private)
         return _serve(args, config, target, pool, lifeline=doc is not None and doc.lifeline)
     finally:
-        shutil.rmtree(private, ignore_errors=True)
+        tempdirs.remove(private)
 
 
 def _serve(args: argparse.Namespace, config: WorkerConfig, target, pool, lifeline: bool) -> int:

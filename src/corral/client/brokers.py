@@ -16,12 +16,11 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-import tempfile
 from dataclasses import dataclass
 
 import zmq
 
-from .. import serialization
+from .. import serialization, tempdirs
 from ..broker.broker import Broker
 from ..broker.spill import Spill
 from ..config import ExecutorConfig
@@ -51,16 +50,23 @@ def _initializer(config: ExecutorConfig) -> bytes | None:
 def embedded(config: ExecutorConfig, ctx: zmq.Context) -> OwnBroker:
     """The embedded broker and its pool of local workers; their private directories."""
     init = _initializer(config)
-    # mkdtemp makes the directory 0700: only this user can reach the sockets.
-    tmpdir = tempfile.mkdtemp(prefix="corral-")
+    tempdirs.sweep_once()  # what clients killed with their workers left (tempdirs.py)
+    # Private (0700): only this user can read the bootstrap file; held while we live (tempdirs.py).
+    tmpdir = tempdirs.make()
     shm_dir = shm.make_dir(os.path.basename(tmpdir))
-    bootstrap = os.path.join(tmpdir, "bootstrap.pkl")
-    with open(bootstrap, "wb") as f:
-        pickle.dump((list(sys.path), init), f)
-    pool = LocalPool(None, config.max_workers, config.worker_config(), bootstrap=bootstrap, shm=shm_dir,
-                     spin=config.spin)
-    broker = Broker(None, context=ctx, pool=pool, embedded=True, heartbeat=config.heartbeat,
-                    liveness=config.liveness, spill=Spill(config.broker_memory, tmpdir, private=True))
+    if shm_dir is not None:
+        tempdirs.note_twin(tmpdir, shm_dir)
+    try:
+        bootstrap = os.path.join(tmpdir, "bootstrap.pkl")
+        with open(bootstrap, "wb") as f:
+            pickle.dump((list(sys.path), init), f)
+        pool = LocalPool(None, config.max_workers, config.worker_config(), bootstrap=bootstrap, shm=shm_dir,
+                         spin=config.spin)
+        broker = Broker(None, context=ctx, pool=pool, embedded=True, heartbeat=config.heartbeat,
+                        liveness=config.liveness, spill=Spill(config.broker_memory, tmpdir, private=True))
+    except BaseException:  # (a full disk, a descriptor limit) nothing of ours may stay
+        tempdirs.remove(tmpdir)
+        raise
     return OwnBroker(broker, tmpdir, shm_dir)
 
 

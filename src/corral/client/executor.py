@@ -22,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from .. import dependencies, refs, serialization, tuning
+from .. import dependencies, refs, serialization, tempdirs, tuning
 from ..broker.broker import Broker
 from ..config import HEARTBEAT, KILL_GRACE, LIVENESS, RETRIES, ExecutorConfig, check_task_options
 from ..errors import DependencyError, SerializationError
@@ -254,9 +254,10 @@ class Executor(Observing, _StdExecutor):
 
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done (and has closed the broker): remove files."""
-        for path in (self._tmpdir, self._shm_dir):
-            if path is not None:
-                shutil.rmtree(path, ignore_errors=True)
+        if self._shm_dir is not None:  # first: the held directory names it, for a sweep (tempdirs.py)
+            shutil.rmtree(self._shm_dir, ignore_errors=True)
+        if self._tmpdir is not None:
+            tempdirs.remove(self._tmpdir)
         if self._status_file is not None:
             self._status_file.remove()
         self._ctx.term()

@@ -1,0 +1,165 @@
+"""Private directories held while their maker lives, and swept once it died (``corral/tempdirs.py``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+import corral
+from corral import tempdirs
+from helpers import TIMEOUT
+
+LIVE_CLIENT = textwrap.dedent("""
+    import sys, corral
+    ex = corral.Executor(2)
+    print(ex.submit(pow, 2, 3).result(60), ex._tmpdir, ex._shm_dir, flush=True)
+    sys.stdin.readline()
+    print(ex.submit(pow, 2, 4).result(60), flush=True)
+    ex.shutdown()
+""")
+
+
+@pytest.fixture
+def private_tmp(tmp_path):
+    """An environment whose temporary and shared-memory directories are the test's own, so that
+    what its processes sweep is what it made."""
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"), CORRAL_SHM_DIR=str(tmp_path / "shm"))
+    for name in ("tmp", "shm"):
+        (tmp_path / name).mkdir()
+    return env
+
+
+def _kill_with_its_workers(proc: subprocess.Popen) -> None:
+    """SIGKILL a client and every process it started, as a batch system ending a job or the OOM
+    killer does: the client is stopped first, so that it starts no worker meanwhile."""
+    os.kill(proc.pid, signal.SIGSTOP)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    for p in family:
+        p.kill()
+    proc.kill()
+    proc.wait(TIMEOUT)
+    _, alive = psutil.wait_procs(family, timeout=TIMEOUT)
+    assert not alive, f"still running: {alive}"
+
+
+def test_files_of_a_client_killed_with_its_workers_go_at_the_next_start(private_tmp, tmp_path):
+    """Breaks: a client and its workers are SIGKILLed together, so none of them removes the client's
+    directories (its bootstrap file, its shared memory). The next executor started on the machine
+    removes them; a live client's, and a directory corral did not make, stay."""
+    dead = subprocess.Popen([sys.executable, "-c", LIVE_CLIENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=private_tmp)
+    live = subprocess.Popen([sys.executable, "-c", LIVE_CLIENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=private_tmp)
+    try:
+        answer, dead_tmp, dead_shm = dead.stdout.readline().split()
+        assert answer == "8"
+        _kill_with_its_workers(dead)
+        assert os.path.isdir(dead_tmp) and os.path.isdir(dead_shm), "nothing was left to sweep"
+        answer, live_tmp, live_shm = live.stdout.readline().split()
+        assert answer == "8"
+        foreign = tmp_path / "tmp" / "corral-not-ours"  # no lock file: another program's, or being made
+        foreign.mkdir()
+
+        sweeper = "import corral; corral.Executor(1).shutdown()"
+        subprocess.run([sys.executable, "-c", sweeper], env=private_tmp, check=True, timeout=TIMEOUT)
+
+        assert not os.path.exists(dead_tmp) and not os.path.exists(dead_shm)
+        assert os.path.isdir(live_tmp) and os.path.isdir(live_shm) and foreign.is_dir()
+        out, _ = live.communicate("go\n", timeout=TIMEOUT)
+        assert out.strip() == "16", "the live client's executor still works"
+        foreign.rmdir()
+        assert os.listdir(tmp_path / "tmp") == [] and os.listdir(tmp_path / "shm") == []
+    finally:
+        for proc in (dead, live):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(TIMEOUT)
+
+
+def test_a_directory_this_process_holds_is_not_swept():
+    """Breaks: a sweep runs while this very process holds a directory (a second executor's start).
+    Its lock is held by another open file, so the sweep leaves it."""
+    path = tempdirs.make()
+    try:
+        assert path not in tempdirs.sweep(os.path.dirname(path))
+        assert os.path.isfile(os.path.join(path, tempdirs.HELD))
+    finally:
+        tempdirs.remove(path)
+    assert not os.path.exists(path)
+
+
+def test_a_lock_file_names_no_removal_outside_its_twins(tmp_path):
+    """Breaks: a dead directory's lock file names paths that are not its twins: another directory,
+    a link named as a twin, a relative path. Only the real twin goes."""
+    parent, shm = tmp_path / "tmp", tmp_path / "shm"
+    parent.mkdir()
+    shm.mkdir()
+    dead = parent / "corral-dead"
+    dead.mkdir()
+    twin = shm / "corral-dead-abc"
+    twin.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "data").write_text("keep")
+    link = shm / "corral-dead-link"
+    link.symlink_to(victim)
+    (dead / tempdirs.HELD).write_text("\n".join([str(twin), str(victim), str(link), "corral-dead-rel", ""]))
+
+    assert tempdirs.sweep(str(parent)) == [str(dead)]
+    assert not dead.exists() and not twin.exists()
+    assert (victim / "data").read_text() == "keep" and link.is_symlink()
+
+
+def test_a_lock_file_that_is_a_link_is_not_followed(tmp_path):
+    """Breaks: a directory's lock file is a symbolic link (to a file nobody locks). The sweep does
+    not follow it, and leaves the directory."""
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    odd = parent / "corral-odd"
+    odd.mkdir()
+    (tmp_path / "elsewhere").write_text("")
+    (odd / tempdirs.HELD).symlink_to(tmp_path / "elsewhere")
+    assert tempdirs.sweep(str(parent)) == []
+    assert odd.is_dir()
+
+
+def test_corral_worker_holds_its_private_directory(private_tmp, tmp_path, broker_address):
+    """Breaks: ``corral worker`` and its processes are SIGKILLed. Its private directory (launched
+    workers' bootstrap, departed processes' notes) goes at the next start."""
+    worker = subprocess.Popen([sys.executable, "-m", "corral", "worker", broker_address, "--processes", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=private_tmp)
+    try:
+        tmp = tmp_path / "tmp"
+        deadline = time.monotonic() + TIMEOUT
+        while not any(name.startswith("corral-") for name in os.listdir(tmp)):
+            assert worker.poll() is None, worker.stderr.read()
+            assert time.monotonic() < deadline, "corral worker made no private directory"
+            time.sleep(0.02)
+        (held,) = [tmp / name for name in os.listdir(tmp) if name.startswith("corral-")]
+        assert (held / tempdirs.HELD).is_file()
+        _kill_with_its_workers(worker)
+        assert held.is_dir()
+        sweeper = "import corral; corral.Executor(1).shutdown()"
+        subprocess.run([sys.executable, "-c", sweeper], env=private_tmp, check=True, timeout=TIMEOUT)
+        assert not held.exists()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(TIMEOUT)
+
+
+def test_an_executor_removes_its_directories_at_shutdown():
+    """The ordinary end: the held directory and its shared-memory twin go with the executor."""
+    ex = corral.Executor(1)
+    tmpdir, shm_dir = ex._tmpdir, ex._shm_dir
+    assert os.path.isfile(os.path.join(tmpdir, tempdirs.HELD))
+    ex.shutdown()
+    assert not os.path.exists(tmpdir)
+    assert shm_dir is None or not os.path.exists(shm_dir)
