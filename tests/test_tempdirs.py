@@ -163,3 +163,18 @@ def test_an_executor_removes_its_directories_at_shutdown():
     ex.shutdown()
     assert not os.path.exists(tmpdir)
     assert shm_dir is None or not os.path.exists(shm_dir)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root, to give a directory to another user")
+def test_another_users_directories_are_not_swept(tmp_path):
+    """Breaks: another user of the machine left a dead ``corral-*`` directory (its lock unheld) in
+    the shared temporary directory. Even a sweep by root leaves it: it is not ours to judge."""
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    theirs = parent / "corral-theirs"
+    theirs.mkdir()
+    (theirs / tempdirs.HELD).write_text("")
+    for path in (theirs, theirs / tempdirs.HELD):
+        os.chown(path, 65534, 65534)
+    assert tempdirs.sweep(str(parent)) == []
+    assert theirs.is_dir()
