@@ -8,6 +8,7 @@ with CurveZMQ and a real ``corral worker``, which must arrive unchanged and writ
 from __future__ import annotations
 
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -117,6 +118,7 @@ def test_large_arguments_results_and_objects_cross_a_curve_broker_whole(broker_a
 
 @pytest.mark.parametrize("size", [0, 10, largebuf.HUGE_FROM - 1, largebuf.HUGE_FROM, 3 * largebuf.HUGE_FROM + 7])
 def test_large_receive_buffers_are_writable_zeroed_and_outlive_their_maker(size):
+    largebuf.trim(float("inf"))  # none kept from earlier tests: this one is new, and zeroed
     view = largebuf.buffer(size)
     assert view.nbytes == size and not view.readonly and view.format == "B"
     assert not any(view[::4096]) and (size == 0 or view[-1] == 0)
@@ -126,3 +128,42 @@ def test_large_receive_buffers_are_writable_zeroed_and_outlive_their_maker(size)
         del view
         array[0] = 1
         assert array[0] == 1 and array[-1] == 7 and array.flags.writeable
+
+
+def test_a_large_buffer_whose_views_are_gone_is_used_again_and_shows_nothing_of_its_past():
+    """A mapping is reused once every view of it is gone (not while one lives, whatever holds it),
+    for a buffer of the same whole huge pages; what lies past the new buffer's end, which its
+    ``obj`` reaches, is zeroed; an unused one is let go after ``KEEP_SECONDS``."""
+    largebuf.trim(float("inf"))
+    size = largebuf.HUGE_FROM + 3 * 4096
+    first = largebuf.buffer(size)
+    first[:] = b"\xff" * size
+    mapping = id(first.obj)  # (not the mapping itself: a reference would keep it in use)
+    held = np.frombuffer(first, dtype=np.uint8)  # an array the unpickler would have handed on
+    del first
+    other = largebuf.buffer(size)
+    assert id(other.obj) != mapping, "reused while an array still held it"
+    del other
+    del held
+    again = largebuf.buffer(size - 5000)  # another size within the same whole huge pages
+    assert id(again.obj) == mapping
+    assert again[-1] == 0xFF  # not zeroed: every caller writes all of it
+    assert not any(bytes(again.obj)[len(again):]), "what lies past its end is zeroed"
+    del again
+    largebuf.trim(time.monotonic() + largebuf.KEEP_SECONDS)
+    assert largebuf._mapped == [], "let go after KEEP_SECONDS"
+    largebuf.trim(float("inf"))
+
+
+def test_unused_large_buffers_kept_for_reuse_stay_under_their_bound(monkeypatch):
+    """Buffers of ever new sizes do not pile up: the unused ones kept stay within ``KEEP_BYTES``."""
+    largebuf.trim(float("inf"))
+    monkeypatch.setattr(largebuf, "KEEP_BYTES", 3 * largebuf.HUGE_FROM)
+    for i in range(8):
+        view = largebuf.buffer(largebuf.HUGE_FROM + i * (2 << 20))
+        del view
+        unused = sum(len(entry[0]) for entry in largebuf._mapped if largebuf._unused(entry))
+        assert unused <= max(largebuf.KEEP_BYTES, largebuf.HUGE_FROM + i * (2 << 20))
+    assert len(largebuf._mapped) <= 2
+    largebuf.trim(float("inf"))
+    assert largebuf._mapped == []

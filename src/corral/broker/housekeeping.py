@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 
+from ..wire import largebuf
 from ..wire.protocol import Kind
 from ..worker.containment import exit_words
 from .backlog import MAX_BACKLOG
@@ -40,6 +41,7 @@ class Housekeeping:
             return
         self.last_beat = now
         self.sample_rates(now)
+        largebuf.trim(now)  # large buffers kept for reuse, unused for a while: let go
         limit = self.heartbeat * self.liveness
         for w in self.workers.values():
             self.send(self.workers_sock, w.ident, Kind.HEARTBEAT)

@@ -1,25 +1,68 @@
-"""Writable buffers for large messages that arrive: mapped with huge pages where Linux allows.
+"""Writable buffers for large messages that arrive: mapped with huge pages where Linux allows, and
+mapped again from one message to the next.
 
-Why: a large message read or joined into a fresh ``bytearray`` costs one page fault per 4 KiB
-page as it is first written: 16,384 faults for 64 MiB, about three quarters of the time a
-64 MiB join takes (54 ms on the 2-core test machine, of which the copy is ~12).  An anonymous
-mapping advised ``MADV_HUGEPAGE`` is faulted in 2 MiB at a time (15 ms for the same join),
-also where the system's transparent huge pages are set to ``madvise``.  Elsewhere, or below
-``HUGE_FROM``, a ``bytearray``.  The mapping is unmapped once the last view of it is gone.
+Why huge pages: a large message read or joined into a fresh ``bytearray`` costs one page fault
+per 4 KiB page as it is first written: 16,384 faults for 64 MiB, about three quarters of the
+time a 64 MiB join takes (54 ms on the 2-core test machine, of which the copy is ~12).  An
+anonymous mapping advised ``MADV_HUGEPAGE`` is faulted in 2 MiB at a time (15 ms for the same
+join), also where the system's transparent huge pages are set to ``madvise``.  Elsewhere, or
+below ``HUGE_FROM``, a ``bytearray``.
+
+Why again: even faulted in 2 MiB at a time, every page of a fresh mapping is zeroed by the
+kernel first, and on a virtual machine that hands freed memory back to its host (free page
+reporting) a page freed a moment ago may have to come back from the host: a worker relaying
+64 MiB results spent 10-30 ms a result zeroing pages, and 150-200 ms when they came from the
+host (perf: ``clear_page_erms``), so the same round trip took 140 ms or 350 ms by chance.  So
+a mapping whose views are all gone is not unmapped at once: the next large buffer that fits it
+reuses it (not zeroed: every caller writes all of it before it reads; the rest of the mapping, up
+to the next 2 MiB, is zeroed, since a view's ``obj`` reaches it).  What is kept is bounded
+(``KEEP_BYTES`` of unused mappings) and let go ``KEEP_SECONDS`` after its last use, by the next
+``buffer`` or ``trim`` (the supervisor's and the broker's housekeeping call it).
 """
 
 from __future__ import annotations
 
 import mmap
+import sys
+import threading
+import time
 
 HUGE_FROM = 4 << 20  # smaller buffers gain little, and would round up to a whole huge page
+KEEP_BYTES = 256 << 20  # unused mappings kept for reuse, at most
+KEEP_SECONDS = 5.0  # an unused mapping is let go this long after it was last handed out
+_ROUND = 2 << 20  # mappings are whole huge pages, so that buffers of nearly the same size share them
 _HUGE = getattr(mmap, "MADV_HUGEPAGE", None)
+
+_lock = threading.Lock()
+_mapped: list[list] = []  # [mapping, when last handed out]: every mapping made and not let go
 
 
 def buffer(size: int) -> memoryview:
-    """A writable, zeroed buffer of ``size`` bytes (MemoryError if there is no room)."""
+    """A writable buffer of ``size`` bytes (MemoryError if there is no room), zeroed unless it is a
+    mapping used before: the caller writes all of it."""
     if _HUGE is None or size < HUGE_FROM:
         return memoryview(bytearray(size))
+    length = -(-size // _ROUND) * _ROUND
+    now = time.monotonic()
+    with _lock:
+        area = _reuse(length, now)
+        if area is None:
+            area = _map(length)
+            _mapped.append([area, now])
+        elif length > size:  # reachable through the view's ``obj``: what an earlier message left there goes
+            area[size:] = bytes(length - size)
+    return memoryview(area)[:size]
+
+
+def trim(now: float | None = None) -> None:
+    """Let go the unused mappings not handed out for ``KEEP_SECONDS``."""
+    now = time.monotonic() if now is None else now
+    with _lock:
+        _let_go(lambda entry: now - entry[1] >= KEEP_SECONDS)
+
+
+def _map(size: int) -> mmap.mmap:
+    """A new anonymous mapping of ``size`` bytes, advised to use huge pages."""
     try:
         area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     except OSError as exc:
@@ -28,4 +71,27 @@ def buffer(size: int) -> memoryview:
         area.madvise(_HUGE)
     except OSError:
         pass  # no transparent huge pages here: ordinary pages
-    return memoryview(area)
+    return area
+
+
+def _unused(entry: list) -> bool:
+    """Has every view of this entry's mapping gone?  Then only ``entry`` and this call refer to it."""
+    return sys.getrefcount(entry[0]) <= 2
+
+
+def _reuse(length: int, now: float) -> mmap.mmap | None:
+    """An unused mapping of ``length`` bytes, marked used now; on the way, let go of stale ones and,
+    where none is that long, of what would exceed ``KEEP_BYTES`` with a new one."""
+    _let_go(lambda entry: now - entry[1] >= KEEP_SECONDS)
+    for entry in _mapped:
+        if len(entry[0]) == length and _unused(entry):
+            entry[1] = now
+            return entry[0]
+    if sum(len(entry[0]) for entry in _mapped if _unused(entry)) + length > KEEP_BYTES:
+        _let_go(lambda entry: True)
+    return None
+
+
+def _let_go(stale) -> None:
+    """Drop the unused mappings for which ``stale(entry)`` holds (unmapped once dropped)."""
+    _mapped[:] = [entry for entry in _mapped if not (_unused(entry) and stale(entry))]

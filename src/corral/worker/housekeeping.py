@@ -14,6 +14,7 @@ import os
 import time
 
 from ..tuning import CGROUP_DELAY, PARENT_CHECK
+from ..wire import largebuf
 from ..wire.protocol import Kind
 
 
@@ -30,6 +31,7 @@ class Housekeeping:
             # where a mode knows they belong to tasks that are over).
             self.last_sweep = now
             self.family.sweep(self.own_processes(), stop=self.stops_strays)
+            largebuf.trim(now)  # large buffers kept for reuse, unused for a while: let go
         self.timers(now)
         if self.output is not None:
             self.output.timers(now)
