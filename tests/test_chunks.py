@@ -7,6 +7,7 @@ with CurveZMQ and a real ``corral worker``, which must arrive unchanged and writ
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 
@@ -130,11 +131,19 @@ def test_large_receive_buffers_are_writable_zeroed_and_outlive_their_maker(size)
         assert array[0] == 1 and array[-1] == 7 and array.flags.writeable
 
 
-def test_a_large_buffer_whose_views_are_gone_is_used_again_and_shows_nothing_of_its_past():
+@pytest.fixture
+def reusing(monkeypatch):
+    """Large buffers reused in this process, as in a supervisor or a broker (``largebuf.reuse``)."""
+    largebuf.trim(float("inf"))
+    monkeypatch.setattr(largebuf, "_reusing", True)
+    yield
+    largebuf.trim(float("inf"))
+
+
+def test_a_large_buffer_whose_views_are_gone_is_used_again_and_shows_nothing_of_its_past(reusing):
     """A mapping is reused once every view of it is gone (not while one lives, whatever holds it),
     for a buffer of the same whole huge pages; what lies past the new buffer's end, which its
     ``obj`` reaches, is zeroed; an unused one is let go after ``KEEP_SECONDS``."""
-    largebuf.trim(float("inf"))
     size = largebuf.HUGE_FROM + 3 * 4096
     first = largebuf.buffer(size)
     first[:] = b"\xff" * size
@@ -152,12 +161,11 @@ def test_a_large_buffer_whose_views_are_gone_is_used_again_and_shows_nothing_of_
     del again
     largebuf.trim(time.monotonic() + largebuf.KEEP_SECONDS)
     assert largebuf._mapped == [], "let go after KEEP_SECONDS"
-    largebuf.trim(float("inf"))
 
 
-def test_unused_large_buffers_kept_for_reuse_stay_under_their_bound(monkeypatch):
-    """Buffers of ever new sizes do not pile up: the unused ones kept stay within ``KEEP_BYTES``."""
-    largebuf.trim(float("inf"))
+def test_unused_large_buffers_kept_for_reuse_stay_under_their_bound(reusing, monkeypatch):
+    """Buffers of ever new sizes do not pile up: the unused ones kept stay within ``KEEP_BYTES``,
+    and one larger than that is never kept."""
     monkeypatch.setattr(largebuf, "KEEP_BYTES", 3 * largebuf.HUGE_FROM)
     for i in range(8):
         view = largebuf.buffer(largebuf.HUGE_FROM + i * (2 << 20))
@@ -167,3 +175,20 @@ def test_unused_large_buffers_kept_for_reuse_stay_under_their_bound(monkeypatch)
     assert len(largebuf._mapped) <= 2
     largebuf.trim(float("inf"))
     assert largebuf._mapped == []
+    big = largebuf.buffer(largebuf.KEEP_BYTES + 1)
+    assert len(big) == largebuf.KEEP_BYTES + 1 and largebuf._mapped == []
+
+
+def test_large_buffers_are_not_kept_where_reuse_was_not_asked_for_nor_in_a_forked_child(reusing):
+    """A task process or a remote client, which may idle long after one large message, keeps none;
+    a child forked from a process that reuses them does not inherit the habit."""
+    view = largebuf.buffer(largebuf.HUGE_FROM)
+    assert len(largebuf._mapped) == 1
+    del view
+    pid = os.fork()
+    if pid == 0:
+        code = 0 if (largebuf._mapped == [] and not largebuf._reusing) else 1
+        largebuf.buffer(largebuf.HUGE_FROM)
+        os._exit(code if largebuf._mapped == [] else 2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -54,7 +54,7 @@ from ..logs import Throttle, logger
 from ..security.guard import Guard
 from ..security.keys import KeyDir, MemoryKeys
 from ..tuning import BACKLOG_RETRY, DRAIN_LIMIT
-from ..wire import chunks, poller, protocol, sockets
+from ..wire import chunks, largebuf, poller, protocol, sockets
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import scheduler
@@ -111,6 +111,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         # without a context of the caller's, such a broker makes its own (and ends it when it closes).
         self.own_ctx = context is None and keys is not None
         self.ctx = context or (zmq.Context() if self.own_ctx else zmq.Context.instance())
+        largebuf.reuse()  # large messages relayed one after another (largebuf.py)
         self.log = log or logger("broker").warning
         self.complain = Throttle(self.log)  # for what peers send wrong: never a flood of lines
         # Every TCP listener speaks CurveZMQ with the keys of ``keys`` (security/), unless ``insecure``.

@@ -15,14 +15,16 @@ reporting) a page freed a moment ago may have to come back from the host: a work
 host (perf: ``clear_page_erms``), so the same round trip took 140 ms or 350 ms by chance.  So
 a mapping whose views are all gone is not unmapped at once: the next large buffer that fits it
 reuses it (not zeroed: every caller writes all of it before it reads; the rest of the mapping, up
-to the next 2 MiB, is zeroed, since a view's ``obj`` reaches it).  What is kept is bounded
-(``KEEP_BYTES`` of unused mappings) and let go ``KEEP_SECONDS`` after its last use, by the next
-``buffer`` or ``trim`` (the supervisor's and the broker's housekeeping call it).
+to the next 2 MiB, is zeroed, since a view's ``obj`` reaches it).  Only in the processes that relay
+large messages and keep time (a supervisor, a broker: ``reuse``), whose housekeeping calls ``trim``:
+what is kept is bounded (``KEEP_BYTES`` of unused mappings, none larger) and let go
+``KEEP_SECONDS`` after its last use.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import sys
 import threading
 import time
@@ -35,6 +37,24 @@ _HUGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 _lock = threading.Lock()
 _mapped: list[list] = []  # [mapping, when last handed out]: every mapping made and not let go
+_reusing = False  # only where ``reuse()`` was called
+
+
+def reuse() -> None:
+    """Keep unused mappings for reuse in this process: one that relays large messages and calls
+    ``trim`` on its clock (a supervisor, a broker).  Not a task process or a remote client, which
+    may idle for hours after one large message; nor a child forked from this process."""
+    global _reusing
+    _reusing = True
+
+
+def _not_in_a_child() -> None:
+    global _reusing, _lock
+    _reusing, _lock = False, threading.Lock()
+    _mapped.clear()
+
+
+os.register_at_fork(after_in_child=_not_in_a_child)
 
 
 def buffer(size: int) -> memoryview:
@@ -43,6 +63,8 @@ def buffer(size: int) -> memoryview:
     if _HUGE is None or size < HUGE_FROM:
         return memoryview(bytearray(size))
     length = -(-size // _ROUND) * _ROUND
+    if not _reusing or length > KEEP_BYTES:
+        return memoryview(_map(size))
     now = time.monotonic()
     with _lock:
         area = _reuse(length, now)

@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 from ..config import HEARTBEAT, LIVENESS, WorkerConfig
 from ..logs import Throttle, logger
-from ..wire import poller, protocol, stream
+from ..wire import largebuf, poller, protocol, stream
 from ..wire.poller import POLLIN, POLLOUT
 from ..wire.protocol import Kind
 from . import capture, containment, output, task_process
@@ -80,6 +80,7 @@ class Supervisor(TaskProcesses, Standing, Lifetime, Housekeeping):
     ):
         config = config or WorkerConfig()
         self.config = config
+        largebuf.reuse()  # results read from the task process, relayed, read again (largebuf.py)
         self.target = None if fd is not None else _dealer().broker_target(address, config)
         self.address = self.target.address if self.target is not None else "its socket pair"
         self.fd = fd  # our end of a socket pair to the broker, instead of a ZeroMQ address
