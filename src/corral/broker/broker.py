@@ -111,7 +111,8 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         # without a context of the caller's, such a broker makes its own (and ends it when it closes).
         self.own_ctx = context is None and keys is not None
         self.ctx = context or (zmq.Context() if self.own_ctx else zmq.Context.instance())
-        largebuf.reuse()  # large messages relayed one after another (largebuf.py)
+        if not embedded:  # a standalone broker relays large messages one after another (largebuf.py)
+            largebuf.reuse()
         self.log = log or logger("broker").warning
         self.complain = Throttle(self.log)  # for what peers send wrong: never a flood of lines
         # Every TCP listener speaks CurveZMQ with the keys of ``keys`` (security/), unless ``insecure``.
@@ -391,6 +392,7 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
         self.close_status_socket()
         self.guard.close()
         self.spill.close()
+        largebuf.trim(float("inf"))  # the buffers kept for reuse that nothing uses now
         if self.own_ctx:
             self.ctx.term()
 

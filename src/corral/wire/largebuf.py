@@ -77,10 +77,11 @@ def buffer(size: int) -> memoryview:
 
 
 def trim(now: float | None = None) -> None:
-    """Let go the unused mappings not handed out for ``KEEP_SECONDS``."""
+    """Let go the unused mappings not handed out for ``KEEP_SECONDS``, and the oldest unused ones
+    past ``KEEP_BYTES``."""
     now = time.monotonic() if now is None else now
     with _lock:
-        _let_go(lambda entry: now - entry[1] >= KEEP_SECONDS)
+        _tidy(now)
 
 
 def _map(size: int) -> mmap.mmap:
@@ -102,18 +103,25 @@ def _unused(entry: list) -> bool:
 
 
 def _reuse(length: int, now: float) -> mmap.mmap | None:
-    """An unused mapping of ``length`` bytes, marked used now; on the way, let go of stale ones and,
-    where none is that long, of what would exceed ``KEEP_BYTES`` with a new one."""
-    _let_go(lambda entry: now - entry[1] >= KEEP_SECONDS)
+    """An unused mapping of ``length`` bytes, marked used now; where there is none, room made for
+    a new one among the unused ones kept (``KEEP_BYTES``)."""
+    _tidy(now)
     for entry in _mapped:
         if len(entry[0]) == length and _unused(entry):
             entry[1] = now
             return entry[0]
-    if sum(len(entry[0]) for entry in _mapped if _unused(entry)) + length > KEEP_BYTES:
-        _let_go(lambda entry: True)
+    _tidy(now, room=length)
     return None
 
 
-def _let_go(stale) -> None:
-    """Drop the unused mappings for which ``stale(entry)`` holds (unmapped once dropped)."""
-    _mapped[:] = [entry for entry in _mapped if not (_unused(entry) and stale(entry))]
+def _tidy(now: float, room: int = 0) -> None:
+    """Drop (and so unmap) the unused mappings not handed out for ``KEEP_SECONDS``, and the oldest
+    unused ones beyond ``KEEP_BYTES - room``; those in use stay, whatever their age."""
+    kept, keep = 0, []
+    for entry in sorted(_mapped, key=lambda entry: entry[1], reverse=True):
+        if _unused(entry):
+            if now - entry[1] >= KEEP_SECONDS or kept + len(entry[0]) + room > KEEP_BYTES:
+                continue
+            kept += len(entry[0])
+        keep.append(entry)
+    _mapped[:] = keep
