@@ -16,7 +16,7 @@ host (perf: ``clear_page_erms``), so the same round trip took 140 ms or 350 ms b
 a mapping whose views are all gone is not unmapped at once: the next large buffer that fits it
 reuses it (not zeroed: every caller writes all of it before it reads; the rest of the mapping, up
 to the next 2 MiB, is zeroed, since a view's ``obj`` reaches it).  Only in the processes that relay
-large messages and keep time (a supervisor, a broker: ``reuse``), whose housekeeping calls ``trim``:
+large messages and keep time (a worker's supervisor, a standalone broker: ``reuse``), whose housekeeping calls ``trim``:
 what is kept is bounded (``KEEP_BYTES`` of unused mappings, none larger) and let go
 ``KEEP_SECONDS`` after its last use.
 """
@@ -42,8 +42,9 @@ _reusing = False  # only where ``reuse()`` was called
 
 def reuse() -> None:
     """Keep unused mappings for reuse in this process: one that relays large messages and calls
-    ``trim`` on its clock (a supervisor, a broker).  Not a task process or a remote client, which
-    may idle for hours after one large message; nor a child forked from this process."""
+    ``trim`` on its clock (a worker's supervisor, a standalone broker).  Not a task process or a
+    client (an embedded broker's too), whose buffers users hold and which may idle for hours after
+    one large message; nor a child forked from this process."""
     global _reusing
     _reusing = True
 
