@@ -291,11 +291,11 @@ def _as_an_executor(client: zmq.Socket):
     the result unpickled."""
     futures: dict[int, Future] = {}
     ids = itertools.count()
-    call = pickle.dumps((int, (), {}), pickle.HIGHEST_PROTOCOL)
 
     def round_trip() -> None:
         cid = next(ids)
         future = futures[cid] = Future()
+        call = pickle.dumps((int, (), {}), pickle.HIGHEST_PROTOCOL)
         client.send_multipart([json.dumps({"kind": "submit", "id": cid}).encode(), call])
         head, payload = client.recv_multipart()
         futures.pop(json.loads(head)["id"]).set_result(pickle.loads(payload))

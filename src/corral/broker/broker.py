@@ -387,6 +387,8 @@ class Broker(Peers, TaskTable, Dependencies, ObjectStore, LaneSeats, PoolLinks, 
             self.pool.stop()
         for link in self.paired.values():
             link.stream.close()
+            if link.lane is not None:
+                link.lane.close()
         for sock in self.routers:
             sock.close()
         self.close_status_socket()

@@ -76,6 +76,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from ..errors import AddressError
     from ..local.pool import refusal
     from ..security.credentials import resolve
+    from ..wire import shm
     from . import launched
 
     doc = None
@@ -106,7 +107,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                           cache_size=args.cache_size, forward_output=args.forward_output)
     # Ours alone (0700): the bootstrap file of a launched worker, and the notes of processes that left;
     # held while we live, so that a later start removes it if we are killed (tempdirs.py).
-    tempdirs.sweep_once()
+    tempdirs.sweep_once((shm.root(),))
     private = tempdirs.make()
     try:
         bootstrap = launched.write_bootstrap(doc, private) if doc is not None else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import sys
 from dataclasses import dataclass
 
@@ -50,13 +51,14 @@ def _initializer(config: ExecutorConfig) -> bytes | None:
 def embedded(config: ExecutorConfig, ctx: zmq.Context) -> OwnBroker:
     """The embedded broker and its pool of local workers; their private directories."""
     init = _initializer(config)
-    tempdirs.sweep_once()  # what clients killed with their workers left (tempdirs.py)
+    tempdirs.sweep_once((shm.root(),))  # what clients killed with their workers left (tempdirs.py)
     # Private (0700): only this user can read the bootstrap file; held while we live (tempdirs.py).
     tmpdir = tempdirs.make()
-    shm_dir = shm.make_dir(os.path.basename(tmpdir))
-    if shm_dir is not None:
-        tempdirs.note_twin(tmpdir, shm_dir)
+    shm_dir = None
     try:
+        shm_dir = shm.make_dir(os.path.basename(tmpdir))
+        if shm_dir is not None:
+            tempdirs.note_twin(tmpdir, shm_dir)
         bootstrap = os.path.join(tmpdir, "bootstrap.pkl")
         with open(bootstrap, "wb") as f:
             pickle.dump((list(sys.path), init), f)
@@ -65,6 +67,8 @@ def embedded(config: ExecutorConfig, ctx: zmq.Context) -> OwnBroker:
         broker = Broker(None, context=ctx, pool=pool, embedded=True, heartbeat=config.heartbeat,
                         liveness=config.liveness, spill=Spill(config.broker_memory, tmpdir, private=True))
     except BaseException:  # (a full disk, a descriptor limit) nothing of ours may stay
+        if shm_dir is not None:
+            shutil.rmtree(shm_dir, ignore_errors=True)
         tempdirs.remove(tmpdir)
         raise
     return OwnBroker(broker, tmpdir, shm_dir)

@@ -230,8 +230,14 @@ class Executor(Observing, _StdExecutor):
                     raise
             target = Target("embedded")
         self._address = target.address
-        self._io = IOLoop(self._ctx, target.address, config.retries, self._cleanup, config.heartbeat,
-                          config.liveness, config.kill_grace, config.spin, target.curve)
+        try:
+            self._io = IOLoop(self._ctx, target.address, config.retries, self._cleanup, config.heartbeat,
+                              config.liveness, config.kill_grace, config.spin, target.curve)
+        except BaseException:  # (no descriptor left for its wake-up pipe) nothing of this executor may stay
+            if self._broker is not None:
+                self._broker.close()
+            self._cleanup()
+            raise
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
         self._objects = objects.Objects(self._io, self._io.store)  # put(), and large arguments sent once

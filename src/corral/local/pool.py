@@ -141,16 +141,16 @@ class LocalPool:
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
         ours, theirs = socket.socketpair() if self.address is None else (None, None)
-        fds = [theirs.fileno()] if theirs else []
-        cmd = self.command(*fds)
         lane_ours = lane_theirs = None
-        if ours is not None and self.lanes:
-            lane_ours, lane_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            for sock in (lane_ours, lane_theirs):
-                size_buffers(sock, STREAM_BUFFER)
-            fds.append(lane_theirs.fileno())
-            cmd += ["--lane", str(lane_theirs.fileno()), "--spin", repr(self.spin)]
-        try:
+        try:  # (every step may find no descriptor left: what was made is closed)
+            fds = [theirs.fileno()] if theirs else []
+            cmd = self.command(*fds)
+            if ours is not None and self.lanes:
+                lane_ours, lane_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                for sock in (lane_ours, lane_theirs):
+                    size_buffers(sock, STREAM_BUFFER)
+                fds.append(lane_theirs.fileno())
+                cmd += ["--lane", str(lane_theirs.fileno()), "--spin", repr(self.spin)]
             proc = subprocess.Popen(cmd, env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL, pass_fds=fds)
         except BaseException:
             for sock in (ours, lane_ours):

@@ -32,14 +32,23 @@ _SHM_ROOT = "/dev/shm"
 ROOT_VARIABLE = "CORRAL_SHM_DIR"  # where to make the directories instead (a tmpfs); empty: no shared memory
 
 
+def root() -> str | None:
+    """Where executors' shared-memory directories go: ``/dev/shm``, or the directory
+    ``$CORRAL_SHM_DIR`` names; None where there is none we may write to."""
+    where = os.environ.get(ROOT_VARIABLE, _SHM_ROOT)
+    if not where or not (os.path.isdir(where) and os.access(where, os.W_OK)):
+        return None
+    return where
+
+
 def make_dir(name: str) -> str | None:
-    """A private (0700) directory for this executor's buffers, on tmpfs if there is one
-    (``/dev/shm``, or the directory ``$CORRAL_SHM_DIR`` names)."""
-    root = os.environ.get(ROOT_VARIABLE, _SHM_ROOT)
-    if not root or not (os.path.isdir(root) and os.access(root, os.W_OK)):
+    """A private (0700) directory ``NAME-*`` for this executor's buffers, on tmpfs if there is one
+    (``root()``)."""
+    root_dir = root()
+    if root_dir is None:
         return None
     try:
-        return tempfile.mkdtemp(prefix=f"{name}-", dir=root)
+        return tempfile.mkdtemp(prefix=f"{name}-", dir=root_dir)
     except OSError:
         return None
 
