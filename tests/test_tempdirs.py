@@ -203,6 +203,7 @@ def test_an_executor_that_runs_out_of_descriptors_at_any_step_of_its_start_leave
     that the next start does not remove (removing one takes descriptors too)."""
     script = textwrap.dedent("""
         import os, resource, corral
+        from concurrent.futures.process import BrokenProcessPool
         base = len(os.listdir("/proc/self/fd"))
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         refused = started = 0
@@ -213,6 +214,10 @@ def test_an_executor_that_runs_out_of_descriptors_at_any_step_of_its_start_leave
             except (OSError, RuntimeError, corral.CorralError) as exc:
                 refused += 1
             else:
+                try:
+                    assert ex.submit(pow, 2, 5).result(60) == 32
+                except BrokenProcessPool as exc:  # its pool could start no worker: it says why, and what to do
+                    assert "ulimit -n" in str(exc), exc
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
                 ex.shutdown()
                 started += 1

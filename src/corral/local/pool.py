@@ -15,6 +15,7 @@ starts to its broker with a socket pair: the worker inherits one end, and
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -75,6 +76,17 @@ def refusal(workers: int, fresh: bool) -> str | None:
     return (f"{workers:,} {'fresh ' if fresh else ''}workers would start about {workers * per_worker:,} processes "
             f"({per_worker} each), but this system lets this user start about {room:,} more (enough for about "
             f"{room // per_worker:,} workers)")
+
+
+def _advice(exc: OSError) -> str:
+    """What to do about a refused start, where the error says."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return " (this process may open no more files: raise its limit, `ulimit -n`)"
+    if exc.errno == errno.EAGAIN:
+        return " (this user may start no more processes: raise the limit, `ulimit -u` or a pids cgroup's pids.max)"
+    if exc.errno == errno.ENOMEM:
+        return " (out of memory)"
+    return ""
 
 
 @dataclass
@@ -182,7 +194,7 @@ class LocalPool:
             except OSError as exc:
                 self.retry_at = now + START_RETRY
                 if not self.procs:
-                    raise WorkerStartError(f"could not start a worker process: {exc}") from exc
+                    raise WorkerStartError(f"could not start a worker process: {exc}{_advice(exc)}") from exc
                 if not self.short:
                     logger("pool").warning(f"started {len(self.procs)} of {self.size} worker processes; the system "
                                            f"refused more ({exc}); trying again every {START_RETRY:g} s")
