@@ -27,7 +27,7 @@ locks on each machine alone.
 
     make("corral-")   mkdtemp -> .lock-XXXX: "holder HOST", flock'ed -> renamed to HELD
     note_twin(d, t)   t's path appended to HELD (removed with d)
-    remove(d)         the twins, d, then the lock's descriptor closed
+    remove(d)         the lock let go, then the twins and d removed
     sweep_once(roots) once a process: every unlocked HELD's directory and twins
 """
 
@@ -48,7 +48,8 @@ HELD = ".held"  # the lock file: "holder HOST", then the paths of the directory'
 _NO_FLOCK = {errno.EOPNOTSUPP, errno.ENOLCK, errno.ENOSYS, errno.EINVAL}  # (NFS "nolock", Lustre "noflock")
 
 _lock = threading.Lock()
-_held: dict[str, int | None] = {}  # the directories this process made -> their lock's descriptor, if locked
+_held: dict[str, tuple[int | None, list[str]]] = {}  # the directories this process made -> (their lock's
+# descriptor, if locked; their twins)
 _swept = False
 
 
@@ -70,7 +71,7 @@ def make(prefix: str = PREFIX) -> str:
             shutil.rmtree(path, ignore_errors=True)
         raise
     with _lock:
-        _held[path] = fd
+        _held[path] = (fd, [])
     return path
 
 
@@ -95,7 +96,8 @@ def _hold(path: str) -> int | None:
 def note_twin(path: str, twin: str) -> None:
     """Have ``twin`` (a directory elsewhere, named after ``path``) removed with ``path``, by a sweep too."""
     with _lock:
-        fd = _held.get(path)
+        fd, twins = _held[path]
+        twins.append(twin)  # (first: ``remove`` takes it even if the lock file cannot say it)
         if fd is not None:
             os.write(fd, os.fsencode(twin) + b"\n")
 
@@ -104,13 +106,9 @@ def remove(path: str) -> None:
     """Remove a directory this process made (``make``), its noted twins first, and let go of its lock
     (first: removing takes descriptors, which may be what ran out; a sweep may then remove it too)."""
     with _lock:
-        fd = _held.pop(path, None)
-    twins: list[str] = []
+        fd, twins = _held.pop(path, (None, []))
     if fd is not None:
-        try:
-            twins = _twins(fd, os.path.basename(path))
-        finally:
-            os.close(fd)
+        os.close(fd)
     for twin in twins:
         shutil.rmtree(twin, ignore_errors=True)
     shutil.rmtree(path, ignore_errors=True)
@@ -202,7 +200,7 @@ def _not_in_a_child() -> None:
     died, whatever children it forked live on."""
     global _lock
     _lock = threading.Lock()
-    for fd in _held.values():
+    for fd, _ in _held.values():
         if fd is not None:
             try:
                 os.close(fd)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
 import sys
 from dataclasses import dataclass
 
@@ -66,9 +65,7 @@ def embedded(config: ExecutorConfig, ctx: zmq.Context) -> OwnBroker:
                          spin=config.spin)
         broker = Broker(None, context=ctx, pool=pool, embedded=True, heartbeat=config.heartbeat,
                         liveness=config.liveness, spill=Spill(config.broker_memory, tmpdir, private=True))
-    except BaseException:  # (a full disk, a descriptor limit) nothing of ours may stay
-        if shm_dir is not None:
-            shutil.rmtree(shm_dir, ignore_errors=True)
+    except BaseException:  # (a full disk, a descriptor limit) nothing of ours may stay: the twin goes with it
         tempdirs.remove(tmpdir)
         raise
     return OwnBroker(broker, tmpdir, shm_dir)

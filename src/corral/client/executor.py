@@ -12,7 +12,6 @@ temporary directory are removed at shutdown.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -225,18 +224,15 @@ class Executor(Observing, _StdExecutor):
                 try:
                     self._status_file = statusfile.expose(own.broker, status_where, own.tmpdir)
                 except BaseException:
-                    own.broker.close()
-                    self._cleanup()
+                    self._undo_start()
                     raise
             target = Target("embedded")
         self._address = target.address
         try:
             self._io = IOLoop(self._ctx, target.address, config.retries, self._cleanup, config.heartbeat,
                               config.liveness, config.kill_grace, config.spin, target.curve)
-        except BaseException:  # (no descriptor left for its wake-up pipe) nothing of this executor may stay
-            if self._broker is not None:
-                self._broker.close()
-            self._cleanup()
+        except BaseException:  # (no descriptor left for its wake-up pipe)
+            self._undo_start()
             raise
         self._io.store = shm.Store(self._shm_dir) if self._shm_dir else None
         self._io.broker = self._broker
@@ -258,12 +254,16 @@ class Executor(Observing, _StdExecutor):
 
             self._dashboard = for_executor(self, dashboard, target.curve[2] if target.curve else None)
 
+    def _undo_start(self) -> None:
+        """A start that failed before its I/O thread ran: nothing of this executor may stay."""
+        if self._broker is not None:
+            self._broker.close()
+        self._cleanup()
+
     def _cleanup(self) -> None:
         """Runs in the I/O thread once it is done (and has closed the broker): remove files."""
-        if self._shm_dir is not None:  # first: the held directory names it, for a sweep (tempdirs.py)
-            shutil.rmtree(self._shm_dir, ignore_errors=True)
         if self._tmpdir is not None:
-            tempdirs.remove(self._tmpdir)
+            tempdirs.remove(self._tmpdir)  # its shared-memory twin (self._shm_dir) with it
         if self._status_file is not None:
             self._status_file.remove()
         self._ctx.term()
